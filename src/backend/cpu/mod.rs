@@ -1,0 +1,113 @@
+//! The rayon CPU backend: every kernel of the contract on host memory, parallel over outer loops.
+
+mod conv;
+mod elementwise;
+mod matmul;
+mod norm;
+mod reduce;
+
+pub use elementwise::{erf, gelu, gelu_derivative};
+
+use super::{AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp};
+use crate::error::{Error, Result};
+use crate::shape::{BroadcastLayout, Conv2dGeometry};
+use std::sync::Arc;
+
+/// The CPU backend. Kernels run on rayon's global thread pool.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// The backend (stateless: all memory is ordinary host allocations).
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// The host slice behind a storage, or an error if it belongs to another backend.
+pub(crate) fn host(s: &Storage) -> Result<&[f32]> {
+    #[allow(unreachable_patterns)]
+    match s {
+        Storage::Cpu(v) => Ok(v.as_slice()),
+        _ => Err(Error::Device(format!("the cpu backend was given a buffer of another device ({s:?})"))),
+    }
+}
+
+/// Wraps a host vector as storage.
+pub(crate) fn wrap(v: Vec<f32>) -> Storage {
+    Storage::Cpu(Arc::new(v))
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn upload(&self, data: &[f32]) -> Result<Storage> {
+        Ok(wrap(data.to_vec()))
+    }
+    fn download(&self, storage: &Storage) -> Result<Vec<f32>> {
+        Ok(host(storage)?.to_vec())
+    }
+    fn fill(&self, len: usize, value: f32) -> Result<Storage> {
+        Ok(wrap(vec![value; len]))
+    }
+    fn unary(&self, op: UnaryOp, x: &Storage, len: usize) -> Result<Storage> {
+        let x = host(x)?;
+        Ok(wrap(elementwise::unary(op, &x[..len])))
+    }
+    fn binary(&self, op: BinaryOp, a: &Storage, b: &Storage, layout: &BroadcastLayout) -> Result<Storage> {
+        Ok(wrap(elementwise::binary(op, host(a)?, host(b)?, layout)))
+    }
+    fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
+        Ok(wrap(matmul::matmul(host(a)?, host(b)?, spec)))
+    }
+    fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
+        Ok(wrap(reduce::sum_axis(host(x)?, layout)))
+    }
+    fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
+        Ok(wrap(reduce::permute(host(x)?, dims, perm)))
+    }
+    fn conv2d(&self, x: &Storage, w: &Storage, bias: Option<&Storage>, geom: &Conv2dGeometry) -> Result<Storage> {
+        let bias = bias.map(host).transpose()?;
+        conv::conv2d(host(x)?, host(w)?, bias, geom).map(wrap)
+    }
+    fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, geom: &Conv2dGeometry) -> Result<Storage> {
+        conv::conv2d_input_grad(host(dy)?, host(w)?, geom).map(wrap)
+    }
+    fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, geom: &Conv2dGeometry) -> Result<Storage> {
+        conv::conv2d_weight_grad(host(x)?, host(dy)?, geom).map(wrap)
+    }
+    fn layer_norm(
+        &self,
+        x: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        layout: AxisLayout,
+        eps: f32,
+    ) -> Result<LayerNormOutput> {
+        let weight = weight.map(host).transpose()?;
+        let bias = bias.map(host).transpose()?;
+        let (y, mean, rstd) = norm::layer_norm(host(x)?, weight, bias, layout, eps)?;
+        Ok(LayerNormOutput { y: wrap(y), mean: wrap(mean), rstd: wrap(rstd) })
+    }
+    fn layer_norm_backward(
+        &self,
+        dy: &Storage,
+        x: &Storage,
+        weight: Option<&Storage>,
+        mean: &Storage,
+        rstd: &Storage,
+        layout: AxisLayout,
+    ) -> Result<LayerNormGrads> {
+        let weight = weight.map(host).transpose()?;
+        let (dx, dweight, dbias) =
+            norm::layer_norm_backward(host(dy)?, host(x)?, weight, host(mean)?, host(rstd)?, layout)?;
+        Ok(LayerNormGrads { dx: wrap(dx), dweight: wrap(dweight), dbias: wrap(dbias) })
+    }
+    fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
+        norm::log_softmax(host(x)?, layout).map(wrap)
+    }
+    fn log_softmax_backward(&self, dy: &Storage, y: &Storage, layout: AxisLayout) -> Result<Storage> {
+        norm::log_softmax_backward(host(dy)?, host(y)?, layout).map(wrap)
+    }
+}

@@ -1,0 +1,57 @@
+//! CPU reductions and data movement: sum over an axis, permute.
+
+use crate::backend::AxisLayout;
+use rayon::prelude::*;
+
+/// y[o, i] = Σ_l x[o, l, i].
+pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
+    let mut out = vec![0.0f32; l.outer * l.inner];
+    if l.inner == 1 {
+        // Contiguous rows: one dot-free sum per row, accumulated in f64 to keep long rows exact.
+        out.par_iter_mut().enumerate().with_min_len(64).for_each(|(o, y)| {
+            *y = x[o * l.len..(o + 1) * l.len].iter().map(|&v| v as f64).sum::<f64>() as f32;
+        });
+        return out;
+    }
+    out.par_chunks_mut(l.inner).enumerate().for_each(|(o, y)| {
+        let base = o * l.len * l.inner;
+        for j in 0..l.len {
+            let row = &x[base + j * l.inner..base + (j + 1) * l.inner];
+            for (acc, &v) in y.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+    });
+    out
+}
+
+/// y = x with axes reordered: y's axis k is x's axis perm[k].
+pub fn permute(x: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
+    let rank = dims.len();
+    let n: usize = dims.iter().product();
+    let mut out = vec![0.0f32; n];
+    if rank == 0 || n == 0 {
+        out.copy_from_slice(&x[..n]);
+        return out;
+    }
+    let mut in_strides = vec![1usize; rank];
+    for i in (0..rank - 1).rev() {
+        in_strides[i] = in_strides[i + 1] * dims[i + 1];
+    }
+    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    // Stride in x of each output axis.
+    let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+    let row = out_dims[rank - 1];
+    let inner_stride = src_strides[rank - 1];
+    out.par_chunks_mut(row).enumerate().with_min_len(16).for_each(|(r, out_row)| {
+        let (mut rem, mut off) = (r, 0usize);
+        for ax in (0..rank - 1).rev() {
+            off += (rem % out_dims[ax]) * src_strides[ax];
+            rem /= out_dims[ax];
+        }
+        for (j, o) in out_row.iter_mut().enumerate() {
+            *o = x[off + j * inner_stride];
+        }
+    });
+    out
+}

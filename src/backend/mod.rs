@@ -1,0 +1,224 @@
+//! The kernel contract: what every backend (the rayon CPU backend, the wgpu GPU backend) implements.
+//!
+//! Ops (in `crate::ops`) check shapes, build the tape and call these kernels; a backend sees only flat f32
+//! buffers ([`Storage`]) and the sizes it needs, never tensors or the tape. A new backend implements
+//! [`Backend`] and adds its variant to [`Storage`]; no op changes.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::shape::{BroadcastLayout, Conv2dGeometry};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// A flat, contiguous f32 buffer owned by one backend. Cloning is cheap (a reference count).
+#[derive(Clone)]
+pub enum Storage {
+    /// Host memory, for the CPU backend.
+    Cpu(Arc<Vec<f32>>),
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Cpu(v) => write!(f, "Storage::Cpu({} floats)", v.len()),
+        }
+    }
+}
+
+/// Elementwise operations of one operand (`y = f(x)`), some with a scalar parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    /// y = exp(x)
+    Exp,
+    /// y = ln(x)
+    Log,
+    /// y = −x
+    Neg,
+    /// y = √x
+    Sqrt,
+    /// y = x·Φ(x) = x/2·(1 + erf(x/√2)) (exact GELU)
+    Gelu,
+    /// y = x + c
+    AddScalar(f32),
+    /// y = c·x
+    MulScalar(f32),
+    /// y = x^c
+    PowScalar(f32),
+}
+
+/// Elementwise operations of two operands with broadcasting (`y = f(a, b)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a − b
+    Sub,
+    /// a · b
+    Mul,
+    /// a / b
+    Div,
+    /// a · GELU′(b): the GELU backward with a = ∂L/∂y and b = x. GELU′(x) = Φ(x) + x·φ(x).
+    GeluBackward,
+}
+
+/// A batched matrix product C[b] = op(A[b]) · op(B[b]) where op transposes when asked.
+///
+/// op(A) is m×k and op(B) is k×n; A is stored row-major as m×k (or k×m when `trans_a`), B as k×n (or n×k
+/// when `trans_b`). Batch strides of 0 broadcast one matrix over the batch. C is contiguous (batch, m, n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulSpec {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// Elements between consecutive A matrices (0: the same A for every batch entry).
+    pub a_batch_stride: usize,
+    /// Elements between consecutive B matrices (0: the same B for every batch entry).
+    pub b_batch_stride: usize,
+}
+
+/// A tensor seen as (outer, len, inner) with one axis of length `len` singled out: the reduced axis of a
+/// sum, the normalised axis of a layer norm (NCHW channels: (N, C, H·W); last axis: (rows, C, 1)) or the
+/// class axis of a softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AxisLayout {
+    pub outer: usize,
+    pub len: usize,
+    pub inner: usize,
+}
+
+impl AxisLayout {
+    /// Elements of the whole tensor.
+    pub fn numel(&self) -> usize {
+        self.outer * self.len * self.inner
+    }
+}
+
+/// Outputs of the layer-norm forward kernel; `mean` and `rstd` (1/√(var+ε)) have outer·inner entries and
+/// are kept for the backward kernel.
+#[derive(Clone, Debug)]
+pub struct LayerNormOutput {
+    pub y: Storage,
+    pub mean: Storage,
+    pub rstd: Storage,
+}
+
+/// Gradients from the layer-norm backward kernel.
+#[derive(Clone, Debug)]
+pub struct LayerNormGrads {
+    pub dx: Storage,
+    /// Σ over outer and inner of dy·x̂, one per channel.
+    pub dweight: Storage,
+    /// Σ over outer and inner of dy, one per channel.
+    pub dbias: Storage,
+}
+
+/// The kernels every backend provides. All buffers are contiguous row-major f32; sizes are checked by the
+/// calling op, so a kernel may assume they are consistent.
+pub trait Backend: Send + Sync {
+    /// A human-readable name ("cpu (2 threads)", "llvmpipe (Vulkan)").
+    fn name(&self) -> String;
+
+    /// Copies host data into a new buffer.
+    fn upload(&self, data: &[f32]) -> Result<Storage>;
+    /// Copies a buffer back to the host. On a GPU this is a synchronising readback.
+    fn download(&self, storage: &Storage) -> Result<Vec<f32>>;
+    /// A buffer of `len` copies of `value`.
+    fn fill(&self, len: usize, value: f32) -> Result<Storage>;
+
+    /// y = f(x) elementwise over `len` elements.
+    fn unary(&self, op: UnaryOp, x: &Storage, len: usize) -> Result<Storage>;
+    /// y = f(a, b) elementwise with the strides of `layout` (broadcast axes have stride 0).
+    fn binary(&self, op: BinaryOp, a: &Storage, b: &Storage, layout: &BroadcastLayout) -> Result<Storage>;
+
+    /// Batched matrix product, see [`MatmulSpec`].
+    fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage>;
+
+    /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
+    fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
+    /// Reorders axes: y has dimensions dims[perm[0]], dims[perm[1]], ... where x has `dims`.
+    fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
+
+    /// 2-D convolution y = x ⋆ w (+ bias per output channel), NCHW input, OIHW weight.
+    fn conv2d(&self, x: &Storage, w: &Storage, bias: Option<&Storage>, geom: &Conv2dGeometry) -> Result<Storage>;
+    /// ∂L/∂x of a convolution given dy = ∂L/∂y (a transposed convolution of dy with w).
+    fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, geom: &Conv2dGeometry) -> Result<Storage>;
+    /// ∂L/∂w of a convolution given the input x and dy = ∂L/∂y.
+    fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, geom: &Conv2dGeometry) -> Result<Storage>;
+
+    /// Layer norm over the middle axis of `layout`: y = (x − μ)·rstd·weight + bias.
+    fn layer_norm(
+        &self,
+        x: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        layout: AxisLayout,
+        eps: f32,
+    ) -> Result<LayerNormOutput>;
+    /// The layer-norm backward, from the forward's saved mean and rstd.
+    fn layer_norm_backward(
+        &self,
+        dy: &Storage,
+        x: &Storage,
+        weight: Option<&Storage>,
+        mean: &Storage,
+        rstd: &Storage,
+        layout: AxisLayout,
+    ) -> Result<LayerNormGrads>;
+
+    /// y = x − log Σ exp(x) over the middle axis of `layout`.
+    fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
+    /// dx = dy − exp(y)·Σ dy over the middle axis, with y the forward's output.
+    fn log_softmax_backward(&self, dy: &Storage, y: &Storage, layout: AxisLayout) -> Result<Storage>;
+
+    /// How many host readbacks ([`Backend::download`]) this backend has performed; lets tests check that a
+    /// training step reads nothing back until asked.
+    fn readback_count(&self) -> u64 {
+        0
+    }
+}
+
+/// Where tensors live and kernels run: a shared handle to a [`Backend`].
+#[derive(Clone)]
+pub struct Device(Arc<dyn Backend>);
+
+impl Device {
+    /// The rayon CPU backend (one shared instance).
+    pub fn cpu() -> Device {
+        static CPU: OnceLock<Device> = OnceLock::new();
+        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new()))).clone()
+    }
+    /// A device from any backend.
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Device {
+        Device(backend)
+    }
+    /// The kernels of this device.
+    pub fn backend(&self) -> &dyn Backend {
+        self.0.as_ref()
+    }
+    /// The backend's name.
+    pub fn name(&self) -> String {
+        self.0.name()
+    }
+    /// True if both handles are the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+    /// An error unless `other` is this device.
+    pub fn check_same(&self, op: &'static str, other: &Device) -> Result<()> {
+        if self.same(other) {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch { op, a: self.name(), b: other.name() })
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({})", self.name())
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors are values: everything a caller can get wrong (shapes, conv geometry, devices, files) comes back as
+//! an [`Error`] whose message names the operation and the offending values.
+
+/// The one error type of liera.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Operand shapes that an operation cannot combine; `op` is the operation's name.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+    /// An invalid argument that is not a shape (an axis out of range, a zero stride, ...).
+    #[error("{op}: {msg}")]
+    Invalid { op: &'static str, msg: String },
+    /// Tensors on different devices were combined.
+    #[error("{op}: operands live on different devices ({a} and {b})")]
+    DeviceMismatch { op: &'static str, a: String, b: String },
+    /// The device could not be created or failed while running.
+    #[error("device: {0}")]
+    Device(String),
+    /// A backend does not (yet) implement a kernel.
+    #[error("{backend} backend has no kernel for {op}")]
+    Unsupported { backend: String, op: &'static str },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// A file's contents are malformed.
+    #[error("{path}: {msg}")]
+    Format { path: String, msg: String },
+}
+
+/// `Result` with liera's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A shape error for operation `op`.
+    pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+    /// An invalid-argument error for operation `op`.
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Invalid { op, msg: msg.into() }
+    }
+}
