@@ -12,7 +12,11 @@ pub enum Error {
     Invalid { op: &'static str, msg: String },
     /// Tensors on different devices were combined.
     #[error("{op}: operands live on different devices ({a} and {b})")]
-    DeviceMismatch { op: &'static str, a: String, b: String },
+    DeviceMismatch {
+        op: &'static str,
+        a: String,
+        b: String,
+    },
     /// The device could not be created or failed while running.
     #[error("device: {0}")]
     Device(String),
@@ -21,7 +25,10 @@ pub enum Error {
     Unsupported { backend: String, op: &'static str },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// A file's contents are malformed.
     #[error("{path}: {msg}")]
     Format { path: String, msg: String },
@@ -33,10 +40,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// A shape error for operation `op`.
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
     /// An invalid-argument error for operation `op`.
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Invalid { op, msg: msg.into() }
+        Error::Invalid {
+            op,
+            msg: msg.into(),
+        }
     }
 }

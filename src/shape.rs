@@ -54,8 +54,16 @@ impl Shape {
         let rank = a.rank().max(b.rank());
         let mut out = vec![0; rank];
         for i in 0..rank {
-            let da = if i + a.rank() >= rank { a.0[i + a.rank() - rank] } else { 1 };
-            let db = if i + b.rank() >= rank { b.0[i + b.rank() - rank] } else { 1 };
+            let da = if i + a.rank() >= rank {
+                a.0[i + a.rank() - rank]
+            } else {
+                1
+            };
+            let db = if i + b.rank() >= rank {
+                b.0[i + b.rank() - rank]
+            } else {
+                1
+            };
             out[i] = match (da, db) {
                 (x, y) if x == y => x,
                 (1, y) => y,
@@ -90,7 +98,10 @@ impl Shape {
         sorted.sort_unstable();
         sorted.dedup();
         if let Some(&bad) = sorted.iter().find(|&&a| a >= self.rank()) {
-            return Err(Error::invalid(op, format!("axis {bad} out of range for shape {self}")));
+            return Err(Error::invalid(
+                op,
+                format!("axis {bad} out of range for shape {self}"),
+            ));
         }
         Ok(sorted)
     }
@@ -151,12 +162,19 @@ impl BroadcastLayout {
     }
     /// True when both operands are read contiguously with the output's own indexing.
     pub fn is_contiguous(&self) -> bool {
-        self.dims.len() <= 1 && self.a_strides.iter().all(|&s| s == 1) && self.b_strides.iter().all(|&s| s == 1)
+        self.dims.len() <= 1
+            && self.a_strides.iter().all(|&s| s == 1)
+            && self.b_strides.iter().all(|&s| s == 1)
     }
 }
 
 /// Builds the merged [`BroadcastLayout`] of `a` and `b` broadcast to `out`.
-pub fn merge_broadcast_dims(op: &'static str, a: &Shape, b: &Shape, out: &Shape) -> Result<BroadcastLayout> {
+pub fn merge_broadcast_dims(
+    op: &'static str,
+    a: &Shape,
+    b: &Shape,
+    out: &Shape,
+) -> Result<BroadcastLayout> {
     let sa = a.broadcast_strides(out);
     let sb = b.broadcast_strides(out);
     let mut dims: Vec<usize> = Vec::new();
@@ -167,7 +185,9 @@ pub fn merge_broadcast_dims(op: &'static str, a: &Shape, b: &Shape, out: &Shape)
         if d == 1 {
             continue; // a size-1 axis contributes nothing to indexing
         }
-        if let (Some(&last_d), Some(&la), Some(&lb)) = (dims.last(), a_strides.last(), b_strides.last()) {
+        if let (Some(&last_d), Some(&la), Some(&lb)) =
+            (dims.last(), a_strides.last(), b_strides.last())
+        {
             // Merge axis i into the previous one when, for both operands, stepping over the previous axis
             // equals stepping d times over this one.
             if la == sa[i] * d && lb == sb[i] * d {
@@ -193,7 +213,11 @@ pub fn merge_broadcast_dims(op: &'static str, a: &Shape, b: &Shape, out: &Shape)
             format!("broadcasting {a} with {b} needs {} strided dimensions; at most {MAX_KERNEL_RANK} are supported", dims.len()),
         ));
     }
-    Ok(BroadcastLayout { dims, a_strides, b_strides })
+    Ok(BroadcastLayout {
+        dims,
+        a_strides,
+        b_strides,
+    })
 }
 
 /// Hyper-parameters of a 2-D convolution (each pair is (height, width)).
@@ -212,7 +236,12 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+        Conv2dParams {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
     }
 }
 
@@ -260,16 +289,25 @@ impl Conv2dGeometry {
     pub fn new(x: &Shape, w: &Shape, params: Conv2dParams) -> Result<Self> {
         const OP: &str = "conv2d";
         if x.rank() != 4 {
-            return Err(Error::shape(OP, format!("input must be NCHW (rank 4), got {x}")));
+            return Err(Error::shape(
+                OP,
+                format!("input must be NCHW (rank 4), got {x}"),
+            ));
         }
         if w.rank() != 4 {
-            return Err(Error::shape(OP, format!("weight must be OIHW (rank 4), got {w}")));
+            return Err(Error::shape(
+                OP,
+                format!("weight must be OIHW (rank 4), got {w}"),
+            ));
         }
         let p = params;
         if p.stride.contains(&0) || p.dilation.contains(&0) || p.groups == 0 {
             return Err(Error::invalid(
                 OP,
-                format!("stride {:?}, dilation {:?} and groups {} must all be at least 1", p.stride, p.dilation, p.groups),
+                format!(
+                    "stride {:?}, dilation {:?} and groups {} must all be at least 1",
+                    p.stride, p.dilation, p.groups
+                ),
             ));
         }
         let (n, c, h, wd) = (x.0[0], x.0[1], x.0[2], x.0[3]);
@@ -305,7 +343,18 @@ impl Conv2dGeometry {
         }
         let h_out = (h + 2 * p.padding[0] - span_h) / p.stride[0] + 1;
         let w_out = (wd + 2 * p.padding[1] - span_w) / p.stride[1] + 1;
-        Ok(Conv2dGeometry { batch: n, c_in: c, h_in: h, w_in: wd, c_out: o, kh, kw, h_out, w_out, params })
+        Ok(Conv2dGeometry {
+            batch: n,
+            c_in: c,
+            h_in: h,
+            w_in: wd,
+            c_out: o,
+            kh,
+            kw,
+            h_out,
+            w_out,
+            params,
+        })
     }
     /// Input channels per group.
     pub fn c_in_per_group(&self) -> usize {
@@ -333,6 +382,12 @@ impl Conv2dGeometry {
     }
     /// Multiply-adds of the forward pass.
     pub fn macs(&self) -> usize {
-        self.batch * self.c_out * self.h_out * self.w_out * self.c_in_per_group() * self.kh * self.kw
+        self.batch
+            * self.c_out
+            * self.h_out
+            * self.w_out
+            * self.c_in_per_group()
+            * self.kh
+            * self.kw
     }
 }

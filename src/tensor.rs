@@ -34,8 +34,21 @@ struct TensorInner {
 pub struct Tensor(Arc<TensorInner>);
 
 impl Tensor {
-    fn build(shape: Shape, storage: Storage, device: Device, requires_grad: bool, node: Option<Arc<Node>>) -> Tensor {
-        Tensor(Arc::new(TensorInner { id: next_id(), shape, storage: RwLock::new(storage), device, requires_grad, node }))
+    fn build(
+        shape: Shape,
+        storage: Storage,
+        device: Device,
+        requires_grad: bool,
+        node: Option<Arc<Node>>,
+    ) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: next_id(),
+            shape,
+            storage: RwLock::new(storage),
+            device,
+            requires_grad,
+            node,
+        }))
     }
 
     /// A constant tensor from host data; errors if `data.len()` is not the shape's element count.
@@ -44,7 +57,11 @@ impl Tensor {
         if data.len() != shape.numel() {
             return Err(Error::shape(
                 "from_slice",
-                format!("{} values cannot fill shape {shape} ({} elements)", data.len(), shape.numel()),
+                format!(
+                    "{} values cannot fill shape {shape} ({} elements)",
+                    data.len(),
+                    shape.numel()
+                ),
             ));
         }
         let storage = device.backend().upload(data)?;
@@ -78,11 +95,23 @@ impl Tensor {
     }
     /// A trainable leaf sharing this tensor's data (a new identity with no history).
     pub fn to_param(&self) -> Tensor {
-        Tensor::build(self.shape().clone(), self.storage(), self.device().clone(), true, None)
+        Tensor::build(
+            self.shape().clone(),
+            self.storage(),
+            self.device().clone(),
+            true,
+            None,
+        )
     }
     /// A constant sharing this tensor's data: no history, no gradient (a frozen weight, a saved value).
     pub fn detach(&self) -> Tensor {
-        Tensor::build(self.shape().clone(), self.storage(), self.device().clone(), false, None)
+        Tensor::build(
+            self.shape().clone(),
+            self.storage(),
+            self.device().clone(),
+            false,
+            None,
+        )
     }
 
     /// Records the result of a differentiable operation. `backward` receives ∂L/∂output and returns ∂L/∂input
@@ -97,11 +126,18 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Tensor {
-        let device = inputs.first().map(|t| t.device().clone()).unwrap_or_else(Device::cpu);
+        let device = inputs
+            .first()
+            .map(|t| t.device().clone())
+            .unwrap_or_else(Device::cpu);
         let track = autodiff::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
         let node = track.then(|| {
             let backward: BackwardFn = Box::new(backward);
-            Arc::new(Node { op, inputs: inputs.iter().map(|&t| t.clone()).collect(), backward })
+            Arc::new(Node {
+                op,
+                inputs: inputs.iter().map(|&t| t.clone()).collect(),
+                backward,
+            })
         });
         Tensor::build(shape, storage, device, track, node)
     }
@@ -143,7 +179,11 @@ impl Tensor {
     }
     /// The storage handle (shared, cheap to clone).
     pub fn storage(&self) -> Storage {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .storage
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Copies the data to the host (a readback on a GPU).
@@ -155,7 +195,10 @@ impl Tensor {
     /// The value of a one-element tensor.
     pub fn to_scalar(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("to_scalar", format!("tensor of shape {} is not a single value", self.shape())));
+            return Err(Error::shape(
+                "to_scalar",
+                format!("tensor of shape {} is not a single value", self.shape()),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -171,10 +214,20 @@ impl Tensor {
     /// update parameters. Tensors computed earlier from this one keep the old data.
     pub fn assign(&self, value: &Tensor) -> Result<()> {
         if !self.is_leaf() {
-            return Err(Error::invalid("assign", "only a leaf tensor (a parameter or constant) can be assigned"));
+            return Err(Error::invalid(
+                "assign",
+                "only a leaf tensor (a parameter or constant) can be assigned",
+            ));
         }
         if value.shape() != self.shape() {
-            return Err(Error::shape("assign", format!("cannot assign a {} tensor to a {} tensor", value.shape(), self.shape())));
+            return Err(Error::shape(
+                "assign",
+                format!(
+                    "cannot assign a {} tensor to a {} tensor",
+                    value.shape(),
+                    self.shape()
+                ),
+            ));
         }
         self.device().check_same("assign", value.device())?;
         *self.0.storage.write().unwrap_or_else(|e| e.into_inner()) = value.storage();
@@ -189,7 +242,13 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor(#{} {} on {}", self.id(), self.shape(), self.device().name())?;
+        write!(
+            f,
+            "Tensor(#{} {} on {}",
+            self.id(),
+            self.shape(),
+            self.device().name()
+        )?;
         if let Some(node) = self.node() {
             write!(f, ", from {}", node.op)?;
         } else if self.requires_grad() {

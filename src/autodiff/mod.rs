@@ -111,7 +111,11 @@ impl Tensor {
         if grad.shape() != self.shape() {
             return Err(Error::shape(
                 "backward",
-                format!("seed gradient of shape {} for a tensor of shape {}", grad.shape(), self.shape()),
+                format!(
+                    "seed gradient of shape {} for a tensor of shape {}",
+                    grad.shape(),
+                    self.shape()
+                ),
             ));
         }
         self.check_device("backward", grad)?;
@@ -122,14 +126,23 @@ impl Tensor {
         grads.insert(self.id(), grad.detach());
         no_grad(|| {
             for t in reachable_nodes(self).iter().rev() {
-                let node = t.node().expect("reachable_nodes returns tensors with nodes");
+                let node = t
+                    .node()
+                    .expect("reachable_nodes returns tensors with nodes");
                 // A node whose output never received a gradient does not lie on a path to the root.
-                let Some(g) = grads.remove(&t.id()) else { continue };
+                let Some(g) = grads.remove(&t.id()) else {
+                    continue;
+                };
                 let input_grads = (node.backward)(&g)?;
                 if input_grads.len() != node.inputs.len() {
                     return Err(Error::invalid(
                         "backward",
-                        format!("rule of {} returned {} gradients for {} inputs", node.op, input_grads.len(), node.inputs.len()),
+                        format!(
+                            "rule of {} returned {} gradients for {} inputs",
+                            node.op,
+                            input_grads.len(),
+                            node.inputs.len()
+                        ),
                     ));
                 }
                 for (input, gi) in node.inputs.iter().zip(input_grads) {
@@ -157,7 +170,9 @@ impl Tensor {
 
     /// The tape that produced this tensor, printable op by op.
     pub fn tape(&self) -> Tape {
-        Tape { nodes: reachable_nodes(self) }
+        Tape {
+            nodes: reachable_nodes(self),
+        }
     }
 }
 
@@ -178,7 +193,10 @@ impl Tape {
     }
     /// The op names in creation order.
     pub fn ops(&self) -> Vec<&'static str> {
-        self.nodes.iter().filter_map(|t| t.node().map(|n| n.op)).collect()
+        self.nodes
+            .iter()
+            .filter_map(|t| t.node().map(|n| n.op))
+            .collect()
     }
 }
 

@@ -132,7 +132,13 @@ pub trait Backend: Send + Sync {
     /// y = f(x) elementwise over `len` elements.
     fn unary(&self, op: UnaryOp, x: &Storage, len: usize) -> Result<Storage>;
     /// y = f(a, b) elementwise with the strides of `layout` (broadcast axes have stride 0).
-    fn binary(&self, op: BinaryOp, a: &Storage, b: &Storage, layout: &BroadcastLayout) -> Result<Storage>;
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &Storage,
+        b: &Storage,
+        layout: &BroadcastLayout,
+    ) -> Result<Storage>;
 
     /// Batched matrix product, see [`MatmulSpec`].
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage>;
@@ -143,11 +149,27 @@ pub trait Backend: Send + Sync {
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
 
     /// 2-D convolution y = x ⋆ w (+ bias per output channel), NCHW input, OIHW weight.
-    fn conv2d(&self, x: &Storage, w: &Storage, bias: Option<&Storage>, geom: &Conv2dGeometry) -> Result<Storage>;
+    fn conv2d(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage>;
     /// ∂L/∂x of a convolution given dy = ∂L/∂y (a transposed convolution of dy with w).
-    fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, geom: &Conv2dGeometry) -> Result<Storage>;
+    fn conv2d_input_grad(
+        &self,
+        dy: &Storage,
+        w: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage>;
     /// ∂L/∂w of a convolution given the input x and dy = ∂L/∂y.
-    fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, geom: &Conv2dGeometry) -> Result<Storage>;
+    fn conv2d_weight_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage>;
 
     /// Layer norm over the middle axis of `layout`: y = (x − μ)·rstd·weight + bias.
     fn layer_norm(
@@ -172,7 +194,12 @@ pub trait Backend: Send + Sync {
     /// y = x − log Σ exp(x) over the middle axis of `layout`.
     fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
     /// dx = dy − exp(y)·Σ dy over the middle axis, with y the forward's output.
-    fn log_softmax_backward(&self, dy: &Storage, y: &Storage, layout: AxisLayout) -> Result<Storage>;
+    fn log_softmax_backward(
+        &self,
+        dy: &Storage,
+        y: &Storage,
+        layout: AxisLayout,
+    ) -> Result<Storage>;
 
     /// How many host readbacks ([`Backend::download`]) this backend has performed; lets tests check that a
     /// training step reads nothing back until asked.
@@ -189,7 +216,8 @@ impl Device {
     /// The rayon CPU backend (one shared instance).
     pub fn cpu() -> Device {
         static CPU: OnceLock<Device> = OnceLock::new();
-        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new()))).clone()
+        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new())))
+            .clone()
     }
     /// A device from any backend.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Device {
@@ -212,7 +240,11 @@ impl Device {
         if self.same(other) {
             Ok(())
         } else {
-            Err(Error::DeviceMismatch { op, a: self.name(), b: other.name() })
+            Err(Error::DeviceMismatch {
+                op,
+                a: self.name(),
+                b: other.name(),
+            })
         }
     }
 }

@@ -16,11 +16,19 @@ use crate::shape::{merge_broadcast_dims, Shape};
 use crate::tensor::Tensor;
 
 /// Runs a broadcasting binary kernel: checks devices and shapes, returns the result's storage and shape.
-pub(crate) fn broadcast_kernel(name: &'static str, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<(Storage, Shape)> {
+pub(crate) fn broadcast_kernel(
+    name: &'static str,
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<(Storage, Shape)> {
     a.check_device(name, b)?;
     let out = Shape::broadcast(name, a.shape(), b.shape())?;
     let layout = merge_broadcast_dims(name, a.shape(), b.shape(), &out)?;
-    let storage = a.device().backend().binary(op, &a.storage(), &b.storage(), &layout)?;
+    let storage = a
+        .device()
+        .backend()
+        .binary(op, &a.storage(), &b.storage(), &layout)?;
     Ok((storage, out))
 }
 
@@ -29,18 +37,26 @@ impl Tensor {
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
         let (storage, shape) = broadcast_kernel("add", BinaryOp::Add, self, other)?;
         let (sa, sb) = (self.shape().clone(), other.shape().clone());
-        Ok(Tensor::from_op("add", storage, shape, &[self, other], move |g| {
-            Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?)])
-        }))
+        Ok(Tensor::from_op(
+            "add",
+            storage,
+            shape,
+            &[self, other],
+            move |g| Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?)]),
+        ))
     }
 
     /// a − b (broadcasting).
     pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
         let (storage, shape) = broadcast_kernel("sub", BinaryOp::Sub, self, other)?;
         let (sa, sb) = (self.shape().clone(), other.shape().clone());
-        Ok(Tensor::from_op("sub", storage, shape, &[self, other], move |g| {
-            Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?.neg()?)])
-        }))
+        Ok(Tensor::from_op(
+            "sub",
+            storage,
+            shape,
+            &[self, other],
+            move |g| Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?.neg()?)]),
+        ))
     }
 
     /// a · b elementwise (broadcasting).
@@ -48,11 +64,25 @@ impl Tensor {
         let (storage, shape) = broadcast_kernel("mul", BinaryOp::Mul, self, other)?;
         let (a, b) = (self.detach(), other.detach());
         let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
-        Ok(Tensor::from_op("mul", storage, shape, &[self, other], move |g| {
-            let da = if need_a { Some(g.mul(&b)?.sum_to(a.shape())?) } else { None };
-            let db = if need_b { Some(g.mul(&a)?.sum_to(b.shape())?) } else { None };
-            Ok(vec![da, db])
-        }))
+        Ok(Tensor::from_op(
+            "mul",
+            storage,
+            shape,
+            &[self, other],
+            move |g| {
+                let da = if need_a {
+                    Some(g.mul(&b)?.sum_to(a.shape())?)
+                } else {
+                    None
+                };
+                let db = if need_b {
+                    Some(g.mul(&a)?.sum_to(b.shape())?)
+                } else {
+                    None
+                };
+                Ok(vec![da, db])
+            },
+        ))
     }
 
     /// a / b elementwise (broadcasting).
@@ -60,10 +90,24 @@ impl Tensor {
         let (storage, shape) = broadcast_kernel("div", BinaryOp::Div, self, other)?;
         let (a, b) = (self.detach(), other.detach());
         let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
-        Ok(Tensor::from_op("div", storage, shape, &[self, other], move |g| {
-            let da = if need_a { Some(g.div(&b)?.sum_to(a.shape())?) } else { None };
-            let db = if need_b { Some(g.mul(&a)?.div(&b.mul(&b)?)?.neg()?.sum_to(b.shape())?) } else { None };
-            Ok(vec![da, db])
-        }))
+        Ok(Tensor::from_op(
+            "div",
+            storage,
+            shape,
+            &[self, other],
+            move |g| {
+                let da = if need_a {
+                    Some(g.div(&b)?.sum_to(a.shape())?)
+                } else {
+                    None
+                };
+                let db = if need_b {
+                    Some(g.mul(&a)?.div(&b.mul(&b)?)?.neg()?.sum_to(b.shape())?)
+                } else {
+                    None
+                };
+                Ok(vec![da, db])
+            },
+        ))
     }
 }

@@ -9,9 +9,18 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// eˣ elementwise.
     pub fn exp(&self) -> Result<Tensor> {
-        let storage = self.device().backend().unary(UnaryOp::Exp, &self.storage(), self.numel())?;
+        let storage = self
+            .device()
+            .backend()
+            .unary(UnaryOp::Exp, &self.storage(), self.numel())?;
         // The backward needs y itself: a constant sharing the output's storage (no reference cycle).
         let y = Tensor::from_storage(storage.clone(), self.shape().clone(), self.device());
-        Ok(Tensor::from_op("exp", storage, self.shape().clone(), &[self], move |g| Ok(vec![Some(g.mul(&y)?)])))
+        Ok(Tensor::from_op(
+            "exp",
+            storage,
+            self.shape().clone(),
+            &[self],
+            move |g| Ok(vec![Some(g.mul(&y)?)]),
+        ))
     }
 }

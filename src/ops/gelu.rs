@@ -14,7 +14,8 @@ impl Tensor {
     pub fn gelu(&self) -> Result<Tensor> {
         let x = self.detach();
         unary(self, "gelu", UnaryOp::Gelu, move |g| {
-            let (storage, shape) = super::binary::broadcast_kernel("gelu_backward", BinaryOp::GeluBackward, g, &x)?;
+            let (storage, shape) =
+                super::binary::broadcast_kernel("gelu_backward", BinaryOp::GeluBackward, g, &x)?;
             Ok(vec![Some(Tensor::from_storage(storage, shape, g.device()))])
         })
     }

@@ -11,6 +11,8 @@ impl Tensor {
     /// ln x elementwise.
     pub fn log(&self) -> Result<Tensor> {
         let x = self.detach();
-        unary(self, "log", UnaryOp::Log, move |g| Ok(vec![Some(g.div(&x)?)]))
+        unary(self, "log", UnaryOp::Log, move |g| {
+            Ok(vec![Some(g.div(&x)?)])
+        })
     }
 }

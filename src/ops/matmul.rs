@@ -28,16 +28,31 @@ impl Tensor {
         self.check_device(OP, other)?;
         let (a, b) = (self.shape(), other.shape());
         if a.rank() < 2 || b.rank() < 2 {
-            return Err(Error::shape(OP, format!("operands need at least 2 axes, got {a} and {b}")));
+            return Err(Error::shape(
+                OP,
+                format!("operands need at least 2 axes, got {a} and {b}"),
+            ));
         }
         let (ra, rb) = (a.rank(), b.rank());
         let (ad, bd) = (a.dims(), b.dims());
-        let (m, ka) = if trans_a { (ad[ra - 1], ad[ra - 2]) } else { (ad[ra - 2], ad[ra - 1]) };
-        let (kb, n) = if trans_b { (bd[rb - 1], bd[rb - 2]) } else { (bd[rb - 2], bd[rb - 1]) };
+        let (m, ka) = if trans_a {
+            (ad[ra - 1], ad[ra - 2])
+        } else {
+            (ad[ra - 2], ad[ra - 1])
+        };
+        let (kb, n) = if trans_b {
+            (bd[rb - 1], bd[rb - 2])
+        } else {
+            (bd[rb - 2], bd[rb - 1])
+        };
         if ka != kb {
             return Err(Error::shape(
                 OP,
-                format!("inner dimensions differ: {a}{} · {b}{} has k = {ka} vs {kb}", if trans_a { "ᵀ" } else { "" }, if trans_b { "ᵀ" } else { "" }),
+                format!(
+                    "inner dimensions differ: {a}{} · {b}{} has k = {ka} vs {kb}",
+                    if trans_a { "ᵀ" } else { "" },
+                    if trans_b { "ᵀ" } else { "" }
+                ),
             ));
         }
         let (a_batch, b_batch) = (&ad[..ra - 2], &bd[..rb - 2]);
@@ -45,7 +60,12 @@ impl Tensor {
             (_, true) => a_batch.to_vec(),
             (true, false) => b_batch.to_vec(),
             (false, false) if a_batch == b_batch => a_batch.to_vec(),
-            _ => return Err(Error::shape(OP, format!("batch axes of {a} and {b} differ"))),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!("batch axes of {a} and {b} differ"),
+                ))
+            }
         };
         let batch: usize = batch_dims.iter().product();
         let spec = MatmulSpec {
@@ -58,27 +78,36 @@ impl Tensor {
             a_batch_stride: if a_batch.is_empty() { 0 } else { m * ka },
             b_batch_stride: if b_batch.is_empty() { 0 } else { ka * n },
         };
-        let storage = self.device().backend().matmul(&self.storage(), &other.storage(), &spec)?;
+        let storage = self
+            .device()
+            .backend()
+            .matmul(&self.storage(), &other.storage(), &spec)?;
         let mut out = batch_dims;
         out.extend([m, n]);
         let (a_t, b_t) = (self.detach(), other.detach());
         let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
-        Ok(Tensor::from_op(OP, storage, Shape::new(out), &[self, other], move |g| {
-            let da = if !need_a {
-                None
-            } else if trans_a {
-                Some(b_t.matmul_t(g, trans_b, true)?.sum_to(a_t.shape())?)
-            } else {
-                Some(g.matmul_t(&b_t, false, !trans_b)?.sum_to(a_t.shape())?)
-            };
-            let db = if !need_b {
-                None
-            } else if trans_b {
-                Some(g.matmul_t(&a_t, true, trans_a)?.sum_to(b_t.shape())?)
-            } else {
-                Some(a_t.matmul_t(g, !trans_a, false)?.sum_to(b_t.shape())?)
-            };
-            Ok(vec![da, db])
-        }))
+        Ok(Tensor::from_op(
+            OP,
+            storage,
+            Shape::new(out),
+            &[self, other],
+            move |g| {
+                let da = if !need_a {
+                    None
+                } else if trans_a {
+                    Some(b_t.matmul_t(g, trans_b, true)?.sum_to(a_t.shape())?)
+                } else {
+                    Some(g.matmul_t(&b_t, false, !trans_b)?.sum_to(a_t.shape())?)
+                };
+                let db = if !need_b {
+                    None
+                } else if trans_b {
+                    Some(g.matmul_t(&a_t, true, trans_a)?.sum_to(b_t.shape())?)
+                } else {
+                    Some(a_t.matmul_t(g, !trans_a, false)?.sum_to(b_t.shape())?)
+                };
+                Ok(vec![da, db])
+            },
+        ))
     }
 }

@@ -33,5 +33,11 @@ pub(crate) fn unary(
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     let storage = x.device().backend().unary(op, &x.storage(), x.numel())?;
-    Ok(Tensor::from_op(name, storage, x.shape().clone(), &[x], backward))
+    Ok(Tensor::from_op(
+        name,
+        storage,
+        x.shape().clone(),
+        &[x],
+        backward,
+    ))
 }

@@ -10,11 +10,15 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// x + c.
     pub fn add_scalar(&self, c: f32) -> Result<Tensor> {
-        unary(self, "add_scalar", UnaryOp::AddScalar(c), |g| Ok(vec![Some(g.clone())]))
+        unary(self, "add_scalar", UnaryOp::AddScalar(c), |g| {
+            Ok(vec![Some(g.clone())])
+        })
     }
     /// c · x.
     pub fn mul_scalar(&self, c: f32) -> Result<Tensor> {
-        unary(self, "mul_scalar", UnaryOp::MulScalar(c), move |g| Ok(vec![Some(g.mul_scalar(c)?)]))
+        unary(self, "mul_scalar", UnaryOp::MulScalar(c), move |g| {
+            Ok(vec![Some(g.mul_scalar(c)?)])
+        })
     }
     /// −x.
     pub fn neg(&self) -> Result<Tensor> {

@@ -51,7 +51,14 @@ impl Tensor {
         let out = if keepdim {
             kept.clone()
         } else {
-            Shape::new(self.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect::<Vec<_>>())
+            Shape::new(
+                self.dims()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect::<Vec<_>>(),
+            )
         };
         let x_shape = self.shape().clone();
         Ok(Tensor::from_op("sum", storage, out, &[self], move |g| {
@@ -70,7 +77,10 @@ impl Tensor {
         let axes = self.shape().check_axes("mean", axes)?;
         let count: usize = axes.iter().map(|&a| self.dims()[a]).product();
         if count == 0 {
-            return Err(Error::shape("mean", format!("mean over empty axes {axes:?} of shape {}", self.shape())));
+            return Err(Error::shape(
+                "mean",
+                format!("mean over empty axes {axes:?} of shape {}", self.shape()),
+            ));
         }
         self.sum(&axes, keepdim)?.mul_scalar(1.0 / count as f32)
     }
@@ -88,10 +98,15 @@ impl Tensor {
             return Ok(self.clone());
         }
         if Shape::broadcast("sum_to", shape, self.shape())? != *self.shape() {
-            return Err(Error::shape("sum_to", format!("{shape} does not broadcast to {}", self.shape())));
+            return Err(Error::shape(
+                "sum_to",
+                format!("{shape} does not broadcast to {}", self.shape()),
+            ));
         }
         let lead = self.rank() - shape.rank();
-        let axes: Vec<usize> = (0..self.rank()).filter(|&i| i < lead || (shape.dims()[i - lead] == 1 && self.dims()[i] != 1)).collect();
+        let axes: Vec<usize> = (0..self.rank())
+            .filter(|&i| i < lead || (shape.dims()[i - lead] == 1 && self.dims()[i] != 1))
+            .collect();
         self.sum(&axes, true)?.reshape(shape.clone())
     }
 
@@ -101,7 +116,10 @@ impl Tensor {
             return Ok(self.clone());
         }
         if Shape::broadcast("broadcast_to", self.shape(), shape)? != *shape {
-            return Err(Error::shape("broadcast_to", format!("{} does not broadcast to {shape}", self.shape())));
+            return Err(Error::shape(
+                "broadcast_to",
+                format!("{} does not broadcast to {shape}", self.shape()),
+            ));
         }
         // out = x + 0 with the zero a broadcast scalar: one strided copy kernel.
         let backend = self.device().backend();
@@ -109,6 +127,12 @@ impl Tensor {
         let layout = merge_broadcast_dims("broadcast_to", self.shape(), &Shape::scalar(), shape)?;
         let storage = backend.binary(BinaryOp::Add, &self.storage(), &zero, &layout)?;
         let x_shape = self.shape().clone();
-        Ok(Tensor::from_op("broadcast_to", storage, shape.clone(), &[self], move |g| Ok(vec![Some(g.sum_to(&x_shape)?)])))
+        Ok(Tensor::from_op(
+            "broadcast_to",
+            storage,
+            shape.clone(),
+            &[self],
+            move |g| Ok(vec![Some(g.sum_to(&x_shape)?)]),
+        ))
     }
 }

@@ -4,10 +4,18 @@ use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 
 fn missing(op: &'static str) -> Error {
-    Error::Unsupported { backend: "cpu".into(), op }
+    Error::Unsupported {
+        backend: "cpu".into(),
+        op,
+    }
 }
 
-pub fn conv2d(_x: &[f32], _w: &[f32], _bias: Option<&[f32]>, _g: &Conv2dGeometry) -> Result<Vec<f32>> {
+pub fn conv2d(
+    _x: &[f32],
+    _w: &[f32],
+    _bias: Option<&[f32]>,
+    _g: &Conv2dGeometry,
+) -> Result<Vec<f32>> {
     Err(missing("conv2d"))
 }
 pub fn conv2d_input_grad(_dy: &[f32], _w: &[f32], _g: &Conv2dGeometry) -> Result<Vec<f32>> {

@@ -41,24 +41,33 @@ fn row_major(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Cow<'_, [
 }
 
 fn gemm(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) {
-    let MatmulSpec { m, k, n, trans_a, trans_b, .. } = *spec;
+    let MatmulSpec {
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        ..
+    } = *spec;
     let a = row_major(a, m, k, trans_a);
     let b = row_major(b, k, n, trans_b);
     let (a, b) = (&*a, &*b);
-    c.par_chunks_mut(n * ROWS_PER_TASK).enumerate().for_each(|(task, c_rows)| {
-        let row0 = task * ROWS_PER_TASK;
-        for p0 in (0..k).step_by(KC) {
-            let p1 = (p0 + KC).min(k);
-            for (r, c_row) in c_rows.chunks_mut(n).enumerate() {
-                let a_row = &a[(row0 + r) * k..(row0 + r + 1) * k];
-                for p in p0..p1 {
-                    let alpha = a_row[p];
-                    let b_row = &b[p * n..(p + 1) * n];
-                    for (cv, &bv) in c_row.iter_mut().zip(b_row) {
-                        *cv += alpha * bv;
+    c.par_chunks_mut(n * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, c_rows)| {
+            let row0 = task * ROWS_PER_TASK;
+            for p0 in (0..k).step_by(KC) {
+                let p1 = (p0 + KC).min(k);
+                for (r, c_row) in c_rows.chunks_mut(n).enumerate() {
+                    let a_row = &a[(row0 + r) * k..(row0 + r + 1) * k];
+                    for p in p0..p1 {
+                        let alpha = a_row[p];
+                        let b_row = &b[p * n..(p + 1) * n];
+                        for (cv, &bv) in c_row.iter_mut().zip(b_row) {
+                            *cv += alpha * bv;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }

@@ -8,7 +8,9 @@ mod reduce;
 
 pub use elementwise::{erf, gelu, gelu_derivative};
 
-use super::{AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp};
+use super::{
+    AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+};
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
 use std::sync::Arc;
@@ -29,7 +31,9 @@ pub(crate) fn host(s: &Storage) -> Result<&[f32]> {
     #[allow(unreachable_patterns)]
     match s {
         Storage::Cpu(v) => Ok(v.as_slice()),
-        _ => Err(Error::Device(format!("the cpu backend was given a buffer of another device ({s:?})"))),
+        _ => Err(Error::Device(format!(
+            "the cpu backend was given a buffer of another device ({s:?})"
+        ))),
     }
 }
 
@@ -55,7 +59,13 @@ impl Backend for CpuBackend {
         let x = host(x)?;
         Ok(wrap(elementwise::unary(op, &x[..len])))
     }
-    fn binary(&self, op: BinaryOp, a: &Storage, b: &Storage, layout: &BroadcastLayout) -> Result<Storage> {
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &Storage,
+        b: &Storage,
+        layout: &BroadcastLayout,
+    ) -> Result<Storage> {
         Ok(wrap(elementwise::binary(op, host(a)?, host(b)?, layout)))
     }
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
@@ -67,14 +77,30 @@ impl Backend for CpuBackend {
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
         Ok(wrap(reduce::permute(host(x)?, dims, perm)))
     }
-    fn conv2d(&self, x: &Storage, w: &Storage, bias: Option<&Storage>, geom: &Conv2dGeometry) -> Result<Storage> {
+    fn conv2d(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage> {
         let bias = bias.map(host).transpose()?;
         conv::conv2d(host(x)?, host(w)?, bias, geom).map(wrap)
     }
-    fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, geom: &Conv2dGeometry) -> Result<Storage> {
+    fn conv2d_input_grad(
+        &self,
+        dy: &Storage,
+        w: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage> {
         conv::conv2d_input_grad(host(dy)?, host(w)?, geom).map(wrap)
     }
-    fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, geom: &Conv2dGeometry) -> Result<Storage> {
+    fn conv2d_weight_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<Storage> {
         conv::conv2d_weight_grad(host(x)?, host(dy)?, geom).map(wrap)
     }
     fn layer_norm(
@@ -88,7 +114,11 @@ impl Backend for CpuBackend {
         let weight = weight.map(host).transpose()?;
         let bias = bias.map(host).transpose()?;
         let (y, mean, rstd) = norm::layer_norm(host(x)?, weight, bias, layout, eps)?;
-        Ok(LayerNormOutput { y: wrap(y), mean: wrap(mean), rstd: wrap(rstd) })
+        Ok(LayerNormOutput {
+            y: wrap(y),
+            mean: wrap(mean),
+            rstd: wrap(rstd),
+        })
     }
     fn layer_norm_backward(
         &self,
@@ -100,14 +130,29 @@ impl Backend for CpuBackend {
         layout: AxisLayout,
     ) -> Result<LayerNormGrads> {
         let weight = weight.map(host).transpose()?;
-        let (dx, dweight, dbias) =
-            norm::layer_norm_backward(host(dy)?, host(x)?, weight, host(mean)?, host(rstd)?, layout)?;
-        Ok(LayerNormGrads { dx: wrap(dx), dweight: wrap(dweight), dbias: wrap(dbias) })
+        let (dx, dweight, dbias) = norm::layer_norm_backward(
+            host(dy)?,
+            host(x)?,
+            weight,
+            host(mean)?,
+            host(rstd)?,
+            layout,
+        )?;
+        Ok(LayerNormGrads {
+            dx: wrap(dx),
+            dweight: wrap(dweight),
+            dbias: wrap(dbias),
+        })
     }
     fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         norm::log_softmax(host(x)?, layout).map(wrap)
     }
-    fn log_softmax_backward(&self, dy: &Storage, y: &Storage, layout: AxisLayout) -> Result<Storage> {
+    fn log_softmax_backward(
+        &self,
+        dy: &Storage,
+        y: &Storage,
+        layout: AxisLayout,
+    ) -> Result<Storage> {
         norm::log_softmax_backward(host(dy)?, host(y)?, layout).map(wrap)
     }
 }

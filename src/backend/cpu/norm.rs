@@ -4,7 +4,10 @@ use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 
 fn missing(op: &'static str) -> Error {
-    Error::Unsupported { backend: "cpu".into(), op }
+    Error::Unsupported {
+        backend: "cpu".into(),
+        op,
+    }
 }
 
 #[allow(clippy::type_complexity)]

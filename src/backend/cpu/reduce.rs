@@ -8,9 +8,15 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
     let mut out = vec![0.0f32; l.outer * l.inner];
     if l.inner == 1 {
         // Contiguous rows: one dot-free sum per row, accumulated in f64 to keep long rows exact.
-        out.par_iter_mut().enumerate().with_min_len(64).for_each(|(o, y)| {
-            *y = x[o * l.len..(o + 1) * l.len].iter().map(|&v| v as f64).sum::<f64>() as f32;
-        });
+        out.par_iter_mut()
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(o, y)| {
+                *y = x[o * l.len..(o + 1) * l.len]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>() as f32;
+            });
         return out;
     }
     out.par_chunks_mut(l.inner).enumerate().for_each(|(o, y)| {
@@ -43,15 +49,18 @@ pub fn permute(x: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
     let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
     let row = out_dims[rank - 1];
     let inner_stride = src_strides[rank - 1];
-    out.par_chunks_mut(row).enumerate().with_min_len(16).for_each(|(r, out_row)| {
-        let (mut rem, mut off) = (r, 0usize);
-        for ax in (0..rank - 1).rev() {
-            off += (rem % out_dims[ax]) * src_strides[ax];
-            rem /= out_dims[ax];
-        }
-        for (j, o) in out_row.iter_mut().enumerate() {
-            *o = x[off + j * inner_stride];
-        }
-    });
+    out.par_chunks_mut(row)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(r, out_row)| {
+            let (mut rem, mut off) = (r, 0usize);
+            for ax in (0..rank - 1).rev() {
+                off += (rem % out_dims[ax]) * src_strides[ax];
+                rem /= out_dims[ax];
+            }
+            for (j, o) in out_row.iter_mut().enumerate() {
+                *o = x[off + j * inner_stride];
+            }
+        });
     out
 }

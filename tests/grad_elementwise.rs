@@ -1,0 +1,150 @@
+//! Gradient property tests of the elementwise ops: add, sub, mul, div (with broadcasting), the scalar ops,
+//! exp, log, sqrt and GELU. Each compares forward and tape gradients with an f64 reference (see common).
+
+mod common;
+
+use common::{check_gradients, devices, input, unravel, Rng, TOL};
+use liera::Tensor;
+use proptest::prelude::*;
+
+/// A random shape of rank 0..=4 with small dimensions.
+fn shape_strategy() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..5, 0..=4)
+}
+
+/// A pair of shapes that broadcast: start from a full shape, then set some axes of each operand to 1 and
+/// drop some leading axes of one of them.
+fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    (shape_strategy(), any::<u64>()).prop_map(|(full, seed)| {
+        let mut rng = Rng::new(seed);
+        let mut a = full.clone();
+        let mut b = full.clone();
+        for i in 0..full.len() {
+            match rng.next_u64() % 4 {
+                0 => a[i] = 1,
+                1 => b[i] = 1,
+                _ => {}
+            }
+        }
+        let drop = (rng.next_u64() % (full.len() as u64 + 1)) as usize;
+        if rng.next_u64() & 1 == 0 {
+            a.drain(..drop);
+        } else {
+            b.drain(..drop);
+        }
+        (a, b)
+    })
+}
+
+/// Reference broadcasting: out[i] = f(a[idx_a(i)], b[idx_b(i)]).
+fn reference_binary(
+    a: &[f64],
+    sa: &[usize],
+    b: &[f64],
+    sb: &[usize],
+    f: impl Fn(f64, f64) -> f64,
+) -> Vec<f64> {
+    let rank = sa.len().max(sb.len());
+    let pad = |s: &[usize]| -> Vec<usize> {
+        std::iter::repeat_n(1, rank - s.len())
+            .chain(s.iter().copied())
+            .collect()
+    };
+    let (pa, pb) = (pad(sa), pad(sb));
+    let out: Vec<usize> = (0..rank).map(|i| pa[i].max(pb[i])).collect();
+    let n: usize = out.iter().product();
+    let flat = |idx: &[usize], s: &[usize]| {
+        idx.iter()
+            .zip(s)
+            .fold(0, |acc, (&i, &d)| acc * d + if d == 1 { 0 } else { i })
+    };
+    (0..n)
+        .map(|i| {
+            let idx = unravel(i, &out);
+            f(a[flat(&idx, &pa)], b[flat(&idx, &pb)])
+        })
+        .collect()
+}
+
+fn erf64(x: f64) -> f64 {
+    // Maclaurin series, converges quickly for the |x| < 4 used here (terms shrink once n > x²).
+    let mut sum = 0.0f64;
+    let mut term = x;
+    let mut n = 0.0;
+    while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 5.0 {
+        sum += term / (2.0 * n + 1.0);
+        n += 1.0;
+        term *= -x * x / n;
+        if n > 200.0 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn gelu64(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn add_sub_mul_div_broadcast((sa, sb) in broadcast_pair(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let a = rng.vec(sa.iter().product(), -2.0, 2.0);
+        // b is kept away from zero so that division stays well conditioned.
+        let b = rng.vec_away_from_zero(sb.iter().product(), 0.5, 2.0);
+        let inputs = [input(a, &sa), input(b, &sb)];
+        for dev in devices() {
+            let ops: [(&str, fn(&Tensor, &Tensor) -> liera::Result<Tensor>, fn(f64, f64) -> f64); 4] = [
+                ("add", |x, y| x.add(y), |x, y| x + y),
+                ("sub", |x, y| x.sub(y), |x, y| x - y),
+                ("mul", |x, y| x.mul(y), |x, y| x * y),
+                ("div", |x, y| x.div(y), |x, y| x / y),
+            ];
+            for (name, op, f) in ops {
+                let (sa, sb) = (sa.clone(), sb.clone());
+                check_gradients(&dev, &inputs, |t| op(&t[0], &t[1]), |v| reference_binary(&v[0], &sa, &v[1], &sb, f), TOL)
+                    .map_err(|e| TestCaseError::fail(format!("{name} {sa:?} {sb:?} on {}: {e}", dev.name())))?;
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_ops(shape in shape_strategy(), c in -3.0f32..3.0, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(shape.iter().product(), 0.5, 2.0); // positive: pow with a real exponent
+        let inputs = [input(x, &shape)];
+        let c64 = c as f64;
+        for dev in devices() {
+            check_gradients(&dev, &inputs, |t| t[0].add_scalar(c), |v| v[0].iter().map(|x| x + c64).collect(), TOL).map_err(TestCaseError::fail)?;
+            check_gradients(&dev, &inputs, |t| t[0].mul_scalar(c), |v| v[0].iter().map(|x| x * c64).collect(), TOL).map_err(TestCaseError::fail)?;
+            check_gradients(&dev, &inputs, |t| t[0].neg(), |v| v[0].iter().map(|x| -x).collect(), TOL).map_err(TestCaseError::fail)?;
+            check_gradients(&dev, &inputs, |t| t[0].pow_scalar(c), |v| v[0].iter().map(|x| x.powf(c64)).collect(), TOL).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn exp_log_sqrt(shape in shape_strategy(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(shape.iter().product(), 0.25, 3.0); // log and sqrt need x > 0
+        let inputs = [input(x, &shape)];
+        for dev in devices() {
+            check_gradients(&dev, &inputs, |t| t[0].exp(), |v| v[0].iter().map(|x| x.exp()).collect(), TOL).map_err(TestCaseError::fail)?;
+            check_gradients(&dev, &inputs, |t| t[0].log(), |v| v[0].iter().map(|x| x.ln()).collect(), TOL).map_err(TestCaseError::fail)?;
+            check_gradients(&dev, &inputs, |t| t[0].sqrt(), |v| v[0].iter().map(|x| x.sqrt()).collect(), TOL).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn gelu(shape in shape_strategy(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(shape.iter().product(), -4.0, 4.0);
+        let inputs = [input(x, &shape)];
+        // erf in f32 (A&S 7.1.26) has absolute error ≤ 1.5e-7, far inside TOL.
+        for dev in devices() {
+            check_gradients(&dev, &inputs, |t| t[0].gelu(), |v| v[0].iter().map(|&x| gelu64(x)).collect(), TOL).map_err(TestCaseError::fail)?;
+        }
+    }
+}
