@@ -53,7 +53,7 @@ impl Shape {
     pub fn broadcast(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
         let rank = a.rank().max(b.rank());
         let mut out = vec![0; rank];
-        for i in 0..rank {
+        for (i, slot) in out.iter_mut().enumerate() {
             let da = if i + a.rank() >= rank {
                 a.0[i + a.rank() - rank]
             } else {
@@ -64,7 +64,7 @@ impl Shape {
             } else {
                 1
             };
-            out[i] = match (da, db) {
+            *slot = match (da, db) {
                 (x, y) if x == y => x,
                 (1, y) => y,
                 (x, 1) => x,

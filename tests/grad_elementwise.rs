@@ -36,6 +36,9 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
     })
 }
 
+type EngineBinary = fn(&Tensor, &Tensor) -> liera::Result<Tensor>;
+type RefBinary = fn(f64, f64) -> f64;
+
 /// Reference broadcasting: out[i] = f(a[idx_a(i)], b[idx_b(i)]).
 fn reference_binary(
     a: &[f64],
@@ -97,7 +100,7 @@ proptest! {
         let b = rng.vec_away_from_zero(sb.iter().product(), 0.5, 2.0);
         let inputs = [input(a, &sa), input(b, &sb)];
         for dev in devices() {
-            let ops: [(&str, fn(&Tensor, &Tensor) -> liera::Result<Tensor>, fn(f64, f64) -> f64); 4] = [
+            let ops: [(&str, EngineBinary, RefBinary); 4] = [
                 ("add", |x, y| x.add(y), |x, y| x + y),
                 ("sub", |x, y| x.sub(y), |x, y| x - y),
                 ("mul", |x, y| x.mul(y), |x, y| x * y),

@@ -88,7 +88,7 @@ fn compare(what: &str, got: &[f32], want: &[f64], tol: Tol) -> Result<(), String
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        if !(err <= tol.atol * scale + tol.rtol * w.abs()) {
+        if err.is_nan() || err > tol.atol * scale + tol.rtol * w.abs() {
             return Err(format!(
                 "{what}: element {i}: engine {g} vs reference {w} (|diff| {err:.3e})"
             ));

@@ -27,7 +27,7 @@ pub fn gelu(x: f32) -> f32 {
 /// GELU′(x) = Φ(x) + x·φ(x), φ(x) = exp(−x²/2)/√(2π).
 pub fn gelu_derivative(x: f32) -> f32 {
     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * x * x).exp() * 0.398_942_28; // 1/√(2π)
+    let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1/√(2π)
     cdf + x * pdf
 }
 

@@ -1,0 +1,111 @@
+//! Bad input returns an error that names the op and the shapes; nothing a caller does panics.
+
+use liera::{Conv2dGeometry, Conv2dParams, Device, Shape, Tensor};
+
+fn t(shape: &[usize]) -> Tensor {
+    Tensor::zeros(shape.to_vec(), &Device::cpu()).unwrap()
+}
+
+/// Asserts `r` is an error whose message contains every one of `needles`.
+fn assert_err<T: std::fmt::Debug>(r: liera::Result<T>, needles: &[&str]) {
+    let msg = r.expect_err("expected an error").to_string();
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "error message {msg:?} does not mention {n:?}"
+        );
+    }
+}
+
+#[test]
+fn elementwise_ops_reject_shapes_that_do_not_broadcast() {
+    assert_err(t(&[2, 3]).add(&t(&[4])), &["add", "[2, 3]", "[4]"]);
+    assert_err(t(&[2, 3]).sub(&t(&[3, 2])), &["sub"]);
+    assert_err(t(&[5]).mul(&t(&[4, 3])), &["mul"]);
+    assert_err(t(&[2, 1, 3]).div(&t(&[2, 2, 2])), &["div"]);
+}
+
+#[test]
+fn matmul_rejects_mismatched_inner_and_batch_dimensions() {
+    assert_err(t(&[2, 3]).matmul(&t(&[4, 5])), &["matmul", "k = 3 vs 4"]);
+    assert_err(t(&[3]).matmul(&t(&[3, 2])), &["matmul", "at least 2 axes"]);
+    assert_err(
+        t(&[2, 3, 4]).matmul(&t(&[3, 4, 5])),
+        &["matmul", "batch axes"],
+    );
+    assert_err(t(&[2, 3]).matmul_t(&t(&[2, 3]), false, false), &["matmul"]);
+    assert!(t(&[2, 3]).matmul_t(&t(&[2, 3]), true, false).is_ok());
+}
+
+#[test]
+fn shape_moves_reject_bad_arguments() {
+    assert_err(t(&[2, 3]).reshape([4, 2]), &["reshape", "[2, 3]", "[4, 2]"]);
+    assert_err(
+        t(&[2, 3]).permute(&[0, 0]),
+        &["permute", "not a permutation"],
+    );
+    assert_err(t(&[2, 3]).permute(&[1]), &["permute"]);
+    assert_err(t(&[2, 3]).transpose(0, 2), &["transpose", "out of range"]);
+    assert_err(t(&[2, 3]).sum(&[2], false), &["sum", "axis 2"]);
+    assert_err(t(&[2, 3]).mean(&[5], true), &["mean", "axis 5"]);
+    assert_err(t(&[2, 3]).sum_to(&Shape::new([4])), &["sum_to"]);
+    assert_err(
+        t(&[2, 3]).broadcast_to(&Shape::new([3, 3])),
+        &["broadcast_to"],
+    );
+    assert_err(t(&[2, 3]).flatten_from(3), &["flatten_from"]);
+}
+
+#[test]
+fn constructors_reject_data_that_does_not_fill_the_shape() {
+    assert_err(
+        Tensor::from_slice(&[1.0, 2.0, 3.0], [2, 2], &Device::cpu()),
+        &["from_slice", "3 values", "[2, 2]"],
+    );
+    assert_err(t(&[2]).to_scalar(), &["to_scalar"]);
+}
+
+#[test]
+fn conv_geometry_is_validated() {
+    let ok = Conv2dGeometry::new(
+        &Shape::new([1, 4, 8, 8]),
+        &Shape::new([6, 2, 3, 3]),
+        Conv2dParams::default().groups(2),
+    )
+    .unwrap();
+    assert_eq!(ok.output_shape(), Shape::new([1, 6, 6, 6]));
+    let cases: [(&[usize], &[usize], Conv2dParams, &str); 6] = [
+        (&[4, 8, 8], &[6, 4, 3, 3], Conv2dParams::default(), "NCHW"),
+        (&[1, 4, 8, 8], &[6, 4, 3], Conv2dParams::default(), "OIHW"),
+        (
+            &[1, 4, 8, 8],
+            &[6, 4, 3, 3],
+            Conv2dParams::default().stride(0),
+            "at least 1",
+        ),
+        (
+            &[1, 4, 8, 8],
+            &[6, 2, 3, 3],
+            Conv2dParams::default().groups(3),
+            "groups 3 must divide",
+        ),
+        (
+            &[1, 4, 8, 8],
+            &[6, 3, 3, 3],
+            Conv2dParams::default(),
+            "input channels per group",
+        ),
+        (
+            &[1, 4, 2, 2],
+            &[6, 4, 3, 3],
+            Conv2dParams::default().dilation(2),
+            "larger than the padded input",
+        ),
+    ];
+    for (x, w, p, needle) in cases {
+        assert_err(
+            Conv2dGeometry::new(&Shape::new(x), &Shape::new(w), p),
+            &["conv2d", needle],
+        );
+    }
+}
