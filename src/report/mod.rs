@@ -1,0 +1,5 @@
+//! Reports of a comparison run: the plot image.
+
+mod plot;
+
+pub use plot::{write_comparison_plot, MethodCurve};
