@@ -19,6 +19,7 @@ pub mod autodiff;
 pub mod backend;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod report;
 pub mod shape;
 pub mod tensor;

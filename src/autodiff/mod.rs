@@ -65,6 +65,22 @@ impl Grads {
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.map.remove(&t.id())
     }
+    /// Replaces (or sets) ∂L/∂t, e.g. after clipping; `g` must have `t`'s shape and device.
+    pub fn set(&mut self, t: &Tensor, g: Tensor) -> Result<()> {
+        if g.shape() != t.shape() {
+            return Err(Error::shape(
+                "Grads::set",
+                format!(
+                    "gradient of shape {} for a tensor of shape {}",
+                    g.shape(),
+                    t.shape()
+                ),
+            ));
+        }
+        t.device().check_same("Grads::set", g.device())?;
+        self.map.insert(t.id(), g);
+        Ok(())
+    }
     /// The number of gradients held.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -1,0 +1,126 @@
+//! AdamW: Adam with decoupled weight decay (Loshchilov & Hutter), as in PyTorch's `AdamW`. At step t ≥ 1:
+//!
+//! ```text
+//! p ← p − lr·λ·p                          (decoupled decay: not part of the gradient moments)
+//! m ← β₁·m + (1 − β₁)·g
+//! v ← β₂·v + (1 − β₂)·g²
+//! p ← p − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+//! ```
+
+use super::{check_hyper, restore_buffers, Optimizer};
+use crate::autodiff::{no_grad, Grads};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+
+/// AdamW with moments β₁, β₂, ε and decoupled weight decay λ.
+pub struct AdamW {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    /// Per parameter name: (first moment m, second moment v).
+    moments: HashMap<String, (Tensor, Tensor)>,
+    steps: u64,
+}
+
+impl AdamW {
+    /// β₁, β₂ ∈ [0, 1), ε > 0, λ ≥ 0. PyTorch's defaults are (0.9, 0.999, 1e-8, 0.01).
+    pub fn new(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> Result<AdamW> {
+        check_hyper("adamw", "beta1", beta1, (0.0..1.0).contains(&beta1))?;
+        check_hyper("adamw", "beta2", beta2, (0.0..1.0).contains(&beta2))?;
+        check_hyper("adamw", "eps", eps, eps > 0.0)?;
+        check_hyper("adamw", "weight decay", weight_decay, weight_decay >= 0.0)?;
+        Ok(AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            moments: HashMap::new(),
+            steps: 0,
+        })
+    }
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW::new(0.9, 0.999, 1e-8, 0.01).expect("valid defaults")
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
+        check_hyper("adamw", "learning rate", lr, lr >= 0.0)?;
+        let t = (self.steps + 1) as i32;
+        let bias1 = 1.0 - self.beta1.powi(t);
+        let bias2 = 1.0 - self.beta2.powi(t);
+        no_grad(|| {
+            for (name, p) in params {
+                let Some(g) = grads.get(p) else { continue };
+                let (m, v) = match self.moments.get(name) {
+                    Some((m, v)) => (
+                        m.mul_scalar(self.beta1)?
+                            .add(&g.mul_scalar(1.0 - self.beta1)?)?,
+                        v.mul_scalar(self.beta2)?
+                            .add(&g.mul(g)?.mul_scalar(1.0 - self.beta2)?)?,
+                    ),
+                    None => (
+                        g.mul_scalar(1.0 - self.beta1)?,
+                        g.mul(g)?.mul_scalar(1.0 - self.beta2)?,
+                    ),
+                };
+                let denom = v.mul_scalar(1.0 / bias2)?.sqrt()?.add_scalar(self.eps)?;
+                let update = m.div(&denom)?.mul_scalar(lr / bias1)?;
+                let decayed = if self.weight_decay != 0.0 {
+                    p.mul_scalar(1.0 - lr * self.weight_decay)?
+                } else {
+                    p.detach()
+                };
+                p.assign(&decayed.sub(&update)?)?;
+                self.moments.insert(name.clone(), (m, v));
+            }
+            self.steps += 1;
+            Ok(())
+        })
+    }
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = self
+            .moments
+            .iter()
+            .flat_map(|(k, (m, v))| [(format!("m.{k}"), m.clone()), (format!("v.{k}"), v.clone())])
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+    fn load_state(&mut self, steps: u64, state: Vec<(String, Tensor)>) -> Result<()> {
+        let restored = restore_buffers("adamw", &["m", "v"], state)?;
+        let mut first = HashMap::new();
+        let mut second = HashMap::new();
+        for (slot, param, t) in restored {
+            if slot == "m" {
+                first.insert(param, t)
+            } else {
+                second.insert(param, t)
+            };
+        }
+        let mut moments = HashMap::new();
+        for (param, m) in first {
+            let v = second.remove(&param).ok_or_else(|| {
+                crate::Error::invalid("adamw", format!("state has m.{param} but no v.{param}"))
+            })?;
+            moments.insert(param, (m, v));
+        }
+        if let Some(param) = second.keys().next() {
+            return Err(crate::Error::invalid(
+                "adamw",
+                format!("state has v.{param} but no m.{param}"),
+            ));
+        }
+        self.moments = moments;
+        self.steps = steps;
+        Ok(())
+    }
+}

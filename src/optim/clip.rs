@@ -1,0 +1,51 @@
+//! Gradient clipping by global norm: with n = √(Σ_p ‖g_p‖²), every gradient is scaled by
+//! c = 1 / max(1, n / max_norm), so the clipped global norm is min(n, max_norm).
+//!
+//! Everything stays on the device (no readback): max(1, r) is computed as (1 + r + |r − 1|) / 2 with
+//! |x| = √(x²), from the engine's elementwise ops.
+
+use crate::autodiff::{no_grad, Grads};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Scales the gradients of `params` in `grads` in place so their global norm is at most `max_norm`; returns
+/// the global norm before clipping as a one-element tensor (read it when logging).
+pub fn clip_grad_norm(
+    params: &[(String, Tensor)],
+    grads: &mut Grads,
+    max_norm: f32,
+) -> Result<Option<Tensor>> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::invalid(
+            "clip_grad_norm",
+            format!("max_norm must be finite and > 0, got {max_norm}"),
+        ));
+    }
+    no_grad(|| {
+        let present: Vec<&Tensor> = params
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| grads.get(p).is_some())
+            .collect();
+        let mut total: Option<Tensor> = None;
+        for p in &present {
+            let g = grads.get(p).expect("filtered above");
+            let sq = g.mul(g)?.sum_all()?;
+            total = Some(match total {
+                Some(t) => t.add(&sq)?,
+                None => sq,
+            });
+        }
+        let Some(total) = total else { return Ok(None) };
+        let norm = total.sqrt()?;
+        let ratio = norm.mul_scalar(1.0 / max_norm)?;
+        let dist = ratio.add_scalar(-1.0)?.pow_scalar(2.0)?.sqrt()?; // |r − 1|
+        let max1 = ratio.add_scalar(1.0)?.add(&dist)?.mul_scalar(0.5)?; // max(1, r)
+        let scale = max1.pow_scalar(-1.0)?;
+        for p in present {
+            let g = grads.remove(p).expect("filtered above");
+            grads.set(p, g.mul(&scale)?)?;
+        }
+        Ok(Some(norm))
+    })
+}
