@@ -23,6 +23,7 @@ pub mod optim;
 pub mod report;
 pub mod shape;
 pub mod tensor;
+pub mod train;
 
 pub use autodiff::{no_grad, Grads, Tape};
 pub use backend::Device;

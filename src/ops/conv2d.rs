@@ -1,1 +1,101 @@
-//! (being written)
+//! 2-D convolution, NCHW input and OIHW weight, with stride, padding, dilation and groups (depthwise
+//! included) and an optional per-channel bias.
+//!
+//! Forward (cross-correlation, as in every deep-learning library), for group g of output channel o:
+//!   y[n, o, i, j] = b[o] + Σ_{c ∈ group g} Σ_{p, q} x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w] · w[o, c − g·C/G, p, q]
+//! with out-of-range input positions read as zero.
+//! Shape algebra: H_out = (H + 2·pad_h − d_h·(kh − 1) − 1) / s_h + 1 (likewise W_out); w is (O, C/G, kh, kw).
+//!
+//! Backward, with G = ∂L/∂y (y is linear in x and in w):
+//! - ∂L/∂x[n, c, h, w] = Σ over every (o, i, j, p, q) that read x[n, c, h, w] of G[n, o, i, j]·w[o, c', p, q]:
+//!   the transposed convolution of G with w ([`Backend::conv2d_input_grad`](crate::backend::Backend::conv2d_input_grad));
+//! - ∂L/∂w[o, c', p, q] = Σ_{n, i, j} G[n, o, i, j]·x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w]:
+//!   the correlation of x with G ([`Backend::conv2d_weight_grad`](crate::backend::Backend::conv2d_weight_grad));
+//! - ∂L/∂b[o] = Σ_{n, i, j} G[n, o, i, j].
+//!
+//! In matrix form per image and group (im2col view): Y_g = W_g · X̃_g with W_g (O/G, C/G·kh·kw) and X̃_g the
+//! (C/G·kh·kw, H_out·W_out) patch matrix, so ∂W_g = Σ_n G_g X̃_gᵀ and ∂X̃_g = W_gᵀ G_g (scattered back to x).
+
+use crate::error::{Error, Result};
+use crate::shape::{Conv2dGeometry, Conv2dParams, Shape};
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// Convolves this NCHW tensor with an OIHW `weight` (plus an optional bias of shape (O)).
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        params: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        self.check_device(OP, weight)?;
+        let geom = Conv2dGeometry::new(self.shape(), weight.shape(), params)?;
+        if let Some(b) = bias {
+            self.check_device(OP, b)?;
+            if b.dims() != [geom.c_out] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "bias must have shape [{}] for weight {}, got {}",
+                        geom.c_out,
+                        weight.shape(),
+                        b.shape()
+                    ),
+                ));
+            }
+        }
+        let backend = self.device().backend();
+        let storage = backend.conv2d(
+            &self.storage(),
+            &weight.storage(),
+            bias.map(|b| b.storage()).as_ref(),
+            &geom,
+        )?;
+        let (x, w) = (self.detach(), weight.detach());
+        let need = [
+            self.requires_grad(),
+            weight.requires_grad(),
+            bias.is_some_and(|b| b.requires_grad()),
+        ];
+        let has_bias = bias.is_some();
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(Tensor::from_op(
+            OP,
+            storage,
+            geom.output_shape(),
+            &inputs,
+            move |g| {
+                let backend = g.device().backend();
+                let dx = if need[0] {
+                    let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
+                    Some(Tensor::from_storage(s, geom.input_shape(), g.device()))
+                } else {
+                    None
+                };
+                let dw = if need[1] {
+                    let s = backend.conv2d_weight_grad(&x.storage(), &g.storage(), &geom)?;
+                    Some(Tensor::from_storage(s, geom.weight_shape(), g.device()))
+                } else {
+                    None
+                };
+                let mut grads = vec![dx, dw];
+                if has_bias {
+                    let db = if need[2] {
+                        Some(g.sum(&[0, 2, 3], false)?)
+                    } else {
+                        None
+                    };
+                    grads.push(db);
+                }
+                Ok(grads)
+            },
+        ))
+    }
+}
+
+/// The output shape of a convolution of `x` with a weight of shape `w` (for callers that plan buffers).
+pub fn conv2d_output_shape(x: &Shape, w: &Shape, params: Conv2dParams) -> Result<Shape> {
+    Ok(Conv2dGeometry::new(x, w, params)?.output_shape())
+}

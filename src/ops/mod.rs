@@ -11,6 +11,7 @@ pub mod exp;
 pub mod gelu;
 pub mod grn;
 pub mod layer_norm;
+pub mod linear;
 pub mod log;
 pub mod log_softmax;
 pub mod matmul;

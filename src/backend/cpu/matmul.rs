@@ -21,7 +21,7 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     c.par_chunks_mut(m * n).enumerate().for_each(|(bi, c_mat)| {
         let a_mat = &a[bi * spec.a_batch_stride..bi * spec.a_batch_stride + m * k];
         let b_mat = &b[bi * spec.b_batch_stride..bi * spec.b_batch_stride + k * n];
-        gemm(a_mat, b_mat, c_mat, spec);
+        gemm_acc(a_mat, b_mat, c_mat, m, k, n, spec.trans_a, spec.trans_b);
     });
     c
 }
@@ -40,15 +40,21 @@ fn row_major(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Cow<'_, [
     Cow::Owned(out)
 }
 
-fn gemm(a: &[f32], b: &[f32], c: &mut [f32], spec: &MatmulSpec) {
-    let MatmulSpec {
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-        ..
-    } = *spec;
+/// c += op(a)·op(b) for one m×k by k×n product; c is m×n row-major. Shared with the convolution kernels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_acc(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+) {
+    if m * n == 0 {
+        return;
+    }
     let a = row_major(a, m, k, trans_a);
     let b = row_major(b, k, n, trans_b);
     let (a, b) = (&*a, &*b);

@@ -1,39 +1,179 @@
-//! CPU normalisation kernels: layer norm (forward, backward) and log-softmax (forward, backward).
+//! CPU normalisation kernels: layer norm (forward, backward) and log-softmax (forward, backward), all over
+//! the middle axis of an (outer, len, inner) view (math in `ops/layer_norm.rs` and `ops/log_softmax.rs`).
+//!
+//! Each outer slice is one rayon task; inside it the statistics of all `inner` positions are accumulated
+//! together, row by row of the normalised axis, so the inner loops are contiguous and vectorise for NCHW
+//! (inner = H·W) as well as for the last axis (inner = 1).
 
 use crate::backend::AxisLayout;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use rayon::prelude::*;
 
-fn missing(op: &'static str) -> Error {
-    Error::Unsupported {
-        backend: "cpu".into(),
-        op,
-    }
-}
-
+/// Forward: returns (y, mean, rstd); mean and rstd have outer·inner entries.
 #[allow(clippy::type_complexity)]
 pub fn layer_norm(
-    _x: &[f32],
-    _weight: Option<&[f32]>,
-    _bias: Option<&[f32]>,
-    _l: AxisLayout,
-    _eps: f32,
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    l: AxisLayout,
+    eps: f32,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    Err(missing("layer_norm"))
+    let (len, inner) = (l.len, l.inner);
+    let mut y = vec![0.0f32; l.numel()];
+    let mut mean = vec![0.0f32; l.outer * inner];
+    let mut rstd = vec![0.0f32; l.outer * inner];
+    y.par_chunks_mut(len * inner)
+        .zip(mean.par_chunks_mut(inner).zip(rstd.par_chunks_mut(inner)))
+        .enumerate()
+        .for_each(|(o, (ys, (mu, rs)))| {
+            let xs = &x[o * len * inner..(o + 1) * len * inner];
+            // Two passes (mean, then centred squares) in f32 with f64 only for the final scale: stable for
+            // the magnitudes a network produces and exact enough for the f64 reference tests.
+            mu.fill(0.0);
+            for c in 0..len {
+                for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
+                    *m += v;
+                }
+            }
+            mu.iter_mut().for_each(|m| *m /= len as f32);
+            rs.fill(0.0);
+            for c in 0..len {
+                for ((r, &m), &v) in rs
+                    .iter_mut()
+                    .zip(mu.iter())
+                    .zip(&xs[c * inner..(c + 1) * inner])
+                {
+                    let d = v - m;
+                    *r += d * d;
+                }
+            }
+            rs.iter_mut()
+                .for_each(|r| *r = 1.0 / (*r / len as f32 + eps).sqrt());
+            for c in 0..len {
+                let (wc, bc) = (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]));
+                let row = &mut ys[c * inner..(c + 1) * inner];
+                for (((yv, &v), &m), &r) in row
+                    .iter_mut()
+                    .zip(&xs[c * inner..(c + 1) * inner])
+                    .zip(mu.iter())
+                    .zip(rs.iter())
+                {
+                    *yv = (v - m) * r * wc + bc;
+                }
+            }
+        });
+    Ok((y, mean, rstd))
 }
+
+/// Backward: returns (dx, dweight, dbias) with dweight = Σ dy·x̂ and dbias = Σ dy per channel.
 #[allow(clippy::type_complexity)]
 pub fn layer_norm_backward(
-    _dy: &[f32],
-    _x: &[f32],
-    _weight: Option<&[f32]>,
-    _mean: &[f32],
-    _rstd: &[f32],
-    _l: AxisLayout,
+    dy: &[f32],
+    x: &[f32],
+    weight: Option<&[f32]>,
+    mean: &[f32],
+    rstd: &[f32],
+    l: AxisLayout,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    Err(missing("layer_norm_backward"))
+    let (len, inner) = (l.len, l.inner);
+    let mut dx = vec![0.0f32; l.numel()];
+    // Per outer slice: dx, and that slice's contributions to dweight and dbias (summed afterwards).
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(len * inner)
+        .enumerate()
+        .map(|(o, dxs)| {
+            let base = o * len * inner;
+            let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
+            let (mu, rs) = (
+                &mean[o * inner..(o + 1) * inner],
+                &rstd[o * inner..(o + 1) * inner],
+            );
+            let mut dw = vec![0.0f32; len];
+            let mut db = vec![0.0f32; len];
+            // mean over the axis of ĝ and of ĝ·x̂, per inner position
+            let mut mean_g = vec![0.0f32; inner];
+            let mut mean_gx = vec![0.0f32; inner];
+            for c in 0..len {
+                let wc = weight.map_or(1.0, |w| w[c]);
+                let (row_x, row_g) = (
+                    &xs[c * inner..(c + 1) * inner],
+                    &gs[c * inner..(c + 1) * inner],
+                );
+                let (mut sum_gx, mut sum_g) = (0.0f32, 0.0f32);
+                for i in 0..inner {
+                    let xh = (row_x[i] - mu[i]) * rs[i];
+                    let g = row_g[i];
+                    sum_gx += g * xh;
+                    sum_g += g;
+                    mean_g[i] += wc * g;
+                    mean_gx[i] += wc * g * xh;
+                }
+                dw[c] = sum_gx;
+                db[c] = sum_g;
+            }
+            let inv = 1.0 / len as f32;
+            for c in 0..len {
+                let wc = weight.map_or(1.0, |w| w[c]);
+                let (row_x, row_g) = (
+                    &xs[c * inner..(c + 1) * inner],
+                    &gs[c * inner..(c + 1) * inner],
+                );
+                let row_dx = &mut dxs[c * inner..(c + 1) * inner];
+                for i in 0..inner {
+                    let xh = (row_x[i] - mu[i]) * rs[i];
+                    row_dx[i] = rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dweight = vec![0.0f32; len];
+    let mut dbias = vec![0.0f32; len];
+    for (dw, db) in partial {
+        dweight.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(&db).for_each(|(a, b)| *a += b);
+    }
+    Ok((dx, dweight, dbias))
 }
-pub fn log_softmax(_x: &[f32], _l: AxisLayout) -> Result<Vec<f32>> {
-    Err(missing("log_softmax"))
+
+/// y = x − max − log Σ exp(x − max) over the middle axis.
+pub fn log_softmax(x: &[f32], l: AxisLayout) -> Result<Vec<f32>> {
+    let (len, inner) = (l.len, l.inner);
+    let mut y = vec![0.0f32; l.numel()];
+    y.par_chunks_mut(len * inner)
+        .enumerate()
+        .for_each(|(o, ys)| {
+            let xs = &x[o * len * inner..(o + 1) * len * inner];
+            for i in 0..inner {
+                let at = |c: usize| xs[c * inner + i];
+                let m = (0..len).map(at).fold(f32::NEG_INFINITY, f32::max);
+                let lse = (0..len)
+                    .map(|c| ((at(c) - m) as f64).exp())
+                    .sum::<f64>()
+                    .ln() as f32;
+                for c in 0..len {
+                    ys[c * inner + i] = at(c) - m - lse;
+                }
+            }
+        });
+    Ok(y)
 }
-pub fn log_softmax_backward(_dy: &[f32], _y: &[f32], _l: AxisLayout) -> Result<Vec<f32>> {
-    Err(missing("log_softmax_backward"))
+
+/// dx = dy − exp(y)·Σ dy over the middle axis.
+pub fn log_softmax_backward(dy: &[f32], y: &[f32], l: AxisLayout) -> Result<Vec<f32>> {
+    let (len, inner) = (l.len, l.inner);
+    let mut dx = vec![0.0f32; l.numel()];
+    dx.par_chunks_mut(len * inner)
+        .enumerate()
+        .for_each(|(o, dxs)| {
+            let base = o * len * inner;
+            for i in 0..inner {
+                let sum: f32 = (0..len).map(|c| dy[base + c * inner + i]).sum();
+                for c in 0..len {
+                    let k = base + c * inner + i;
+                    dxs[c * inner + i] = dy[k] - y[k].exp() * sum;
+                }
+            }
+        });
+    Ok(dx)
 }
