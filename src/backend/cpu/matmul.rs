@@ -52,7 +52,8 @@ pub(crate) fn gemm_acc(
     trans_a: bool,
     trans_b: bool,
 ) {
-    if m * n == 0 {
+    // k = 0: an empty sum, c is unchanged (and a transposed pack would chunk by zero).
+    if m * n == 0 || k == 0 {
         return;
     }
     let a = row_major(a, m, k, trans_a);
