@@ -22,19 +22,34 @@ use std::sync::OnceLock;
 
 const RTOL: f64 = 2e-4;
 
+/// Kernel calls on one backend returning the outputs to compare.
+type Kernels<'a> = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>> + 'a;
+
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) -> Result<(), TestCaseError> {
     prop_assert_eq!(gpu.len(), cpu.len(), "{}: lengths differ", what);
     let scale = cpu.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
         let err = (g as f64 - c as f64).abs();
         let ok = err <= RTOL * (scale + (c as f64).abs()) || (g.is_nan() && c.is_nan()) || g == c;
-        prop_assert!(ok, "{}: element {}: gpu {} vs cpu {} (|diff| {:.3e})", what, i, g, c, err);
+        prop_assert!(
+            ok,
+            "{}: element {}: gpu {} vs cpu {} (|diff| {:.3e})",
+            what,
+            i,
+            g,
+            c,
+            err
+        );
     }
     Ok(())
 }
 
 fn values(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    Rng::new(seed).vec(n, lo, hi).into_iter().map(|v| v as f32).collect()
+    Rng::new(seed)
+        .vec(n, lo, hi)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
 }
 
 /// Runs `f` on both backends (inputs uploaded to each) and compares every output.
@@ -48,7 +63,12 @@ where
     cross_on(what, gpu.backend(), inputs, f)
 }
 
-fn cross_on<F>(what: &str, gpu: &dyn Backend, inputs: &[Vec<f32>], f: F) -> Result<(), TestCaseError>
+fn cross_on<F>(
+    what: &str,
+    gpu: &dyn Backend,
+    inputs: &[Vec<f32>],
+    f: F,
+) -> Result<(), TestCaseError>
 where
     F: Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>,
 {
@@ -288,7 +308,7 @@ fn split_backend() -> Option<&'static GpuBackend> {
 #[test]
 fn split_dispatches_match_cpu() {
     let Some(gpu) = split_backend() else { return };
-    let check = |what: &str, inputs: &[Vec<f32>], f: &dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>| {
+    let check = |what: &str, inputs: &[Vec<f32>], f: &Kernels<'_>| {
         cross_on(what, gpu, inputs, f).unwrap();
     };
     // 9000 elements = 36 workgroups of 256: a 4 × 4 × 3 grid.
@@ -296,21 +316,54 @@ fn split_dispatches_match_cpu() {
     check("unary exp, split", &[values(1, n, -2.0, 2.0)], &|b, s| {
         Ok(vec![b.unary(UnaryOp::Exp, &s[0], n)?, b.fill(n, 0.5)?])
     });
-    let l = merge_broadcast_dims("t", &Shape::new([n / 9, 9]), &Shape::new([1, 9]), &Shape::new([n / 9, 9])).unwrap();
-    check("binary add, split", &[values(2, n, -1.0, 1.0), values(3, 9, -1.0, 1.0)], &|b, s| {
-        Ok(vec![b.binary(BinaryOp::Add, &s[0], &s[1], &l)?])
-    });
+    let l = merge_broadcast_dims(
+        "t",
+        &Shape::new([n / 9, 9]),
+        &Shape::new([1, 9]),
+        &Shape::new([n / 9, 9]),
+    )
+    .unwrap();
+    check(
+        "binary add, split",
+        &[values(2, n, -1.0, 1.0), values(3, 9, -1.0, 1.0)],
+        &|b, s| Ok(vec![b.binary(BinaryOp::Add, &s[0], &s[1], &l)?]),
+    );
     // 2 × 3 × 5 = 30 output tiles of 64 × 64.
-    let spec = MatmulSpec { batch: 2, m: 150, k: 20, n: 300, trans_a: false, trans_b: true, a_batch_stride: 3000, b_batch_stride: 0 };
-    check("matmul, split", &[values(4, 6000, -1.0, 1.0), values(5, 6000, -1.0, 1.0)], &|b, s| {
-        Ok(vec![b.matmul(&s[0], &s[1], &spec)?])
-    });
-    let sl = AxisLayout { outer: 7, len: 64, inner: 5 };
-    check("sum_axis / softmax / layer norm, split", &[values(6, sl.numel(), -1.0, 1.0)], &|b, s| {
-        let ln = b.layer_norm(&s[0], None, None, sl, 1e-5)?;
-        let g = b.layer_norm_backward(&s[0], &s[0], None, &ln.mean, &ln.rstd, sl)?;
-        Ok(vec![b.sum_axis(&s[0], sl)?, b.log_softmax(&s[0], sl)?, ln.y, g.dx, g.dweight])
-    });
+    let spec = MatmulSpec {
+        batch: 2,
+        m: 150,
+        k: 20,
+        n: 300,
+        trans_a: false,
+        trans_b: true,
+        a_batch_stride: 3000,
+        b_batch_stride: 0,
+    };
+    check(
+        "matmul, split",
+        &[values(4, 6000, -1.0, 1.0), values(5, 6000, -1.0, 1.0)],
+        &|b, s| Ok(vec![b.matmul(&s[0], &s[1], &spec)?]),
+    );
+    let sl = AxisLayout {
+        outer: 7,
+        len: 64,
+        inner: 5,
+    };
+    check(
+        "sum_axis / softmax / layer norm, split",
+        &[values(6, sl.numel(), -1.0, 1.0)],
+        &|b, s| {
+            let ln = b.layer_norm(&s[0], None, None, sl, 1e-5)?;
+            let g = b.layer_norm_backward(&s[0], &s[0], None, &ln.mean, &ln.rstd, sl)?;
+            Ok(vec![
+                b.sum_axis(&s[0], sl)?,
+                b.log_softmax(&s[0], sl)?,
+                ln.y,
+                g.dx,
+                g.dweight,
+            ])
+        },
+    );
     let g = geometry(2, 3, 2, 1, (30, 30), (3, 3), 1, 1, 1).unwrap();
     let dw = geometry(2, 1, 1, 3, (30, 30), (3, 3), 1, 1, 1).unwrap();
     for geom in [g, dw] {
@@ -340,7 +393,12 @@ fn an_elementwise_op_over_more_than_65535_workgroups_is_split() {
     // 65535·256 + 1000 floats (67 MB): one dimension of workgroups is not enough.
     let n = 65535 * 256 + 1000;
     let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3).collect();
-    let y = b.download(&b.unary(UnaryOp::MulScalar(2.0), &b.upload(&x).unwrap(), n).unwrap()).unwrap();
+    let y = b
+        .download(
+            &b.unary(UnaryOp::MulScalar(2.0), &b.upload(&x).unwrap(), n)
+                .unwrap(),
+        )
+        .unwrap();
     assert_eq!(y.len(), n);
     for i in (0..n).step_by(4099).chain(n - 1000..n) {
         assert_eq!(y[i], 2.0 * x[i], "element {i}");
@@ -364,7 +422,8 @@ fn foreign_and_oversized_buffers_are_errors() {
 
 /// conv2d → layer_norm_channels → gelu → global_avg_pool → linear → cross_entropy, forward and backward.
 fn small_conv_net(dev: &Device) -> liera::Result<(Tensor, Vec<Tensor>, liera::Grads)> {
-    let p = |seed, n, shape: &[usize]| Tensor::param(&values(seed, n, -0.5, 0.5), shape.to_vec(), dev);
+    let p =
+        |seed, n, shape: &[usize]| Tensor::param(&values(seed, n, -0.5, 0.5), shape.to_vec(), dev);
     let x = Tensor::from_slice(&values(1, 2 * 3 * 9 * 9, -1.0, 1.0), [2, 3, 9, 9], dev)?;
     let w = p(2, 8 * 3 * 3 * 3, &[8, 3, 3, 3])?;
     let b = p(3, 8, &[8])?;
@@ -373,7 +432,9 @@ fn small_conv_net(dev: &Device) -> liera::Result<(Tensor, Vec<Tensor>, liera::Gr
     let fc_w = p(6, 5 * 8, &[5, 8])?;
     let fc_b = p(7, 5, &[5])?;
     let h = x.conv2d(&w, Some(&b), Conv2dParams::default().stride(2).padding(1))?;
-    let h = h.layer_norm_channels(Some(&ln_w), Some(&ln_b), 1e-6)?.gelu()?;
+    let h = h
+        .layer_norm_channels(Some(&ln_w), Some(&ln_b), 1e-6)?
+        .gelu()?;
     let logits = h.global_avg_pool()?.linear(&fc_w, Some(&fc_b))?;
     let loss = logits.cross_entropy(&[1, 4])?;
     let grads = loss.backward()?;
@@ -384,10 +445,16 @@ fn small_conv_net(dev: &Device) -> liera::Result<(Tensor, Vec<Tensor>, liera::Gr
 fn a_conv_net_step_reads_nothing_back_until_the_loss_is_asked_for() {
     let Some(gpu) = gpu_device() else { return };
     // Other tests share this device and read back concurrently, so the step runs on a private backend.
-    let dev = Device::from_backend(std::sync::Arc::new(GpuBackend::new(GpuOptions::default()).unwrap()));
+    let dev = Device::from_backend(std::sync::Arc::new(
+        GpuBackend::new(GpuOptions::default()).unwrap(),
+    ));
     let before = dev.backend().readback_count();
     let (loss, params, grads) = small_conv_net(&dev).unwrap();
-    assert_eq!(dev.backend().readback_count(), before, "forward + backward read something back");
+    assert_eq!(
+        dev.backend().readback_count(),
+        before,
+        "forward + backward read something back"
+    );
     let l_gpu = loss.to_scalar().unwrap();
     assert_eq!(dev.backend().readback_count(), before + 1);
 

@@ -250,8 +250,9 @@ impl GpuBackend {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let storage_usage =
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let storage_usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         let dummy = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -379,7 +380,11 @@ impl GpuBackend {
     }
 
     /// The cached pipeline for an entry point of a module variant (built on first use).
-    fn pipeline(&self, variant: &ShaderVariant, entry: &'static str) -> Result<wgpu::ComputePipeline> {
+    fn pipeline(
+        &self,
+        variant: &ShaderVariant,
+        entry: &'static str,
+    ) -> Result<wgpu::ComputePipeline> {
         let key = (variant.clone(), entry);
         if let Some(p) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
             return Ok(p.clone());
@@ -496,7 +501,9 @@ impl GpuBackend {
         let mut pending = self.pending.lock().map_err(poisoned)?;
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("liera") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("liera"),
+                })
         });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -518,6 +525,9 @@ impl GpuBackend {
     fn submit(&self, pending: &mut Pending) {
         if let Some(enc) = pending.encoder.take() {
             self.queue.submit([enc.finish()]);
+            // Non-blocking: lets wgpu free the parameter blocks and bind groups of finished work, so a
+            // long run without readbacks does not accumulate them.
+            let _ = self.device.poll(wgpu::PollType::Poll);
         }
         pending.dispatches = 0;
     }
@@ -636,7 +646,9 @@ impl Backend for GpuBackend {
             let mut pending = self.pending.lock().map_err(poisoned)?;
             let encoder = pending.encoder.get_or_insert_with(|| {
                 self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("liera") })
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("liera"),
+                    })
             });
             encoder.copy_buffer_to_buffer(src.raw(), 0, &staging, 0, bytes);
             self.submit(&mut pending);
@@ -832,19 +844,17 @@ impl Backend for GpuBackend {
                 &ShaderVariant::conv2d(0, bias.is_some()),
                 "gemm",
                 &params,
-                Bindings::new(&[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())], &[out.raw()]),
+                Bindings::new(
+                    &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
+                    &[out.raw()],
+                ),
                 tiles as u64,
             )?;
         }
         Ok(Self::wrap(out))
     }
 
-    fn conv2d_input_grad(
-        &self,
-        dy: &Storage,
-        w: &Storage,
-        g: &Conv2dGeometry,
-    ) -> Result<Storage> {
+    fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
         let (dy, w) = (self.buf(dy)?, self.buf(w)?);
         let n_in = g.batch * g.c_in * g.h_in * g.w_in;
         let out = self.alloc(n_in)?;
@@ -871,12 +881,7 @@ impl Backend for GpuBackend {
         Ok(Self::wrap(out))
     }
 
-    fn conv2d_weight_grad(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        g: &Conv2dGeometry,
-    ) -> Result<Storage> {
+    fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
         let (x, dy) = (self.buf(x)?, self.buf(dy)?);
         let taps = g.kh * g.kw;
         let n_w = g.c_out * g.c_in_per_group() * taps;
@@ -936,7 +941,11 @@ impl Backend for GpuBackend {
             "ln_forward",
             &params,
             Bindings::new(
-                &[Some(x.raw()), weight.map(|b| b.raw()), bias.map(|b| b.raw())],
+                &[
+                    Some(x.raw()),
+                    weight.map(|b| b.raw()),
+                    bias.map(|b| b.raw()),
+                ],
                 &[y.raw(), mean.raw(), rstd.raw()],
             ),
             positions as u64,
@@ -957,7 +966,12 @@ impl Backend for GpuBackend {
         rstd: &Storage,
         l: AxisLayout,
     ) -> Result<LayerNormGrads> {
-        let (dy, x, mean, rstd) = (self.buf(dy)?, self.buf(x)?, self.buf(mean)?, self.buf(rstd)?);
+        let (dy, x, mean, rstd) = (
+            self.buf(dy)?,
+            self.buf(x)?,
+            self.buf(mean)?,
+            self.buf(rstd)?,
+        );
         let weight = weight.map(|b| self.buf(b)).transpose()?;
         let (dx, dweight, dbias) = (
             self.alloc(l.numel())?,
@@ -1021,12 +1035,7 @@ impl Backend for GpuBackend {
         Ok(Self::wrap(y))
     }
 
-    fn log_softmax_backward(
-        &self,
-        dy: &Storage,
-        y: &Storage,
-        l: AxisLayout,
-    ) -> Result<Storage> {
+    fn log_softmax_backward(&self, dy: &Storage, y: &Storage, l: AxisLayout) -> Result<Storage> {
         let (dy, y) = (self.buf(dy)?, self.buf(y)?);
         let dx = self.alloc(l.numel())?;
         self.launch(

@@ -23,7 +23,10 @@ const DEPTHWISE: ShaderFile = (
     include_str!("../../../shaders/depthwise.wgsl"),
 );
 const NORM: ShaderFile = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
-const SOFTMAX: ShaderFile = ("softmax.wgsl", include_str!("../../../shaders/softmax.wgsl"));
+const SOFTMAX: ShaderFile = (
+    "softmax.wgsl",
+    include_str!("../../../shaders/softmax.wgsl"),
+);
 
 /// Every WGSL file of the backend.
 pub const ALL_FILES: &[ShaderFile] = &[
