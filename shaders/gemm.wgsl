@@ -5,17 +5,18 @@
 // (im2col-free convolution) products:
 //   gemm_shape() -> (batch, M, N, K), gemm_load_a(b, row, kk), gemm_load_b(b, kk, col),
 //   gemm_store(b, row, col, value).
-// Each workgroup of 256 threads computes a 64×64 tile of C; each thread keeps a 4×4 block in registers.
-// K advances 16 at a time through two workgroup-memory tiles (A as [kk][row], B as [kk][col], 8 KiB in
-// all), so every loaded value is reused 64 times. Edges (sizes that are not tile multiples) load zeros
+// Each workgroup of 256 threads (16×16) computes a 64×64 tile of C; each thread keeps 4×4 results in
+// registers, rows ty + 16·i and columns tx + 16·j (strided, so neighbouring threads read neighbouring
+// words of workgroup memory). K advances 16 at a time through two workgroup-memory tiles (A as [kk][row],
+// B as [kk][col], 8 KiB in all), so every value loaded from memory is used 64 times. Edges (sizes that are not tile multiples) load zeros
 // and skip the stores.
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 
-var<workgroup> tile_a: array<vec4<f32>, 256>; // TILE_K × TILE_M, row-major by kk
-var<workgroup> tile_b: array<vec4<f32>, 256>; // TILE_K × TILE_N, row-major by kk
+var<workgroup> tile_a: array<f32, 1024>; // TILE_K × TILE_M, row-major by kk
+var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
 
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -49,7 +50,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 va = gemm_load_a(b, row0 + ar, k0 + ak);
             }
             let ia = ak * TILE_M + ar;
-            tile_a[ia / 4u][ia % 4u] = va;
+            tile_a[ia] = va;
             // B: consecutive threads walk columns (contiguous in a row-major B).
             let bk = e / TILE_N;
             let bc = e % TILE_N;
@@ -58,12 +59,16 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 vb = gemm_load_b(b, k0 + bk, col0 + bc);
             }
             let ib = bk * TILE_N + bc;
-            tile_b[ib / 4u][ib % 4u] = vb;
+            tile_b[ib] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let av = tile_a[kk * (TILE_M / 4u) + ty];
-            let bv = tile_b[kk * (TILE_N / 4u) + tx];
+            // Thread (ty, tx) owns rows ty + 16·i and columns tx + 16·j: neighbouring threads read
+            // neighbouring columns of tile_b.
+            let av = vec4<f32>(tile_a[kk * TILE_M + ty], tile_a[kk * TILE_M + ty + 16u],
+                               tile_a[kk * TILE_M + ty + 32u], tile_a[kk * TILE_M + ty + 48u]);
+            let bv = vec4<f32>(tile_b[kk * TILE_N + tx], tile_b[kk * TILE_N + tx + 16u],
+                               tile_b[kk * TILE_N + tx + 32u], tile_b[kk * TILE_N + tx + 48u]);
             acc[0] += av.x * bv;
             acc[1] += av.y * bv;
             acc[2] += av.z * bv;
@@ -75,10 +80,10 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     for (var i = 0u; i < 4u; i++) {
-        let row = row0 + ty * 4u + i;
+        let row = row0 + ty + 16u * i;
         if (row < m) {
             for (var j = 0u; j < 4u; j++) {
-                let col = col0 + tx * 4u + j;
+                let col = col0 + tx + 16u * j;
                 if (col < n) {
                     gemm_store(b, row, col, acc[i][j]);
                 }
