@@ -49,6 +49,20 @@ fn bench(dev: &Device) -> Result<()> {
             2.0 * (n * n * n) as f64 / s / 1e9
         );
     }
+    // Launch overhead: many tiny elementwise kernels, as in the optimizer and the small ops of a step.
+    let tiny = b.upload(&[1.0; 256])?;
+    let launches = 2000;
+    let s = time(b, 1, || {
+        let mut y = b.unary(liera::backend::UnaryOp::AddScalar(1.0), &tiny, 256)?;
+        for _ in 1..launches {
+            y = b.unary(liera::backend::UnaryOp::AddScalar(1.0), &y, 256)?;
+        }
+        Ok(y)
+    })?;
+    println!(
+        "  launch overhead: {:6.1} µs per tiny kernel",
+        s / launches as f64 * 1e6
+    );
     // ConvNeXt-atto-like layers at batch 64: a 3×3 dense conv, a 7×7 depthwise conv.
     let cases = [
         (

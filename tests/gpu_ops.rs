@@ -481,3 +481,25 @@ fn best_prefers_the_gpu_adapter() {
         format!("GPU adapter: {}\n", gpu.name()).as_bytes(),
     );
 }
+
+#[test]
+fn long_chains_of_kernels_stay_ordered_across_batches_and_pooled_buffers() {
+    let Some(dev) = gpu_device() else { return };
+    let b = dev.backend();
+    // 700 dependent launches (several submitted batches); every intermediate is dropped at once, so its
+    // pooled buffer is reused by a later launch while earlier reads of it may still be pending.
+    let n = 1000;
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let ones = b.fill(n, 1.0).unwrap();
+    let layout =
+        merge_broadcast_dims("t", &Shape::new([n]), &Shape::new([n]), &Shape::new([n])).unwrap();
+    let mut y = b.upload(&x).unwrap();
+    for _ in 0..350 {
+        y = b.unary(UnaryOp::AddScalar(1.0), &y, n).unwrap();
+        y = b.binary(BinaryOp::Mul, &y, &ones, &layout).unwrap();
+    }
+    let got = b.download(&y).unwrap();
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(*v, i as f32 + 350.0, "element {i}");
+    }
+}

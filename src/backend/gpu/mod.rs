@@ -10,7 +10,8 @@
 //!   layout: binding 0 a uniform parameter block, 1–5 read-only storage, 6–8 read-write storage. Unused
 //!   slots get dummy buffers, so an input is never also bound read-write.
 //! - Command batching: dispatches are recorded into one encoder and submitted together when a readback
-//!   needs them or after [`MAX_PENDING`] dispatches.
+//!   needs them or after [`MAX_PENDING`] dispatches. Their parameter blocks go into one uniform buffer
+//!   per batch (at aligned offsets), written by one queue write just before the submit.
 //! - Dispatch grids: T workgroups are spread over x, y, z (each at most the adapter's per-dimension limit)
 //!   and kernels linearise the workgroup index, so no launch fails for being long.
 //! - Errors: wgpu validation and out-of-memory errors are caught (an uncaptured-error handler, and error
@@ -36,7 +37,7 @@ const POOL_MAX_BYTES: u64 = 1 << 30;
 /// Read-only storage slots (bindings 1..=5) and read-write slots (6..=8) of the shared layout.
 const RO_SLOTS: usize = 5;
 const RW_SLOTS: usize = 3;
-/// u32 words of every parameter block (the largest Params struct of the shaders has 28).
+/// u32 words of every parameter block (at least the largest Params struct of the shaders, 28).
 const PARAM_WORDS: usize = 32;
 /// Threads per workgroup of the one-thread-per-element kernels.
 const WG: u64 = 256;
@@ -116,6 +117,10 @@ impl BufferPool {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: u32,
+    /// The parameter blocks of this batch, one per dispatch at `param_stride` bytes apart, written into
+    /// `params_ring` just before the batch is submitted (a queue write lands before the submit's commands).
+    params: Vec<u8>,
+    params_ring: Option<wgpu::Buffer>,
 }
 
 /// The wgpu backend.
@@ -134,6 +139,8 @@ pub struct GpuBackend {
     /// The first error wgpu reported outside an error scope, taken by the next check.
     error: Arc<Mutex<Option<String>>>,
     readbacks: AtomicU64,
+    /// Bytes between parameter blocks in a batch's uniform buffer.
+    param_stride: u64,
     dummy_ro: wgpu::Buffer,
     dummy_rw: Vec<wgpu::Buffer>,
 }
@@ -263,6 +270,9 @@ impl GpuBackend {
         };
         let dummy_ro = dummy("dummy input");
         let dummy_rw = (0..RW_SLOTS).map(|_| dummy("dummy output")).collect();
+        // Parameter blocks share one uniform buffer per batch at offsets the adapter can bind.
+        let param_stride = ((PARAM_WORDS * 4) as u64)
+            .next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(16) as u64);
         let max_groups_per_dim = options
             .max_workgroups_per_dim
             .unwrap_or(u32::MAX)
@@ -282,7 +292,10 @@ impl GpuBackend {
             pending: Mutex::new(Pending {
                 encoder: None,
                 dispatches: 0,
+                params: Vec::new(),
+                params_ring: None,
             }),
+            param_stride,
             error,
             readbacks: AtomicU64::new(0),
             dummy_ro,
@@ -460,26 +473,33 @@ impl GpuBackend {
         }
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
-        // The parameter block, padded to PARAM_WORDS (at least every kernel's Params struct); a fresh
-        // buffer initialised at creation, so it is ordered with the commands that read it.
         debug_assert!(params.len() <= PARAM_WORDS);
         let mut words = params.to_vec();
-        words.resize(PARAM_WORDS.max(params.len()), 0);
-        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: words.len() as u64 * 4,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        uniform
-            .slice(..)
-            .get_mapped_range_mut()
-            .map_err(|e| device_err("writing kernel parameters", e))?
-            .copy_from_slice(bytemuck::cast_slice(&words));
-        uniform.unmap();
+        words.resize(PARAM_WORDS, 0);
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        let ring = pending
+            .params_ring
+            .get_or_insert_with(|| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: self.param_stride * MAX_PENDING as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .clone();
+        let offset = pending.dispatches as u64 * self.param_stride;
+        pending.params.resize(offset as usize, 0);
+        pending
+            .params
+            .extend_from_slice(bytemuck::cast_slice(&words));
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &ring,
+                offset,
+                size: std::num::NonZeroU64::new(PARAM_WORDS as u64 * 4),
+            }),
         }];
         for (i, b) in bindings.inputs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
@@ -498,7 +518,6 @@ impl GpuBackend {
             layout: &self.layout,
             entries: &entries,
         });
-        let mut pending = self.pending.lock().map_err(poisoned)?;
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -523,6 +542,10 @@ impl GpuBackend {
     }
 
     fn submit(&self, pending: &mut Pending) {
+        if let Some(ring) = pending.params_ring.take() {
+            self.queue.write_buffer(&ring, 0, &pending.params);
+        }
+        pending.params.clear();
         if let Some(enc) = pending.encoder.take() {
             self.queue.submit([enc.finish()]);
             // Non-blocking: lets wgpu free the parameter blocks and bind groups of finished work, so a
