@@ -51,10 +51,12 @@ fn taps() -> u32 {
 // X̃ of group g at patch row r = (c, p, q) and output position pos = oh·W_out + ow of image n
 // (x is b_src in modes 0 and 2).
 fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
-    let c = r / taps();
-    let t = r % taps();
-    let ih = i32((pos / params.w_out) * params.stride_h + (t / params.kw) * params.dil_h) - i32(params.pad_h);
-    let iw = i32((pos % params.w_out) * params.stride_w + (t % params.kw) * params.dil_w) - i32(params.pad_w);
+    let ct = udivmod(r, taps());
+    let c = ct.x;
+    let pq = udivmod(ct.y, params.kw);
+    let hw = udivmod(pos, params.w_out);
+    let ih = i32(hw.x * params.stride_h + pq.x * params.dil_h) - i32(params.pad_h);
+    let iw = i32(hw.y * params.stride_w + pq.y * params.dil_w) - i32(params.pad_w);
     if (ih < 0 || iw < 0 || ih >= i32(params.h_in) || iw >= i32(params.w_in)) {
         return 0.0;
     }
@@ -87,14 +89,16 @@ fn gemm_load_a(g: u32, row: u32, kk: u32) -> f32 {
         }
         case 1u: {
             // w[g·og + o, row, t] with kk = (o, t)
-            let o = kk / taps();
-            let t = kk % taps();
+            let ot = udivmod(kk, taps());
+            let o = ot.x;
+            let t = ot.y;
             return a_src[((g * c_out_per_group() + o) * c_in_per_group() + row) * taps() + t];
         }
         default: {
             // dy[n, g·og + row, pos] with kk = (n, pos)
-            let n = kk / hw_out;
-            let pos = kk % hw_out;
+            let np = udivmod(kk, hw_out);
+            let n = np.x;
+            let pos = np.y;
             return a_src[(n * params.c_out + g * c_out_per_group() + row) * hw_out + pos];
         }
     }
@@ -104,34 +108,40 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
     let hw_out = params.h_out * params.w_out;
     switch CONV_MODE {
         case 0u: {
-            return patch_entry(g, kk, col / hw_out, col % hw_out);
+            let np = udivmod(col, hw_out);
+            return patch_entry(g, kk, np.x, np.y);
         }
         case 1u: {
             // dy[n, g·og + o, oh, ow] for the output position that tap t of (ih, iw) came from, if any.
             let hw_in = params.h_in * params.w_in;
-            let n = col / hw_in;
-            let q = col % hw_in;
-            let o = kk / taps();
-            let t = kk % taps();
-            let th = i32(q / params.w_in + params.pad_h) - i32((t / params.kw) * params.dil_h);
-            let tw = i32(q % params.w_in + params.pad_w) - i32((t % params.kw) * params.dil_w);
+            let nq = udivmod(col, hw_in);
+            let n = nq.x;
+            let ot = udivmod(kk, taps());
+            let o = ot.x;
+            let pq = udivmod(ot.y, params.kw);
+            let hw = udivmod(nq.y, params.w_in);
+            let th = i32(hw.x + params.pad_h) - i32(pq.x * params.dil_h);
+            let tw = i32(hw.y + params.pad_w) - i32(pq.y * params.dil_w);
             if (th < 0 || tw < 0) {
                 return 0.0;
             }
             let uh = u32(th);
             let uw = u32(tw);
-            if (uh % params.stride_h != 0u || uw % params.stride_w != 0u) {
+            let sh = udivmod(uh, params.stride_h);
+            let sw = udivmod(uw, params.stride_w);
+            if (sh.y != 0u || sw.y != 0u) {
                 return 0.0;
             }
-            let oh = uh / params.stride_h;
-            let ow = uw / params.stride_w;
+            let oh = sh.x;
+            let ow = sw.x;
             if (oh >= params.h_out || ow >= params.w_out) {
                 return 0.0;
             }
             return b_src[((n * params.c_out + g * c_out_per_group() + o) * params.h_out + oh) * params.w_out + ow];
         }
         default: {
-            return patch_entry(g, col, kk / hw_out, kk % hw_out);
+            let np = udivmod(kk, hw_out);
+            return patch_entry(g, col, np.x, np.y);
         }
     }
 }
@@ -145,11 +155,13 @@ fn gemm_store(g: u32, row: u32, col: u32, value: f32) {
             if (HAS_BIAS) {
                 v += bias[o];
             }
-            c_out[((col / hw_out) * params.c_out + o) * hw_out + col % hw_out] = v;
+            let np = udivmod(col, hw_out);
+            c_out[(np.x * params.c_out + o) * hw_out + np.y] = v;
         }
         case 1u: {
             let hw_in = params.h_in * params.w_in;
-            c_out[((col / hw_in) * params.c_in + g * c_in_per_group() + row) * hw_in + col % hw_in] = value;
+            let nq = udivmod(col, hw_in);
+            c_out[(nq.x * params.c_in + g * c_in_per_group() + row) * hw_in + nq.y] = value;
         }
         default: {
             c_out[(g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;

@@ -45,10 +45,12 @@ fn dw_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (i >= params.batch * params.c_out * hw_out) {
         return;
     }
-    let plane = i / hw_out;
-    let c = plane % params.c_out;
-    let oh = (i % hw_out) / params.w_out;
-    let ow = i % params.w_out;
+    let plane_pos = udivmod(i, hw_out);
+    let plane = plane_pos.x;
+    let c = udivmod(plane, params.c_out).y;
+    let hw = udivmod(plane_pos.y, params.w_out);
+    let oh = hw.x;
+    let ow = hw.y;
     var acc = 0.0;
     if (params.has_bias != 0u) {
         acc = bias[c];
@@ -78,26 +80,36 @@ fn dw_input_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (i >= params.batch * params.c_in * hw_in) {
         return;
     }
-    let plane = i / hw_in;
-    let c = plane % params.c_in;
-    let ih = (i % hw_in) / params.w_in;
-    let iw = i % params.w_in;
+    let plane_pos = udivmod(i, hw_in);
+    let plane = plane_pos.x;
+    let c = udivmod(plane, params.c_in).y;
+    let hw = udivmod(plane_pos.y, params.w_in);
+    let ih = hw.x;
+    let iw = hw.y;
     var acc = 0.0;
     for (var p = 0u; p < params.kh; p++) {
         let th = i32(ih + params.pad_h) - i32(p * params.dil_h);
-        if (th < 0 || u32(th) % params.stride_h != 0u) {
+        if (th < 0) {
             continue;
         }
-        let oh = u32(th) / params.stride_h;
+        let sh = udivmod(u32(th), params.stride_h);
+        if (sh.y != 0u) {
+            continue;
+        }
+        let oh = sh.x;
         if (oh >= params.h_out) {
             continue;
         }
         for (var q = 0u; q < params.kw; q++) {
             let tw = i32(iw + params.pad_w) - i32(q * params.dil_w);
-            if (tw < 0 || u32(tw) % params.stride_w != 0u) {
+            if (tw < 0) {
                 continue;
             }
-            let ow = u32(tw) / params.stride_w;
+            let sw = udivmod(u32(tw), params.stride_w);
+            if (sw.y != 0u) {
+                continue;
+            }
+            let ow = sw.x;
             if (ow >= params.w_out) {
                 continue;
             }
@@ -121,9 +133,11 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     var acc = 0.0;
     if (live) {
         for (var j = lid; j < params.batch * hw_out; j += 256u) {
-            let n = j / hw_out;
-            let oh = (j % hw_out) / params.w_out;
-            let ow = j % params.w_out;
+            let np = udivmod(j, hw_out);
+            let n = np.x;
+            let hw = udivmod(np.y, params.w_out);
+            let oh = hw.x;
+            let ow = hw.y;
             let ih = i32(oh * params.stride_h + p * params.dil_h) - i32(params.pad_h);
             let iw = i32(ow * params.stride_w + q * params.dil_w) - i32(params.pad_w);
             if (ih >= 0 && iw >= 0 && ih < i32(params.h_in) && iw < i32(params.w_in)) {

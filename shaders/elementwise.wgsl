@@ -117,8 +117,9 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var k = 0u; k < params.rank; k++) {
         let ax = params.rank - 1u - k;
         let d = params.dims[ax / 4u][ax % 4u];
-        let idx = rem % d;
-        rem = rem / d;
+        let qr = udivmod(rem, d);
+        let idx = qr.y;
+        rem = qr.x;
         oa += idx * params.a_strides[ax / 4u][ax % 4u];
         ob += idx * params.b_strides[ax / 4u][ax % 4u];
     }

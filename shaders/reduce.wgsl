@@ -79,8 +79,9 @@ fn permute(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     for (var k = 0u; k < params.rank; k++) {
         let ax = params.rank - 1u - k;
         let d = params.dims[ax / 4u][ax % 4u];
-        src += (rem % d) * params.src_strides[ax / 4u][ax % 4u];
-        rem = rem / d;
+        let qr = udivmod(rem, d);
+        src += qr.y * params.src_strides[ax / 4u][ax % 4u];
+        rem = qr.x;
     }
     y[j] = x[src];
 }
