@@ -503,3 +503,76 @@ fn long_chains_of_kernels_stay_ordered_across_batches_and_pooled_buffers() {
         assert_eq!(*v, i as f32 + 350.0, "element {i}");
     }
 }
+
+/// Runs an op built from ops in src/ops on both devices and compares the forward value and the tape's
+/// gradient of L = Σ y ⊙ R (R fixed and random) with respect to every input.
+fn cross_grad(
+    what: &str,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    f: &dyn Fn(&[Tensor]) -> liera::Result<Tensor>,
+) {
+    let Some(gpu) = gpu_device() else { return };
+    let run = |dev: &Device| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let params: Vec<Tensor> = inputs
+            .iter()
+            .map(|(v, s)| Tensor::param(v, s.clone(), dev).unwrap())
+            .collect();
+        let y = f(&params).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r =
+            Tensor::from_slice(&values(99, y.numel(), -1.0, 1.0), y.shape().clone(), dev).unwrap();
+        let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = params
+            .iter()
+            .map(|p| {
+                grads
+                    .get(p)
+                    .map_or(vec![0.0; p.numel()], |g| g.to_vec().unwrap())
+            })
+            .collect();
+        (y.to_vec().unwrap(), g)
+    };
+    let (y_gpu, g_gpu) = run(&gpu);
+    let (y_cpu, g_cpu) = run(&Device::cpu());
+    close(&format!("{what}: forward"), &y_gpu, &y_cpu).unwrap();
+    for (k, (g, c)) in g_gpu.iter().zip(&g_cpu).enumerate() {
+        close(&format!("{what}: gradient of input {k}"), g, c).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn op_gradients_through_the_tape_match_cpu(
+        n in 1usize..4, c in 1usize..6, h in 1usize..7, w in 1usize..7, seed in 0u64..1000,
+    ) {
+        let x = || (values(seed, n * c * h * w, -1.5, 1.5), vec![n, c, h, w]);
+        let pos = || (values(seed + 1, n * c * h * w, 0.2, 2.0), vec![n, c, h, w]);
+        let per_c = |s| (values(s, c, 0.5, 1.5), vec![c]);
+        cross_grad("gelu·exp·sqrt·log·pow", &[x(), pos()], &|t| {
+            let a = t[0].gelu()?.mul(&t[0].exp()?)?;
+            let b = t[1].sqrt()?.add(&t[1].log()?)?.add(&t[1].pow_scalar(1.5)?)?;
+            a.div(&b)?.add_scalar(0.5)?.mul_scalar(-2.0)?.neg()
+        });
+        cross_grad("sum, mean, permute, broadcasting", &[x(), (values(seed + 2, c * w, -1.0, 1.0), vec![c, 1, w])], &|t| {
+            let y = t[0].sub(&t[1])?.permute(&[0, 2, 3, 1])?;
+            y.sum(&[1], true)?.mul(&y.mean(&[3], true)?)
+        });
+        cross_grad("layer_norm_channels and layer_norm_last", &[x(), per_c(seed + 3), per_c(seed + 4)], &|t| {
+            let y = t[0].layer_norm_channels(Some(&t[1]), Some(&t[2]), 1e-5)?;
+            y.permute(&[0, 2, 3, 1])?.layer_norm_last(Some(&t[1]), None, 1e-5)
+        });
+        cross_grad("grn", &[x(), per_c(seed + 5), per_c(seed + 6)], &|t| {
+            t[0].grn(&t[1], &t[2], 1e-6, false)
+        });
+        cross_grad("matmul_t and log_softmax", &[
+            (values(seed + 7, n * c * h, -1.0, 1.0), vec![n, c, h]),
+            (values(seed + 8, n * w * h, -1.0, 1.0), vec![n, w, h]),
+        ], &|t| t[0].matmul_t(&t[1], false, true)?.log_softmax(2));
+        cross_grad("conv2d with bias, groups", &[
+            (values(seed + 9, n * 2 * c * h * w, -1.0, 1.0), vec![n, 2 * c, h, w]),
+            (values(seed + 10, 4 * c * 2 * 2, -1.0, 1.0), vec![4, c, 2, 2]),
+            (values(seed + 11, 4, -1.0, 1.0), vec![4]),
+        ], &|t| t[0].conv2d(&t[1], Some(&t[2]), Conv2dParams::default().padding(1).groups(2)));
+    }
+}
