@@ -141,6 +141,9 @@ pub struct GpuBackend {
     readbacks: AtomicU64,
     /// Bytes between parameter blocks in a batch's uniform buffer.
     param_stride: u64,
+    /// Per-kernel (launches, seconds) when `LIERA_GPU_PROFILE=1`: each launch then waits for the GPU,
+    /// which serialises everything, so this is for finding slow kernels, not for throughput.
+    profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
     dummy_ro: wgpu::Buffer,
     dummy_rw: Vec<wgpu::Buffer>,
 }
@@ -296,6 +299,9 @@ impl GpuBackend {
                 params_ring: None,
             }),
             param_stride,
+            profile: std::env::var("LIERA_GPU_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(|| Mutex::new(HashMap::new())),
             error,
             readbacks: AtomicU64::new(0),
             dummy_ro,
@@ -534,11 +540,33 @@ impl GpuBackend {
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
         pending.dispatches += 1;
-        if pending.dispatches >= MAX_PENDING {
+        if let Some(profile) = &self.profile {
+            self.submit(&mut pending);
+            let t = std::time::Instant::now();
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| device_err("waiting for the GPU", e))?;
+            let mut p = profile.lock().map_err(poisoned)?;
+            let e = p.entry(format!("{entry} {}", variant.name())).or_default();
+            e.0 += 1;
+            e.1 += t.elapsed().as_secs_f64();
+        } else if pending.dispatches >= MAX_PENDING {
             self.submit(&mut pending);
         }
         drop(pending);
         self.check_errors()
+    }
+
+    /// The kernel time table gathered with `LIERA_GPU_PROFILE=1` (slowest first), or `None`.
+    pub fn profile_report(&self) -> Option<String> {
+        let p = self.profile.as_ref()?.lock().ok()?;
+        let mut rows: Vec<_> = p.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let mut out = String::new();
+        for (name, (n, secs)) in rows {
+            out.push_str(&format!("{secs:9.4} s {n:6}× {name}\n"));
+        }
+        Some(out)
     }
 
     fn submit(&self, pending: &mut Pending) {
@@ -760,6 +788,19 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         let (a, b) = (self.buf(a)?, self.buf(b)?);
+        let mut spec = *spec;
+        // A shared right operand with contiguous, untransposed left matrices is one product of
+        // (batch·m) × k rows: e.g. a linear layer on (N, H, W, C) would otherwise run N·H GEMMs of W rows,
+        // mostly empty 64-row tiles.
+        if spec.batch > 1
+            && spec.b_batch_stride == 0
+            && !spec.trans_a
+            && spec.a_batch_stride == spec.m * spec.k
+        {
+            spec.m *= spec.batch;
+            spec.batch = 1;
+        }
+        let spec = &spec;
         let MatmulSpec { batch, m, k, n, .. } = *spec;
         let out = self.alloc(batch * m * n)?;
         let params = [
