@@ -21,7 +21,9 @@ fn param(dev: &Device, shape: &[usize], scale: f32, seed: u32) -> Result<Tensor>
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
         .map(|i| {
-            let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503));
+            let h = (i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed.wrapping_mul(40503));
             ((h >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * scale
         })
         .collect();
@@ -55,7 +57,11 @@ impl Net {
         for b in 0..2 {
             let q = &p[2 + 6 * b..8 + 6 * b];
             let y = h
-                .conv2d(&q[0], Some(&q[1]), Conv2dParams::default().padding(3).groups(C))?
+                .conv2d(
+                    &q[0],
+                    Some(&q[1]),
+                    Conv2dParams::default().padding(3).groups(C),
+                )?
                 .permute(&[0, 2, 3, 1])?
                 .layer_norm_last(None, None, 1e-6)?
                 .linear(&q[2], Some(&q[3]))?
@@ -64,13 +70,17 @@ impl Net {
                 .permute(&[0, 3, 1, 2])?;
             h = h.add(&y)?;
         }
-        h.global_avg_pool()?.linear(&p[14], None)?.cross_entropy(labels)
+        h.global_avg_pool()?
+            .linear(&p[14], None)?
+            .cross_entropy(labels)
     }
 }
 
 fn bench(dev: &Device) -> Result<()> {
     let net = Net::new(dev)?;
-    let xs: Vec<f32> = (0..BATCH * 32 * 32).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    let xs: Vec<f32> = (0..BATCH * 32 * 32)
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+        .collect();
     let x = Tensor::from_slice(&xs, [BATCH, 1, 32, 32], dev)?;
     let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
     let step = || -> Result<f32> {

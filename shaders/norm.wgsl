@@ -6,6 +6,8 @@
 //   y_c = x̂_c·weight_c + bias_c; μ and rstd are written for the backward.
 // ln_backward_dx (workgroup per position): with ĝ_c = weight_c·dy_c,
 //   dx_c = rstd·(ĝ_c − (1/C) Σ ĝ − x̂_c·(1/C) Σ ĝ·x̂)
+// ln_forward_thread, ln_backward_dx_thread: the same per position with one thread each and serial loops
+//   over c (short axes and many positions: no barriers, and NCHW reads are contiguous across threads).
 // ln_backward_params (workgroup per channel c, 64 threads striding over the outer·inner positions):
 //   dweight_c = Σ dy_c·x̂_c,  dbias_c = Σ dy_c
 
@@ -155,5 +157,65 @@ fn ln_backward_params(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     if (live && lid == 0u) {
         dweight[c] = sums.x;
         dbias[c] = sums.y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn ln_forward_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let pos = linear_workgroup(wg, nwg) * 256u + lid;
+    if (pos >= params.outer * params.inner) {
+        return;
+    }
+    let oi = udivmod(pos, params.inner);
+    let base = oi.x * params.len * params.inner + oi.y;
+    let step = params.inner;
+    var s = 0.0;
+    for (var c = 0u; c < params.len; c++) {
+        s += x[base + c * step];
+    }
+    let mu = s / f32(params.len);
+    var sq = 0.0;
+    for (var c = 0u; c < params.len; c++) {
+        let d = x[base + c * step] - mu;
+        sq += d * d;
+    }
+    let rstd = 1.0 / sqrt(sq / f32(params.len) + params.eps);
+    for (var c = 0u; c < params.len; c++) {
+        var b = 0.0;
+        if (params.has_bias != 0u) {
+            b = bias[c];
+        }
+        y[base + c * step] = (x[base + c * step] - mu) * rstd * weight_at(c) + b;
+    }
+    mean_out[pos] = mu;
+    rstd_out[pos] = rstd;
+}
+
+@compute @workgroup_size(256)
+fn ln_backward_dx_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let pos = linear_workgroup(wg, nwg) * 256u + lid;
+    if (pos >= params.outer * params.inner) {
+        return;
+    }
+    let oi = udivmod(pos, params.inner);
+    let base = oi.x * params.len * params.inner + oi.y;
+    let step = params.inner;
+    let mu = mean_in[pos];
+    let rs = rstd_in[pos];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = 0u; c < params.len; c++) {
+        let k = base + c * step;
+        let g = weight_at(c) * dy[k];
+        sg += g;
+        sgx += g * (x[k] - mu) * rs;
+    }
+    let inv = 1.0 / f32(params.len);
+    for (var c = 0u; c < params.len; c++) {
+        let k = base + c * step;
+        let xh = (x[k] - mu) * rs;
+        dx[k] = rs * (weight_at(c) * dy[k] - sg * inv - xh * sgx * inv);
     }
 }

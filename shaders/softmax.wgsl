@@ -3,6 +3,8 @@
 //
 // log_softmax:          m = max_c x_c,  y_c = x_c − m − ln Σ_c exp(x_c − m)   (shifted for stability)
 // log_softmax_backward: dx_c = dy_c − exp(y_c)·Σ_c dy_c   (exp(y) is the softmax)
+// log_softmax_thread, log_softmax_backward_thread: the same with one thread per position and serial
+//   loops (short axes, many positions).
 
 struct Params {
     outer: u32,
@@ -86,5 +88,49 @@ fn log_softmax_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
     for (var c = lid; c < params.len; c += THREADS) {
         let k = base + c * step;
         dx[k] = dy[k] - exp(y_in[k]) * total;
+    }
+}
+
+@compute @workgroup_size(256)
+fn log_softmax_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let pos = linear_workgroup(wg, nwg) * 256u + lid;
+    if (pos >= params.outer * params.inner) {
+        return;
+    }
+    let oi = udivmod(pos, params.inner);
+    let base = oi.x * params.len * params.inner + oi.y;
+    let step = params.inner;
+    var m = bitcast<f32>(0xff800000u); // −∞
+    for (var c = 0u; c < params.len; c++) {
+        m = max(m, x[base + c * step]);
+    }
+    var s = 0.0;
+    for (var c = 0u; c < params.len; c++) {
+        s += exp(x[base + c * step] - m);
+    }
+    let lse = log(s);
+    for (var c = 0u; c < params.len; c++) {
+        y[base + c * step] = x[base + c * step] - m - lse;
+    }
+}
+
+@compute @workgroup_size(256)
+fn log_softmax_backward_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    let pos = linear_workgroup(wg, nwg) * 256u + lid;
+    if (pos >= params.outer * params.inner) {
+        return;
+    }
+    let oi = udivmod(pos, params.inner);
+    let base = oi.x * params.len * params.inner + oi.y;
+    let step = params.inner;
+    var s = 0.0;
+    for (var c = 0u; c < params.len; c++) {
+        s += dy[base + c * step];
+    }
+    for (var c = 0u; c < params.len; c++) {
+        let k = base + c * step;
+        dx[k] = dy[k] - exp(y_in[k]) * s;
     }
 }

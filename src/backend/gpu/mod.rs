@@ -604,6 +604,13 @@ impl GpuBackend {
     }
 }
 
+/// True when a reduction over the middle axis should use a workgroup per position (long axes, few
+/// positions); otherwise one thread per position with a serial loop is cheaper (no barriers, and for
+/// NCHW the threads read consecutive words).
+fn workgroup_per_position(l: AxisLayout) -> bool {
+    l.len >= 256 && l.outer * l.inner < 4096
+}
+
 fn poisoned<T>(_: T) -> Error {
     Error::Device("a GPU backend lock was poisoned by a panic in another thread".into())
 }
@@ -840,8 +847,8 @@ impl Backend for GpuBackend {
         params.extend([0u32; 16]);
         let bindings = Bindings::new(&[Some(x.raw())], &[out.raw()]);
         let variant = ShaderVariant::plain(Family::Reduce);
-        // Long axes get a workgroup each (parallel over l); short ones a thread each.
-        if l.len >= 64 {
+        // Long axes with few outputs get a workgroup each (parallel over l); otherwise a thread each.
+        if l.len >= 64 && outputs < 4096 {
             self.launch(&variant, "sum_axis_wg", &params, bindings, outputs as u64)?;
         } else {
             self.launch_elements(&variant, "sum_axis_thread", &params, bindings, outputs)?;
@@ -1000,20 +1007,21 @@ impl Backend for GpuBackend {
             0,
             0,
         ];
-        self.launch(
-            &ShaderVariant::plain(Family::Norm),
-            "ln_forward",
-            &params,
-            Bindings::new(
-                &[
-                    Some(x.raw()),
-                    weight.map(|b| b.raw()),
-                    bias.map(|b| b.raw()),
-                ],
-                &[y.raw(), mean.raw(), rstd.raw()],
-            ),
-            positions as u64,
-        )?;
+        let variant = ShaderVariant::plain(Family::Norm);
+        let bindings = Bindings::new(
+            &[
+                Some(x.raw()),
+                weight.map(|b| b.raw()),
+                bias.map(|b| b.raw()),
+            ],
+            &[y.raw(), mean.raw(), rstd.raw()],
+        );
+        let positions = l.outer * l.inner;
+        if workgroup_per_position(l) {
+            self.launch(&variant, "ln_forward", &params, bindings, positions as u64)?;
+        } else {
+            self.launch_elements(&variant, "ln_forward_thread", &params, bindings, positions)?;
+        }
         Ok(LayerNormOutput {
             y: Self::wrap(y),
             mean: Self::wrap(mean),
@@ -1060,13 +1068,25 @@ impl Backend for GpuBackend {
             Some(mean.raw()),
             Some(rstd.raw()),
         ];
-        self.launch(
-            &variant,
-            "ln_backward_dx",
-            &params,
-            Bindings::new(&inputs, &[dx.raw()]),
-            (l.outer * l.inner) as u64,
-        )?;
+        let bindings = Bindings::new(&inputs, &[dx.raw()]);
+        let positions = l.outer * l.inner;
+        if workgroup_per_position(l) {
+            self.launch(
+                &variant,
+                "ln_backward_dx",
+                &params,
+                bindings,
+                positions as u64,
+            )?;
+        } else {
+            self.launch_elements(
+                &variant,
+                "ln_backward_dx_thread",
+                &params,
+                bindings,
+                positions,
+            )?;
+        }
         self.launch(
             &variant,
             "ln_backward_params",
@@ -1084,36 +1104,72 @@ impl Backend for GpuBackend {
     fn log_softmax(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         let x = self.buf(x)?;
         let y = self.alloc(l.numel())?;
-        self.launch(
-            &ShaderVariant::plain(Family::Softmax),
-            "log_softmax",
-            &[
-                u32_of("outer", l.outer)?,
-                u32_of("len", l.len)?,
-                u32_of("inner", l.inner)?,
-                0,
-            ],
-            Bindings::new(&[Some(x.raw())], &[y.raw()]),
-            (l.outer * l.inner) as u64,
-        )?;
+        let variant = ShaderVariant::plain(Family::Softmax);
+        let bindings = Bindings::new(&[Some(x.raw())], &[y.raw()]);
+        let positions = l.outer * l.inner;
+        if workgroup_per_position(l) {
+            self.launch(
+                &variant,
+                "log_softmax",
+                &[
+                    u32_of("outer", l.outer)?,
+                    u32_of("len", l.len)?,
+                    u32_of("inner", l.inner)?,
+                    0,
+                ],
+                bindings,
+                positions as u64,
+            )?;
+        } else {
+            self.launch_elements(
+                &variant,
+                "log_softmax_thread",
+                &[
+                    u32_of("outer", l.outer)?,
+                    u32_of("len", l.len)?,
+                    u32_of("inner", l.inner)?,
+                    0,
+                ],
+                bindings,
+                positions,
+            )?;
+        }
         Ok(Self::wrap(y))
     }
 
     fn log_softmax_backward(&self, dy: &Storage, y: &Storage, l: AxisLayout) -> Result<Storage> {
         let (dy, y) = (self.buf(dy)?, self.buf(y)?);
         let dx = self.alloc(l.numel())?;
-        self.launch(
-            &ShaderVariant::plain(Family::Softmax),
-            "log_softmax_backward",
-            &[
-                u32_of("outer", l.outer)?,
-                u32_of("len", l.len)?,
-                u32_of("inner", l.inner)?,
-                0,
-            ],
-            Bindings::new(&[Some(dy.raw()), Some(y.raw())], &[dx.raw()]),
-            (l.outer * l.inner) as u64,
-        )?;
+        let variant = ShaderVariant::plain(Family::Softmax);
+        let bindings = Bindings::new(&[Some(dy.raw()), Some(y.raw())], &[dx.raw()]);
+        let positions = l.outer * l.inner;
+        if workgroup_per_position(l) {
+            self.launch(
+                &variant,
+                "log_softmax_backward",
+                &[
+                    u32_of("outer", l.outer)?,
+                    u32_of("len", l.len)?,
+                    u32_of("inner", l.inner)?,
+                    0,
+                ],
+                bindings,
+                positions as u64,
+            )?;
+        } else {
+            self.launch_elements(
+                &variant,
+                "log_softmax_backward_thread",
+                &[
+                    u32_of("outer", l.outer)?,
+                    u32_of("len", l.len)?,
+                    u32_of("inner", l.inner)?,
+                    0,
+                ],
+                bindings,
+                positions,
+            )?;
+        }
         Ok(Self::wrap(dx))
     }
 
