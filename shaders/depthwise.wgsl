@@ -5,8 +5,9 @@
 //                                   with ih = oh·s_h − pad_h + p·dil_h, iw = ow·s_w − pad_w + q·dil_w
 // dw_input_grad (thread per input): dx[n,c,ih,iw] = Σ_{p,q} w[c,p,q]·dy[n,c,oh,ow] over the taps whose
 //                                   (oh, ow) exists (a gather, so no atomics are needed)
-// dw_weight_grad (workgroup per (c, p, q)): dw[c,p,q] = Σ_{n,oh,ow} dy[n,c,oh,ow]·x[n,c,ih,iw], a
-//                                   256-thread strided sum and a tree reduction in workgroup memory.
+// dw_weight_grad (workgroup per (c, p, q)): dw[c,p,q] = Σ_{n,oh,ow} dy[n,c,oh,ow]·x[n,c,ih,iw], threads
+//                                   striding over the (n, oh) rows, then a tree reduction in workgroup memory.
+// The valid tap (or output) ranges are computed up front, so the inner loops carry no bounds tests.
 
 struct Params {
     batch: u32,
@@ -37,6 +38,32 @@ struct Params {
 
 var<workgroup> partial: array<f32, 256>;
 
+// The t in [0, k) for which o·s + t·d − pad lies in [0, size): a contiguous range [lo, hi).
+fn tap_range(o: u32, s: u32, d: u32, pad: u32, size: u32, k: u32) -> vec2<u32> {
+    let base = o * s;
+    var lo = 0u;
+    if (pad > base) {
+        lo = udiv(pad - base + d - 1u, d); // t·d ≥ pad − o·s
+    }
+    var hi = 0u;
+    if (size + pad > base) {
+        hi = udiv(size + pad - base + d - 1u, d); // t·d < size + pad − o·s
+    }
+    hi = min(hi, k);
+    return vec2<u32>(min(lo, hi), hi);
+}
+
+// The taps p in [0, k) for which i + pad − p·d lies in [0, span): the input-gradient gather range, with
+// span = (out − 1)·stride + 1 (divisibility by the stride is checked separately).
+fn gather_range(i: u32, pad: u32, d: u32, span: u32, k: u32) -> vec2<u32> {
+    let hi = min(k, udiv(i + pad, d) + 1u);
+    var lo = 0u;
+    if (i + pad >= span) {
+        lo = udiv(i + pad - span, d) + 1u;
+    }
+    return vec2<u32>(min(lo, hi), hi);
+}
+
 @compute @workgroup_size(256)
 fn dw_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -55,18 +82,16 @@ fn dw_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (params.has_bias != 0u) {
         acc = bias[c];
     }
-    for (var p = 0u; p < params.kh; p++) {
-        let ih = i32(oh * params.stride_h + p * params.dil_h) - i32(params.pad_h);
-        if (ih < 0 || ih >= i32(params.h_in)) {
-            continue;
-        }
-        for (var q = 0u; q < params.kw; q++) {
-            let iw = i32(ow * params.stride_w + q * params.dil_w) - i32(params.pad_w);
-            if (iw < 0 || iw >= i32(params.w_in)) {
-                continue;
-            }
-            acc += w[(c * params.kh + p) * params.kw + q]
-                * x[(plane * params.h_in + u32(ih)) * params.w_in + u32(iw)];
+    let pr = tap_range(oh, params.stride_h, params.dil_h, params.pad_h, params.h_in, params.kh);
+    let qr = tap_range(ow, params.stride_w, params.dil_w, params.pad_w, params.w_in, params.kw);
+    // x index of tap (p, q): row_base(p) + ow·s_w + q·dil_w − pad_w, all terms non-negative in range.
+    let col0 = ow * params.stride_w - params.pad_w; // wraps below 0, made whole by q·dil_w ≥ pad_w − ow·s_w
+    for (var p = pr.x; p < pr.y; p++) {
+        let ih = oh * params.stride_h + p * params.dil_h - params.pad_h;
+        let x_row = (plane * params.h_in + ih) * params.w_in;
+        let w_row = (c * params.kh + p) * params.kw;
+        for (var q = qr.x; q < qr.y; q++) {
+            acc += w[w_row + q] * x[x_row + col0 + q * params.dil_w];
         }
     }
     out[i] = acc;
@@ -86,35 +111,27 @@ fn dw_input_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let hw = udivmod(plane_pos.y, params.w_in);
     let ih = hw.x;
     let iw = hw.y;
+    let pr = gather_range(ih, params.pad_h, params.dil_h, (params.h_out - 1u) * params.stride_h + 1u, params.kh);
+    let qr = gather_range(iw, params.pad_w, params.dil_w, (params.w_out - 1u) * params.stride_w + 1u, params.kw);
     var acc = 0.0;
-    for (var p = 0u; p < params.kh; p++) {
-        let th = i32(ih + params.pad_h) - i32(p * params.dil_h);
-        if (th < 0) {
-            continue;
-        }
-        let sh = udivmod(u32(th), params.stride_h);
+    for (var p = pr.x; p < pr.y; p++) {
+        let sh = udivmod(ih + params.pad_h - p * params.dil_h, params.stride_h);
         if (sh.y != 0u) {
             continue;
         }
-        let oh = sh.x;
-        if (oh >= params.h_out) {
-            continue;
-        }
-        for (var q = 0u; q < params.kw; q++) {
-            let tw = i32(iw + params.pad_w) - i32(q * params.dil_w);
-            if (tw < 0) {
-                continue;
+        let dy_row = (plane * params.h_out + sh.x) * params.w_out;
+        let w_row = (c * params.kh + p) * params.kw;
+        if (params.stride_w == 1u) {
+            for (var q = qr.x; q < qr.y; q++) {
+                acc += w[w_row + q] * dy_in[dy_row + iw + params.pad_w - q * params.dil_w];
             }
-            let sw = udivmod(u32(tw), params.stride_w);
-            if (sw.y != 0u) {
-                continue;
+        } else {
+            for (var q = qr.x; q < qr.y; q++) {
+                let sw = udivmod(iw + params.pad_w - q * params.dil_w, params.stride_w);
+                if (sw.y == 0u) {
+                    acc += w[w_row + q] * dy_in[dy_row + sw.x];
+                }
             }
-            let ow = sw.x;
-            if (ow >= params.w_out) {
-                continue;
-            }
-            acc += w[(c * params.kh + p) * params.kw + q]
-                * dy_in[(plane * params.h_out + oh) * params.w_out + ow];
         }
     }
     out[i] = acc;
@@ -126,24 +143,26 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let taps = params.kh * params.kw;
     let wid = linear_workgroup(wg, nwg);
     let live = wid < params.c_out * taps;
-    let c = wid / taps;
-    let p = (wid % taps) / params.kw;
-    let q = wid % params.kw;
-    let hw_out = params.h_out * params.w_out;
+    let ct = udivmod(wid, taps);
+    let c = ct.x;
+    let pq = udivmod(ct.y, params.kw);
+    let p = pq.x;
+    let q = pq.y;
+    // The output rows and columns whose tap (p, q) reads a real input pixel.
+    let ohr = tap_range(p, params.dil_h, params.stride_h, params.pad_h, params.h_in, params.h_out);
+    let owr = tap_range(q, params.dil_w, params.stride_w, params.pad_w, params.w_in, params.w_out);
+    let n_oh = ohr.y - ohr.x;
     var acc = 0.0;
     if (live) {
-        for (var j = lid; j < params.batch * hw_out; j += 256u) {
-            let np = udivmod(j, hw_out);
-            let n = np.x;
-            let hw = udivmod(np.y, params.w_out);
-            let oh = hw.x;
-            let ow = hw.y;
-            let ih = i32(oh * params.stride_h + p * params.dil_h) - i32(params.pad_h);
-            let iw = i32(ow * params.stride_w + q * params.dil_w) - i32(params.pad_w);
-            if (ih >= 0 && iw >= 0 && ih < i32(params.h_in) && iw < i32(params.w_in)) {
-                let plane = n * params.c_out + c;
-                acc += dy[plane * hw_out + oh * params.w_out + ow]
-                    * x[(plane * params.h_in + u32(ih)) * params.w_in + u32(iw)];
+        for (var r = lid; r < params.batch * n_oh; r += 256u) {
+            let row = udivmod(r, n_oh);
+            let oh = ohr.x + row.y;
+            let plane = row.x * params.c_out + c;
+            let ih = oh * params.stride_h + p * params.dil_h - params.pad_h;
+            let dy_row = (plane * params.h_out + oh) * params.w_out;
+            let x_row = (plane * params.h_in + ih) * params.w_in + q * params.dil_w - params.pad_w;
+            for (var ow = owr.x; ow < owr.y; ow++) {
+                acc += dy[dy_row + ow] * x[x_row + ow * params.stride_w];
             }
         }
     }

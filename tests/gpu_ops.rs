@@ -250,7 +250,7 @@ proptest! {
     #[test]
     fn depthwise_conv2d_matches_cpu(
         batch in 1usize..3, channels in 1usize..7, h in 1usize..12, w in 1usize..12, k in 1usize..8,
-        stride in 1usize..3, padding in 0usize..4, dilation in 1usize..3, bias: bool, seed in 0u64..1000,
+        stride in 1usize..4, padding in 0usize..4, dilation in 1usize..3, bias: bool, seed in 0u64..1000,
     ) {
         if let Some(g) = geometry(batch, 1, 1, channels, (h, w), (k, k), stride, padding, dilation) {
             prop_assert!(g.is_depthwise());
