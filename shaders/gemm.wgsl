@@ -40,13 +40,15 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < k; k0 += TILE_K) {
+        // Interior tiles (the common case) skip the per-element edge tests.
+        let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k;
         for (var r = 0u; r < 4u; r++) {
             let e = lid + r * 256u;
             // A: consecutive threads walk kk first (contiguous in a row-major A).
             let ar = e / TILE_K;
             let ak = e % TILE_K;
             var va = 0.0;
-            if (live && row0 + ar < m && k0 + ak < k) {
+            if (full || (live && row0 + ar < m && k0 + ak < k)) {
                 va = gemm_load_a(b, row0 + ar, k0 + ak);
             }
             let ia = ak * TILE_M + ar;
@@ -55,7 +57,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let bk = e / TILE_N;
             let bc = e % TILE_N;
             var vb = 0.0;
-            if (live && k0 + bk < k && col0 + bc < n) {
+            if (full || (live && k0 + bk < k && col0 + bc < n)) {
                 vb = gemm_load_b(b, k0 + bk, col0 + bc);
             }
             let ib = bk * TILE_N + bc;
