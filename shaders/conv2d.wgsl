@@ -29,6 +29,11 @@ struct Params {
     dil_h: u32,
     dil_w: u32,
     groups: u32,
+    // K splits (see gemm.wgsl); split s writes its partial result at s·(output length).
+    splits: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -62,6 +67,10 @@ fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
     }
     let channel = n * params.c_in + g * c_in_per_group() + c;
     return b_src[(channel * params.h_in + u32(ih)) * params.w_in + u32(iw)];
+}
+
+fn gemm_splits() -> u32 {
+    return params.splits;
 }
 
 fn gemm_shape() -> vec4<u32> {
@@ -146,25 +155,25 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
     }
 }
 
-fn gemm_store(g: u32, row: u32, col: u32, value: f32) {
+fn gemm_store(g: u32, split: u32, row: u32, col: u32, value: f32) {
     let hw_out = params.h_out * params.w_out;
     switch CONV_MODE {
         case 0u: {
             let o = g * c_out_per_group() + row;
             var v = value;
-            if (HAS_BIAS) {
+            if (HAS_BIAS && split == 0u) {
                 v += bias[o];
             }
             let np = udivmod(col, hw_out);
-            c_out[(np.x * params.c_out + o) * hw_out + np.y] = v;
+            c_out[split * params.batch * params.c_out * hw_out + (np.x * params.c_out + o) * hw_out + np.y] = v;
         }
         case 1u: {
             let hw_in = params.h_in * params.w_in;
             let nq = udivmod(col, hw_in);
-            c_out[(nq.x * params.c_in + g * c_in_per_group() + row) * hw_in + nq.y] = value;
+            c_out[split * params.batch * params.c_in * hw_in + (nq.x * params.c_in + g * c_in_per_group() + row) * hw_in + nq.y] = value;
         }
         default: {
-            c_out[(g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;
+            c_out[split * params.c_out * c_in_per_group() * taps() + (g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;
         }
     }
 }

@@ -3,8 +3,11 @@
 // C[b] = A[b]·B[b] with A[b] M×K and B[b] K×N for b < batch. The file it is combined with supplies the
 // operands and the result through functions, so one tiling serves plain, transposed and implicit-GEMM
 // (im2col-free convolution) products:
-//   gemm_shape() -> (batch, M, N, K), gemm_load_a(b, row, kk), gemm_load_b(b, kk, col),
-//   gemm_store(b, row, col, value).
+//   gemm_shape() -> (batch, M, N, K), gemm_splits() -> S, gemm_load_a(b, row, kk), gemm_load_b(b, kk, col),
+//   gemm_store(b, split, row, col, value).
+// Split-K: with S > 1 each output tile is computed by S workgroups over consecutive ranges of K, each
+// storing its partial sum for split s (the host adds the S partial results), so products with few output
+// tiles and a long K (weight gradients) still fill the device.
 // Each workgroup of 256 threads (16×16) computes a 64×64 tile of C; each thread keeps 4×4 results in
 // registers, rows ty + 16·i and columns tx + 16·j (strided, so neighbouring threads read neighbouring
 // words of workgroup memory). K advances 16 at a time through two workgroup-memory tiles (A as [kk][row],
@@ -26,29 +29,36 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let m = shape.y;
     let n = shape.z;
     let k = shape.w;
+    let splits = gemm_splits();
     let tiles_m = (m + TILE_M - 1u) / TILE_M;
     let tiles_n = (n + TILE_N - 1u) / TILE_N;
+    let tiles = tiles_m * tiles_n;
     let wid = linear_workgroup(wg, nwg);
-    let live = wid < batch * tiles_m * tiles_n;
-    let tile = select(0u, wid, live);
-    let b = tile / (tiles_m * tiles_n);
-    let rem = tile % (tiles_m * tiles_n);
+    let live = wid < batch * splits * tiles;
+    let id = select(0u, wid, live);
+    let b = id / (splits * tiles);
+    let split = (id / tiles) % splits;
+    let rem = id % tiles;
     let row0 = (rem / tiles_n) * TILE_M;
     let col0 = (rem % tiles_n) * TILE_N;
+    // This workgroup's range of K: whole TILE_K steps, the last range possibly shorter.
+    let chunk = ((k + splits - 1u) / splits + TILE_K - 1u) / TILE_K * TILE_K;
+    let k_begin = min(k, split * chunk);
+    let k_end = min(k, k_begin + chunk);
     let tx = lid % 16u;
     let ty = lid / 16u;
 
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Interior tiles (the common case) skip the per-element edge tests.
-        let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k;
+        let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k_end;
         for (var r = 0u; r < 4u; r++) {
             let e = lid + r * 256u;
             // A: consecutive threads walk kk first (contiguous in a row-major A).
             let ar = e / TILE_K;
             let ak = e % TILE_K;
             var va = 0.0;
-            if (full || (live && row0 + ar < m && k0 + ak < k)) {
+            if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
                 va = gemm_load_a(b, row0 + ar, k0 + ak);
             }
             let ia = ak * TILE_M + ar;
@@ -57,7 +67,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let bk = e / TILE_N;
             let bc = e % TILE_N;
             var vb = 0.0;
-            if (full || (live && k0 + bk < k && col0 + bc < n)) {
+            if (full || (live && k0 + bk < k_end && col0 + bc < n)) {
                 vb = gemm_load_b(b, k0 + bk, col0 + bc);
             }
             let ib = bk * TILE_N + bc;
@@ -87,7 +97,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             for (var j = 0u; j < 4u; j++) {
                 let col = col0 + tx + 16u * j;
                 if (col < n) {
-                    gemm_store(b, row, col, acc[i][j]);
+                    gemm_store(b, split, row, col, acc[i][j]);
                 }
             }
         }

@@ -10,8 +10,9 @@ struct Params {
     k: u32,
     a_batch_stride: u32,
     b_batch_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // K splits (see gemm.wgsl); split s writes its partial product at s·batch·M·N.
+    splits: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -21,6 +22,10 @@ struct Params {
 
 fn gemm_shape() -> vec4<u32> {
     return vec4<u32>(params.batch, params.m, params.n, params.k);
+}
+
+fn gemm_splits() -> u32 {
+    return params.splits;
 }
 
 fn gemm_load_a(b: u32, row: u32, kk: u32) -> f32 {
@@ -39,6 +44,6 @@ fn gemm_load_b(b: u32, kk: u32, col: u32) -> f32 {
     return b_src[base + kk * params.n + col];
 }
 
-fn gemm_store(b: u32, row: u32, col: u32, value: f32) {
-    c_out[(b * params.m + row) * params.n + col] = value;
+fn gemm_store(b: u32, split: u32, row: u32, col: u32, value: f32) {
+    c_out[((split * params.batch + b) * params.m + row) * params.n + col] = value;
 }

@@ -298,6 +298,7 @@ fn split_backend() -> Option<&'static GpuBackend> {
         Some(
             GpuBackend::new(GpuOptions {
                 max_workgroups_per_dim: Some(4),
+                ..GpuOptions::default()
             })
             .expect("a second GPU backend on the same adapter"),
         )
@@ -384,6 +385,73 @@ fn split_dispatches_match_cpu() {
     let x = gpu.upload(&vec![1.0; 65 * 256]).unwrap();
     let err = gpu.unary(UnaryOp::Neg, &x, 65 * 256).unwrap_err();
     assert!(err.to_string().contains("workgroups"), "{err}");
+}
+
+#[test]
+fn split_k_gemms_match_cpu() {
+    if gpu_device().is_none() {
+        return;
+    }
+    // A backend that splits K whenever a product has fewer than 64 output tiles.
+    let gpu = GpuBackend::new(GpuOptions {
+        min_parallel_workgroups: Some(64),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    for (batch, m, n, k, trans_a, trans_b) in [
+        (1, 30, 20, 1000, false, false),
+        (2, 70, 10, 900, true, false),
+        (3, 5, 65, 600, false, true),
+        (1, 64, 64, 2049, true, true),
+    ] {
+        let spec = MatmulSpec {
+            batch,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            a_batch_stride: m * k,
+            b_batch_stride: k * n,
+        };
+        let inputs = [
+            values(1, batch * m * k, -1.0, 1.0),
+            values(2, batch * k * n, -1.0, 1.0),
+        ];
+        cross_on(&format!("split-K {spec:?}"), &gpu, &inputs, |b, s| {
+            Ok(vec![b.matmul(&s[0], &s[1], &spec)?])
+        })
+        .unwrap();
+    }
+    // K = 64·3·3 = 576 (forward), 64·9 (input grad), 2·20·20 = 800 (weight grad).
+    for groups in [1, 2] {
+        let g = geometry(
+            2,
+            64 / groups,
+            64 / groups,
+            groups,
+            (20, 20),
+            (3, 3),
+            1,
+            1,
+            1,
+        )
+        .unwrap();
+        let inputs = vec![
+            values(3, g.input_shape().numel(), -1.0, 1.0),
+            values(4, g.weight_shape().numel(), -1.0, 1.0),
+            values(5, g.c_out, -1.0, 1.0),
+            values(6, g.output_shape().numel(), -1.0, 1.0),
+        ];
+        cross_on(&format!("split-K conv {g:?}"), &gpu, &inputs, |b, s| {
+            Ok(vec![
+                b.conv2d(&s[0], &s[1], Some(&s[2]), &g)?,
+                b.conv2d_input_grad(&s[3], &s[1], &g)?,
+                b.conv2d_weight_grad(&s[0], &s[3], &g)?,
+            ])
+        })
+        .unwrap();
+    }
 }
 
 #[test]

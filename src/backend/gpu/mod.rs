@@ -48,6 +48,9 @@ pub struct GpuOptions {
     /// Caps the workgroups per dispatch dimension below the adapter's limit (tests use a small cap to
     /// exercise dispatch splitting on small tensors).
     pub max_workgroups_per_dim: Option<u32>,
+    /// GEMMs with fewer output tiles than this split K across workgroups (default: 8 on a CPU adapter
+    /// such as llvmpipe, 256 on a GPU).
+    pub min_parallel_workgroups: Option<u32>,
 }
 
 /// A GPU buffer holding `len` f32 values; returns to its backend's pool when dropped.
@@ -141,6 +144,8 @@ pub struct GpuBackend {
     readbacks: AtomicU64,
     /// Bytes between parameter blocks in a batch's uniform buffer.
     param_stride: u64,
+    /// Output tiles below which a GEMM splits K (see [`GpuOptions::min_parallel_workgroups`]).
+    min_parallel_workgroups: usize,
     /// Per-kernel (launches, seconds) when `LIERA_GPU_PROFILE=1`: each launch then waits for the GPU,
     /// which serialises everything, so this is for finding slow kernels, not for throughput.
     profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
@@ -276,6 +281,13 @@ impl GpuBackend {
         // Parameter blocks share one uniform buffer per batch at offsets the adapter can bind.
         let param_stride = ((PARAM_WORDS * 4) as u64)
             .next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(16) as u64);
+        let min_parallel_workgroups = options.min_parallel_workgroups.unwrap_or(
+            if info.device_type == wgpu::DeviceType::Cpu {
+                8
+            } else {
+                256
+            },
+        ) as usize;
         let max_groups_per_dim = options
             .max_workgroups_per_dim
             .unwrap_or(u32::MAX)
@@ -299,6 +311,7 @@ impl GpuBackend {
                 params_ring: None,
             }),
             param_stride,
+            min_parallel_workgroups,
             profile: std::env::var("LIERA_GPU_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(|| Mutex::new(HashMap::new())),
@@ -591,6 +604,67 @@ impl GpuBackend {
         self.check_errors()
     }
 
+    /// How many ranges of K a GEMM with `tiles` output tiles is split into: enough workgroups to fill the
+    /// device, each keeping at least 256 of K, and the partial results at most 16 M floats.
+    fn k_splits(&self, tiles: usize, k: usize, out_len: usize) -> usize {
+        if tiles >= self.min_parallel_workgroups {
+            return 1;
+        }
+        self.min_parallel_workgroups
+            .div_ceil(tiles.max(1))
+            .min(k / 256)
+            .min((16 << 20) / out_len.max(1))
+            .clamp(1, 64)
+    }
+
+    /// Runs the gemm kernel of `variant` (batch × M × N outputs, reduction length K) into a new buffer of
+    /// `out_len` floats, splitting K when there are few output tiles; `params[split_slot]` receives the
+    /// split count. Split partial results are summed by the reduce kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        variant: &ShaderVariant,
+        mut params: Vec<u32>,
+        split_slot: usize,
+        inputs: &[Option<&wgpu::Buffer>],
+        out_len: usize,
+        [batch, m, n, k]: [usize; 4],
+    ) -> Result<GpuBuffer> {
+        let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
+        let splits = self.k_splits(tiles, k, out_len);
+        params[split_slot] = splits as u32;
+        let out = self.alloc(out_len)?;
+        if splits == 1 {
+            self.launch(
+                variant,
+                "gemm",
+                &params,
+                Bindings::new(inputs, &[out.raw()]),
+                tiles as u64,
+            )?;
+            return Ok(out);
+        }
+        let partial = self.alloc(splits * out_len)?;
+        self.launch(
+            variant,
+            "gemm",
+            &params,
+            Bindings::new(inputs, &[partial.raw()]),
+            (tiles * splits) as u64,
+        )?;
+        // out[i] = Σ_s partial[s·out_len + i]: a sum over the middle axis of (1, splits, out_len).
+        let mut sum_params = vec![1, splits as u32, u32_of("length", out_len)?, 0];
+        sum_params.extend([0u32; 16]);
+        self.launch_elements(
+            &ShaderVariant::plain(Family::Reduce),
+            "sum_axis_thread",
+            &sum_params,
+            Bindings::new(&[Some(partial.raw())], &[out.raw()]),
+            out_len,
+        )?;
+        Ok(out)
+    }
+
     /// Launches a one-thread-per-element kernel over `n` elements.
     fn launch_elements(
         &self,
@@ -632,6 +706,11 @@ fn pack8(vals: &[usize]) -> Result<[u32; 8]> {
     Ok(out)
 }
 
+/// Index of the split count in the conv2d parameter block (after the 16 geometry words).
+const CONV_SPLIT_SLOT: usize = 16;
+
+/// The 16 geometry words shared by conv2d.wgsl and depthwise.wgsl (`last`: groups, or has_bias for
+/// depthwise) and 4 more for the gemm split count.
 fn conv_params(g: &Conv2dGeometry, last: usize) -> Result<Vec<u32>> {
     let p = g.params;
     [
@@ -651,6 +730,10 @@ fn conv_params(g: &Conv2dGeometry, last: usize) -> Result<Vec<u32>> {
         p.dilation[0],
         p.dilation[1],
         last,
+        1,
+        0,
+        0,
+        0,
     ]
     .iter()
     .map(|&v| u32_of("a convolution size", v))
@@ -809,7 +892,6 @@ impl Backend for GpuBackend {
         }
         let spec = &spec;
         let MatmulSpec { batch, m, k, n, .. } = *spec;
-        let out = self.alloc(batch * m * n)?;
         let params = [
             batch,
             m,
@@ -823,13 +905,13 @@ impl Backend for GpuBackend {
         .iter()
         .map(|&v| u32_of("a matmul size", v))
         .collect::<Result<Vec<u32>>>()?;
-        let tiles = (batch * m.div_ceil(64) * n.div_ceil(64)) as u64;
-        self.launch(
+        let out = self.gemm(
             &ShaderVariant::matmul(spec.trans_a, spec.trans_b),
-            "gemm",
-            &params,
-            Bindings::new(&[Some(a.raw()), Some(b.raw())], &[out.raw()]),
-            tiles,
+            params,
+            6,
+            &[Some(a.raw()), Some(b.raw())],
+            batch * m * n,
+            [batch, m, n, k],
         )?;
         Ok(Self::wrap(out))
     }
@@ -896,9 +978,9 @@ impl Backend for GpuBackend {
         let (x, w) = (self.buf(x)?, self.buf(w)?);
         let bias = bias.map(|b| self.buf(b)).transpose()?;
         let n_out = g.batch * g.c_out * g.h_out * g.w_out;
-        let out = self.alloc(n_out)?;
-        let inputs = [Some(x.raw()), Some(w.raw()), bias.map(|b| b.raw())];
         if g.is_depthwise() {
+            let out = self.alloc(n_out)?;
+            let inputs = [Some(x.raw()), Some(w.raw()), bias.map(|b| b.raw())];
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_forward",
@@ -906,30 +988,30 @@ impl Backend for GpuBackend {
                 Bindings::new(&inputs, &[out.raw()]),
                 n_out,
             )?;
-        } else {
-            let params = conv_params(g, g.params.groups)?;
-            // GEMM per group: M = C_out/g, N = batch·H_out·W_out.
-            let tiles =
-                g.params.groups * g.c_out_per_group().div_ceil(64) * (n_out / g.c_out).div_ceil(64);
-            self.launch(
-                &ShaderVariant::conv2d(0, bias.is_some()),
-                "gemm",
-                &params,
-                Bindings::new(
-                    &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
-                    &[out.raw()],
-                ),
-                tiles as u64,
-            )?;
+            return Ok(Self::wrap(out));
         }
+        // Per group: M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw.
+        let out = self.gemm(
+            &ShaderVariant::conv2d(0, bias.is_some()),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
+            n_out,
+            [
+                g.params.groups,
+                g.c_out_per_group(),
+                g.batch * g.h_out * g.w_out,
+                g.c_in_per_group() * g.kh * g.kw,
+            ],
+        )?;
         Ok(Self::wrap(out))
     }
 
     fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
         let (dy, w) = (self.buf(dy)?, self.buf(w)?);
         let n_in = g.batch * g.c_in * g.h_in * g.w_in;
-        let out = self.alloc(n_in)?;
         if g.is_depthwise() {
+            let out = self.alloc(n_in)?;
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_input_grad",
@@ -937,18 +1019,22 @@ impl Backend for GpuBackend {
                 Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
                 n_in,
             )?;
-        } else {
-            let tiles = g.params.groups
-                * g.c_in_per_group().div_ceil(64)
-                * (g.batch * g.h_in * g.w_in).div_ceil(64);
-            self.launch(
-                &ShaderVariant::conv2d(1, false),
-                "gemm",
-                &conv_params(g, g.params.groups)?,
-                Bindings::new(&[Some(w.raw()), Some(dy.raw())], &[out.raw()]),
-                tiles as u64,
-            )?;
+            return Ok(Self::wrap(out));
         }
+        // Per group: M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw.
+        let out = self.gemm(
+            &ShaderVariant::conv2d(1, false),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(w.raw()), Some(dy.raw())],
+            n_in,
+            [
+                g.params.groups,
+                g.c_in_per_group(),
+                g.batch * g.h_in * g.w_in,
+                g.c_out_per_group() * g.kh * g.kw,
+            ],
+        )?;
         Ok(Self::wrap(out))
     }
 
@@ -956,8 +1042,8 @@ impl Backend for GpuBackend {
         let (x, dy) = (self.buf(x)?, self.buf(dy)?);
         let taps = g.kh * g.kw;
         let n_w = g.c_out * g.c_in_per_group() * taps;
-        let out = self.alloc(n_w)?;
         if g.is_depthwise() {
+            let out = self.alloc(n_w)?;
             self.launch(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_weight_grad",
@@ -965,18 +1051,22 @@ impl Backend for GpuBackend {
                 Bindings::new(&[Some(x.raw()), Some(dy.raw())], &[out.raw()]),
                 n_w as u64,
             )?;
-        } else {
-            let tiles = g.params.groups
-                * g.c_out_per_group().div_ceil(64)
-                * (g.c_in_per_group() * taps).div_ceil(64);
-            self.launch(
-                &ShaderVariant::conv2d(2, false),
-                "gemm",
-                &conv_params(g, g.params.groups)?,
-                Bindings::new(&[Some(dy.raw()), Some(x.raw())], &[out.raw()]),
-                tiles as u64,
-            )?;
+            return Ok(Self::wrap(out));
         }
+        // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
+        let out = self.gemm(
+            &ShaderVariant::conv2d(2, false),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(dy.raw()), Some(x.raw())],
+            n_w,
+            [
+                g.params.groups,
+                g.c_out_per_group(),
+                g.c_in_per_group() * taps,
+                g.batch * g.h_out * g.w_out,
+            ],
+        )?;
         Ok(Self::wrap(out))
     }
 
