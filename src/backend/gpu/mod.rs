@@ -706,6 +706,46 @@ fn pack8(vals: &[usize]) -> Result<[u32; 8]> {
     Ok(out)
 }
 
+/// The same permutation over fewer axes: size-1 axes dropped, and input axes that stay adjacent and in
+/// order in the output merged into one (NCHW → NHWC becomes (N, C, HW) → (N, HW, C)), so the kernel
+/// decodes fewer indices.
+fn simplify_permutation(dims: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut new_index = vec![usize::MAX; dims.len()];
+    let mut kept = Vec::new();
+    for (a, &d) in dims.iter().enumerate() {
+        if d != 1 {
+            new_index[a] = kept.len();
+            kept.push(d);
+        }
+    }
+    // Runs of consecutive input axes, in output order.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for p in perm
+        .iter()
+        .map(|&p| new_index[p])
+        .filter(|&p| p != usize::MAX)
+    {
+        match runs.last_mut() {
+            Some(last) if last.1 + 1 == p => last.1 = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    if runs.is_empty() {
+        return (vec![1], vec![0]);
+    }
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by_key(|&r| runs[r].0);
+    let in_dims = order
+        .iter()
+        .map(|&r| kept[runs[r].0..=runs[r].1].iter().product())
+        .collect();
+    let mut position = vec![0; runs.len()];
+    for (i, &r) in order.iter().enumerate() {
+        position[r] = i;
+    }
+    (in_dims, position)
+}
+
 /// Index of the split count in the conv2d parameter block (after the 16 geometry words).
 const CONV_SPLIT_SLOT: usize = 16;
 
@@ -940,11 +980,13 @@ impl Backend for GpuBackend {
 
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
         let x = self.buf(x)?;
+        let (dims, perm) = simplify_permutation(dims, perm);
+        let (dims, perm) = (&dims[..], &perm[..]);
         let rank = dims.len();
         if rank > 8 {
             return Err(Error::Unsupported {
                 backend: self.name(),
-                op: "permute of more than 8 axes",
+                op: "permute of more than 8 axes (after merging axes that stay adjacent)",
             });
         }
         let n: usize = dims.iter().product();
