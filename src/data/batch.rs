@@ -298,15 +298,24 @@ impl<'a> Batcher<'a> {
     /// The dataset indices of the next batch; advances the stream.
     pub fn next_indices(&mut self) -> Vec<usize> {
         if self.batch_in_epoch >= self.batches_per_epoch() {
-            self.epoch += 1;
-            self.batch_in_epoch = 0;
-            self.order = self.epoch_order(self.epoch);
+            // Only reachable when drop_last was switched on mid-epoch.
+            self.next_epoch();
         }
         let start = self.batch_in_epoch * self.batch_size;
         let end = (start + self.batch_size).min(self.order.len());
+        let indices = self.order[start..end].to_vec();
         self.batch_in_epoch += 1;
         self.step += 1;
-        self.order[start..end].to_vec()
+        if self.batch_in_epoch >= self.batches_per_epoch() {
+            self.next_epoch();
+        }
+        indices
+    }
+
+    fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.batch_in_epoch = 0;
+        self.order = self.epoch_order(self.epoch);
     }
 
     /// The next batch (augmented if an augmentation is set); endless, moving to a reshuffled epoch at the
@@ -330,8 +339,24 @@ impl Iterator for Batcher<'_> {
     }
 }
 
+impl std::fmt::Debug for Batcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("examples", &self.data.len())
+            .field("batch_size", &self.batch_size)
+            .field("seed", &self.seed)
+            .field("shuffle", &self.shuffle)
+            .field("drop_last", &self.drop_last)
+            .field("augment", &self.augment.is_some())
+            .field("epoch", &self.epoch)
+            .field("position", &self.step)
+            .finish()
+    }
+}
+
 /// The examples in dataset order, in batches of `batch_size` (the last one smaller if need be), unshuffled
 /// and unaugmented: what [`crate::train::evaluate`] consumes.
+#[derive(Debug)]
 pub struct Sequential<'a> {
     data: &'a Dataset,
     batch_size: usize,

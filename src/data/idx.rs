@@ -295,7 +295,9 @@ pub fn write_idx(dims: &[usize], data: &[u8]) -> Result<Vec<u8>> {
     let rank = u8::try_from(dims.len())
         .ok()
         .filter(|&r| r > 0)
-        .ok_or_else(|| Error::invalid("write_idx", format!("rank {} not in 1..=255", dims.len())))?;
+        .ok_or_else(|| {
+            Error::invalid("write_idx", format!("rank {} not in 1..=255", dims.len()))
+        })?;
     let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     if expected != Some(data.len()) {
         return Err(Error::invalid(
