@@ -73,11 +73,8 @@ impl Drop for TempDir {
 fn write_dataset(dir: &TempDir, n_train: usize, n_test: usize, gz: bool) {
     let (ti, tl) = tiny_idx(n_train, 10);
     let (ei, el) = tiny_idx(n_test, 10);
-    let (enc, ext): (fn(&[u8]) -> Vec<u8>, &str) = if gz {
-        (gzip, ".gz")
-    } else {
-        (|b| b.to_vec(), "")
-    };
+    let ext = if gz { ".gz" } else { "" };
+    let enc = |bytes: &[u8]| if gz { gzip(bytes) } else { bytes.to_vec() };
     dir.write(&format!("train-images-idx3-ubyte{ext}"), &enc(&ti));
     dir.write(&format!("train-labels-idx1-ubyte{ext}"), &enc(&tl));
     dir.write(&format!("t10k-images-idx3-ubyte{ext}"), &enc(&ei));

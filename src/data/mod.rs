@@ -225,14 +225,21 @@ impl Dataset {
                 format!("index {bad} out of range for {} examples", self.len()),
             ));
         }
-        let n = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            images.extend_from_slice(&self.images[i * n..(i + 1) * n]);
+            let (Some(image), Some(&label)) = (self.image(i), self.labels.get(i)) else {
+                return Err(Error::invalid(
+                    "Dataset::subset",
+                    format!("image {i} is missing: the dataset's images and labels disagree"),
+                ));
+            };
+            images.extend_from_slice(image);
+            labels.push(label);
         }
         Ok(Dataset {
             images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            labels,
             ..self.clone_meta()
         })
     }
@@ -240,8 +247,9 @@ impl Dataset {
     /// The first `n` examples (all of them if there are fewer).
     pub fn take(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
+        let values = (n * self.image_len()).min(self.images.len());
         Dataset {
-            images: self.images[..n * self.image_len()].to_vec(),
+            images: self.images[..values].to_vec(),
             labels: self.labels[..n].to_vec(),
             ..self.clone_meta()
         }
