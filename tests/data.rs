@@ -653,3 +653,20 @@ fn augmented_batches_are_deterministic_per_seed() {
         .flatten()
         .all(|&v| v >= norm.apply(0) - 1e-6 && v <= norm.apply(255) + 1e-6));
 }
+
+/// With `LIERA_TEST_IDX_DIRS` set to directories holding full IDX datasets (separated by `:`), each loads
+/// with 60,000 / 10,000 examples of 28×28. Skipped (with a message) when unset: the data is not in the repo.
+#[test]
+fn full_idx_directories_load_when_given() {
+    let Ok(dirs) = std::env::var("LIERA_TEST_IDX_DIRS") else {
+        eprintln!("skipped: set LIERA_TEST_IDX_DIRS to check full MNIST-style directories");
+        return;
+    };
+    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+        let splits = load_dir(Path::new(dir)).unwrap();
+        assert_eq!(splits.train.dims(), [60_000, 1, 28, 28], "{dir}");
+        assert_eq!(splits.test.dims(), [10_000, 1, 28, 28], "{dir}");
+        assert!(splits.train.class_counts().iter().all(|&c| c > 5_000));
+        eprintln!("{dir}: {:?}", splits.train.normalization);
+    }
+}

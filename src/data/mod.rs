@@ -198,7 +198,8 @@ impl Dataset {
     /// The values of image `i`, or `None` past the end.
     pub fn image(&self, i: usize) -> Option<&[f32]> {
         let n = self.image_len();
-        self.images.get(i * n..(i + 1) * n)
+        let start = i.checked_mul(n)?;
+        self.images.get(start..start.checked_add(n)?)
     }
 
     /// (N, C, H, W).
