@@ -616,14 +616,29 @@ fn random_translation_shifts_by_at_most_two_pixels_with_zero_fill() {
     }
     assert_eq!(shifts.len(), 25, "all 5×5 shifts occur");
 
-    // Edge content leaves the frame and the border fills with the background.
-    let mut edge = vec![1.0f32; 16];
-    let right_by_two = |images: &mut [f32], dims: [usize; 4], _: &mut SplitMix64| {
+    // Content shifted past the edge leaves the frame; the uncovered rows and columns take the fill value,
+    // so an all-ones 4×4 image keeps a (4−|dy|)×(4−|dx|) rectangle of ones.
+    let possible: Vec<usize> = (0..=2)
+        .flat_map(|a| (0..=2).map(move |b| (4 - a) * (4 - b)))
+        .collect();
+    for _ in 0..50 {
+        let mut square = vec![1.0f32; 2 * 16]; // two images: each moves independently
+        translate.apply(&mut square, [2, 1, 4, 4], &mut rng);
+        for image in square.chunks(16) {
+            let ones = image.iter().filter(|&&v| v == 1.0).count();
+            assert!(possible.contains(&ones), "{ones} ones");
+            assert!(image.iter().all(|&v| v == 1.0 || v == -1.0));
+        }
+    }
+
+    // Any closure of the right shape is an augmentation.
+    let mark_first = |images: &mut [f32], dims: [usize; 4], _: &mut SplitMix64| {
         assert_eq!(dims, [1, 1, 4, 4]);
         images[0] = 9.0;
     };
-    right_by_two.apply(&mut edge, [1, 1, 4, 4], &mut rng);
-    assert_eq!(edge[0], 9.0, "closures are augmentations");
+    let mut edge = vec![1.0f32; 16];
+    mark_first.apply(&mut edge, [1, 1, 4, 4], &mut rng);
+    assert_eq!(edge[0], 9.0);
 }
 
 #[test]
