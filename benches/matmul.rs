@@ -28,7 +28,10 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     let dev = Device::cpu();
     println!("device: {}", dev.name());
-    println!("{:<28} {:>12} {:>16} {:>8}", "shape (m×k×n)", "liera GF/s", "matrixmult GF/s", "ratio");
+    println!(
+        "{:<28} {:>12} {:>16} {:>8}",
+        "shape (m×k×n)", "liera GF/s", "matrixmult GF/s", "ratio"
+    );
     // (m, k, n, label): square sizes, then a ConvNeXt-atto step's pointwise convs as matmuls at batch 64
     // (rows = 64·H·W positions, k = C, n = 4C) and the head.
     let shapes: [(usize, usize, usize, &str); 6] = [
@@ -40,21 +43,52 @@ fn main() {
         (64, 320, 10, "head"),
     ];
     for (m, k, n, label) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 13.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 11.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 13.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 11.0)
+            .collect();
         let ta = Tensor::from_slice(&a, [m, k], &dev).unwrap();
         let tb = Tensor::from_slice(&b, [k, n], &dev).unwrap();
         let flops = 2.0 * (m * k * n) as f64;
-        let reps = if flops > 1e10 { 5 } else if flops > 1e9 { 11 } else { 31 };
-        let _ = MatmulSpec { batch: 1, m, k, n, trans_a: false, trans_b: false, a_batch_stride: 0, b_batch_stride: 0 };
+        let reps = if flops > 1e10 {
+            5
+        } else if flops > 1e9 {
+            11
+        } else {
+            31
+        };
+        let _ = MatmulSpec {
+            batch: 1,
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: false,
+            a_batch_stride: 0,
+            b_batch_stride: 0,
+        };
         let t_liera = time(reps, || {
             std::hint::black_box(ta.matmul(&tb).unwrap());
         });
         let mut c = vec![0.0f32; m * n];
         let t_peer = time(reps, || unsafe {
             matrixmultiply::sgemm(
-                m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
-                c.as_mut_ptr(), n as isize, 1,
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
             );
             std::hint::black_box(&c);
         });
