@@ -18,8 +18,11 @@
 pub mod autodiff;
 pub mod backend;
 pub mod error;
+pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod peft;
 pub mod report;
 pub mod shape;
 pub mod tensor;
