@@ -16,8 +16,12 @@ pub struct Param {
 }
 
 impl Param {
-    /// A parameter over `tensor`'s data; `trainable` decides whether it requires gradients.
+    /// A parameter over `tensor`'s data; `trainable` decides whether it requires gradients. A leaf that
+    /// already has the requested flag is kept as is (same identity), anything else becomes a new leaf.
     pub fn new(tensor: Tensor, trainable: bool) -> Param {
+        if tensor.is_leaf() && tensor.requires_grad() == trainable {
+            return Param { tensor };
+        }
         let tensor = if trainable {
             tensor.detach().to_param()
         } else {
