@@ -67,7 +67,8 @@ fn layers(rng: &mut Rng, dev: &Device) -> Vec<(&'static str, TestLayer, Tensor)>
         let n = shape.iter().product();
         Conv2d {
             weight: Param::new(
-                Tensor::from_slice(&f32s(&rng.vec_away_from_zero(n, 0.2, 1.0)), shape, dev).unwrap(),
+                Tensor::from_slice(&f32s(&rng.vec_away_from_zero(n, 0.2, 1.0)), shape, dev)
+                    .unwrap(),
                 false,
             ),
             bias: Some(Param::new(
@@ -79,7 +80,12 @@ fn layers(rng: &mut Rng, dev: &Device) -> Vec<(&'static str, TestLayer, Tensor)>
         }
     };
     let image = |rng: &mut Rng, c: usize, hw: usize| {
-        Tensor::from_slice(&f32s(&rng.vec(2 * c * hw * hw, -1.0, 1.0)), [2, c, hw, hw], dev).unwrap()
+        Tensor::from_slice(
+            &f32s(&rng.vec(2 * c * hw * hw, -1.0, 1.0)),
+            [2, c, hw, hw],
+            dev,
+        )
+        .unwrap()
     };
     let dense = conv(rng, 3, 5, 3, Conv2dParams::default().padding(1));
     let grouped = conv(rng, 4, 6, 3, Conv2dParams::default().stride(2).groups(2));
@@ -87,7 +93,8 @@ fn layers(rng: &mut Rng, dev: &Device) -> Vec<(&'static str, TestLayer, Tensor)>
     let pointwise = conv(rng, 4, 8, 1, Conv2dParams::default());
     let linear = Linear {
         weight: Param::new(
-            Tensor::from_slice(&f32s(&rng.vec_away_from_zero(7 * 5, 0.2, 1.0)), [7, 5], dev).unwrap(),
+            Tensor::from_slice(&f32s(&rng.vec_away_from_zero(7 * 5, 0.2, 1.0)), [7, 5], dev)
+                .unwrap(),
             false,
         ),
         bias: Some(Param::new(Tensor::zeros([7], dev).unwrap(), false)),
@@ -100,7 +107,11 @@ fn layers(rng: &mut Rng, dev: &Device) -> Vec<(&'static str, TestLayer, Tensor)>
     let x_lin = Tensor::from_slice(&f32s(&rng.vec(3 * 5, -1.0, 1.0)), [3, 5], dev).unwrap();
     vec![
         ("dense conv 3×3", TestLayer::Conv(dense), x_dense),
-        ("grouped conv g=2 stride 2", TestLayer::Conv(grouped), x_grouped),
+        (
+            "grouped conv g=2 stride 2",
+            TestLayer::Conv(grouped),
+            x_grouped,
+        ),
         ("depthwise conv 7×7", TestLayer::Conv(depthwise), x_dw),
         ("pointwise conv 1×1", TestLayer::Conv(pointwise), x_pw),
         ("linear", TestLayer::Linear(linear), x_lin),
@@ -110,7 +121,16 @@ fn layers(rng: &mut Rng, dev: &Device) -> Vec<(&'static str, TestLayer, Tensor)>
 fn attach(layer: &mut TestLayer, kind: AdapterKind, rank: usize, alpha: f32, seed: u64) {
     let l = layer.adaptable();
     let w = l.weight().tensor().clone();
-    let a = Adapter::new(kind, "test", w.shape(), rank, alpha, &mut InitRng::new(seed), w.device()).unwrap();
+    let a = Adapter::new(
+        kind,
+        "test",
+        w.shape(),
+        rank,
+        alpha,
+        &mut InitRng::new(seed),
+        w.device(),
+    )
+    .unwrap();
     *l.adapter_mut() = Some(a);
 }
 
@@ -130,7 +150,11 @@ fn adapted_kernel_equals_base_at_init_for_every_kind() {
                 layer.weight().to_vec().unwrap(),
                 "{name}, {kind:?}: W' ≠ W at init"
             );
-            assert_eq!(layer.forward(&x).to_vec().unwrap(), before, "{name}, {kind:?}");
+            assert_eq!(
+                layer.forward(&x).to_vec().unwrap(),
+                before,
+                "{name}, {kind:?}"
+            );
         }
     }
 }
@@ -139,7 +163,16 @@ fn adapted_kernel_equals_base_at_init_for_every_kind() {
 fn a_is_kaiming_uniform_and_b_is_zero() {
     let dev = Device::cpu();
     let shape = liera::Shape::new([16, 1, 7, 7]); // depthwise: matrix 16×49, fan_in 49
-    let a = Adapter::new(AdapterKind::Liera, "dw", &shape, 4, 8.0, &mut InitRng::new(3), &dev).unwrap();
+    let a = Adapter::new(
+        AdapterKind::Liera,
+        "dw",
+        &shape,
+        4,
+        8.0,
+        &mut InitRng::new(3),
+        &dev,
+    )
+    .unwrap();
     assert_eq!(a.a.shape().dims(), [4, 49]);
     assert_eq!(a.b.shape().dims(), [16, 4]);
     assert!(a.b.tensor().to_vec().unwrap().iter().all(|&v| v == 0.0));
@@ -201,11 +234,18 @@ fn tape_gradients_of_a_and_b_equal_the_closed_forms() {
             let bvals = f32s(&rng.vec(rows * rank, -0.3, 0.3));
             let (a_t, b_t) = {
                 let ad = layer.adaptable().adapter().unwrap();
-                ad.b.tensor().assign(&Tensor::from_slice(&bvals, [rows, rank], &dev).unwrap()).unwrap();
+                ad.b.tensor()
+                    .assign(&Tensor::from_slice(&bvals, [rows, rank], &dev).unwrap())
+                    .unwrap();
                 (ad.a.tensor().clone(), ad.b.tensor().clone())
             };
             let y = layer.forward(&x);
-            let r = Tensor::from_slice(&f32s(&rng.vec(y.numel(), -1.0, 1.0)), y.shape().clone(), &dev).unwrap();
+            let r = Tensor::from_slice(
+                &f32s(&rng.vec(y.numel(), -1.0, 1.0)),
+                y.shape().clone(),
+                &dev,
+            )
+            .unwrap();
             let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(grads.get(&w).is_none(), "{name}: frozen W got a gradient");
             let da = grads.get(&a_t).expect("∂A").to_vec().unwrap();
@@ -230,10 +270,29 @@ fn tape_gradients_of_a_and_b_equal_the_closed_forms() {
                 let l = layer.adaptable();
                 no_grad(|| l.adapter().unwrap().adapt(l.weight().tensor())).unwrap()
             };
-            assert_close(&format!("{name} {kind:?} W'"), &engine_adapted.to_vec().unwrap(), &w_adapted, 1e-5);
+            assert_close(
+                &format!("{name} {kind:?} W'"),
+                &engine_adapted.to_vec().unwrap(),
+                &w_adapted,
+                1e-5,
+            );
             let wp = engine_adapted.to_param();
-            let g = layer.forward_with(&x, &wp).mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gv: Vec<f64> = g.get(&wp).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
+            let g = layer
+                .forward_with(&x, &wp)
+                .mul(&r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gv: Vec<f64> = g
+                .get(&wp)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
             let m: Vec<f64> = (0..gv.len())
                 .map(|i| match kind {
                     AdapterKind::Liera => s * gv[i] * w_adapted[i],
@@ -277,14 +336,17 @@ fn randomise_b(model: &ConvNeXt, seed: u64, scale: f64) {
         if let Some(a) = layer.adapter() {
             let b = a.b.tensor();
             let v = f32s(&rng.vec(b.numel(), -scale, scale));
-            b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap()).unwrap();
+            b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap())
+                .unwrap();
         }
     });
 }
 
 fn base_snapshot(model: &dyn Module) -> Vec<(String, Vec<f32>)> {
     let mut v = Vec::new();
-    model.visit("", &mut |n, p| v.push((n.to_string(), p.tensor().to_vec().unwrap())));
+    model.visit("", &mut |n, p| {
+        v.push((n.to_string(), p.tensor().to_vec().unwrap()))
+    });
     v
 }
 
@@ -304,30 +366,58 @@ fn merge_equals_adapted_forward_and_unmerge_restores_base_bit_exactly() {
             peft::apply(&mut model, &cfg).unwrap();
             randomise_b(&model, 9, 0.2);
             let x = input(&dev, 3);
-            let adapted = no_grad(|| model.forward(&x, false)).unwrap().to_vec().unwrap();
+            let adapted = no_grad(|| model.forward(&x, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
             let base_out = {
                 let plain = ConvNeXt::new(small(conv_mlp, false), &dev).unwrap();
-                no_grad(|| plain.forward(&x, false)).unwrap().to_vec().unwrap()
+                no_grad(|| plain.forward(&x, false))
+                    .unwrap()
+                    .to_vec()
+                    .unwrap()
             };
             assert_ne!(adapted, base_out, "a nonzero B must change the function");
 
             assert_eq!(peft::merge(&mut model).unwrap(), 6);
-            let merged = no_grad(|| model.forward(&x, false)).unwrap().to_vec().unwrap();
+            let merged = no_grad(|| model.forward(&x, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
             let scale = adapted.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, m) in adapted.iter().zip(&merged) {
-                assert!((a - m).abs() <= 1e-6 * scale, "{kind:?}: merged {m} vs adapted {a}");
+                assert!(
+                    (a - m).abs() <= 1e-6 * scale,
+                    "{kind:?}: merged {m} vs adapted {a}"
+                );
             }
-            assert!(peft::merge(&mut model).is_err(), "double merge must be refused");
+            assert!(
+                peft::merge(&mut model).is_err(),
+                "double merge must be refused"
+            );
 
             assert_eq!(peft::unmerge(&mut model).unwrap(), 6);
-            assert_eq!(base_snapshot(&model), before, "{kind:?}: unmerge must restore W bit-exactly");
-            let again = no_grad(|| model.forward(&x, false)).unwrap().to_vec().unwrap();
+            assert_eq!(
+                base_snapshot(&model),
+                before,
+                "{kind:?}: unmerge must restore W bit-exactly"
+            );
+            let again = no_grad(|| model.forward(&x, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
             assert_eq!(again, adapted);
 
             // merge_and_unload: a plain network with the adapted function.
             peft::merge_and_unload(&mut model).unwrap();
-            assert!(model.named_parameters().iter().all(|(n, _)| !n.contains("lora_")));
-            let unloaded = no_grad(|| model.forward(&x, false)).unwrap().to_vec().unwrap();
+            assert!(model
+                .named_parameters()
+                .iter()
+                .all(|(n, _)| !n.contains("lora_")));
+            let unloaded = no_grad(|| model.forward(&x, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
             assert_eq!(unloaded, merged);
         }
     }
@@ -338,12 +428,18 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical_under_adamw() {
     let dev = Device::cpu();
     for conv_mlp in [true, false] {
         let mut model = ConvNeXt::new(small(conv_mlp, true), &dev).unwrap();
-        let cfg = PeftConfig::new(AdapterKind::Liera, 2, 2.0, TARGETS).with_modules_to_save("head.fc");
+        let cfg =
+            PeftConfig::new(AdapterKind::Liera, 2, 2.0, TARGETS).with_modules_to_save("head.fc");
         peft::apply(&mut model, &cfg).unwrap();
         let before = base_snapshot(&model);
         let params = model.trainable_parameters();
         let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.iter().all(|n| n.contains(".lora_") || n.starts_with("head.fc.")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.contains(".lora_") || n.starts_with("head.fc.")),
+            "{names:?}"
+        );
         let frozen: Vec<(String, Tensor)> = model
             .named_parameters()
             .into_iter()
@@ -354,10 +450,17 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical_under_adamw() {
         let x = input(&dev, 4);
         let labels = [0usize, 1, 2, 1];
         for _ in 0..3 {
-            let loss = model.forward(&x, true).unwrap().cross_entropy(&labels).unwrap();
+            let loss = model
+                .forward(&x, true)
+                .unwrap()
+                .cross_entropy(&labels)
+                .unwrap();
             let grads = loss.backward().unwrap();
             for (n, t) in &frozen {
-                assert!(t.is_leaf() && !t.requires_grad(), "{n} must be a constant leaf");
+                assert!(
+                    t.is_leaf() && !t.requires_grad(),
+                    "{n} must be a constant leaf"
+                );
                 assert!(grads.get(t).is_none(), "frozen {n} got a gradient buffer");
             }
             // Everything trainable is on the loss's path and gets a gradient.
@@ -376,7 +479,10 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical_under_adamw() {
         }
         model.visit_adaptable("", &mut |path, layer| {
             if let Some(a) = layer.adapter() {
-                assert!(a.b.tensor().to_vec().unwrap().iter().any(|&v| v != 0.0), "{path}: B did not move");
+                assert!(
+                    a.b.tensor().to_vec().unwrap().iter().any(|&v| v != 0.0),
+                    "{path}: B did not move"
+                );
             }
         });
     }
@@ -393,7 +499,8 @@ fn trainable_parameter_counts_are_exact() {
     for (conv_mlp, v2) in [(true, false), (false, false), (true, true)] {
         let mut model = ConvNeXt::new(small(conv_mlp, v2), &dev).unwrap();
         let base = model.num_parameters();
-        let cfg = PeftConfig::new(AdapterKind::Liera, 2, 2.0, TARGETS).with_modules_to_save("head.fc");
+        let cfg =
+            PeftConfig::new(AdapterKind::Liera, 2, 2.0, TARGETS).with_modules_to_save("head.fc");
         let report = peft::apply(&mut model, &cfg).unwrap();
         let per_layer: Vec<(String, usize)> = report
             .rows
@@ -414,7 +521,11 @@ fn trainable_parameter_counts_are_exact() {
         assert_eq!(per_layer, want);
         assert_eq!(report.trainable, 775);
         assert_eq!(report.total, base + 724);
-        let counted: usize = model.trainable_parameters().iter().map(|(_, t)| t.numel()).sum();
+        let counted: usize = model
+            .trainable_parameters()
+            .iter()
+            .map(|(_, t)| t.numel())
+            .sum();
         assert_eq!(counted, 775);
         let text = report.to_string();
         assert!(text.contains("trainable 775 of"), "{text}");
@@ -432,7 +543,8 @@ fn zero_entries_are_reported_and_cannot_move_under_liera() {
         v[0] = 0.0;
         v[10] = 0.0;
         v[48] = 0.0;
-        w.assign(&Tensor::from_slice(&v, w.shape().clone(), &dev).unwrap()).unwrap();
+        w.assign(&Tensor::from_slice(&v, w.shape().clone(), &dev).unwrap())
+            .unwrap();
     }
     let cfg = PeftConfig::new(AdapterKind::Liera, 2, 2.0, "conv_dw");
     let report = peft::apply(&mut model, &cfg).unwrap();
@@ -441,11 +553,20 @@ fn zero_entries_are_reported_and_cannot_move_under_liera() {
     assert_eq!(report.rows[1].zero_entries, Some(0));
     randomise_b(&model, 5, 0.5);
     peft::merge(&mut model).unwrap();
-    let merged = model.stages[0].blocks[0].conv_dw.weight.tensor().to_vec().unwrap();
+    let merged = model.stages[0].blocks[0]
+        .conv_dw
+        .weight
+        .tensor()
+        .to_vec()
+        .unwrap();
     assert_eq!((merged[0], merged[10], merged[48]), (0.0, 0.0, 0.0));
     // LoRA reports no zero count (its entries can move).
     let mut lora = ConvNeXt::new(small(true, false), &dev).unwrap();
-    let r = peft::apply(&mut lora, &PeftConfig::new(AdapterKind::Lora, 2, 2.0, "conv_dw")).unwrap();
+    let r = peft::apply(
+        &mut lora,
+        &PeftConfig::new(AdapterKind::Lora, 2, 2.0, "conv_dw"),
+    )
+    .unwrap();
     assert_eq!(r.rows[0].zero_entries, None);
 }
 
@@ -454,11 +575,26 @@ fn invalid_configurations_are_named_errors_and_leave_the_model_unchanged() {
     let dev = Device::cpu();
     let mut model = ConvNeXt::new(small(true, false), &dev).unwrap();
     let cases = [
-        (PeftConfig::new(AdapterKind::Liera, 0, 1.0, TARGETS), "rank r must be at least 1"),
-        (PeftConfig::new(AdapterKind::Liera, 2, 0.0, TARGETS), "alpha must be positive"),
-        (PeftConfig::new(AdapterKind::Lora, 2, -1.0, TARGETS), "alpha must be positive"),
-        (PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw,nonexistent"), "`nonexistent` matches no"),
-        (PeftConfig::new(AdapterKind::Liera, 2, 1.0, ""), "no target modules"),
+        (
+            PeftConfig::new(AdapterKind::Liera, 0, 1.0, TARGETS),
+            "rank r must be at least 1",
+        ),
+        (
+            PeftConfig::new(AdapterKind::Liera, 2, 0.0, TARGETS),
+            "alpha must be positive",
+        ),
+        (
+            PeftConfig::new(AdapterKind::Lora, 2, -1.0, TARGETS),
+            "alpha must be positive",
+        ),
+        (
+            PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw,nonexistent"),
+            "`nonexistent` matches no",
+        ),
+        (
+            PeftConfig::new(AdapterKind::Liera, 2, 1.0, ""),
+            "no target modules",
+        ),
         // conv_dw of stage 0 is 8×49 as a matrix: rank 9 > min(8, 49).
         (
             PeftConfig::new(AdapterKind::Liera, 9, 1.0, "conv_dw"),
@@ -476,13 +612,33 @@ fn invalid_configurations_are_named_errors_and_leave_the_model_unchanged() {
     for (cfg, msg) in cases {
         let err = peft::apply(&mut model, &cfg).unwrap_err().to_string();
         assert!(err.contains(msg), "expected `{msg}` in `{err}`");
-        assert!(model.named_parameters().iter().all(|(_, t)| t.requires_grad()), "model changed by a failed apply");
-        assert!(model.named_parameters().iter().all(|(n, _)| !n.contains("lora_")));
+        assert!(
+            model
+                .named_parameters()
+                .iter()
+                .all(|(_, t)| t.requires_grad()),
+            "model changed by a failed apply"
+        );
+        assert!(model
+            .named_parameters()
+            .iter()
+            .all(|(n, _)| !n.contains("lora_")));
     }
-    peft::apply(&mut model, &PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw")).unwrap();
-    let err = peft::apply(&mut model, &PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw")).unwrap_err();
+    peft::apply(
+        &mut model,
+        &PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw"),
+    )
+    .unwrap();
+    let err = peft::apply(
+        &mut model,
+        &PeftConfig::new(AdapterKind::Liera, 2, 1.0, "conv_dw"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("already has an adapter"), "{err}");
-    assert!(AdapterKind::parse("dora").unwrap_err().to_string().contains("unknown adapter method `dora`"));
+    assert!(AdapterKind::parse("dora")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown adapter method `dora`"));
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -496,41 +652,82 @@ fn adapter_save_load_round_trip_and_shape_errors() {
     let dev = Device::cpu();
     for kind in KINDS {
         let mut model = ConvNeXt::new(small(false, false), &dev).unwrap();
-        let cfg = PeftConfig::new(kind, 2, 4.0, TARGETS).with_modules_to_save("head.fc").with_seed(3);
+        let cfg = PeftConfig::new(kind, 2, 4.0, TARGETS)
+            .with_modules_to_save("head.fc")
+            .with_seed(3);
         peft::apply(&mut model, &cfg).unwrap();
         randomise_b(&model, 21, 0.2);
         let x = input(&dev, 8);
-        let want = no_grad(|| model.forward(&x, false)).unwrap().to_vec().unwrap();
+        let want = no_grad(|| model.forward(&x, false))
+            .unwrap()
+            .to_vec()
+            .unwrap();
         let dir = temp_dir(&format!("adapter-{}", kind.name()));
         peft::save_adapter(&model, &cfg, &dir).unwrap();
         let names = liera::io::read_safetensors(&dir.join(peft::ADAPTER_WEIGHTS_FILE)).unwrap();
         let keys: Vec<&str> = names.iter().map(|(k, _)| k.as_str()).collect();
-        assert!(keys.contains(&"base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"), "{keys:?}");
+        assert!(
+            keys.contains(&"base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"base_model.model.stages.1.blocks.0.mlp.fc2.lora_B.weight"));
         assert!(keys.contains(&"base_model.model.head.fc.weight"));
         // PEFT's conv layout: A (r, Cin/g, kh, kw), B (Cout, r, 1, 1); Linear: A (r, in), B (out, r).
         let shape = |k: &str| names.iter().find(|(n, _)| n == k).unwrap().1.shape.clone();
-        assert_eq!(shape("base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"), [2, 1, 7, 7]);
-        assert_eq!(shape("base_model.model.stages.0.blocks.0.conv_dw.lora_B.weight"), [8, 2, 1, 1]);
-        assert_eq!(shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_A.weight"), [2, 8]);
-        assert_eq!(shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_B.weight"), [32, 2]);
+        assert_eq!(
+            shape("base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"),
+            [2, 1, 7, 7]
+        );
+        assert_eq!(
+            shape("base_model.model.stages.0.blocks.0.conv_dw.lora_B.weight"),
+            [8, 2, 1, 1]
+        );
+        assert_eq!(
+            shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_A.weight"),
+            [2, 8]
+        );
+        assert_eq!(
+            shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_B.weight"),
+            [32, 2]
+        );
 
         // A fresh base (same seed: same base weights) with the adapter loaded computes the same function.
         let mut fresh = ConvNeXt::new(small(false, false), &dev).unwrap();
         let loaded = peft::load_adapter(&mut fresh, &dir).unwrap();
         assert_eq!(loaded, cfg);
-        let got = no_grad(|| fresh.forward(&x, false)).unwrap().to_vec().unwrap();
-        assert_eq!(got, want, "{kind:?}: loaded adapter computes another function");
-        assert_eq!(fresh.trainable_parameters().len(), model.trainable_parameters().len());
+        let got = no_grad(|| fresh.forward(&x, false))
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "{kind:?}: loaded adapter computes another function"
+        );
+        assert_eq!(
+            fresh.trainable_parameters().len(),
+            model.trainable_parameters().len()
+        );
 
         // Onto a base with other widths: a clear error naming a key and both shapes; the model is unchanged.
-        let mut other = ConvNeXt::new(ConvNeXtConfig { dims: vec![8, 24], ..small(false, false) }, &dev).unwrap();
-        let err = peft::load_adapter(&mut other, &dir).unwrap_err().to_string();
+        let mut other = ConvNeXt::new(
+            ConvNeXtConfig {
+                dims: vec![8, 24],
+                ..small(false, false)
+            },
+            &dev,
+        )
+        .unwrap();
+        let err = peft::load_adapter(&mut other, &dir)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("key `base_model.model.stages.1.blocks.0.conv_dw.lora_B.weight` has shape [16, 2, 1, 1] in the file, the model needs [24, 2, 1, 1]"),
             "{err}"
         );
-        assert!(other.named_parameters().iter().all(|(n, t)| t.requires_grad() && !n.contains("lora_")));
+        assert!(other
+            .named_parameters()
+            .iter()
+            .all(|(n, t)| t.requires_grad() && !n.contains("lora_")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

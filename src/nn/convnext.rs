@@ -98,21 +98,22 @@ impl ConvNeXtConfig {
         } else {
             (false, name.strip_prefix("convnext_").unwrap_or(name))
         };
-        let cfg =
-            match size {
-                "atto" => Self::atto(),
-                "femto" => Self::femto(),
-                "pico" => Self::pico(),
-                "nano" => Self::nano(),
-                "tiny" => Self::tiny(),
-                "micro" => Self::micro(),
-                other => return Err(Error::invalid(
+        let cfg = match size {
+            "atto" => Self::atto(),
+            "femto" => Self::femto(),
+            "pico" => Self::pico(),
+            "nano" => Self::nano(),
+            "tiny" => Self::tiny(),
+            "micro" => Self::micro(),
+            other => {
+                return Err(Error::invalid(
                     "ConvNeXtConfig::preset",
                     format!(
                         "unknown preset `{other}` (known: atto, femto, pico, nano, tiny, micro)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(if v2 { cfg.v2() } else { cfg })
     }
     /// The ConvNeXt v2 variant: GRN in every MLP, no layer scale.
