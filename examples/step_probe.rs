@@ -6,7 +6,9 @@ use std::time::Instant;
 fn main() -> liera::Result<()> {
     let dev = Device::cpu();
     for name in ["micro", "atto"] {
-        let cfg = ConvNeXtConfig::preset(name)?.with_classes(10).with_in_chans(1);
+        let cfg = ConvNeXtConfig::preset(name)?
+            .with_classes(10)
+            .with_in_chans(1);
         let model = ConvNeXt::new(cfg, &dev)?;
         let params = model.trainable_parameters();
         let mut opt = AdamW::new(0.9, 0.999, 1e-8, 0.05)?;
@@ -22,7 +24,11 @@ fn main() -> liera::Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("{name}: median step {:.3}s = {:.0} img/s", times[3], 64.0 / times[3]);
+        println!(
+            "{name}: median step {:.3}s = {:.0} img/s",
+            times[3],
+            64.0 / times[3]
+        );
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod job;
 pub mod nn;
 pub mod ops;
 pub mod optim;

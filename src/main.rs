@@ -230,11 +230,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let common = cli.common.clone();
-    let command = cli.command.unwrap_or_else(|| {
-        Command::Compare(
-            CompareArgs::try_parse_from(["compare"]).expect("the defaults parse"),
-        )
-    });
+    // No subcommand: the comparison with every default (parsed, so the defaults live in one place).
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::try_parse_from(["liera", "compare"])
+            .map_err(|e| Error::invalid("liera", e.to_string()))?
+            .command
+            .expect("`compare` parses to a command"),
+    };
     // Flags are checked before any device or data work, so a typo costs nothing.
     match &command {
         Command::Compare(a) => {
@@ -388,7 +391,10 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?;
     let target = target_data(
-        a.data_dir.as_ref().map(|d| d.join("fashion-mnist")).as_deref(),
+        a.data_dir
+            .as_ref()
+            .map(|d| d.join("fashion-mnist"))
+            .as_deref(),
         a.per_class,
         common.seed,
     )?;

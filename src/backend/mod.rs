@@ -5,6 +5,7 @@
 //! [`Backend`] and adds its variant to [`Storage`]; no op changes.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -16,12 +17,15 @@ use std::sync::{Arc, OnceLock};
 pub enum Storage {
     /// Host memory, for the CPU backend.
     Cpu(Arc<Vec<f32>>),
+    /// A GPU buffer of the wgpu backend (freed back to that backend's pool when the last handle drops).
+    Gpu(Arc<gpu::GpuBuffer>),
 }
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Storage::Cpu(v) => write!(f, "Storage::Cpu({} floats)", v.len()),
+            Storage::Gpu(b) => write!(f, "Storage::Gpu({} floats)", b.len()),
         }
     }
 }
@@ -206,6 +210,12 @@ pub trait Backend: Send + Sync {
     fn readback_count(&self) -> u64 {
         0
     }
+
+    /// True for a GPU adapter that is really software running on the CPU (Mesa's llvmpipe/lavapipe,
+    /// SwiftShader): correct, but slower than the CPU backend, so the command does not choose it unasked.
+    fn is_software_gpu(&self) -> bool {
+        false
+    }
 }
 
 /// Where tensors live and kernels run: a shared handle to a [`Backend`].
@@ -218,6 +228,51 @@ impl Device {
         static CPU: OnceLock<Device> = OnceLock::new();
         CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new())))
             .clone()
+    }
+    /// The wgpu GPU backend on the highest-performance adapter (one shared instance, created on first use);
+    /// an [`Error::Device`] when no adapter exists or it cannot be opened.
+    pub fn gpu() -> Result<Device> {
+        // The outcome is kept, so a missing adapter is looked for once, not per call.
+        static GPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+        GPU.get_or_init(|| {
+            gpu::GpuBackend::new(gpu::GpuOptions::default())
+                .map(|b| Device(Arc::new(b)))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Error::Device)
+    }
+
+    /// The device to run on: `LIERA_DEVICE=cpu|gpu` forces one; otherwise a GPU adapter if one exists,
+    /// else the CPU. With `LIERA_REQUIRE_GPU=1` a missing adapter is an error instead of a fallback (so CI
+    /// can insist that the GPU path ran). Says on stderr which device was chosen.
+    pub fn best() -> Result<Device> {
+        let require_gpu = std::env::var("LIERA_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
+        let dev = match forced.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Device::cpu(),
+            "gpu" => Device::gpu()?,
+            "" => match Device::gpu() {
+                Ok(d) => d,
+                Err(e) if require_gpu => {
+                    return Err(Error::Device(format!(
+                        "LIERA_REQUIRE_GPU=1 but no GPU device is usable: {e}"
+                    )))
+                }
+                Err(e) => {
+                    eprintln!("liera: no GPU adapter ({e}); falling back to the CPU");
+                    Device::cpu()
+                }
+            },
+            other => {
+                return Err(Error::invalid(
+                    "Device::best",
+                    format!("LIERA_DEVICE must be cpu or gpu, got {other:?}"),
+                ))
+            }
+        };
+        eprintln!("liera: running on {}", dev.name());
+        Ok(dev)
     }
     /// A device from any backend.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Device {

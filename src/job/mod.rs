@@ -307,8 +307,15 @@ pub fn finetune(
     device: &Device,
     save_dir: Option<&Path>,
 ) -> Result<RunResult> {
-    let (model, report, peft_cfg) =
-        prepare_finetune(config, base, data.train.classes, method, adapter, opts.seed, device)?;
+    let (model, report, peft_cfg) = prepare_finetune(
+        config,
+        base,
+        data.train.classes,
+        method,
+        adapter,
+        opts.seed,
+        device,
+    )?;
     let (logs, eval, seconds, ips) =
         train_and_evaluate(&model, method.name(), &data.train, &data.test, opts, device)?;
     if let Some(dir) = save_dir {
@@ -382,7 +389,12 @@ pub fn pretrain_checkpoint_path(
         opts.seed,
         opts.augment_shift,
         data.train.len(),
-        data.train.labels.iter().take(64).map(|l| l.to_string()).collect::<String>()
+        data.train
+            .labels
+            .iter()
+            .take(64)
+            .map(|l| l.to_string())
+            .collect::<String>()
     );
     cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
 }
@@ -406,7 +418,8 @@ pub fn compare(
         path: opts.out.display().to_string(),
         source,
     })?;
-    let checkpoint = pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source);
+    let checkpoint =
+        pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source);
     let pretrain_result = if checkpoint.exists() && !opts.fresh {
         log(&format!(
             "pretrained checkpoint: reusing {} (--fresh retrains)",
@@ -510,4 +523,38 @@ pub fn describe(c: &ConvNeXtConfig) -> String {
         c.dims,
         c.depths
     )
+}
+
+/// The device for `--device auto|cpu|gpu`.
+///
+/// `auto` takes a hardware GPU adapter when one exists, else the CPU; a software adapter (llvmpipe) is
+/// slower than the CPU backend for training, so `auto` passes it over (saying so) unless
+/// `LIERA_DEVICE=gpu` asks for it. `gpu` insists on an adapter (any kind) and fails without one.
+pub fn select_device(choice: &str) -> Result<Device> {
+    match choice {
+        "cpu" => Ok(Device::cpu()),
+        "gpu" => Device::gpu(),
+        "auto" => {
+            let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
+            if !forced.trim().is_empty() {
+                return Device::best();
+            }
+            match Device::gpu() {
+                Ok(gpu) if !gpu.backend().is_software_gpu() => Ok(gpu),
+                Ok(gpu) => {
+                    eprintln!(
+                        "note: the only GPU adapter is software ({}); using the faster CPU backend \
+                         (--device gpu uses it anyway)",
+                        gpu.name()
+                    );
+                    Ok(Device::cpu())
+                }
+                Err(_) => Ok(Device::cpu()),
+            }
+        }
+        other => Err(Error::invalid(
+            "device",
+            format!("--device must be auto, cpu or gpu, got `{other}`"),
+        )),
+    }
 }

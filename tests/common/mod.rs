@@ -170,9 +170,31 @@ pub fn check_gradients(
     Ok(())
 }
 
-/// The devices the cross-backend tests run on: always the CPU.
+/// The shared GPU device, or `None` when no adapter exists: then a visible "skipped: no GPU adapter" goes
+/// to stderr (written past the test harness's capture, so it shows for passing tests too). With
+/// `LIERA_REQUIRE_GPU=1` a missing adapter fails the test instead, so CI cannot silently skip the GPU.
+pub fn gpu_device() -> Option<Device> {
+    use std::io::Write;
+    match Device::gpu() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("LIERA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("LIERA_REQUIRE_GPU=1 but the GPU device is unavailable: {e}");
+            }
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                let _ = writeln!(std::io::stderr(), "skipped: no GPU adapter ({e})");
+            });
+            None
+        }
+    }
+}
+
+/// The devices the cross-backend tests run on: the CPU, and the GPU when an adapter exists.
 pub fn devices() -> Vec<Device> {
-    vec![Device::cpu()]
+    let mut d = vec![Device::cpu()];
+    d.extend(gpu_device());
+    d
 }
 
 /// Row-major strides of `shape`.

@@ -28,7 +28,6 @@ impl CpuBackend {
 
 /// The host slice behind a storage, or an error if it belongs to another backend.
 pub(crate) fn host(s: &Storage) -> Result<&[f32]> {
-    #[allow(unreachable_patterns)]
     match s {
         Storage::Cpu(v) => Ok(v.as_slice()),
         _ => Err(Error::Device(format!(

@@ -1,0 +1,158 @@
+// conv2d.wgsl — dense and grouped 2-D convolution (NCHW input, OIHW weight) as implicit GEMMs for the
+// gemm kernel (gemm.wgsl): the patch matrix X̃ is never stored, its entries are computed where they
+// are loaded. Per group g (the GEMM batch), with K_w = (C_in/groups)·kh·kw patch rows and the batch folded
+// into the GEMM columns (col = n·HW + position):
+//   CONV_MODE 0, forward:      Y_g  = W_g · X̃_g           (M = C_out/g, N = batch·H_out·W_out, K = K_w)
+//                              plus bias[o] when HAS_BIAS
+//   CONV_MODE 1, input grad:   dX_g = W_gᵀ ⋆ dY_g, gathered: dx[n,c,ih,iw] = Σ_{o,p,q} w[o,c,p,q]·dy[n,o,oh,ow]
+//                              over the taps with ih = oh·s_h − pad_h + p·dil_h (and likewise for w)
+//                              (M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw)
+//   CONV_MODE 2, weight grad:  dW_g = dY_g · X̃_gᵀ summed over the batch
+//                              (M = C_out/g, N = K_w, K = batch·H_out·W_out)
+// A patch entry X̃[(c, p, q), (n, oh, ow)] = x[n, c, oh·s_h − pad_h + p·dil_h, ow·s_w − pad_w + q·dil_w]
+// (0 in the padding).
+
+struct Params {
+    batch: u32,
+    c_in: u32,
+    h_in: u32,
+    w_in: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    h_out: u32,
+    w_out: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    groups: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// mode 0: weight, input, bias; mode 1: weight, dy; mode 2: dy, input.
+@group(0) @binding(1) var<storage, read> a_src: array<f32>;
+@group(0) @binding(2) var<storage, read> b_src: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> c_out: array<f32>;
+
+fn c_in_per_group() -> u32 {
+    return params.c_in / params.groups;
+}
+fn c_out_per_group() -> u32 {
+    return params.c_out / params.groups;
+}
+fn taps() -> u32 {
+    return params.kh * params.kw;
+}
+
+// X̃ of group g at patch row r = (c, p, q) and output position pos = oh·W_out + ow of image n
+// (x is b_src in modes 0 and 2).
+fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
+    let c = r / taps();
+    let t = r % taps();
+    let ih = i32((pos / params.w_out) * params.stride_h + (t / params.kw) * params.dil_h) - i32(params.pad_h);
+    let iw = i32((pos % params.w_out) * params.stride_w + (t % params.kw) * params.dil_w) - i32(params.pad_w);
+    if (ih < 0 || iw < 0 || ih >= i32(params.h_in) || iw >= i32(params.w_in)) {
+        return 0.0;
+    }
+    let channel = n * params.c_in + g * c_in_per_group() + c;
+    return b_src[(channel * params.h_in + u32(ih)) * params.w_in + u32(iw)];
+}
+
+fn gemm_shape() -> vec4<u32> {
+    let hw_out = params.h_out * params.w_out;
+    switch CONV_MODE {
+        case 0u: {
+            return vec4<u32>(params.groups, c_out_per_group(), params.batch * hw_out, c_in_per_group() * taps());
+        }
+        case 1u: {
+            return vec4<u32>(params.groups, c_in_per_group(), params.batch * params.h_in * params.w_in,
+                             c_out_per_group() * taps());
+        }
+        default: {
+            return vec4<u32>(params.groups, c_out_per_group(), c_in_per_group() * taps(), params.batch * hw_out);
+        }
+    }
+}
+
+fn gemm_load_a(g: u32, row: u32, kk: u32) -> f32 {
+    let hw_out = params.h_out * params.w_out;
+    switch CONV_MODE {
+        case 0u: {
+            // w[g·og + row, kk]
+            return a_src[(g * c_out_per_group() + row) * c_in_per_group() * taps() + kk];
+        }
+        case 1u: {
+            // w[g·og + o, row, t] with kk = (o, t)
+            let o = kk / taps();
+            let t = kk % taps();
+            return a_src[((g * c_out_per_group() + o) * c_in_per_group() + row) * taps() + t];
+        }
+        default: {
+            // dy[n, g·og + row, pos] with kk = (n, pos)
+            let n = kk / hw_out;
+            let pos = kk % hw_out;
+            return a_src[(n * params.c_out + g * c_out_per_group() + row) * hw_out + pos];
+        }
+    }
+}
+
+fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
+    let hw_out = params.h_out * params.w_out;
+    switch CONV_MODE {
+        case 0u: {
+            return patch_entry(g, kk, col / hw_out, col % hw_out);
+        }
+        case 1u: {
+            // dy[n, g·og + o, oh, ow] for the output position that tap t of (ih, iw) came from, if any.
+            let hw_in = params.h_in * params.w_in;
+            let n = col / hw_in;
+            let q = col % hw_in;
+            let o = kk / taps();
+            let t = kk % taps();
+            let th = i32(q / params.w_in + params.pad_h) - i32((t / params.kw) * params.dil_h);
+            let tw = i32(q % params.w_in + params.pad_w) - i32((t % params.kw) * params.dil_w);
+            if (th < 0 || tw < 0) {
+                return 0.0;
+            }
+            let uh = u32(th);
+            let uw = u32(tw);
+            if (uh % params.stride_h != 0u || uw % params.stride_w != 0u) {
+                return 0.0;
+            }
+            let oh = uh / params.stride_h;
+            let ow = uw / params.stride_w;
+            if (oh >= params.h_out || ow >= params.w_out) {
+                return 0.0;
+            }
+            return b_src[((n * params.c_out + g * c_out_per_group() + o) * params.h_out + oh) * params.w_out + ow];
+        }
+        default: {
+            return patch_entry(g, col, kk / hw_out, kk % hw_out);
+        }
+    }
+}
+
+fn gemm_store(g: u32, row: u32, col: u32, value: f32) {
+    let hw_out = params.h_out * params.w_out;
+    switch CONV_MODE {
+        case 0u: {
+            let o = g * c_out_per_group() + row;
+            var v = value;
+            if (HAS_BIAS) {
+                v += bias[o];
+            }
+            c_out[((col / hw_out) * params.c_out + o) * hw_out + col % hw_out] = v;
+        }
+        case 1u: {
+            let hw_in = params.h_in * params.w_in;
+            c_out[((col / hw_in) * params.c_in + g * c_in_per_group() + row) * hw_in + col % hw_in] = value;
+        }
+        default: {
+            c_out[(g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;
+        }
+    }
+}

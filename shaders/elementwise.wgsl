@@ -1,0 +1,126 @@
+// elementwise.wgsl — kernels: fill, unary, binary (one thread per output element).
+//
+// fill:   y[i] = value
+// unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP:
+//         0 exp, 1 ln, 2 −x, 3 √x, 4 GELU(x) = x/2·(1 + erf(x/√2)), 5 x + c, 6 c·x, 7 x^c
+// binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 6 merged output
+//         dimensions (stride 0 on broadcast axes); OP: 16 a+b, 17 a−b, 18 a·b, 19 a/b,
+//         20 a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x).
+// erf is Abramowitz & Stegun 7.1.26, the same formula as the CPU backend, so both agree to rounding.
+
+struct Params {
+    n: u32,
+    rank: u32,
+    scalar: f32,
+    _pad: u32,
+    dims: array<vec4<u32>, 2>,
+    a_strides: array<vec4<u32>, 2>,
+    b_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+
+fn erf_as(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.2548296 + t * (-0.28449674 + t * (1.4214138 + t * (-1.4531521 + t * 1.0614054))));
+    return select(1.0, -1.0, x < 0.0) * (1.0 - poly * exp(-z * z));
+}
+
+fn gelu(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf_as(x * 0.70710677));
+}
+
+fn gelu_derivative(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf_as(x * 0.70710677));
+    let pdf = exp(-0.5 * x * x) * 0.3989423;
+    return cdf + x * pdf;
+}
+
+// x^c with Rust's powf conventions where WGSL's pow is undefined (x ≤ 0): integer exponents of negative
+// bases keep their sign, x^0 = 1, 0^c = 0 (c > 0) or +∞ (c < 0); non-integer powers of negatives are NaN.
+fn powf(x: f32, c: f32) -> f32 {
+    if (c == 0.0) {
+        return 1.0;
+    }
+    if (x == 0.0) {
+        return select(0.0, bitcast<f32>(0x7f800000u), c < 0.0);
+    }
+    if (x > 0.0) {
+        return pow(x, c);
+    }
+    if (c != floor(c)) {
+        return bitcast<f32>(0x7fc00000u);
+    }
+    let m = pow(-x, c);
+    let odd = (abs(c) % 2.0) == 1.0;
+    return select(m, -m, odd);
+}
+
+fn unary_fn(x: f32, c: f32) -> f32 {
+    switch OP {
+        case 0u: { return exp(x); }
+        case 1u: { return log(x); }
+        case 2u: { return -x; }
+        case 3u: { return sqrt(x); }
+        case 4u: { return gelu(x); }
+        case 5u: { return x + c; }
+        case 6u: { return c * x; }
+        case 7u: { return powf(x, c); }
+        default: { return x; }
+    }
+}
+
+fn binary_fn(u: f32, v: f32) -> f32 {
+    switch OP {
+        case 16u: { return u + v; }
+        case 17u: { return u - v; }
+        case 18u: { return u * v; }
+        case 19u: { return u / v; }
+        case 20u: { return u * gelu_derivative(v); }
+        default: { return u; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    if (i < params.n) {
+        y[i] = params.scalar;
+    }
+}
+
+@compute @workgroup_size(256)
+fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    if (i < params.n) {
+        y[i] = unary_fn(a[i], params.scalar);
+    }
+}
+
+@compute @workgroup_size(256)
+fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    if (i >= params.n) {
+        return;
+    }
+    // Decode the output index innermost axis first, accumulating each operand's offset.
+    var rem = i;
+    var oa = 0u;
+    var ob = 0u;
+    for (var k = 0u; k < params.rank; k++) {
+        let ax = params.rank - 1u - k;
+        let d = params.dims[ax / 4u][ax % 4u];
+        let idx = rem % d;
+        rem = rem / d;
+        oa += idx * params.a_strides[ax / 4u][ax % 4u];
+        ob += idx * params.b_strides[ax / 4u][ax % 4u];
+    }
+    y[i] = binary_fn(a[oa], b[ob]);
+}

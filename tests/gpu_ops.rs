@@ -1,0 +1,483 @@
+//! Cross-backend tests: every kernel of the contract on the GPU equals the CPU backend (the reference
+//! implementation) on random shapes, including sizes that are not multiples of the GPU tile sizes, every
+//! convolution geometry (stride, padding, dilation, groups, depthwise), and launches split over several
+//! dispatch dimensions. Without a GPU adapter each test prints "skipped: no GPU adapter" and passes (unless
+//! LIERA_REQUIRE_GPU=1).
+//!
+//! Tolerance: |gpu − cpu| ≤ 2·10⁻⁴·(scale + |cpu|), scale = max(1, max|cpu|) of that output. Both backends
+//! compute in f32 but sum in different orders (tiles, tree reductions vs. sequential loops), and exp, ln,
+//! √ and erf may differ by a few ulp. A reordered f32 sum of n terms of magnitude ≤ s errs by about
+//! √n·2⁻²⁴·s ≲ 10⁻⁵·s for the sums here (n ≤ a few thousand), so 2·10⁻⁴ has margin, while any indexing
+//! or formula error shows up as an O(1) relative difference.
+
+mod common;
+
+use common::{gpu_device, Rng};
+use liera::backend::gpu::{GpuBackend, GpuOptions};
+use liera::backend::{AxisLayout, Backend, BinaryOp, MatmulSpec, Storage, UnaryOp};
+use liera::shape::{merge_broadcast_dims, Conv2dGeometry, Conv2dParams, Shape};
+use liera::{Device, Tensor};
+use proptest::prelude::*;
+use std::sync::OnceLock;
+
+const RTOL: f64 = 2e-4;
+
+fn close(what: &str, gpu: &[f32], cpu: &[f32]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(gpu.len(), cpu.len(), "{}: lengths differ", what);
+    let scale = cpu.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let err = (g as f64 - c as f64).abs();
+        let ok = err <= RTOL * (scale + (c as f64).abs()) || (g.is_nan() && c.is_nan()) || g == c;
+        prop_assert!(
+            ok,
+            "{}: element {}: gpu {} vs cpu {} (|diff| {:.3e})",
+            what,
+            i,
+            g,
+            c,
+            err
+        );
+    }
+    Ok(())
+}
+
+fn values(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+    Rng::new(seed)
+        .vec(n, lo, hi)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// Runs `f` on both backends (inputs uploaded to each) and compares every output.
+fn cross<F>(what: &str, inputs: &[Vec<f32>], f: F) -> Result<(), TestCaseError>
+where
+    F: Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>,
+{
+    let Some(gpu) = gpu_device() else {
+        return Ok(());
+    };
+    cross_on(what, gpu.backend(), inputs, f)
+}
+
+fn cross_on<F>(
+    what: &str,
+    gpu: &dyn Backend,
+    inputs: &[Vec<f32>],
+    f: F,
+) -> Result<(), TestCaseError>
+where
+    F: Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>,
+{
+    let cpu = Device::cpu();
+    let run = |b: &dyn Backend| -> Result<Vec<Vec<f32>>, TestCaseError> {
+        let ins: Vec<Storage> = inputs
+            .iter()
+            .map(|v| b.upload(v))
+            .collect::<liera::Result<_>>()
+            .map_err(|e| TestCaseError::fail(format!("{what}: upload: {e}")))?;
+        let outs = f(b, &ins).map_err(|e| TestCaseError::fail(format!("{what}: {e}")))?;
+        outs.iter()
+            .map(|s| b.download(s))
+            .collect::<liera::Result<_>>()
+            .map_err(|e| TestCaseError::fail(format!("{what}: download: {e}")))
+    };
+    let want = run(cpu.backend())?;
+    let got = run(gpu)?;
+    for (k, (g, c)) in got.iter().zip(&want).enumerate() {
+        close(&format!("{what}, output {k}"), g, c)?;
+    }
+    Ok(())
+}
+
+fn unary_op(code: u8, c: f32) -> UnaryOp {
+    match code % 8 {
+        0 => UnaryOp::Exp,
+        1 => UnaryOp::Log,
+        2 => UnaryOp::Neg,
+        3 => UnaryOp::Sqrt,
+        4 => UnaryOp::Gelu,
+        5 => UnaryOp::AddScalar(c),
+        6 => UnaryOp::MulScalar(c),
+        _ => UnaryOp::PowScalar(c),
+    }
+}
+
+const BINARY_OPS: [BinaryOp; 5] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::GeluBackward,
+];
+
+/// A convolution geometry from small random parameters (None when the kernel does not fit the input).
+#[allow(clippy::too_many_arguments)]
+fn geometry(
+    batch: usize,
+    cin_per_group: usize,
+    cout_per_group: usize,
+    groups: usize,
+    hw: (usize, usize),
+    k: (usize, usize),
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<Conv2dGeometry> {
+    let x = Shape::new([batch, cin_per_group * groups, hw.0, hw.1]);
+    let w = Shape::new([cout_per_group * groups, cin_per_group, k.0, k.1]);
+    let p = Conv2dParams::default()
+        .stride(stride)
+        .padding(padding)
+        .dilation(dilation)
+        .groups(groups);
+    Conv2dGeometry::new(&x, &w, p).ok()
+}
+
+fn conv_cross(g: &Conv2dGeometry, with_bias: bool, seed: u64) -> Result<(), TestCaseError> {
+    let xn = g.input_shape().numel();
+    let wn = g.weight_shape().numel();
+    let yn = g.output_shape().numel();
+    let inputs = vec![
+        values(seed, xn, -1.0, 1.0),
+        values(seed + 1, wn, -1.0, 1.0),
+        values(seed + 2, g.c_out, -1.0, 1.0),
+        values(seed + 3, yn, -1.0, 1.0),
+    ];
+    let g = *g;
+    cross(&format!("conv2d {g:?}"), &inputs, move |b, s| {
+        Ok(vec![
+            b.conv2d(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?,
+            b.conv2d_input_grad(&s[3], &s[1], &g)?,
+            b.conv2d_weight_grad(&s[0], &s[3], &g)?,
+        ])
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fill_and_unary_match_cpu(code in 0u8..8, len in 1usize..3000, c in -2.5f32..2.5, seed in 0u64..1000) {
+        let op = unary_op(code, c);
+        // ln, √ and non-integer powers need positive inputs; the others see both signs.
+        let (lo, hi) = match op {
+            UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::PowScalar(_) => (0.05, 3.0),
+            _ => (-3.0, 3.0),
+        };
+        let x = values(seed, len, lo, hi);
+        cross(&format!("{op:?}"), &[x], |b, s| {
+            Ok(vec![b.unary(op, &s[0], len)?, b.fill(len, c)?])
+        })?;
+    }
+
+    #[test]
+    fn integer_powers_of_negative_bases_match_cpu(p in -3i32..4, len in 1usize..500, seed in 0u64..1000) {
+        let op = UnaryOp::PowScalar(p as f32);
+        let x = values(seed, len, -2.0, 2.0);
+        cross(&format!("{op:?}"), &[x], |b, s| Ok(vec![b.unary(op, &s[0], len)?]))?;
+    }
+
+    #[test]
+    fn broadcasting_binary_ops_match_cpu(
+        out in prop::collection::vec(1usize..7, 1..5),
+        mask_a in 0u32..16, mask_b in 0u32..16, op in 0usize..5, seed in 0u64..1000,
+    ) {
+        // Each operand keeps an output axis or broadcasts it (size 1), per its bit mask.
+        let pick = |mask: u32| -> Vec<usize> {
+            out.iter().enumerate().map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d }).collect()
+        };
+        let (sa, sb, so) = (Shape::new(pick(mask_a)), Shape::new(pick(mask_b)), Shape::new(out.clone()));
+        let layout = merge_broadcast_dims("test", &sa, &sb, &so).unwrap();
+        let op = BINARY_OPS[op];
+        let a = values(seed, sa.numel(), -2.0, 2.0);
+        let mut b = values(seed + 1, sb.numel(), 0.2, 2.0);
+        if op != BinaryOp::Div {
+            b = values(seed + 1, sb.numel(), -2.0, 2.0);
+        }
+        cross(&format!("{op:?} {sa} with {sb}"), &[a, b], |be, s| {
+            Ok(vec![be.binary(op, &s[0], &s[1], &layout)?])
+        })?;
+    }
+
+    #[test]
+    fn matmul_matches_cpu(
+        batch in 1usize..4, m in 1usize..90, k in 0usize..70, n in 1usize..90,
+        trans_a: bool, trans_b: bool, share_a: bool, share_b: bool, seed in 0u64..1000,
+    ) {
+        // Batch stride 0 shares one operand across the batch.
+        let a_bs = if share_a { 0 } else { m * k };
+        let b_bs = if share_b { 0 } else { k * n };
+        let spec = MatmulSpec { batch, m, k, n, trans_a, trans_b, a_batch_stride: a_bs, b_batch_stride: b_bs };
+        let a = values(seed, if share_a { m * k } else { batch * m * k }.max(1), -1.0, 1.0);
+        let b = values(seed + 1, if share_b { k * n } else { batch * k * n }.max(1), -1.0, 1.0);
+        cross(&format!("{spec:?}"), &[a, b], |be, s| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]))?;
+    }
+
+    #[test]
+    fn sum_axis_and_permute_match_cpu(
+        outer in 1usize..6, len in 1usize..300, inner in 1usize..9,
+        dims in prop::collection::vec(1usize..6, 1..6), perm_seed in 0u64..1000, seed in 0u64..1000,
+    ) {
+        let l = AxisLayout { outer, len, inner };
+        let x = values(seed, l.numel(), -1.0, 1.0);
+        cross(&format!("sum_axis {l:?}"), &[x], |b, s| Ok(vec![b.sum_axis(&s[0], l)?]))?;
+        // A random permutation (Fisher–Yates from the seed).
+        let mut perm: Vec<usize> = (0..dims.len()).collect();
+        let mut rng = Rng::new(perm_seed);
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let n: usize = dims.iter().product();
+        let x = values(seed + 7, n, -1.0, 1.0);
+        cross(&format!("permute {dims:?} by {perm:?}"), &[x], |b, s| Ok(vec![b.permute(&s[0], &dims, &perm)?]))?;
+    }
+
+    #[test]
+    fn grouped_and_dense_conv2d_matches_cpu(
+        batch in 1usize..3, cin in 1usize..5, cout in 1usize..5, groups in 1usize..4,
+        h in 1usize..10, w in 1usize..10, kh in 1usize..4, kw in 1usize..4,
+        stride in 1usize..4, padding in 0usize..3, dilation in 1usize..3, bias: bool, seed in 0u64..1000,
+    ) {
+        if let Some(g) = geometry(batch, cin, cout, groups, (h, w), (kh, kw), stride, padding, dilation) {
+            conv_cross(&g, bias, seed)?;
+        }
+    }
+
+    #[test]
+    fn depthwise_conv2d_matches_cpu(
+        batch in 1usize..3, channels in 1usize..7, h in 1usize..12, w in 1usize..12, k in 1usize..8,
+        stride in 1usize..3, padding in 0usize..4, dilation in 1usize..3, bias: bool, seed in 0u64..1000,
+    ) {
+        if let Some(g) = geometry(batch, 1, 1, channels, (h, w), (k, k), stride, padding, dilation) {
+            prop_assert!(g.is_depthwise());
+            conv_cross(&g, bias, seed)?;
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_cpu(
+        outer in 1usize..5, len in 1usize..150, inner in 1usize..20,
+        has_weight: bool, has_bias: bool, seed in 0u64..1000,
+    ) {
+        let l = AxisLayout { outer, len, inner };
+        let inputs = vec![
+            values(seed, l.numel(), -2.0, 2.0),
+            values(seed + 1, len, 0.5, 1.5),
+            values(seed + 2, len, -1.0, 1.0),
+            values(seed + 3, l.numel(), -1.0, 1.0),
+        ];
+        cross(&format!("layer_norm {l:?}"), &inputs, |b, s| {
+            let f = b.layer_norm(&s[0], has_weight.then_some(&s[1]), has_bias.then_some(&s[2]), l, 1e-5)?;
+            let g = b.layer_norm_backward(&s[3], &s[0], has_weight.then_some(&s[1]), &f.mean, &f.rstd, l)?;
+            Ok(vec![f.y, f.mean, f.rstd, g.dx, g.dweight, g.dbias])
+        })?;
+    }
+
+    #[test]
+    fn log_softmax_matches_cpu(outer in 1usize..6, len in 1usize..200, inner in 1usize..6, seed in 0u64..1000) {
+        let l = AxisLayout { outer, len, inner };
+        let inputs = vec![values(seed, l.numel(), -5.0, 5.0), values(seed + 1, l.numel(), -1.0, 1.0)];
+        cross(&format!("log_softmax {l:?}"), &inputs, |b, s| {
+            let y = b.log_softmax(&s[0], l)?;
+            let dx = b.log_softmax_backward(&s[1], &y, l)?;
+            Ok(vec![y, dx])
+        })?;
+    }
+}
+
+/// A second GPU backend whose dispatches may use at most 4 workgroups per dimension, so launches of a few
+/// dozen workgroups are split over x, y and z exactly as launches of more than 65535 are on the real limit.
+fn split_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    gpu_device()?;
+    B.get_or_init(|| {
+        Some(
+            GpuBackend::new(GpuOptions {
+                max_workgroups_per_dim: Some(4),
+            })
+            .expect("a second GPU backend on the same adapter"),
+        )
+    })
+    .as_ref()
+}
+
+#[test]
+fn split_dispatches_match_cpu() {
+    let Some(gpu) = split_backend() else { return };
+    let check =
+        |what: &str,
+         inputs: &[Vec<f32>],
+         f: &dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>| {
+            cross_on(what, gpu, inputs, f).unwrap();
+        };
+    // 9000 elements = 36 workgroups of 256: a 4 × 4 × 3 grid.
+    let n = 9000;
+    check("unary exp, split", &[values(1, n, -2.0, 2.0)], &|b, s| {
+        Ok(vec![b.unary(UnaryOp::Exp, &s[0], n)?, b.fill(n, 0.5)?])
+    });
+    let l = merge_broadcast_dims(
+        "t",
+        &Shape::new([n / 9, 9]),
+        &Shape::new([1, 9]),
+        &Shape::new([n / 9, 9]),
+    )
+    .unwrap();
+    check(
+        "binary add, split",
+        &[values(2, n, -1.0, 1.0), values(3, 9, -1.0, 1.0)],
+        &|b, s| Ok(vec![b.binary(BinaryOp::Add, &s[0], &s[1], &l)?]),
+    );
+    // 2 × 3 × 5 = 30 output tiles of 64 × 64.
+    let spec = MatmulSpec {
+        batch: 2,
+        m: 150,
+        k: 20,
+        n: 300,
+        trans_a: false,
+        trans_b: true,
+        a_batch_stride: 3000,
+        b_batch_stride: 0,
+    };
+    check(
+        "matmul, split",
+        &[values(4, 6000, -1.0, 1.0), values(5, 6000, -1.0, 1.0)],
+        &|b, s| Ok(vec![b.matmul(&s[0], &s[1], &spec)?]),
+    );
+    let sl = AxisLayout {
+        outer: 7,
+        len: 64,
+        inner: 5,
+    };
+    check(
+        "sum_axis / softmax / layer norm, split",
+        &[values(6, sl.numel(), -1.0, 1.0)],
+        &|b, s| {
+            let ln = b.layer_norm(&s[0], None, None, sl, 1e-5)?;
+            let g = b.layer_norm_backward(&s[0], &s[0], None, &ln.mean, &ln.rstd, sl)?;
+            Ok(vec![
+                b.sum_axis(&s[0], sl)?,
+                b.log_softmax(&s[0], sl)?,
+                ln.y,
+                g.dx,
+                g.dweight,
+            ])
+        },
+    );
+    let g = geometry(2, 3, 2, 1, (30, 30), (3, 3), 1, 1, 1).unwrap();
+    let dw = geometry(2, 1, 1, 3, (30, 30), (3, 3), 1, 1, 1).unwrap();
+    for geom in [g, dw] {
+        let inputs = vec![
+            values(7, geom.input_shape().numel(), -1.0, 1.0),
+            values(8, geom.weight_shape().numel(), -1.0, 1.0),
+            values(9, geom.output_shape().numel(), -1.0, 1.0),
+        ];
+        check(&format!("conv2d {geom:?}, split"), &inputs, &|b, s| {
+            Ok(vec![
+                b.conv2d(&s[0], &s[1], None, &geom)?,
+                b.conv2d_input_grad(&s[2], &s[1], &geom)?,
+                b.conv2d_weight_grad(&s[0], &s[2], &geom)?,
+            ])
+        });
+    }
+    // More workgroups than 4³ cannot be dispatched: an error value, not a panic.
+    let x = gpu.upload(&vec![1.0; 65 * 256]).unwrap();
+    let err = gpu.unary(UnaryOp::Neg, &x, 65 * 256).unwrap_err();
+    assert!(err.to_string().contains("workgroups"), "{err}");
+}
+
+#[test]
+fn an_elementwise_op_over_more_than_65535_workgroups_is_split() {
+    let Some(dev) = gpu_device() else { return };
+    let b = dev.backend();
+    // 65535·256 + 1000 floats (67 MB): one dimension of workgroups is not enough.
+    let n = 65535 * 256 + 1000;
+    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3).collect();
+    let y = b
+        .download(
+            &b.unary(UnaryOp::MulScalar(2.0), &b.upload(&x).unwrap(), n)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(y.len(), n);
+    for i in (0..n).step_by(4099).chain(n - 1000..n) {
+        assert_eq!(y[i], 2.0 * x[i], "element {i}");
+    }
+}
+
+#[test]
+fn foreign_and_oversized_buffers_are_errors() {
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::cpu();
+    let on_cpu = cpu.backend().upload(&[1.0, 2.0]).unwrap();
+    let on_gpu = gpu.backend().upload(&[1.0, 2.0]).unwrap();
+    let e = gpu.backend().unary(UnaryOp::Exp, &on_cpu, 2).unwrap_err();
+    assert!(matches!(e, liera::Error::Device(_)), "{e}");
+    let e = cpu.backend().unary(UnaryOp::Exp, &on_gpu, 2).unwrap_err();
+    assert!(matches!(e, liera::Error::Device(_)), "{e}");
+    // A tensor beyond the binding limit is refused with a message naming the limit.
+    let e = gpu.backend().fill(1 << 40, 0.0).unwrap_err();
+    assert!(e.to_string().contains("exceeds the largest buffer"), "{e}");
+}
+
+/// conv2d → layer_norm_channels → gelu → global_avg_pool → linear → cross_entropy, forward and backward.
+fn small_conv_net(dev: &Device) -> liera::Result<(Tensor, Vec<Tensor>, liera::Grads)> {
+    let p =
+        |seed, n, shape: &[usize]| Tensor::param(&values(seed, n, -0.5, 0.5), shape.to_vec(), dev);
+    let x = Tensor::from_slice(&values(1, 2 * 3 * 9 * 9, -1.0, 1.0), [2, 3, 9, 9], dev)?;
+    let w = p(2, 8 * 3 * 3 * 3, &[8, 3, 3, 3])?;
+    let b = p(3, 8, &[8])?;
+    let ln_w = p(4, 8, &[8])?;
+    let ln_b = p(5, 8, &[8])?;
+    let fc_w = p(6, 5 * 8, &[5, 8])?;
+    let fc_b = p(7, 5, &[5])?;
+    let h = x.conv2d(&w, Some(&b), Conv2dParams::default().stride(2).padding(1))?;
+    let h = h
+        .layer_norm_channels(Some(&ln_w), Some(&ln_b), 1e-6)?
+        .gelu()?;
+    let logits = h.global_avg_pool()?.linear(&fc_w, Some(&fc_b))?;
+    let loss = logits.cross_entropy(&[1, 4])?;
+    let grads = loss.backward()?;
+    Ok((loss, vec![w, b, ln_w, ln_b, fc_w, fc_b], grads))
+}
+
+#[test]
+fn a_conv_net_step_reads_nothing_back_until_the_loss_is_asked_for() {
+    let Some(gpu) = gpu_device() else { return };
+    // Other tests share this device and read back concurrently, so the step runs on a private backend.
+    let dev = Device::from_backend(std::sync::Arc::new(
+        GpuBackend::new(GpuOptions::default()).unwrap(),
+    ));
+    let before = dev.backend().readback_count();
+    let (loss, params, grads) = small_conv_net(&dev).unwrap();
+    assert_eq!(
+        dev.backend().readback_count(),
+        before,
+        "forward + backward read something back"
+    );
+    let l_gpu = loss.to_scalar().unwrap();
+    assert_eq!(dev.backend().readback_count(), before + 1);
+
+    // And the step agrees with the CPU: loss and every parameter gradient.
+    let (loss_cpu, params_cpu, grads_cpu) = small_conv_net(&Device::cpu()).unwrap();
+    close("loss", &[l_gpu], &[loss_cpu.to_scalar().unwrap()]).unwrap();
+    for (k, (p, pc)) in params.iter().zip(&params_cpu).enumerate() {
+        let g = grads.get(p).unwrap().to_vec().unwrap();
+        let gc = grads_cpu.get(pc).unwrap().to_vec().unwrap();
+        close(&format!("gradient of parameter {k}"), &g, &gc).unwrap();
+    }
+    let _ = gpu;
+}
+
+#[test]
+fn best_prefers_the_gpu_adapter() {
+    let Some(gpu) = gpu_device() else { return };
+    // The variables are process-wide, so only the default choice is checked here.
+    if std::env::var_os("LIERA_DEVICE").is_none() {
+        assert!(Device::best().unwrap().same(&gpu));
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("GPU adapter: {}\n", gpu.name()).as_bytes(),
+    );
+}
