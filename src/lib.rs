@@ -17,6 +17,7 @@
 
 pub mod autodiff;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;

@@ -230,8 +230,7 @@ fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
             let c = plane_idx % g.c_out;
             let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
             let w_c = &w[c * taps..(c + 1) * taps];
-            for pq in 0..taps {
-                let wv = w_c[pq];
+            for (pq, &wv) in w_c.iter().enumerate() {
                 for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
                     let src = &x_plane[ih * g.w_in..(ih + 1) * g.w_in];
                     let dst = &mut y_plane[i * g.w_out..(i + 1) * g.w_out];
@@ -260,8 +259,7 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], dx: &mut [f32], g: &Conv2dGeometr
             let c = plane_idx % g.c_in;
             let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
             let w_c = &w[c * taps..(c + 1) * taps];
-            for pq in 0..taps {
-                let wv = w_c[pq];
+            for (pq, &wv) in w_c.iter().enumerate() {
                 for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
                     let src = &dy_plane[i * g.w_out..(i + 1) * g.w_out];
                     let dst = &mut dx_plane[ih * g.w_in..(ih + 1) * g.w_in];
