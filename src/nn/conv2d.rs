@@ -30,7 +30,7 @@ impl Conv2d {
         device: &Device,
     ) -> Result<Conv2d> {
         let g = params.groups;
-        if g == 0 || c_in % g != 0 || c_out % g != 0 {
+        if g == 0 || !c_in.is_multiple_of(g) || !c_out.is_multiple_of(g) {
             return Err(Error::invalid(
                 "Conv2d::new",
                 format!("groups {g} must divide both {c_in} input and {c_out} output channels"),

@@ -543,7 +543,7 @@ impl ConvNeXt {
         Ok(())
     }
 
-    /// Pooled, normalised features (N, dims[last]) before the classifier.
+    /// Pooled, normalised features (N, `dims[last]`) before the classifier.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if x.rank() != 4 || x.dims()[1] != self.config.in_chans {
             return Err(Error::shape(

@@ -37,7 +37,7 @@ pub fn join(prefix: &str, name: &str) -> String {
 }
 
 /// A layer whose weight a PEFT adapter can reparameterise: [`Conv2d`] (any groups) and [`Linear`]. The weight
-/// is viewed as the matrix (rows, cols) = (shape[0], numel / shape[0]), i.e. (Cout, Cin/g·kh·kw) for a
+/// is viewed as the matrix (rows, cols) = (`shape[0]`, `numel / shape[0]`), i.e. (Cout, Cin/g·kh·kw) for a
 /// convolution and (out, in) for a linear layer.
 pub trait Adaptable {
     /// "conv2d" or "linear".

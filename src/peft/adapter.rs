@@ -76,7 +76,7 @@ impl AdapterKind {
     }
 }
 
-/// The matrix view (rows, cols) = (shape[0], numel / shape[0]) of a kernel.
+/// The matrix view (rows, cols) = (`shape[0]`, `numel / shape[0]`) of a kernel.
 pub fn matrix_view(shape: &Shape) -> (usize, usize) {
     let rows = shape.dims().first().copied().unwrap_or(1).max(1);
     (rows, shape.numel() / rows)

@@ -98,20 +98,20 @@ impl fmt::Display for TrainableReport {
         writeln!(
             f,
             "{:<width$}  {:<17}  {:<16}  {:>4}  {:>10}  {:>6}",
-            "layer", "method", "shape (matrix)", "rank", "trainable", "zeros"
+            "layer", "method", "matrix / shape", "rank", "trainable", "zeros"
         )?;
         for r in &self.rows {
             let (rows, cols) = matrix_view(&r.shape);
+            let shape = if r.rank > 0 {
+                format!("{rows}×{cols}")
+            } else {
+                r.shape.to_string()
+            };
             let zeros = r.zero_entries.map_or("-".to_string(), |z| z.to_string());
             writeln!(
                 f,
                 "{:<width$}  {:<17}  {:<16}  {:>4}  {:>10}  {:>6}",
-                r.path,
-                r.method,
-                format!("{rows}×{cols}"),
-                r.rank,
-                r.trainable,
-                zeros
+                r.path, r.method, shape, r.rank, r.trainable, zeros
             )?;
         }
         let pct = 100.0 * self.trainable as f64 / self.total.max(1) as f64;
