@@ -5,6 +5,7 @@
 //! Everything here is library code so that tests can run a shortened comparison; the command in
 //! `src/main.rs` only parses flags and prints.
 
+pub mod bench;
 mod report;
 
 pub use report::{write_report, ComparisonReport};
