@@ -156,7 +156,9 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) ->
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let mut y = vec![0.0f32; g.batch * g.c_out * hw_out];
     if g.is_depthwise() {
-        if g.params.stride == [1, 1] {
+        if g.w_out < SMALL_PLANE {
+            depthwise_channels_last(x, w, &mut y, g, Direction::Forward);
+        } else if g.params.stride == [1, 1] {
             depthwise_forward_unit_stride(x, w, &mut y, g);
         } else {
             depthwise_forward(x, w, &mut y, g);
@@ -222,7 +224,9 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let mut dx = vec![0.0f32; g.batch * g.c_in * hw_in];
     if g.is_depthwise() {
-        if g.params.stride == [1, 1] {
+        if g.w_out < SMALL_PLANE {
+            depthwise_channels_last(dy, w, &mut dx, g, Direction::InputGrad);
+        } else if g.params.stride == [1, 1] {
             depthwise_input_grad_unit_stride(dy, w, &mut dx, g);
         } else {
             depthwise_input_grad(dy, w, &mut dx, g);
@@ -285,7 +289,9 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
 /// reduction (k) axis of the GEMM.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
     if g.is_depthwise() {
-        return Ok(if g.params.stride == [1, 1] {
+        return Ok(if g.w_out < SMALL_PLANE {
+            depthwise_weight_grad_channels_last(x, dy, g)
+        } else if g.params.stride == [1, 1] {
             depthwise_weight_grad_unit_stride(x, dy, g)
         } else {
             depthwise_weight_grad(x, dy, g)
@@ -596,5 +602,170 @@ fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) 
             }
         }
     });
+    dw
+}
+
+// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
+// 4×4 down to 1×1) run channels-last: each image is transposed to (pixel, channel), so the inner loop runs
+// over channels (tens to hundreds, full vectors) instead of over a handful of pixels, and only the taps
+// that land inside the image are visited (a 7×7 kernel on a 1×1 plane with padding 3 has one such tap).
+
+/// Output rows shorter than this take the channels-last path.
+const SMALL_PLANE: usize = 16;
+
+/// Which of the two per-image depthwise products to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// y[i, j, c] = Σ_taps w[c, p, q]·x[i·s + p·d − pad, j·s + q·d − pad, c]
+    Forward,
+    /// dx[i·s + p·d − pad, j·s + q·d − pad, c] += w[c, p, q]·dy[i, j, c]
+    InputGrad,
+}
+
+/// (C, HW) → (HW, C) for one image.
+fn to_channels_last(plane: &[f32], c: usize, hw: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(c * hw, 0.0);
+    for ch in 0..c {
+        for (px, &v) in plane[ch * hw..(ch + 1) * hw].iter().enumerate() {
+            out[px * c + ch] = v;
+        }
+    }
+}
+
+/// (HW, C) → (C, HW) for one image.
+fn to_channels_first(cl: &[f32], c: usize, hw: usize, out: &mut [f32]) {
+    for ch in 0..c {
+        for (px, o) in out[ch * hw..(ch + 1) * hw].iter_mut().enumerate() {
+            *o = cl[px * c + ch];
+        }
+    }
+}
+
+/// The taps (p, q) and input position (ih, jw) read by output pixel (i, j), skipping padding.
+fn for_each_valid_tap(g: &Conv2dGeometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
+    let p = g.params;
+    for kp in 0..g.kh {
+        let ih = (i * p.stride[0] + kp * p.dilation[0]) as isize - p.padding[0] as isize;
+        if ih < 0 || ih >= g.h_in as isize {
+            continue;
+        }
+        for kq in 0..g.kw {
+            let jw = (j * p.stride[1] + kq * p.dilation[1]) as isize - p.padding[1] as isize;
+            if jw < 0 || jw >= g.w_in as isize {
+                continue;
+            }
+            f(kp * g.kw + kq, ih as usize * g.w_in + jw as usize);
+        }
+    }
+}
+
+/// The weights as (tap, channel), so a tap's weights for all channels are one contiguous row.
+fn taps_by_channel(w: &[f32], c: usize, taps: usize) -> Vec<f32> {
+    let mut wt = vec![0.0f32; taps * c];
+    for ch in 0..c {
+        for t in 0..taps {
+            wt[t * c + ch] = w[ch * taps + t];
+        }
+    }
+    wt
+}
+
+/// Forward (src = x, dst = y) or input gradient (src = dy, dst = dx) of a depthwise convolution,
+/// channels-last per image.
+fn depthwise_channels_last(
+    src: &[f32],
+    w: &[f32],
+    dst: &mut [f32],
+    g: &Conv2dGeometry,
+    dir: Direction,
+) {
+    let c = g.c_in;
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let wt = taps_by_channel(w, c, taps);
+    let (src_hw, dst_hw) = match dir {
+        Direction::Forward => (hw_in, hw_out),
+        Direction::InputGrad => (hw_out, hw_in),
+    };
+    dst.par_chunks_mut(c * dst_hw).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(src_cl, dst_cl), (n, dst_img)| {
+            to_channels_last(
+                &src[n * c * src_hw..(n + 1) * c * src_hw],
+                c,
+                src_hw,
+                src_cl,
+            );
+            dst_cl.clear();
+            dst_cl.resize(c * dst_hw, 0.0);
+            for i in 0..g.h_out {
+                for j in 0..g.w_out {
+                    let out_px = i * g.w_out + j;
+                    for_each_valid_tap(g, i, j, |t, in_px| {
+                        let wrow = &wt[t * c..(t + 1) * c];
+                        let (from, to) = match dir {
+                            Direction::Forward => (in_px, out_px),
+                            Direction::InputGrad => (out_px, in_px),
+                        };
+                        let s = &src_cl[from * c..(from + 1) * c];
+                        let d = &mut dst_cl[to * c..(to + 1) * c];
+                        for ((o, &v), &wv) in d.iter_mut().zip(s).zip(wrow) {
+                            *o += wv * v;
+                        }
+                    });
+                }
+            }
+            to_channels_first(dst_cl, c, dst_hw, dst_img);
+        },
+    );
+}
+
+/// Weight gradient channels-last: dw[c, p, q] = Σ_n Σ_{i,j} dy[n, i, j, c]·x[n, ih, jw, c], accumulated per
+/// image into (tap, channel) rows and summed over images.
+fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let c = g.c_in;
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let per_tap = (0..g.batch)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; taps * c], Vec::new(), Vec::new()),
+            |(mut acc, mut x_cl, mut dy_cl), n| {
+                to_channels_last(&x[n * c * hw_in..(n + 1) * c * hw_in], c, hw_in, &mut x_cl);
+                to_channels_last(
+                    &dy[n * c * hw_out..(n + 1) * c * hw_out],
+                    c,
+                    hw_out,
+                    &mut dy_cl,
+                );
+                for i in 0..g.h_out {
+                    for j in 0..g.w_out {
+                        let d = &dy_cl[(i * g.w_out + j) * c..(i * g.w_out + j + 1) * c];
+                        for_each_valid_tap(g, i, j, |t, in_px| {
+                            let xs = &x_cl[in_px * c..(in_px + 1) * c];
+                            for ((a, &dv), &xv) in acc[t * c..(t + 1) * c].iter_mut().zip(d).zip(xs)
+                            {
+                                *a += dv * xv;
+                            }
+                        });
+                    }
+                }
+                (acc, x_cl, dy_cl)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(
+            || vec![0.0f32; taps * c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    // (tap, channel) → (channel, tap), the OIHW layout of a depthwise weight.
+    let mut dw = vec![0.0f32; c * taps];
+    for t in 0..taps {
+        for ch in 0..c {
+            dw[ch * taps + t] = per_tap[t * c + ch];
+        }
+    }
     dw
 }
