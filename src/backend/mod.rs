@@ -66,7 +66,7 @@ pub enum BinaryOp {
     GeluBackward,
 }
 
-/// A batched matrix product C[b] = op(A[b]) · op(B[b]) where op transposes when asked.
+/// A batched matrix product C\[b\] = op(A\[b\]) · op(B\[b\]) where op transposes when asked.
 ///
 /// op(A) is m×k and op(B) is k×n; A is stored row-major as m×k (or k×m when `trans_a`), B as k×n (or n×k
 /// when `trans_b`). Batch strides of 0 broadcast one matrix over the batch. C is contiguous (batch, m, n).
@@ -149,7 +149,7 @@ pub trait Backend: Send + Sync {
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
-    /// Reorders axes: y has dimensions dims[perm[0]], dims[perm[1]], ... where x has `dims`.
+    /// Reorders axes: y has dimensions dims\[perm\[0\]\], dims\[perm\[1\]\], ... where x has `dims`.
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
 
     /// 2-D convolution y = x ⋆ w (+ bias per output channel), NCHW input, OIHW weight.

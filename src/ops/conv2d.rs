@@ -2,7 +2,7 @@
 //! included) and an optional per-channel bias.
 //!
 //! Forward (cross-correlation, as in every deep-learning library), for group g of output channel o:
-//!   y[n, o, i, j] = b[o] + Σ_{c ∈ group g} Σ_{p, q} x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w] · w[o, c − g·C/G, p, q]
+//!   y[n, o, i, j] = b\[o\] + Σ_{c ∈ group g} Σ_{p, q} x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w] · w[o, c − g·C/G, p, q]
 //! with out-of-range input positions read as zero.
 //! Shape algebra: H_out = (H + 2·pad_h − d_h·(kh − 1) − 1) / s_h + 1 (likewise W_out); w is (O, C/G, kh, kw).
 //!
@@ -11,7 +11,7 @@
 //!   the transposed convolution of G with w ([`Backend::conv2d_input_grad`](crate::backend::Backend::conv2d_input_grad));
 //! - ∂L/∂w[o, c', p, q] = Σ_{n, i, j} G[n, o, i, j]·x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w]:
 //!   the correlation of x with G ([`Backend::conv2d_weight_grad`](crate::backend::Backend::conv2d_weight_grad));
-//! - ∂L/∂b[o] = Σ_{n, i, j} G[n, o, i, j].
+//! - ∂L/∂b\[o\] = Σ_{n, i, j} G[n, o, i, j].
 //!
 //! In matrix form per image and group (im2col view): Y_g = W_g · X̃_g with W_g (O/G, C/G·kh·kw) and X̃_g the
 //! (C/G·kh·kw, H_out·W_out) patch matrix, so ∂W_g = Σ_n G_g X̃_gᵀ and ∂X̃_g = W_gᵀ G_g (scattered back to x).
