@@ -22,6 +22,27 @@ use crate::tensor::Tensor;
 
 impl Tensor {
     /// Convolves this NCHW tensor with an OIHW `weight` (plus an optional bias of shape (O)).
+    ///
+    /// ```
+    /// use liera::{Conv2dParams, Device, Tensor};
+    /// let dev = Device::cpu();
+    /// // x (N=1, C=2, 5×5), a grouped 3×3 kernel (O=4, C/groups=1), stride 2, padding 1.
+    /// let x = Tensor::param(&[0.1; 2 * 5 * 5], [1, 2, 5, 5], &dev)?;
+    /// let w = Tensor::param(&[0.2; 4 * 3 * 3], [4, 1, 3, 3], &dev)?;
+    /// let b = Tensor::param(&[0.0; 4], [4], &dev)?;
+    /// let params = Conv2dParams::default().stride(2).padding(1).groups(2);
+    /// let y = x.conv2d(&w, Some(&b), params)?;
+    /// assert_eq!(y.dims(), [1, 4, 3, 3]); // (5 + 2·1 − 3) / 2 + 1 = 3
+    /// // dX has x's shape, dW the kernel's (summed over the batch), db one entry per output channel.
+    /// let grads = y.sum_all()?.backward()?;
+    /// assert_eq!(grads.get(&x).unwrap().dims(), [1, 2, 5, 5]);
+    /// assert_eq!(grads.get(&w).unwrap().dims(), [4, 1, 3, 3]);
+    /// assert_eq!(grads.get(&b).unwrap().to_vec()?, vec![9.0; 4]); // Σ over the 3×3 outputs
+    /// // Invalid geometry is an error, not a panic: 3 input channels cannot split into 2 groups.
+    /// let odd = Tensor::zeros([1, 3, 5, 5], &dev)?;
+    /// assert!(odd.conv2d(&w, None, params).is_err());
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn conv2d(
         &self,
         weight: &Tensor,
