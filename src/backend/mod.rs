@@ -72,11 +72,17 @@ pub enum BinaryOp {
 /// when `trans_b`). Batch strides of 0 broadcast one matrix over the batch. C is contiguous (batch, m, n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
+    /// Number of matrix products (the product of the batch axes).
     pub batch: usize,
+    /// Rows of op(A) and of C.
     pub m: usize,
+    /// Columns of op(A), rows of op(B): the summed dimension.
     pub k: usize,
+    /// Columns of op(B) and of C.
     pub n: usize,
+    /// Use Aᵀ: A is stored k×m.
     pub trans_a: bool,
+    /// Use Bᵀ: B is stored n×k.
     pub trans_b: bool,
     /// Elements between consecutive A matrices (0: the same A for every batch entry).
     pub a_batch_stride: usize,
@@ -89,8 +95,11 @@ pub struct MatmulSpec {
 /// class axis of a softmax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AxisLayout {
+    /// Product of the dimensions before the axis.
     pub outer: usize,
+    /// Length of the axis.
     pub len: usize,
+    /// Product of the dimensions after the axis.
     pub inner: usize,
 }
 
@@ -105,14 +114,18 @@ impl AxisLayout {
 /// are kept for the backward kernel.
 #[derive(Clone, Debug)]
 pub struct LayerNormOutput {
+    /// The normalised (and scaled and shifted) output, x's shape.
     pub y: Storage,
+    /// μ per normalised vector (outer·inner entries).
     pub mean: Storage,
+    /// r = 1/√(σ² + ε) per normalised vector (outer·inner entries).
     pub rstd: Storage,
 }
 
 /// Gradients from the layer-norm backward kernel.
 #[derive(Clone, Debug)]
 pub struct LayerNormGrads {
+    /// ∂L/∂x, x's shape.
     pub dx: Storage,
     /// Σ over outer and inner of dy·x̂, one per channel.
     pub dweight: Storage,
