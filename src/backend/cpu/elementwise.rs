@@ -65,13 +65,42 @@ pub fn gelu_derivative(x: f32) -> f32 {
     cdf + x * pdf
 }
 
+/// Runs `body` compiled for the widest instruction set this CPU has. `body` is generic and inlined into
+/// the `target_feature` function, so its loops are vectorised with AVX-512 or AVX2 where available (the
+/// crate itself is built for baseline x86-64, which has only 4-wide SSE2).
+#[inline(always)]
+fn widest<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(body) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { avx2(body) };
+        }
+    }
+    body()
+}
+
 /// out[i] = f(x[i]) in parallel chunks.
 fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     let body = |(o, xs): (&mut [f32], &[f32])| {
-        for (o, &v) in o.iter_mut().zip(xs) {
-            *o = f(v);
-        }
+        widest(#[inline(always)] || {
+            for (o, &v) in o.iter_mut().zip(xs) {
+                *o = f(v);
+            }
+        })
     };
     if x.len() < PAR_MIN {
         body((&mut out, x));
@@ -128,7 +157,7 @@ fn row_kernel(
     f: &impl Fn(f32, f32) -> f32,
 ) {
     let n = out.len();
-    match (sa, sb) {
+    widest(#[inline(always)] || match (sa, sb) {
         (1, 1) => {
             for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
                 *o = f(x, y);
@@ -151,7 +180,7 @@ fn row_kernel(
                 *o = f(a[j * sa], b[j * sb]);
             }
         }
-    }
+    })
 }
 
 /// The output is walked row by row (rows are its last merged axis), each row's starting offsets in a and b
