@@ -17,9 +17,14 @@
 
 pub mod autodiff;
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod io;
+pub mod job;
+pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod peft;
 pub mod report;
 pub mod shape;
 pub mod tensor;

@@ -1,59 +1,601 @@
-//! The `liera` command. Until the main job exists, it runs a small, honest demonstration of the engine:
-//! fitting a LieRA update W' = W ⊙ exp(B·A) of a fixed matrix to a target by gradient descent.
+//! The `liera` command. With no arguments it runs the main job: pretrain a small ConvNeXt on real digits
+//! (MNIST), then fine-tune it on real clothing images (Fashion-MNIST, 100 per class) with full fine-tuning,
+//! linear probing, LoRA, LieRA and LieRA first-order at equal rank, and print the comparison table.
 
-use liera::{Device, Result, Tensor};
+use clap::{Args, Parser, Subcommand};
+use liera::data::embedded::{embedded_fashion_mnist, embedded_mnist, load_dir};
+use liera::data::Splits;
+use liera::job::{self, AdapterOptions, CompareOptions, Method, RunOptions, IMAGE_SIZE};
+use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
+use liera::train::evaluate;
+use liera::{Device, Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "liera",
+    version,
+    about = "Fine-tune ConvNeXt with LoRA and the Lie-group adapter LieRA (W' = W ⊙ exp(ΔW)) on CPU or any GPU",
+    after_help = "Examples:\n  liera                                  # the main job: pretrain on digits, compare methods on clothing\n  liera compare --seeds 3                # the same, over 3 seeds (mean ± std)\n  liera pretrain --out runs/base         # pretrain only\n  liera finetune --weights runs/base/model.safetensors --method liera --rank 8\n  liera eval --weights runs/base/model.safetensors --data-dir path/to/fashion-mnist\n  liera merge --weights base.safetensors --adapter runs/x/adapters/liera-seed0 --out merged.safetensors\n  liera bench --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Where to run: auto (a GPU adapter if one exists, else the CPU), cpu or gpu.
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// Seed of initialisation, adapter init and batch order.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pretrain on the source task, then compare fine-tuning methods on the target task (the default job).
+    Compare(CompareArgs),
+    /// Pretrain a ConvNeXt on the source task (MNIST by default) and save its weights.
+    Pretrain(PretrainArgs),
+    /// Fine-tune pretrained weights on the target task with one method.
+    Finetune(FinetuneArgs),
+    /// Evaluate weights (and optionally an adapter) on a test set.
+    Eval(EvalArgs),
+    /// Merge an adapter into its base weights and write the merged model.
+    Merge(MergeArgs),
+    /// Measure matmul, convolution and training-step speed on the chosen device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Fewer repetitions and smaller sizes (a smoke test of the figures).
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON (for machines) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// ConvNeXt preset: micro (the main job's), atto, femto, pico, nano, tiny; convnextv2_* for v2.
+    #[arg(long, default_value = "micro")]
+    preset: String,
+}
+
+impl ModelArgs {
+    fn config(&self, classes: usize) -> Result<ConvNeXtConfig> {
+        Ok(ConvNeXtConfig::preset(&self.preset)?
+            .with_in_chans(1)
+            .with_classes(classes))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    /// Training steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Images per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate (default: per method).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f32>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct AdapterArgs {
+    /// Adapter rank r.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Adapter α (scale α/r).
+    #[arg(long, default_value_t = 8.0)]
+    alpha: f32,
+    /// Comma-separated module-path patterns of the layers to adapt.
+    #[arg(long, default_value = "conv_dw,mlp.fc1,mlp.fc2")]
+    target: String,
+}
+
+impl AdapterArgs {
+    fn options(&self) -> AdapterOptions {
+        AdapterOptions {
+            rank: self.rank,
+            alpha: self.alpha,
+            targets: self.target.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    /// Fine-tuning steps per method.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Pretraining steps.
+    #[arg(long, default_value_t = 400)]
+    pretrain_steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// One learning rate for every method (default: 1e-3 full, 1e-2 linear, 5e-3 adapters).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Repeat the fine-tuning comparison over this many seeds (seed, seed+1, ...) and report mean ± std.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Comma-separated methods to run.
+    #[arg(long, default_value = "full,linear,lora,liera,liera_first_order")]
+    methods: String,
+    /// A folder with mnist/ and fashion-mnist/ subfolders of full IDX files (gzip or not) instead of the
+    /// embedded subsets.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Training images per class taken from the target task's training split.
+    #[arg(long, default_value_t = 100)]
+    per_class: usize,
+    /// Retrain the source model even if a cached checkpoint exists.
+    #[arg(long)]
+    fresh: bool,
+    /// Where the pretrained checkpoint is cached.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Output folder (default: a new folder under runs/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct PretrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// A folder with the four IDX files of the source task (default: the embedded MNIST subset).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output folder; the weights go to <out>/model.safetensors.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct FinetuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    train: TrainArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    /// Pretrained weights (liera's or a timm ConvNeXt safetensors file with 1 input channel).
+    #[arg(long)]
+    weights: PathBuf,
+    /// full, linear, lora, liera (exact) or liera_first_order.
+    #[arg(long, default_value = "liera")]
+    method: String,
+    /// A folder with the four IDX files of the target task (default: the embedded Fashion-MNIST subset).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Training images per class.
+    #[arg(long, default_value_t = 100)]
+    per_class: usize,
+    /// Output folder for the adapter (or the model, for full and linear).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Weights to evaluate.
+    #[arg(long)]
+    weights: PathBuf,
+    /// An adapter folder (adapter_config.json + adapter_model.safetensors) to apply first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// A folder with the test IDX files (default: the embedded Fashion-MNIST test set).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Evaluate on the embedded MNIST test set instead.
+    #[arg(long)]
+    mnist: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct MergeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Base weights.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The adapter folder to merge.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The merged model's path.
+    #[arg(long)]
+    out: PathBuf,
+}
 
 fn main() {
-    if let Err(e) = run() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let dev = Device::cpu();
-    eprintln!("device: {}", dev.name());
-    // A frozen base matrix W (8×12) and a target that is a rank-2 multiplicative change of it.
-    let (rows, cols, rank) = (8usize, 12usize, 2usize);
-    let w_data: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-        .collect();
-    let w = Tensor::from_slice(&w_data, [rows, cols], &dev)?;
-    let u: Vec<f32> = (0..rows * rank)
-        .map(|i| ((i * 13 % 7) as f32 - 3.0) / 3.0)
-        .collect();
-    let v: Vec<f32> = (0..rank * cols)
-        .map(|i| ((i * 11 % 5) as f32 - 2.0) / 3.0)
-        .collect();
-    let target = w.mul(
-        &Tensor::from_slice(&u, [rows, rank], &dev)?
-            .matmul(&Tensor::from_slice(&v, [rank, cols], &dev)?)?
-            .exp()?,
-    )?;
-    // Adapter factors: B = 0 (so W' = W at step 0), A small.
-    let b = Tensor::param(&vec![0.0; rows * rank], [rows, rank], &dev)?;
-    let a_init: Vec<f32> = (0..rank * cols)
-        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 25.0)
-        .collect();
-    let a = Tensor::param(&a_init, [rank, cols], &dev)?;
-    let lr = 2.0;
-    println!(
-        "fitting W ⊙ exp(B·A) to a target ({rows}×{cols}, rank {rank}); loss = mean squared error"
-    );
-    for step in 0..=200 {
-        let adapted = w.mul(&b.matmul(&a)?.exp()?)?;
-        let loss = adapted.sub(&target)?.pow_scalar(2.0)?.mean_all()?;
-        let grads = loss.backward()?;
-        if step % 25 == 0 {
-            println!("step {step:4}  loss {:.6}", loss.to_scalar()?);
-        }
-        liera::no_grad(|| -> Result<()> {
-            for p in [&a, &b] {
-                let g = grads.get(p).expect("both factors influence the loss");
-                p.assign(&p.sub(&g.mul_scalar(lr)?)?)?;
+fn run(cli: Cli) -> Result<()> {
+    let common = cli.common.clone();
+    // No subcommand: the comparison with every default (parsed, so the defaults live in one place).
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::try_parse_from(["liera", "compare"])
+            .map_err(|e| Error::invalid("liera", e.to_string()))?
+            .command
+            .expect("`compare` parses to a command"),
+    };
+    // Flags are checked before any device or data work, so a typo costs nothing.
+    match &command {
+        Command::Compare(a) => {
+            check_adapter_args(&a.adapter)?;
+            check_positive("--steps", a.steps as f64)?;
+            check_positive("--pretrain-steps", a.pretrain_steps as f64)?;
+            check_positive("--batch-size", a.batch_size as f64)?;
+            check_positive("--seeds", a.seeds as f64)?;
+            check_positive("--per-class", a.per_class as f64)?;
+            if let Some(lr) = a.lr {
+                check_positive("--lr", lr as f64)?;
             }
-            Ok(())
-        })?;
+        }
+        Command::Finetune(a) => {
+            check_adapter_args(&a.adapter)?;
+            check_train_args(&a.train)?;
+            check_positive("--per-class", a.per_class as f64)?;
+            Method::parse(&a.method)?;
+        }
+        Command::Pretrain(a) => check_train_args(&a.train)?,
+        Command::Eval(_) | Command::Merge(_) | Command::Bench(_) => {}
+    }
+    let device = job::select_device(&common.device)?;
+    eprintln!("device: {}", device.name());
+    match command {
+        Command::Compare(a) => run_compare(a, &common, &device),
+        Command::Pretrain(a) => run_pretrain(a, &common, &device),
+        Command::Finetune(a) => run_finetune(a, &common, &device),
+        Command::Eval(a) => run_eval(a, &device),
+        Command::Merge(a) => run_merge(a, &device),
+        Command::Bench(a) => run_bench(a, &device),
+    }
+}
+
+fn check_positive(flag: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "liera",
+            format!("{flag} must be positive, got {v}"),
+        ))
+    }
+}
+
+fn check_adapter_args(a: &AdapterArgs) -> Result<()> {
+    if a.rank == 0 {
+        return Err(Error::invalid("liera", "--rank must be at least 1, got 0"));
+    }
+    check_positive("--alpha", a.alpha as f64)
+}
+
+fn check_train_args(t: &TrainArgs) -> Result<()> {
+    if let Some(s) = t.steps {
+        check_positive("--steps", s as f64)?;
+    }
+    if let Some(b) = t.batch_size {
+        check_positive("--batch-size", b as f64)?;
+    }
+    if let Some(lr) = t.lr {
+        check_positive("--lr", lr as f64)?;
+    }
+    if let Some(wd) = t.weight_decay {
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(Error::invalid(
+                "liera",
+                format!("--weight-decay must be ≥ 0, got {wd}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new folder runs/<prefix>-<unix time> (or the one given).
+fn out_dir(given: Option<PathBuf>, prefix: &str) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("runs").join(format!("{prefix}-{secs}"))
+    })
+}
+
+fn source_data(dir: Option<&Path>) -> Result<Splits> {
+    match dir {
+        Some(d) => load_dir(d)?.pad_to(IMAGE_SIZE),
+        None => embedded_mnist()?.pad_to(IMAGE_SIZE),
+    }
+}
+
+fn target_data(dir: Option<&Path>, per_class: usize, seed: u64) -> Result<Splits> {
+    let splits = match dir {
+        Some(d) => load_dir(d)?,
+        None => embedded_fashion_mnist()?,
+    };
+    let train = if splits.train.class_counts().iter().all(|&c| c == per_class) {
+        splits.train
+    } else {
+        splits.train.take_per_class(per_class, seed)?
+    };
+    Splits {
+        train,
+        test: splits.test,
+    }
+    .pad_to(IMAGE_SIZE)
+}
+
+fn default_pretrain_options(common: &Common, steps: u64, batch_size: usize) -> RunOptions {
+    RunOptions {
+        steps,
+        batch_size,
+        lr: 2e-3,
+        weight_decay: 0.05,
+        warmup: 20.min(steps / 10),
+        seed: common.seed,
+        augment_shift: 2,
+        log_every: 5,
+        progress: !common.quiet,
+    }
+}
+
+fn default_finetune_options(common: &Common, steps: u64, batch_size: usize) -> RunOptions {
+    RunOptions {
+        steps,
+        batch_size,
+        lr: 1e-3,
+        weight_decay: 0.01,
+        warmup: 15.min(steps / 10),
+        seed: common.seed,
+        augment_shift: 2,
+        log_every: 5,
+        progress: !common.quiet,
+    }
+}
+
+fn cache_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("liera"))
+            .unwrap_or_else(|| PathBuf::from("runs").join("cache"))
+    })
+}
+
+fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
+    let methods = a
+        .methods
+        .split(',')
+        .map(|m| Method::parse(m.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?;
+    let target = target_data(
+        a.data_dir
+            .as_ref()
+            .map(|d| d.join("fashion-mnist"))
+            .as_deref(),
+        a.per_class,
+        common.seed,
+    )?;
+    let out = out_dir(a.out, "compare");
+    let opts = CompareOptions {
+        config: a.model.config(source.train.classes)?,
+        pretrain: default_pretrain_options(common, a.pretrain_steps, a.batch_size),
+        finetune: default_finetune_options(common, a.steps, a.batch_size),
+        adapter: a.adapter.options(),
+        methods,
+        seeds: (common.seed..common.seed + a.seeds).collect(),
+        lr_override: a.lr,
+        cache_dir: cache_dir(a.cache_dir),
+        fresh: a.fresh,
+        out: out.clone(),
+    };
+    let report = job::compare(&source, &target, &opts, device, &mut |line| {
+        eprintln!("{line}")
+    })?;
+    println!("\n{}", report.table());
+    println!("{}", report.verdict());
+    println!(
+        "\nreport: {}  plot: {}  adapters: {}",
+        out.join("report.md").display(),
+        out.join("plot.svg").display(),
+        out.join("adapters").display()
+    );
+    Ok(())
+}
+
+fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()> {
+    let data = source_data(a.data_dir.as_deref())?;
+    let mut opts = default_pretrain_options(
+        common,
+        a.train.steps.unwrap_or(400),
+        a.train.batch_size.unwrap_or(64),
+    );
+    opts.lr = a.train.lr.unwrap_or(opts.lr);
+    opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
+    let out = out_dir(a.out, "pretrain");
+    let path = out.join("model.safetensors");
+    let r = job::pretrain(
+        a.model.config(data.train.classes)?,
+        &data,
+        &opts,
+        device,
+        &path,
+    )?;
+    println!(
+        "pretrained: test accuracy {:.2}% ({} images), {:.1}s, {:.0} img/s; weights: {}",
+        100.0 * r.eval.accuracy,
+        r.eval.examples,
+        r.seconds,
+        r.images_per_second,
+        path.display()
+    );
+    Ok(())
+}
+
+fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()> {
+    let method = Method::parse(&a.method)?;
+    let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?;
+    let mut opts = default_finetune_options(
+        common,
+        a.train.steps.unwrap_or(300),
+        a.train.batch_size.unwrap_or(64),
+    );
+    opts.lr = a.train.lr.unwrap_or(method.default_lr());
+    opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
+    let out = out_dir(a.out, &format!("finetune-{}", method.name()));
+    let config = a.model.config(data.train.classes)?;
+    let r = job::finetune(
+        &config,
+        &a.weights,
+        &data,
+        method,
+        &a.adapter.options(),
+        &opts,
+        device,
+        Some(&out),
+    )?;
+    println!(
+        "{}: trainable {} of {} parameters, test accuracy {:.2}% ({} images), {:.1}s; saved to {}",
+        r.method,
+        r.trainable,
+        r.total,
+        100.0 * r.eval.accuracy,
+        r.eval.examples,
+        r.seconds,
+        out.display()
+    );
+    Ok(())
+}
+
+fn build_model(
+    model: &ModelArgs,
+    weights: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+) -> Result<ConvNeXt> {
+    let mut net = ConvNeXt::new(model.config(10)?, device)?;
+    for note in liera::io::load_model(&mut net, weights)? {
+        eprintln!("note: {note}");
+    }
+    if let Some(dir) = adapter {
+        let cfg = liera::peft::load_adapter(&mut net, dir)?;
+        eprintln!(
+            "adapter: {} r={} α={} on {}",
+            cfg.method.name(),
+            cfg.r,
+            cfg.alpha,
+            cfg.target_modules.join(",")
+        );
+    }
+    Ok(net)
+}
+
+fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
+    let net = build_model(&a.model, &a.weights, a.adapter.as_deref(), device)?;
+    let test = if a.mnist {
+        source_data(None)?.test
+    } else {
+        match a.data_dir.as_deref() {
+            Some(d) => load_dir(d)?.pad_to(IMAGE_SIZE)?.test,
+            None => embedded_fashion_mnist()?.pad_to(IMAGE_SIZE)?.test,
+        }
+    };
+    let e = evaluate(
+        &net,
+        device,
+        liera::data::batch::Sequential::new(&test, 250)?,
+    )?;
+    println!(
+        "test accuracy {:.2}%  mean cross-entropy {:.4}  ({} images)",
+        100.0 * e.accuracy,
+        e.loss,
+        e.examples
+    );
+    Ok(())
+}
+
+fn run_merge(a: MergeArgs, device: &Device) -> Result<()> {
+    let mut net = build_model(&a.model, &a.weights, Some(&a.adapter), device)?;
+    let merged = liera::peft::merge_and_unload(&mut net)?;
+    liera::io::save_model(&net, &a.out)?;
+    println!(
+        "merged {merged} adapted layers; wrote {} ({} parameters, the base model's cost)",
+        a.out.display(),
+        net.num_parameters()
+    );
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    let results = liera::job::bench::suite(device, a.quick)?;
+    let peak = liera::job::bench::peak_memory_bytes();
+    if a.json {
+        let doc = serde_json::json!({
+            "device": device.name(),
+            "threads": rayon::current_num_threads(),
+            "peak_rss_bytes": peak,
+            "results": results,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("a JSON value serialises")
+        );
+        return Ok(());
+    }
+    println!("device: {}", device.name());
+    println!(
+        "{:<58} {:>10} {:>10} {:>10}",
+        "benchmark", "median ms", "GFLOP/s", "images/s"
+    );
+    for r in &results {
+        println!(
+            "{:<58} {:>10.3} {:>10} {:>10}",
+            r.name,
+            1e3 * r.median_s,
+            r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+            r.images_per_s.map_or("-".into(), |i| format!("{i:.0}"))
+        );
+    }
+    if let Some(p) = peak {
+        println!(
+            "peak resident memory: {:.0} MiB",
+            p as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }

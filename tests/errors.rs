@@ -109,3 +109,72 @@ fn conv_geometry_is_validated() {
         );
     }
 }
+
+#[test]
+fn conv2d_rejects_bad_bias_and_geometry_through_the_op() {
+    let x = t(&[1, 4, 8, 8]);
+    assert_err(
+        x.conv2d(&t(&[6, 4, 3, 3]), Some(&t(&[5])), Conv2dParams::default()),
+        &["conv2d", "bias", "[6]", "[5]"],
+    );
+    assert_err(
+        x.conv2d(&t(&[6, 2, 3, 3]), None, Conv2dParams::default()),
+        &["conv2d", "input channels per group"],
+    );
+    assert!(x
+        .conv2d(
+            &t(&[4, 1, 7, 7]),
+            None,
+            Conv2dParams::default().padding(3).groups(4)
+        )
+        .is_ok());
+}
+
+#[test]
+fn normalisations_and_losses_reject_bad_shapes() {
+    assert_err(
+        t(&[2, 3, 4, 4]).layer_norm_channels(Some(&t(&[4])), None, 1e-6),
+        &["layer_norm_channels", "weight", "[3]", "[4]"],
+    );
+    assert_err(
+        t(&[3]).layer_norm_channels(None, None, 1e-6),
+        &["layer_norm_channels", "(N, C, ...)"],
+    );
+    assert_err(
+        t(&[2, 5]).layer_norm_last(None, Some(&t(&[2])), 1e-6),
+        &["layer_norm_last", "bias"],
+    );
+    assert_err(
+        t(&[2, 5]).layer_norm_last(None, None, -1.0),
+        &["layer_norm_last", "eps"],
+    );
+    assert_err(t(&[2, 5]).log_softmax(2), &["log_softmax", "axis 2"]);
+    assert_err(
+        t(&[2, 5]).cross_entropy(&[1]),
+        &["cross_entropy", "1 labels", "[2, 5]"],
+    );
+    assert_err(
+        t(&[2, 5]).cross_entropy(&[1, 5]),
+        &["cross_entropy", "label 5", "position 1", "5 classes"],
+    );
+    assert_err(
+        t(&[2, 5, 1]).cross_entropy(&[1, 2]),
+        &["cross_entropy", "(N, classes)"],
+    );
+    assert_err(
+        t(&[1, 3, 2, 2]).grn(&t(&[2]), &t(&[3]), 1e-6, false),
+        &["grn", "gamma", "[3]"],
+    );
+    assert_err(
+        t(&[3, 2, 2]).global_avg_pool(),
+        &["global_avg_pool", "rank 4"],
+    );
+    assert_err(
+        t(&[2, 3]).linear(&t(&[4, 2]), None),
+        &["linear", "[2, 3]", "[4, 2]"],
+    );
+    assert_err(
+        t(&[2, 3]).linear(&t(&[4, 3]), Some(&t(&[3]))),
+        &["linear", "bias", "[4]"],
+    );
+}

@@ -10,7 +10,7 @@
 //!   layout: binding 0 a uniform parameter block, 1–5 read-only storage, 6–8 read-write storage. Unused
 //!   slots get dummy buffers, so an input is never also bound read-write.
 //! - Command batching: dispatches are recorded into one encoder and submitted together when a readback
-//!   needs them or after [`MAX_PENDING`] dispatches. Their parameter blocks go into one uniform buffer
+//!   needs them or after `MAX_PENDING` dispatches. Their parameter blocks go into one uniform buffer
 //!   per batch (at aligned offsets), written by one queue write just before the submit.
 //! - Dispatch grids: T workgroups are spread over x, y, z (each at most the adapter's per-dimension limit)
 //!   and kernels linearise the workgroup index, so no launch fails for being long.
@@ -787,6 +787,9 @@ impl fmt::Debug for GpuBackend {
 }
 
 impl Backend for GpuBackend {
+    fn is_software_gpu(&self) -> bool {
+        self.adapter.device_type == wgpu::DeviceType::Cpu
+    }
     fn name(&self) -> String {
         format!("{} ({:?})", self.adapter.name, self.adapter.backend)
     }

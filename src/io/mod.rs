@@ -1,0 +1,54 @@
+//! Reading and writing weights: safetensors files with timm's ConvNeXt key names ([`save_model`],
+//! [`load_model`]); the adapter files live in [`crate::peft`] and use the same low-level functions.
+//!
+//! Every file is written atomically ([`atomic_write`]): to a temporary file in the same directory, flushed to
+//! disk, then renamed over the target, so a crash never leaves a half-written checkpoint in its place.
+
+mod model;
+mod safetensors;
+
+pub use model::{load_model, save_model, LoadNotes};
+pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors, HostTensor};
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// An `Error::Io` for `path`.
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temporary file `.<name>.tmp-<pid>` beside it, fsync, rename, then a
+/// best-effort fsync of the directory (so the rename itself is durable).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Format {
+            path: path.display().to_string(),
+            msg: "not a file path".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io_error(&tmp, e))?;
+        f.sync_all().map_err(|e| io_error(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    } else if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    result
+}

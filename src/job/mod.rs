@@ -1,0 +1,576 @@
+//! The jobs behind the `liera` command: pretraining a ConvNeXt on a source task, fine-tuning it on a target
+//! task with one method (full, linear probe, LoRA, LieRA, LieRA first-order), and the comparison of all
+//! methods that `cargo run --release` runs by default.
+//!
+//! Everything here is library code so that tests can run a shortened comparison; the command in
+//! `src/main.rs` only parses flags and prints.
+
+pub mod bench;
+mod report;
+
+pub use report::{write_report, ComparisonReport};
+
+use crate::backend::Device;
+use crate::data::batch::{Batcher, RandomTranslate, Sequential};
+use crate::data::{Dataset, Splits};
+use crate::error::{Error, Result};
+use crate::io::{atomic_write, load_model, save_model};
+use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
+use crate::optim::AdamW;
+use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use crate::train::{evaluate, train, Evaluation, StepLog, TrainOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The side length images are padded to: the ConvNeXt stem divides by 4 and three downsamplings by 2 each,
+/// so 32 → 8 → 4 → 2 → 1 (28 would leave odd sizes).
+pub const IMAGE_SIZE: usize = 32;
+
+/// How to fine-tune.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Every parameter trains.
+    Full,
+    /// Only the new classifier (head.fc) trains.
+    LinearProbe,
+    /// Adapters on the target layers (plus the new classifier).
+    Adapter(AdapterKind),
+}
+
+impl Method {
+    /// The five methods of the comparison, in table order.
+    pub const ALL: [Method; 5] = [
+        Method::Full,
+        Method::LinearProbe,
+        Method::Adapter(AdapterKind::Lora),
+        Method::Adapter(AdapterKind::Liera),
+        Method::Adapter(AdapterKind::LieraFirstOrder),
+    ];
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::LinearProbe => "linear",
+            Method::Adapter(k) => k.name(),
+        }
+    }
+    /// Parses a method name (`full`, `linear`, `lora`, `liera`, `liera_first_order`).
+    pub fn parse(s: &str) -> Result<Method> {
+        match s {
+            "full" => Ok(Method::Full),
+            "linear" | "linear_probe" => Ok(Method::LinearProbe),
+            other => AdapterKind::parse(other).map(Method::Adapter).map_err(|_| {
+                Error::invalid(
+                    "method",
+                    format!(
+                        "unknown method `{other}` (known: full, linear, lora, liera, liera_first_order)"
+                    ),
+                )
+            }),
+        }
+    }
+    /// The default peak learning rate: adapters and a lone head take larger steps than full fine-tuning,
+    /// as in the PEFT literature.
+    pub fn default_lr(self) -> f32 {
+        match self {
+            Method::Full => 1e-3,
+            Method::LinearProbe => 1e-2,
+            Method::Adapter(_) => 5e-3,
+        }
+    }
+}
+
+/// Options of a training run (pretraining or fine-tuning).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate (after warmup).
+    pub lr: f32,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// Linear warmup steps before the cosine decay.
+    pub warmup: u64,
+    /// Seed of batching, augmentation and initialisation.
+    pub seed: u64,
+    /// Random translation of training images by up to this many pixels (0: none).
+    pub augment_shift: usize,
+    /// Read the loss back every this many steps.
+    pub log_every: u64,
+    /// Show progress bars (on stderr).
+    pub progress: bool,
+}
+
+impl RunOptions {
+    fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid("train", "steps must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("train", "batch size must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!("learning rate must be positive, got {}", self.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one training run.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// The method's name as printed in the table.
+    pub method: String,
+    /// Trainable scalars.
+    pub trainable: usize,
+    /// All scalars of the model (base plus adapters).
+    pub total: usize,
+    /// Test-set evaluation after training.
+    pub eval: Evaluation,
+    /// Wall time of training plus evaluation, in seconds.
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_second: f64,
+    /// The logged steps (loss, learning rate, time).
+    pub logs: Vec<StepLog>,
+}
+
+/// A progress bar over `steps`, hidden when `show` is false or stderr is not a terminal.
+fn progress_bar(steps: u64, label: &str, show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>22} [{bar:28}] {pos}/{len} steps  {msg}  ({elapsed}, eta {eta})",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Trains `model` (whatever its trainable parameters are) on `data` and evaluates it on `test`.
+pub fn train_and_evaluate(
+    model: &ConvNeXt,
+    label: &str,
+    data: &Dataset,
+    test: &Dataset,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<(Vec<StepLog>, Evaluation, f64, f64)> {
+    opts.check()?;
+    let params = model.trainable_parameters();
+    let mut optimizer = AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?;
+    let mut batcher = Batcher::new(data, opts.batch_size.min(data.len()), opts.seed)?;
+    if opts.augment_shift > 0 {
+        batcher = batcher.with_augment(RandomTranslate::for_dataset(data, opts.augment_shift));
+    }
+    let train_opts = TrainOptions {
+        steps: opts.steps,
+        lr: opts.lr,
+        min_lr: opts.lr * 0.01,
+        warmup: opts.warmup,
+        clip_norm: Some(5.0),
+        log_every: opts.log_every.max(1),
+    };
+    let bar = progress_bar(opts.steps, label, opts.progress);
+    let began = Instant::now();
+    let batch = opts.batch_size.min(data.len());
+    let logs = train(
+        model,
+        &params,
+        &mut optimizer,
+        device,
+        &train_opts,
+        0,
+        &mut || batcher.next_batch(),
+        &mut |log| {
+            bar.set_position(log.step);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} img/s",
+                log.loss,
+                log.step as f64 * batch as f64 / log.elapsed.max(1e-9)
+            ));
+            Ok(())
+        },
+    );
+    bar.finish_and_clear();
+    let logs = logs?;
+    let train_seconds = began.elapsed().as_secs_f64();
+    let eval = evaluate(model, device, Sequential::new(test, 250)?)?;
+    let seconds = began.elapsed().as_secs_f64();
+    let images_per_second = opts.steps as f64 * batch as f64 / train_seconds.max(1e-9);
+    Ok((logs, eval, seconds, images_per_second))
+}
+
+/// Pretraining: a fresh model of `config` trained on the source task; the weights are saved atomically to
+/// `checkpoint`.
+pub fn pretrain(
+    config: ConvNeXtConfig,
+    data: &Splits,
+    opts: &RunOptions,
+    device: &Device,
+    checkpoint: &Path,
+) -> Result<RunResult> {
+    let model = ConvNeXt::new(config.with_seed(opts.seed), device)?;
+    let (logs, eval, seconds, ips) =
+        train_and_evaluate(&model, "pretrain", &data.train, &data.test, opts, device)?;
+    if let Some(dir) = checkpoint.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    save_model(&model, checkpoint)?;
+    Ok(RunResult {
+        method: "pretrain".into(),
+        trainable: model.num_parameters(),
+        total: model.num_parameters(),
+        eval,
+        seconds,
+        images_per_second: ips,
+        logs,
+    })
+}
+
+/// What the adapter methods adapt and with which rank.
+#[derive(Clone, Debug)]
+pub struct AdapterOptions {
+    /// Rank r of ΔW = (α/r)·B·A.
+    pub rank: usize,
+    /// α (the scale is α/r).
+    pub alpha: f32,
+    /// Comma-separated module-path patterns.
+    pub targets: String,
+}
+
+impl Default for AdapterOptions {
+    /// Rank 8, α = 8 (scale 1), on every depthwise and pointwise layer of the blocks.
+    fn default() -> Self {
+        AdapterOptions {
+            rank: 8,
+            alpha: 8.0,
+            targets: "conv_dw,mlp.fc1,mlp.fc2".into(),
+        }
+    }
+}
+
+/// Builds the model to fine-tune: `config`'s architecture with `base` weights loaded (any class count), a
+/// fresh classifier for `classes`, and what trains set by `method`. Returns the model, the trainable report
+/// and the adapter config (adapter methods only).
+pub fn prepare_finetune(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    classes: usize,
+    method: Method,
+    adapter: &AdapterOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<(ConvNeXt, TrainableReport, Option<PeftConfig>)> {
+    let mut model = ConvNeXt::new(config.clone(), device)?;
+    load_model(&mut model, base)?;
+    model.replace_head(classes, seed ^ 0x4EAD)?;
+    let peft_cfg = match method {
+        Method::Full => {
+            model.set_trainable(true);
+            None
+        }
+        Method::LinearProbe => {
+            model.set_trainable(false);
+            model.visit_mut("", &mut |path, p| {
+                if path.starts_with("head.fc.") {
+                    p.set_trainable(true)
+                }
+            });
+            None
+        }
+        Method::Adapter(kind) => {
+            let cfg = PeftConfig::new(kind, adapter.rank, adapter.alpha, &adapter.targets)
+                .with_modules_to_save("head.fc")
+                .with_seed(seed);
+            peft::apply(&mut model, &cfg)?;
+            Some(cfg)
+        }
+    };
+    let report = peft::trainable_report(&model)?;
+    Ok((model, report, peft_cfg))
+}
+
+/// Fine-tunes with one method and evaluates; saves the adapter (adapter methods) under `save_dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    data: &Splits,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+    save_dir: Option<&Path>,
+) -> Result<RunResult> {
+    let (model, report, peft_cfg) = prepare_finetune(
+        config,
+        base,
+        data.train.classes,
+        method,
+        adapter,
+        opts.seed,
+        device,
+    )?;
+    let (logs, eval, seconds, ips) =
+        train_and_evaluate(&model, method.name(), &data.train, &data.test, opts, device)?;
+    if let Some(dir) = save_dir {
+        match &peft_cfg {
+            Some(cfg) => peft::save_adapter(&model, cfg, dir)?,
+            None => {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                save_model(&model, &dir.join("model.safetensors"))?
+            }
+        }
+    }
+    Ok(RunResult {
+        method: method.name().into(),
+        trainable: report.trainable,
+        total: report.total,
+        eval,
+        seconds,
+        images_per_second: ips,
+        logs,
+    })
+}
+
+/// Everything the comparison needs.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// The ConvNeXt architecture.
+    pub config: ConvNeXtConfig,
+    /// Options of the pretraining run on the source task.
+    pub pretrain: RunOptions,
+    /// Options of each fine-tuning run on the target task.
+    pub finetune: RunOptions,
+    /// Rank, α and targets of the adapter methods.
+    pub adapter: AdapterOptions,
+    /// The methods to compare, in table order.
+    pub methods: Vec<Method>,
+    /// Fine-tuning seeds (one comparison per seed; the pretrained model is shared).
+    pub seeds: Vec<u64>,
+    /// Learning rate per method (None: the method's default).
+    pub lr_override: Option<f32>,
+    /// Where the pretrained checkpoint is cached.
+    pub cache_dir: PathBuf,
+    /// Retrain even if a cached checkpoint exists.
+    pub fresh: bool,
+    /// Output folder (report, plot, adapters, config).
+    pub out: PathBuf,
+}
+
+/// A short stable hash (FNV-1a) naming the cached checkpoint of a pretraining configuration.
+fn config_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The cached checkpoint path of a pretraining run: it changes whenever the architecture, the options or
+/// the data change, so a stale checkpoint is never reused.
+pub fn pretrain_checkpoint_path(
+    cache_dir: &Path,
+    config: &ConvNeXtConfig,
+    opts: &RunOptions,
+    data: &Splits,
+) -> PathBuf {
+    let key = format!(
+        "{config:?}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        opts.steps,
+        opts.batch_size,
+        opts.lr,
+        opts.weight_decay,
+        opts.warmup,
+        opts.seed,
+        opts.augment_shift,
+        data.train.len(),
+        data.train
+            .labels
+            .iter()
+            .take(64)
+            .map(|l| l.to_string())
+            .collect::<String>()
+    );
+    cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
+}
+
+/// Runs the comparison: pretrain (or reuse the cache), then every method for every seed. Writes the report
+/// into `opts.out` and returns it.
+pub fn compare(
+    source: &Splits,
+    target: &Splits,
+    opts: &CompareOptions,
+    device: &Device,
+    log: &mut dyn FnMut(&str),
+) -> Result<ComparisonReport> {
+    if opts.seeds.is_empty() || opts.methods.is_empty() {
+        return Err(Error::invalid(
+            "compare",
+            "need at least one seed and one method",
+        ));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|source| Error::Io {
+        path: opts.out.display().to_string(),
+        source,
+    })?;
+    let checkpoint =
+        pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source);
+    let pretrain_result = if checkpoint.exists() && !opts.fresh {
+        log(&format!(
+            "pretrained checkpoint: reusing {} (--fresh retrains)",
+            checkpoint.display()
+        ));
+        None
+    } else {
+        log(&format!(
+            "pretraining {} on the source task ({} images, {} steps of {})",
+            describe(&opts.config),
+            source.train.len(),
+            opts.pretrain.steps,
+            opts.pretrain.batch_size
+        ));
+        let r = pretrain(
+            opts.config.clone(),
+            source,
+            &opts.pretrain,
+            device,
+            &checkpoint,
+        )?;
+        log(&format!(
+            "pretrained: source test accuracy {:.2}% in {:.1}s ({:.0} img/s); saved {}",
+            100.0 * r.eval.accuracy,
+            r.seconds,
+            r.images_per_second,
+            checkpoint.display()
+        ));
+        Some(r)
+    };
+    let mut runs: Vec<(u64, RunResult)> = Vec::new();
+    for &seed in &opts.seeds {
+        for &method in &opts.methods {
+            let run_opts = RunOptions {
+                seed,
+                lr: opts.lr_override.unwrap_or(method.default_lr()),
+                ..opts.finetune.clone()
+            };
+            let save_dir = opts
+                .out
+                .join("adapters")
+                .join(format!("{}-seed{seed}", method.name()));
+            let save = matches!(method, Method::Adapter(_)).then_some(save_dir.as_path());
+            let r = finetune(
+                &opts.config,
+                &checkpoint,
+                target,
+                method,
+                &opts.adapter,
+                &run_opts,
+                device,
+                save,
+            )?;
+            log(&format!(
+                "seed {seed} {:<18} trainable {:>8}  test accuracy {:6.2}%  {:6.1}s",
+                method.name(),
+                r.trainable,
+                100.0 * r.eval.accuracy,
+                r.seconds
+            ));
+            runs.push((seed, r));
+        }
+    }
+    let report = ComparisonReport {
+        device: device.name(),
+        model: describe(&opts.config),
+        source_images: source.train.len(),
+        target_images: target.train.len(),
+        target_test_images: target.test.len(),
+        pretrain: pretrain_result,
+        checkpoint: checkpoint.clone(),
+        opts: opts.clone(),
+        runs,
+    };
+    write_report(&report, &opts.out)?;
+    let config_json = serde_json::json!({
+        "model": format!("{:?}", opts.config),
+        "pretrain": format!("{:?}", opts.pretrain),
+        "finetune": format!("{:?}", opts.finetune),
+        "adapter": {"rank": opts.adapter.rank, "alpha": opts.adapter.alpha, "targets": opts.adapter.targets},
+        "methods": opts.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "seeds": opts.seeds,
+        "lr_override": opts.lr_override,
+        "checkpoint": checkpoint.display().to_string(),
+        "device": device.name(),
+    });
+    atomic_write(
+        &opts.out.join("config.json"),
+        serde_json::to_string_pretty(&config_json)
+            .expect("a JSON value serialises")
+            .as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// "ConvNeXt v1 dims [16, 32, 64, 128] depths [1, 1, 2, 1]".
+pub fn describe(c: &ConvNeXtConfig) -> String {
+    format!(
+        "ConvNeXt {} dims {:?} depths {:?}",
+        if c.use_grn { "v2" } else { "v1" },
+        c.dims,
+        c.depths
+    )
+}
+
+/// The device for `--device auto|cpu|gpu`.
+///
+/// `auto` takes a hardware GPU adapter when one exists, else the CPU; a software adapter (llvmpipe) is
+/// slower than the CPU backend for training, so `auto` passes it over (saying so) unless
+/// `LIERA_DEVICE=gpu` asks for it. `gpu` insists on an adapter (any kind) and fails without one.
+pub fn select_device(choice: &str) -> Result<Device> {
+    match choice {
+        "cpu" => Ok(Device::cpu()),
+        "gpu" => Device::gpu(),
+        "auto" => {
+            let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
+            if !forced.trim().is_empty() {
+                return Device::best();
+            }
+            match Device::gpu() {
+                Ok(gpu) if !gpu.backend().is_software_gpu() => Ok(gpu),
+                Ok(gpu) => {
+                    eprintln!(
+                        "note: the only GPU adapter is software ({}); using the faster CPU backend \
+                         (--device gpu uses it anyway)",
+                        gpu.name()
+                    );
+                    Ok(Device::cpu())
+                }
+                Err(_) => Ok(Device::cpu()),
+            }
+        }
+        other => Err(Error::invalid(
+            "device",
+            format!("--device must be auto, cpu or gpu, got `{other}`"),
+        )),
+    }
+}

@@ -1,0 +1,113 @@
+//! 2-D convolution layer (NCHW input, OIHW weight (Cout, Cin/g, kh, kw)) with an optional bias and an optional
+//! PEFT adapter on the weight; any stride, padding, dilation and groups (depthwise: g = Cin = Cout).
+
+use super::{join, Adaptable, InitRng, Module, Param};
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::peft::Adapter;
+use crate::shape::Conv2dParams;
+use crate::tensor::Tensor;
+
+/// A convolution layer.
+#[derive(Debug)]
+pub struct Conv2d {
+    /// The base kernel W (O, C/groups, kh, kw).
+    pub weight: Param,
+    /// The bias (O), if any.
+    pub bias: Option<Param>,
+    /// Stride, padding, dilation and groups.
+    pub params: Conv2dParams,
+    /// A PEFT adapter reparameterising `weight`, if attached.
+    pub adapter: Option<Adapter>,
+}
+
+impl Conv2d {
+    /// A `k`×`k` convolution from `c_in` to `c_out` channels; weight trunc-normal(σ = 0.02), bias zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        params: Conv2dParams,
+        bias: bool,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Result<Conv2d> {
+        let g = params.groups;
+        if g == 0 || !c_in.is_multiple_of(g) || !c_out.is_multiple_of(g) {
+            return Err(Error::invalid(
+                "Conv2d::new",
+                format!("groups {g} must divide both {c_in} input and {c_out} output channels"),
+            ));
+        }
+        let shape = [c_out, c_in / g, k, k];
+        let w = rng.trunc_normal(shape.iter().product(), 0.02);
+        Ok(Conv2d {
+            weight: Param::from_vec(&w, shape, device)?,
+            bias: if bias {
+                Some(Param::new(Tensor::zeros([c_out], device)?, true))
+            } else {
+                None
+            },
+            params,
+            adapter: None,
+        })
+    }
+    /// The kernel the forward uses: W, or W' with an active adapter.
+    pub fn effective_weight(&self) -> Result<Tensor> {
+        match &self.adapter {
+            Some(a) => a.effective_weight(self.weight.tensor()),
+            None => Ok(self.weight.tensor().clone()),
+        }
+    }
+    /// y = x ⋆ W' + b.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(
+            &self.effective_weight()?,
+            self.bias.as_ref().map(|b| b.tensor()),
+            self.params,
+        )
+    }
+}
+
+impl Module for Conv2d {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        f(&join(prefix, "weight"), &self.weight);
+        if let Some(b) = &self.bias {
+            f(&join(prefix, "bias"), b);
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
+        f(&join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(&join(prefix, "bias"), b);
+        }
+    }
+    fn visit_adaptable(&self, prefix: &str, f: &mut dyn FnMut(&str, &dyn Adaptable)) {
+        f(prefix, self);
+    }
+    fn visit_adaptable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Adaptable)) {
+        f(prefix, self);
+    }
+}
+
+impl Adaptable for Conv2d {
+    fn layer_kind(&self) -> &'static str {
+        "conv2d"
+    }
+    fn weight(&self) -> &Param {
+        &self.weight
+    }
+    fn weight_mut(&mut self) -> &mut Param {
+        &mut self.weight
+    }
+    fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+    fn adapter_mut(&mut self) -> &mut Option<Adapter> {
+        &mut self.adapter
+    }
+    fn visit_params_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
+        Module::visit_mut(self, prefix, f);
+    }
+}

@@ -1,0 +1,101 @@
+//! Neural-network layers as [`Module`]s with named parameters whose paths follow timm's state-dict keys
+//! (`stem.0.weight`, `stages.1.blocks.0.conv_dw.weight`, `head.fc.bias`, ...), so weights load unchanged.
+//!
+//! - [`Param`]: a parameter slot that can be frozen, unfrozen and replaced.
+//! - [`Module`]: walks the parameters (`visit`) and the layers an adapter may wrap (`visit_adaptable`).
+//! - Layers: [`Linear`], [`Conv2d`], [`LayerNorm2d`] (channels-first), [`LayerNorm`] (last axis), [`Grn`],
+//!   [`DropPath`]; the network: [`ConvNeXt`] (v1 and v2) with presets in [`ConvNeXtConfig`].
+
+mod conv2d;
+mod convnext;
+mod drop_path;
+mod grn;
+pub mod init;
+mod linear;
+mod norm;
+mod param;
+
+pub use conv2d::Conv2d;
+pub use convnext::{Block, BlockNorm, ConvNeXt, ConvNeXtConfig, Head, Mlp, Pointwise, Stage};
+pub use drop_path::DropPath;
+pub use grn::Grn;
+pub use init::InitRng;
+pub use linear::Linear;
+pub use norm::{LayerNorm, LayerNorm2d};
+pub use param::Param;
+
+use crate::peft::Adapter;
+use crate::tensor::Tensor;
+
+/// `prefix.name`, or `name` at the root.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A layer whose weight a PEFT adapter can reparameterise: [`Conv2d`] (any groups) and [`Linear`]. The weight
+/// is viewed as the matrix (rows, cols) = (`shape[0]`, `numel / shape[0]`), i.e. (Cout, Cin/g·kh·kw) for a
+/// convolution and (out, in) for a linear layer.
+pub trait Adaptable {
+    /// "conv2d" or "linear".
+    fn layer_kind(&self) -> &'static str;
+    /// The base weight.
+    fn weight(&self) -> &Param;
+    /// The base weight, mutably (merge writes the adapted kernel here).
+    fn weight_mut(&mut self) -> &mut Param;
+    /// The adapter, if one is attached.
+    fn adapter(&self) -> Option<&Adapter>;
+    /// The adapter slot (peft attaches and removes adapters here).
+    fn adapter_mut(&mut self) -> &mut Option<Adapter>;
+    /// Every base parameter of the layer (weight, bias), mutably.
+    fn visit_params_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param));
+}
+
+/// A network component with named parameters.
+pub trait Module {
+    /// Calls `f(path, param)` for every base parameter (the timm state dict; adapter factors excluded).
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param));
+    /// Like [`Module::visit`], mutably (freeze, load, replace).
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param));
+    /// Calls `f(module path, layer)` for every layer an adapter can wrap. Default: none.
+    fn visit_adaptable(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &dyn Adaptable)) {}
+    /// Like [`Module::visit_adaptable`], mutably.
+    fn visit_adaptable_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut dyn Adaptable)) {
+    }
+
+    /// Every parameter, base and adapter factors (`<layer>.lora_A.weight`, `<layer>.lora_B.weight`), by path.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |path, p| {
+            out.push((path.to_string(), p.tensor().clone()))
+        });
+        self.visit_adaptable("", &mut |path, layer| {
+            if let Some(a) = layer.adapter() {
+                a.visit(path, &mut |p, param| {
+                    out.push((p.to_string(), param.tensor().clone()))
+                });
+            }
+        });
+        out
+    }
+    /// The parameters that require gradients: what to hand an optimizer.
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_parameters()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
+    }
+    /// Freezes or unfreezes every base parameter.
+    fn set_trainable(&mut self, trainable: bool) {
+        self.visit_mut("", &mut |_, p| p.set_trainable(trainable));
+    }
+    /// Total number of base parameters (scalars).
+    fn num_parameters(&self) -> usize {
+        let mut n = 0;
+        self.visit("", &mut |_, p| n += p.numel());
+        n
+    }
+}

@@ -1,0 +1,157 @@
+//! Adapter files, PEFT-style: a directory with `adapter_model.safetensors` and `adapter_config.json`.
+//!
+//! Keys: `base_model.model.<layer>.lora_A.weight` and `.lora_B.weight` for every adapted layer, and
+//! `base_model.model.<param>` for every parameter of `modules_to_save` (e.g. the new `head.fc`). Shapes
+//! follow PEFT: a Linear's A is (r, in) and B (out, r); a convolution's A is (r, Cin/g, kh, kw) and B is
+//! (Cout, r, 1, 1) — the same matrices as the (r, Cin/g·kh·kw) and (Cout, r) factors used in the forward.
+
+use super::config::PeftConfig;
+use super::target;
+use crate::error::{Error, Result};
+use crate::io::{atomic_write, read_safetensors, write_safetensors, HostTensor};
+use crate::nn::Module;
+use crate::tensor::Tensor;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The weights file inside an adapter directory.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The config file inside an adapter directory.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+
+const PREFIX: &str = "base_model.model.";
+
+/// PEFT's stored shapes of A and B for a kernel of shape `w`.
+fn stored_shapes(w: &[usize], r: usize) -> (Vec<usize>, Vec<usize>) {
+    if w.len() == 4 {
+        (vec![r, w[1], w[2], w[3]], vec![w[0], r, 1, 1])
+    } else {
+        let cols = w.iter().skip(1).product();
+        (vec![r, cols], vec![w[0], r])
+    }
+}
+
+/// Writes the adapters of `model` and its saved modules (per `cfg`) to directory `dir` (created if needed).
+pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::io::io_error(dir, e))?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut err = Ok(());
+    model.visit_adaptable("", &mut |path, layer| {
+        let Some(a) = layer.adapter() else { return };
+        let (sa, sb) = stored_shapes(layer.weight().shape().dims(), a.rank());
+        match (a.a.tensor().reshape(sa), a.b.tensor().reshape(sb)) {
+            (Ok(ta), Ok(tb)) => {
+                tensors.push((format!("{PREFIX}{path}.lora_A.weight"), ta.detach()));
+                tensors.push((format!("{PREFIX}{path}.lora_B.weight"), tb.detach()));
+            }
+            (Err(e), _) | (_, Err(e)) => err = Err(e),
+        }
+    });
+    err?;
+    if tensors.is_empty() {
+        return Err(Error::invalid("save_adapter", "the model has no adapters"));
+    }
+    model.visit("", &mut |path, p| {
+        if cfg
+            .modules_to_save
+            .iter()
+            .any(|m| target::matches_param(m, path))
+        {
+            tensors.push((format!("{PREFIX}{path}"), p.tensor().detach()));
+        }
+    });
+    write_safetensors(&dir.join(ADAPTER_WEIGHTS_FILE), &tensors, None)?;
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Format {
+        path: dir.join(ADAPTER_CONFIG_FILE).display().to_string(),
+        msg: e.to_string(),
+    })?;
+    atomic_write(&dir.join(ADAPTER_CONFIG_FILE), json.as_bytes())
+}
+
+/// Reads an adapter directory written by [`save_adapter`] and applies it to `model` (a base model without
+/// adapters): attaches the adapters, loads A, B and the saved modules, freezes the rest. Every key and shape
+/// is checked against the model first; a mismatch is an error naming the key and both shapes, and leaves
+/// the model unchanged. Returns the config.
+pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
+    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| crate::io::io_error(&cfg_path, e))?;
+    let cfg: PeftConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: cfg_path.display().to_string(),
+        msg: format!("not a valid adapter config: {e}"),
+    })?;
+    cfg.validate()?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let file: BTreeMap<String, HostTensor> = read_safetensors(&weights_path)?.into_iter().collect();
+
+    // The keys and stored shapes this config implies for this model.
+    let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    model.visit_adaptable("", &mut |path, layer| {
+        if cfg.target_modules.iter().any(|p| target::matches(p, path)) {
+            let (sa, sb) = stored_shapes(layer.weight().shape().dims(), cfg.r);
+            expected.insert(format!("{PREFIX}{path}.lora_A.weight"), sa);
+            expected.insert(format!("{PREFIX}{path}.lora_B.weight"), sb);
+        }
+    });
+    model.visit("", &mut |path, p| {
+        if cfg
+            .modules_to_save
+            .iter()
+            .any(|m| target::matches_param(m, path))
+        {
+            expected.insert(format!("{PREFIX}{path}"), p.shape().dims().to_vec());
+        }
+    });
+    let mut problems = Vec::new();
+    for (k, want) in &expected {
+        match file.get(k) {
+            None => problems.push(format!("missing key `{k}` (expected shape {want:?})")),
+            Some(t) if &t.shape != want => problems.push(format!(
+                "key `{k}` has shape {:?} in the file, the model needs {want:?}",
+                t.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    for (k, t) in &file {
+        if !expected.contains_key(k) {
+            problems.push(format!(
+                "unexpected key `{k}` (shape {:?}) that matches no adapted layer or saved module of this model",
+                t.shape
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Format {
+            path: weights_path.display().to_string(),
+            msg: format!("adapter does not fit the model: {}", problems.join("; ")),
+        });
+    }
+
+    super::apply(model, &cfg)?;
+    let mut result = Ok(());
+    let mut set = |key: String, p: &crate::nn::Param| {
+        if result.is_err() {
+            return;
+        }
+        let t = &file[&key];
+        result = Tensor::from_slice(&t.data, p.shape().clone(), p.tensor().device())
+            .and_then(|v| p.tensor().assign(&v));
+    };
+    model.visit_adaptable("", &mut |path, layer| {
+        if let Some(a) = layer.adapter() {
+            set(format!("{PREFIX}{path}.lora_A.weight"), &a.a);
+            set(format!("{PREFIX}{path}.lora_B.weight"), &a.b);
+        }
+    });
+    model.visit("", &mut |path, p| {
+        if cfg
+            .modules_to_save
+            .iter()
+            .any(|m| target::matches_param(m, path))
+        {
+            set(format!("{PREFIX}{path}"), p);
+        }
+    });
+    result?;
+    Ok(cfg)
+}
