@@ -2,6 +2,8 @@
 //! backend and on the CPU: stem conv 2×2/2 → LayerNorm2d → 2 blocks (depthwise 7×7 → channels-last
 //! LayerNorm → Linear 4× → GELU → Linear → residual) → global average pool → Linear → cross-entropy.
 //!
+//! Then the real thing: a ConvNeXt-atto training step with AdamW (`liera::job::bench::training_step`, batch 64).
+//!
 //! `cargo run --release --example gpu_step` (LIERA_GPU_PROFILE=1 adds a per-kernel time table). Reads back
 //! only the loss, once per step.
 
@@ -105,17 +107,39 @@ fn bench(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn atto(dev: &Device) -> Result<()> {
+    let r = liera::job::bench::training_step(
+        dev,
+        &liera::nn::ConvNeXtConfig::atto(),
+        "convnext_atto",
+        liera::job::bench::StepKind::Full,
+        BATCH,
+        2,
+    )?;
+    println!(
+        "{}: {}: {:.1} ms, {:.1} images/s",
+        dev.name(),
+        r.name,
+        1e3 * r.median_s,
+        r.images_per_s.unwrap_or(0.0)
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // A private backend so that LIERA_GPU_PROFILE=1 can print its per-kernel time table.
     match GpuBackend::new(GpuOptions::default()) {
         Ok(gpu) => {
             let gpu = Arc::new(gpu);
-            bench(&Device::from_backend(gpu.clone()))?;
+            let dev = Device::from_backend(gpu.clone());
+            bench(&dev)?;
+            atto(&dev)?;
             if let Some(report) = gpu.profile_report() {
                 println!("{report}");
             }
         }
         Err(e) => println!("no GPU adapter: {e}"),
     }
-    bench(&Device::cpu())
+    bench(&Device::cpu())?;
+    atto(&Device::cpu())
 }
