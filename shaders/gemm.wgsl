@@ -48,7 +48,12 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let tx = lid % 16u;
     let ty = lid / 16u;
 
-    var acc: array<vec4<f32>, 4>;
+    // Four named accumulators rather than an array: a dynamically indexed private array would live in
+    // memory on drivers that compile invocations into SIMD lanes (llvmpipe), a named vector in registers.
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Interior tiles (the common case) skip the per-element edge tests.
         let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k_end;
@@ -81,25 +86,30 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                                tile_a[kk * TILE_M + ty + 32u], tile_a[kk * TILE_M + ty + 48u]);
             let bv = vec4<f32>(tile_b[kk * TILE_N + tx], tile_b[kk * TILE_N + tx + 16u],
                                tile_b[kk * TILE_N + tx + 32u], tile_b[kk * TILE_N + tx + 48u]);
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         workgroupBarrier();
     }
     if (!live) {
         return;
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + ty + 16u * i;
-        if (row < m) {
-            for (var j = 0u; j < 4u; j++) {
-                let col = col0 + tx + 16u * j;
-                if (col < n) {
-                    gemm_store(b, split, row, col, acc[i][j]);
-                }
-            }
+    store_row(b, split, row0 + ty, col0 + tx, m, n, acc0);
+    store_row(b, split, row0 + ty + 16u, col0 + tx, m, n, acc1);
+    store_row(b, split, row0 + ty + 32u, col0 + tx, m, n, acc2);
+    store_row(b, split, row0 + ty + 48u, col0 + tx, m, n, acc3);
+}
+
+// Stores one thread's four results of a row: columns col, col + 16, col + 32, col + 48.
+fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, v: vec4<f32>) {
+    if (row >= m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (col + 16u * j < n) {
+            gemm_store(b, split, row, col + 16u * j, v[j]);
         }
     }
 }
