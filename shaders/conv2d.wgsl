@@ -9,6 +9,7 @@
 //                              (M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw)
 //   CONV_MODE 2, weight grad:  dW_g = dY_g · X̃_gᵀ summed over the batch
 //                              (M = C_out/g, N = K_w, K = batch·H_out·W_out)
+// POINTWISE (1×1 kernel, stride 1, no padding) skips the tap arithmetic: X̃ is x itself.
 // A patch entry X̃[(c, p, q), (n, oh, ow)] = x[n, c, oh·s_h − pad_h + p·dil_h, ow·s_w − pad_w + q·dil_w]
 // (0 in the padding).
 
@@ -56,6 +57,10 @@ fn taps() -> u32 {
 // X̃ of group g at patch row r = (c, p, q) and output position pos = oh·W_out + ow of image n
 // (x is b_src in modes 0 and 2).
 fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
+    if (POINTWISE) {
+        // 1×1, stride 1, no padding: the patch matrix is the image itself.
+        return b_src[(n * params.c_in + g * c_in_per_group() + r) * params.h_in * params.w_in + pos];
+    }
     let ct = udivmod(r, taps());
     let c = ct.x;
     let pq = udivmod(ct.y, params.kw);
@@ -98,6 +103,9 @@ fn gemm_load_a(g: u32, row: u32, kk: u32) -> f32 {
         }
         case 1u: {
             // w[g·og + o, row, t] with kk = (o, t)
+            if (POINTWISE) {
+                return a_src[(g * c_out_per_group() + kk) * c_in_per_group() + row];
+            }
             let ot = udivmod(kk, taps());
             let o = ot.x;
             let t = ot.y;
@@ -125,6 +133,9 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             let hw_in = params.h_in * params.w_in;
             let nq = udivmod(col, hw_in);
             let n = nq.x;
+            if (POINTWISE) {
+                return b_src[(n * params.c_out + g * c_out_per_group() + kk) * hw_out + nq.y];
+            }
             let ot = udivmod(kk, taps());
             let o = ot.x;
             let pq = udivmod(ot.y, params.kw);

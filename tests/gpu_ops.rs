@@ -248,6 +248,16 @@ proptest! {
     }
 
     #[test]
+    fn pointwise_conv2d_matches_cpu(
+        batch in 1usize..3, cin in 1usize..9, cout in 1usize..9, groups in 1usize..3,
+        h in 1usize..9, w in 1usize..9, dilation in 1usize..3, bias: bool, seed in 0u64..1000,
+    ) {
+        // 1×1, stride 1, no padding: the kernels' pointwise specialisation (dilation is irrelevant).
+        let g = geometry(batch, cin, cout, groups, (h, w), (1, 1), 1, 0, dilation).unwrap();
+        conv_cross(&g, bias, seed)?;
+    }
+
+    #[test]
     fn depthwise_conv2d_matches_cpu(
         batch in 1usize..3, channels in 1usize..7, h in 1usize..12, w in 1usize..12, k in 1usize..8,
         stride in 1usize..4, padding in 0usize..4, dilation in 1usize..3, bias: bool, seed in 0u64..1000,

@@ -746,6 +746,11 @@ fn simplify_permutation(dims: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usiz
     (in_dims, position)
 }
 
+/// A 1×1 convolution with stride 1 and no padding: its patch matrix is the input itself.
+fn is_pointwise(g: &Conv2dGeometry) -> bool {
+    g.kh == 1 && g.kw == 1 && g.params.stride == [1, 1] && g.params.padding == [0, 0]
+}
+
 /// Index of the split count in the conv2d parameter block (after the 16 geometry words).
 const CONV_SPLIT_SLOT: usize = 16;
 
@@ -1037,7 +1042,7 @@ impl Backend for GpuBackend {
         }
         // Per group: M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw.
         let out = self.gemm(
-            &ShaderVariant::conv2d(0, bias.is_some()),
+            &ShaderVariant::conv2d(0, bias.is_some(), is_pointwise(g)),
             conv_params(g, g.params.groups)?,
             CONV_SPLIT_SLOT,
             &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
@@ -1068,7 +1073,7 @@ impl Backend for GpuBackend {
         }
         // Per group: M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw.
         let out = self.gemm(
-            &ShaderVariant::conv2d(1, false),
+            &ShaderVariant::conv2d(1, false, is_pointwise(g)),
             conv_params(g, g.params.groups)?,
             CONV_SPLIT_SLOT,
             &[Some(w.raw()), Some(dy.raw())],
@@ -1100,7 +1105,7 @@ impl Backend for GpuBackend {
         }
         // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
         let out = self.gemm(
-            &ShaderVariant::conv2d(2, false),
+            &ShaderVariant::conv2d(2, false, is_pointwise(g)),
             conv_params(g, g.params.groups)?,
             CONV_SPLIT_SLOT,
             &[Some(dy.raw()), Some(x.raw())],

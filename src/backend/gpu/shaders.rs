@@ -133,11 +133,14 @@ impl ShaderVariant {
             format!("const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n"),
         )
     }
-    /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient.
-    pub fn conv2d(mode: u32, has_bias: bool) -> Self {
+    /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient;
+    /// `pointwise` for 1×1 kernels with stride 1 and no padding (no tap arithmetic).
+    pub fn conv2d(mode: u32, has_bias: bool, pointwise: bool) -> Self {
         Self::new(
             Family::Conv2d,
-            format!("const CONV_MODE: u32 = {mode}u;\nconst HAS_BIAS: bool = {has_bias};\n"),
+            format!(
+                "const CONV_MODE: u32 = {mode}u;\nconst HAS_BIAS: bool = {has_bias};\nconst POINTWISE: bool = {pointwise};\n"
+            ),
         )
     }
     /// A family without specialisation constants.
@@ -200,7 +203,9 @@ pub fn all_variants() -> Vec<ShaderVariant> {
             if bias && mode != 0 {
                 continue;
             }
-            v.push(ShaderVariant::conv2d(mode, bias));
+            for pointwise in [false, true] {
+                v.push(ShaderVariant::conv2d(mode, bias, pointwise));
+            }
         }
     }
     for f in [
