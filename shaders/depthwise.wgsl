@@ -5,8 +5,9 @@
 //                                   with ih = oh·s_h − pad_h + p·dil_h, iw = ow·s_w − pad_w + q·dil_w
 // dw_input_grad (thread per input): dx[n,c,ih,iw] = Σ_{p,q} w[c,p,q]·dy[n,c,oh,ow] over the taps whose
 //                                   (oh, ow) exists (a gather, so no atomics are needed)
-// dw_weight_grad (workgroup per (c, p, q)): dw[c,p,q] = Σ_{n,oh,ow} dy[n,c,oh,ow]·x[n,c,ih,iw], threads
-//                                   striding over the (n, oh) rows, then a tree reduction in workgroup memory.
+// dw_weight_grad (thread per (image chunk, c, p, q)): dw[c,p,q] = Σ_{n,oh,ow} dy[n,c,oh,ow]·x[n,c,ih,iw]
+//                                   over the chunk's images; the host sums the chunks (one chunk when the
+//                                   (c, p, q) alone give enough threads).
 // The valid tap (or output) ranges are computed up front, so the inner loops carry no bounds tests.
 
 struct Params {
@@ -35,8 +36,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-
-var<workgroup> partial: array<f32, 256>;
 
 // The t in [0, k) for which o·s + t·d − pad lies in [0, size): a contiguous range [lo, hi).
 fn tap_range(o: u32, s: u32, d: u32, pad: u32, size: u32, k: u32) -> vec2<u32> {
@@ -140,10 +139,17 @@ fn dw_input_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
+    // Thread per (image chunk, c, p, q); `has_bias` carries the images per chunk here.
+    let chunk = params.has_bias;
     let taps = params.kh * params.kw;
-    let wid = linear_workgroup(wg, nwg);
-    let live = wid < params.c_out * taps;
-    let ct = udivmod(wid, taps);
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    let per_chunk = params.c_out * taps;
+    let chunks = (params.batch + chunk - 1u) / chunk;
+    if (i >= chunks * per_chunk) {
+        return;
+    }
+    let kc = udivmod(i, per_chunk);
+    let ct = udivmod(kc.y, taps);
     let c = ct.x;
     let pq = udivmod(ct.y, params.kw);
     let p = pq.x;
@@ -151,13 +157,11 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     // The output rows and columns whose tap (p, q) reads a real input pixel.
     let ohr = tap_range(p, params.dil_h, params.stride_h, params.pad_h, params.h_in, params.h_out);
     let owr = tap_range(q, params.dil_w, params.stride_w, params.pad_w, params.w_in, params.w_out);
-    let n_oh = ohr.y - ohr.x;
+    let n_end = min(params.batch, (kc.x + 1u) * chunk);
     var acc = 0.0;
-    if (live) {
-        for (var r = lid; r < params.batch * n_oh; r += 256u) {
-            let row = udivmod(r, n_oh);
-            let oh = ohr.x + row.y;
-            let plane = row.x * params.c_out + c;
+    for (var n = kc.x * chunk; n < n_end; n++) {
+        let plane = n * params.c_out + c;
+        for (var oh = ohr.x; oh < ohr.y; oh++) {
             let ih = oh * params.stride_h + p * params.dil_h - params.pad_h;
             let dy_row = (plane * params.h_out + oh) * params.w_out;
             let x_row = (plane * params.h_in + ih) * params.w_in + q * params.dil_w - params.pad_w;
@@ -166,15 +170,5 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             }
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var half = 128u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            partial[lid] += partial[lid + half];
-        }
-        workgroupBarrier();
-    }
-    if (live && lid == 0u) {
-        out[wid] = partial[0];
-    }
+    out[i] = acc;
 }

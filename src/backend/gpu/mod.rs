@@ -652,17 +652,27 @@ impl GpuBackend {
             Bindings::new(inputs, &[partial.raw()]),
             (tiles * splits) as u64,
         )?;
-        // out[i] = Σ_s partial[s·out_len + i]: a sum over the middle axis of (1, splits, out_len).
-        let mut sum_params = vec![1, splits as u32, u32_of("length", out_len)?, 0];
-        sum_params.extend([0u32; 16]);
+        self.sum_chunks(&partial, &out, splits, out_len)?;
+        Ok(out)
+    }
+
+    /// out[i] = Σ_s partial[s·len + i] for s < chunks: a sum over the middle axis of (1, chunks, len).
+    fn sum_chunks(
+        &self,
+        partial: &GpuBuffer,
+        out: &GpuBuffer,
+        chunks: usize,
+        len: usize,
+    ) -> Result<()> {
+        let mut params = vec![1, u32_of("chunks", chunks)?, u32_of("length", len)?, 0];
+        params.extend([0u32; 16]);
         self.launch_elements(
             &ShaderVariant::plain(Family::Reduce),
             "sum_axis_thread",
-            &sum_params,
+            &params,
             Bindings::new(&[Some(partial.raw())], &[out.raw()]),
-            out_len,
-        )?;
-        Ok(out)
+            len,
+        )
     }
 
     /// Launches a one-thread-per-element kernel over `n` elements.
@@ -1093,14 +1103,30 @@ impl Backend for GpuBackend {
         let taps = g.kh * g.kw;
         let n_w = g.c_out * g.c_in_per_group() * taps;
         if g.is_depthwise() {
+            // Split the batch into chunks when the (c, p, q) alone give too few threads.
+            let threads = self.min_parallel_workgroups * WG as usize;
+            let chunks = threads.div_ceil(n_w).clamp(1, g.batch);
+            let chunk = g.batch.div_ceil(chunks);
+            let chunks = g.batch.div_ceil(chunk);
             let out = self.alloc(n_w)?;
-            self.launch(
+            let partial = if chunks > 1 {
+                Some(self.alloc(chunks * n_w)?)
+            } else {
+                None
+            };
+            self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_weight_grad",
-                &conv_params(g, 0)?,
-                Bindings::new(&[Some(x.raw()), Some(dy.raw())], &[out.raw()]),
-                n_w as u64,
+                &conv_params(g, chunk)?,
+                Bindings::new(
+                    &[Some(x.raw()), Some(dy.raw())],
+                    &[partial.as_ref().unwrap_or(&out).raw()],
+                ),
+                chunks * n_w,
             )?;
+            if let Some(partial) = partial {
+                self.sum_chunks(&partial, &out, chunks, n_w)?;
+            }
             return Ok(Self::wrap(out));
         }
         // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
