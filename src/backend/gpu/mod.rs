@@ -988,7 +988,7 @@ impl Backend for GpuBackend {
         let bindings = Bindings::new(&[Some(x.raw())], &[out.raw()]);
         let variant = ShaderVariant::plain(Family::Reduce);
         // Long axes with few outputs get a workgroup each (parallel over l); otherwise a thread each.
-        if l.len >= 64 && outputs < 4096 {
+        if l.len >= 1024 && outputs < 4096 {
             self.launch(&variant, "sum_axis_wg", &params, bindings, outputs as u64)?;
         } else {
             self.launch_elements(&variant, "sum_axis_thread", &params, bindings, outputs)?;
