@@ -654,3 +654,21 @@ proptest! {
         ], &|t| t[0].conv2d(&t[1], Some(&t[2]), Conv2dParams::default().padding(1).groups(2)));
     }
 }
+
+#[test]
+fn empty_tensors_run_without_launching() {
+    let Some(dev) = gpu_device() else { return };
+    let empty = Tensor::zeros([0, 3], &dev).unwrap();
+    assert!(empty.exp().unwrap().to_vec().unwrap().is_empty());
+    assert!(empty.add(&empty).unwrap().to_vec().unwrap().is_empty());
+    let w = Tensor::ones([3, 4], &dev).unwrap();
+    assert!(empty.matmul(&w).unwrap().to_vec().unwrap().is_empty());
+    assert_eq!(
+        empty.sum(&[0], false).unwrap().to_vec().unwrap(),
+        vec![0.0; 3]
+    );
+    // k = 0: an empty sum, all zeros.
+    let a = Tensor::zeros([2, 0], &dev).unwrap();
+    let b = Tensor::zeros([0, 5], &dev).unwrap();
+    assert_eq!(a.matmul(&b).unwrap().to_vec().unwrap(), vec![0.0; 10]);
+}
