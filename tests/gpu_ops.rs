@@ -481,6 +481,24 @@ fn an_elementwise_op_over_more_than_65535_workgroups_is_split() {
     for i in (0..n).step_by(4099).chain(n - 1000..n) {
         assert_eq!(y[i], 2.0 * x[i], "element {i}");
     }
+    // A broadcasting add over the same count: index decoding past 2²² (where the kernels' fast integer
+    // division hands over to `/`) and below it.
+    let rows = n / 8;
+    let layout = merge_broadcast_dims(
+        "t",
+        &Shape::new([rows, 8]),
+        &Shape::new([1, 8]),
+        &Shape::new([rows, 8]),
+    )
+    .unwrap();
+    let bias: Vec<f32> = (0..8).map(|j| j as f32 * 1000.0).collect();
+    let (xs, bs) = (b.upload(&x).unwrap(), b.upload(&bias).unwrap());
+    let z = b
+        .download(&b.binary(BinaryOp::Add, &xs, &bs, &layout).unwrap())
+        .unwrap();
+    for i in (0..n).step_by(4099).chain(n - 1000..n) {
+        assert_eq!(z[i], x[i] + bias[i % 8], "element {i}");
+    }
 }
 
 #[test]
