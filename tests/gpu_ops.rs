@@ -690,3 +690,57 @@ fn empty_tensors_run_without_launching() {
     let b = Tensor::zeros([0, 5], &dev).unwrap();
     assert_eq!(a.matmul(&b).unwrap().to_vec().unwrap(), vec![0.0; 10]);
 }
+
+/// A ConvNeXt's logits, loss and every parameter gradient after one forward/backward on `dev`.
+fn convnext_step(
+    config: &liera::nn::ConvNeXtConfig,
+    dev: &Device,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    use liera::nn::{ConvNeXt, Module};
+    use liera::train::Classifier;
+    let model = ConvNeXt::new(config.clone(), dev).unwrap();
+    let x = Tensor::from_slice(&values(11, 2 * 32 * 32, -1.0, 1.0), [2, 1, 32, 32], dev).unwrap();
+    let logits = model.forward(&x, true).unwrap();
+    let grads = logits.cross_entropy(&[3, 7]).unwrap().backward().unwrap();
+    let mut out = logits.to_vec().unwrap();
+    out.push(logits.cross_entropy(&[3, 7]).unwrap().to_scalar().unwrap());
+    let g = model
+        .named_parameters()
+        .into_iter()
+        .filter_map(|(name, p)| grads.get(&p).map(|g| (name, g.to_vec().unwrap())))
+        .collect();
+    (out, g)
+}
+
+#[test]
+fn convnext_forward_and_gradients_match_cpu() {
+    if gpu_device().is_none() {
+        return;
+    }
+    let mut micro = liera::nn::ConvNeXtConfig::micro();
+    micro.ls_init_value = Some(0.5); // not 10⁻⁶, so the blocks' gradients are not vanishingly small
+    let mut nhwc = micro.clone(); // the channels-last Linear MLP of convnext_tiny and up
+    nhwc.conv_mlp = false;
+    // v2 (GRN, no layer scale); with drop path, whose masks come from the seed on either device.
+    for (name, config) in [
+        ("micro", micro.clone()),
+        ("micro, channels-last MLP", nhwc),
+        ("micro v2 with drop path", micro.v2().with_drop_path(0.2)),
+    ] {
+        let (y_gpu, g_gpu) = convnext_step(&config, &gpu_device().unwrap());
+        let (y_cpu, g_cpu) = convnext_step(&config, &Device::cpu());
+        close(&format!("{name}: logits and loss"), &y_gpu, &y_cpu).unwrap();
+        assert_eq!(g_gpu.len(), g_cpu.len());
+        for ((path, g), (_, c)) in g_gpu.iter().zip(&g_cpu) {
+            // Relative to each gradient's own largest entry (they can be far below 1); a deep chain of
+            // reordered f32 sums, so 10⁻³ of that.
+            let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g.iter().zip(c).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (scale + b.abs()),
+                    "{name}: gradient of {path}, element {i}: gpu {a} vs cpu {b} (largest {scale})"
+                );
+            }
+        }
+    }
+}
