@@ -691,14 +691,20 @@ fn empty_tensors_run_without_launching() {
     assert_eq!(a.matmul(&b).unwrap().to_vec().unwrap(), vec![0.0; 10]);
 }
 
-/// A ConvNeXt's logits, loss and every parameter gradient after one forward/backward on `dev`.
+/// A ConvNeXt's (optionally adapted) logits, loss and every parameter gradient after one forward/backward
+/// on `dev`.
 fn convnext_step(
     config: &liera::nn::ConvNeXtConfig,
+    adapter: Option<liera::peft::AdapterKind>,
     dev: &Device,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     use liera::nn::{ConvNeXt, Module};
     use liera::train::Classifier;
-    let model = ConvNeXt::new(config.clone(), dev).unwrap();
+    let mut model = ConvNeXt::new(config.clone(), dev).unwrap();
+    if let Some(kind) = adapter {
+        let cfg = liera::peft::PeftConfig::new(kind, 4, 4.0, "conv_dw,mlp.fc1,mlp.fc2");
+        liera::peft::apply(&mut model, &cfg).unwrap();
+    }
     let x = Tensor::from_slice(&values(11, 2 * 32 * 32, -1.0, 1.0), [2, 1, 32, 32], dev).unwrap();
     let logits = model.forward(&x, true).unwrap();
     let grads = logits.cross_entropy(&[3, 7]).unwrap().backward().unwrap();
@@ -722,13 +728,26 @@ fn convnext_forward_and_gradients_match_cpu() {
     let mut nhwc = micro.clone(); // the channels-last Linear MLP of convnext_tiny and up
     nhwc.conv_mlp = false;
     // v2 (GRN, no layer scale); with drop path, whose masks come from the seed on either device.
-    for (name, config) in [
-        ("micro", micro.clone()),
-        ("micro, channels-last MLP", nhwc),
-        ("micro v2 with drop path", micro.v2().with_drop_path(0.2)),
+    // And with LieRA (exact and first order) and LoRA adapters on the depthwise and MLP layers.
+    use liera::peft::AdapterKind;
+    for (name, config, adapter) in [
+        ("micro", micro.clone(), None),
+        ("micro, channels-last MLP", nhwc, None),
+        (
+            "micro v2 with drop path",
+            micro.clone().v2().with_drop_path(0.2),
+            None,
+        ),
+        ("micro + LieRA", micro.clone(), Some(AdapterKind::Liera)),
+        (
+            "micro + LieRA first order",
+            micro.clone(),
+            Some(AdapterKind::LieraFirstOrder),
+        ),
+        ("micro + LoRA", micro, Some(AdapterKind::Lora)),
     ] {
-        let (y_gpu, g_gpu) = convnext_step(&config, &gpu_device().unwrap());
-        let (y_cpu, g_cpu) = convnext_step(&config, &Device::cpu());
+        let (y_gpu, g_gpu) = convnext_step(&config, adapter, &gpu_device().unwrap());
+        let (y_cpu, g_cpu) = convnext_step(&config, adapter, &Device::cpu());
         close(&format!("{name}: logits and loss"), &y_gpu, &y_cpu).unwrap();
         assert_eq!(g_gpu.len(), g_cpu.len());
         for ((path, g), (_, c)) in g_gpu.iter().zip(&g_cpu) {
