@@ -495,6 +495,16 @@ impl GpuBackend {
         if groups == 0 {
             return Ok(());
         }
+        // wgpu rejects a buffer bound read-only and read-write in one dispatch (or twice read-write); every
+        // output here is a fresh buffer, and this keeps it so.
+        let outputs: Vec<&wgpu::Buffer> = bindings.outputs.iter().flatten().copied().collect();
+        for (i, o) in outputs.iter().enumerate() {
+            if bindings.inputs.iter().flatten().any(|b| b == o) || outputs[..i].contains(o) {
+                return Err(Error::Device(format!(
+                    "kernel {entry}: an output buffer is also bound as another operand"
+                )));
+            }
+        }
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
         debug_assert!(params.len() <= PARAM_WORDS);
