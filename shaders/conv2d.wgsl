@@ -9,6 +9,10 @@
 //                              (M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw)
 //   CONV_MODE 2, weight grad:  dW_g = dY_g · X̃_gᵀ summed over the batch
 //                              (M = C_out/g, N = K_w, K = batch·H_out·W_out)
+//   CONV_MODE 3, input grad of a patchifying conv (stride = kernel, no padding or dilation: every input
+//                              pixel is read by exactly one tap): dX̃_g = W_gᵀ · dY_g, each entry stored
+//                              straight to its pixel (M = K_w, N = batch·H_out·W_out, K = C_out/g), so no
+//                              K is spent on taps that cannot reach a pixel
 // POINTWISE (1×1 kernel, stride 1, no padding) skips the tap arithmetic: X̃ is x itself.
 // A patch entry X̃[(c, p, q), (n, oh, ow)] = x[n, c, oh·s_h − pad_h + p·dil_h, ow·s_w − pad_w + q·dil_w]
 // (0 in the padding).
@@ -88,6 +92,9 @@ fn gemm_shape() -> vec4<u32> {
             return vec4<u32>(params.groups, c_in_per_group(), params.batch * params.h_in * params.w_in,
                              c_out_per_group() * taps());
         }
+        case 3u: {
+            return vec4<u32>(params.groups, c_in_per_group() * taps(), params.batch * hw_out, c_out_per_group());
+        }
         default: {
             return vec4<u32>(params.groups, c_out_per_group(), c_in_per_group() * taps(), params.batch * hw_out);
         }
@@ -110,6 +117,10 @@ fn gemm_load_a(g: u32, row: u32, kk: u32) -> f32 {
             let o = ot.x;
             let t = ot.y;
             return a_src[((g * c_out_per_group() + o) * c_in_per_group() + row) * taps() + t];
+        }
+        case 3u: {
+            // w[g·og + kk, row] with row = (c, p, q)
+            return a_src[(g * c_out_per_group() + kk) * c_in_per_group() * taps() + row];
         }
         default: {
             // dy[n, g·og + row, pos] with kk = (n, pos)
@@ -159,6 +170,11 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             }
             return b_src[((n * params.c_out + g * c_out_per_group() + o) * params.h_out + oh) * params.w_out + ow];
         }
+        case 3u: {
+            // dy[n, g·og + kk, pos]
+            let np = udivmod(col, hw_out);
+            return b_src[(np.x * params.c_out + g * c_out_per_group() + kk) * hw_out + np.y];
+        }
         default: {
             let np = udivmod(kk, hw_out);
             return patch_entry(g, col, np.x, np.y);
@@ -182,6 +198,18 @@ fn gemm_store(g: u32, split: u32, row: u32, col: u32, value: f32) {
             let hw_in = params.h_in * params.w_in;
             let nq = udivmod(col, hw_in);
             c_out[split * params.batch * params.c_in * hw_in + (nq.x * params.c_in + g * c_in_per_group() + row) * hw_in + nq.y] = value;
+        }
+        case 3u: {
+            // Patch row (c, p, q) of output position (n, oh, ow) is pixel (oh·kh + p, ow·kw + q) of channel c.
+            let ct = udivmod(row, taps());
+            let pq = udivmod(ct.y, params.kw);
+            let np = udivmod(col, hw_out);
+            let hw = udivmod(np.y, params.w_out);
+            let ih = hw.x * params.kh + pq.x;
+            let iw = hw.y * params.kw + pq.y;
+            let channel = np.x * params.c_in + g * c_in_per_group() + ct.x;
+            c_out[split * params.batch * params.c_in * params.h_in * params.w_in
+                + (channel * params.h_in + ih) * params.w_in + iw] = value;
         }
         default: {
             c_out[split * params.c_out * c_in_per_group() * taps() + (g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;

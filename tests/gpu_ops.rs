@@ -258,6 +258,22 @@ proptest! {
     }
 
     #[test]
+    fn patchifying_conv2d_matches_cpu(
+        batch in 1usize..3, cin in 1usize..5, cout in 1usize..5, groups in 1usize..3,
+        kh in 1usize..5, kw in 1usize..5, ph in 1usize..4, pw in 1usize..4, extra in 0usize..2,
+        bias: bool, seed in 0u64..1000,
+    ) {
+        // Stride = kernel, no padding: the stem and downsampling layers of a ConvNeXt. `extra` leaves
+        // input rows and columns no tap reads (the general input-gradient path then runs instead).
+        let (h, w) = (ph * kh + extra, pw * kw + extra);
+        let x = Shape::new([batch, cin * groups, h, w]);
+        let wt = Shape::new([cout * groups, cin, kh, kw]);
+        let p = Conv2dParams { stride: [kh, kw], padding: [0, 0], dilation: [1, 1], groups };
+        let g = Conv2dGeometry::new(&x, &wt, p).unwrap();
+        conv_cross(&g, bias, seed)?;
+    }
+
+    #[test]
     fn depthwise_conv2d_matches_cpu(
         batch in 1usize..3, channels in 1usize..7, h in 1usize..12, w in 1usize..12, k in 1usize..8,
         stride in 1usize..4, padding in 0usize..4, dilation in 1usize..3, bias: bool, seed in 0u64..1000,

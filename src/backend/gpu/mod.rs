@@ -776,6 +776,18 @@ fn is_pointwise(g: &Conv2dGeometry) -> bool {
     g.kh == 1 && g.kw == 1 && g.params.stride == [1, 1] && g.params.padding == [0, 0]
 }
 
+/// A convolution whose taps tile the input exactly (stride = kernel > 1×1, no padding or dilation, and
+/// the output covers every row and column): each input pixel is read by exactly one tap of one output.
+fn is_patchify(g: &Conv2dGeometry) -> bool {
+    let p = g.params;
+    g.kh * g.kw > 1
+        && p.stride == [g.kh, g.kw]
+        && p.padding == [0, 0]
+        && p.dilation == [1, 1]
+        && g.h_in == g.h_out * g.kh
+        && g.w_in == g.w_out * g.kw
+}
+
 /// Index of the split count in the conv2d parameter block (after the 16 geometry words).
 const CONV_SPLIT_SLOT: usize = 16;
 
@@ -1093,6 +1105,23 @@ impl Backend for GpuBackend {
                 &conv_params(g, 0)?,
                 Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
                 n_in,
+            )?;
+            return Ok(Self::wrap(out));
+        }
+        if is_patchify(g) {
+            // Per group: M = (C_in/g)·kh·kw, N = batch·H_out·W_out, K = C_out/g; every pixel stored once.
+            let out = self.gemm(
+                &ShaderVariant::conv2d(3, false, false),
+                conv_params(g, g.params.groups)?,
+                CONV_SPLIT_SLOT,
+                &[Some(w.raw()), Some(dy.raw())],
+                n_in,
+                [
+                    g.params.groups,
+                    g.c_in_per_group() * g.kh * g.kw,
+                    g.batch * g.h_out * g.w_out,
+                    g.c_out_per_group(),
+                ],
             )?;
             return Ok(Self::wrap(out));
         }

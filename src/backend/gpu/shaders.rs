@@ -133,7 +133,8 @@ impl ShaderVariant {
             format!("const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n"),
         )
     }
-    /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient;
+    /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient, 3 input
+    /// gradient of a patchifying convolution (stride = kernel, no padding or dilation);
     /// `pointwise` for 1×1 kernels with stride 1 and no padding (no tap arithmetic).
     pub fn conv2d(mode: u32, has_bias: bool, pointwise: bool) -> Self {
         Self::new(
@@ -198,13 +199,16 @@ pub fn all_variants() -> Vec<ShaderVariant> {
             v.push(ShaderVariant::matmul(ta, tb));
         }
     }
-    for mode in 0..3 {
+    for mode in 0..4 {
         for bias in [false, true] {
             if bias && mode != 0 {
                 continue;
             }
             for pointwise in [false, true] {
-                v.push(ShaderVariant::conv2d(mode, bias, pointwise));
+                // Mode 3 (patchifying) never sees a 1×1 kernel: those take the pointwise mode 1.
+                if !(mode == 3 && pointwise) {
+                    v.push(ShaderVariant::conv2d(mode, bias, pointwise));
+                }
             }
         }
     }
