@@ -133,9 +133,13 @@ struct CompareArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// One learning rate for every method (default: 1e-3 full, 1e-2 linear, 5e-3 adapters).
+    /// One learning rate for every method (overrides the tuning).
     #[arg(long)]
     lr: Option<f32>,
+    /// Use fixed per-method learning rates (1e-3 full, 1e-2 linear, 5e-3 adapters) instead of choosing each
+    /// method's on a validation split.
+    #[arg(long)]
+    no_tune_lr: bool,
     /// Repeat the fine-tuning comparison over this many seeds (seed, seed+1, ...) and report mean ± std.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -420,6 +424,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         methods,
         seeds: (common.seed..common.seed + a.seeds).collect(),
         lr_override: a.lr,
+        tune_lr: !a.no_tune_lr,
         cache_dir: cache_dir(a.cache_dir),
         fresh: a.fresh,
         out: out.clone(),

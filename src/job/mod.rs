@@ -70,6 +70,16 @@ impl Method {
             }),
         }
     }
+    /// Candidate peak learning rates for `--tune-lr`: a factor-of-~2.5 ladder around the default. LieRA
+    /// changes each weight in proportion to |W| (W ⊙ exp(ΔW)), so its useful step sizes sit higher than
+    /// LoRA's, which is why a shared learning rate would not be a fair comparison.
+    pub fn lr_grid(self) -> Vec<f32> {
+        match self {
+            Method::Full => vec![3e-4, 1e-3, 3e-3],
+            Method::LinearProbe => vec![3e-3, 1e-2, 3e-2],
+            Method::Adapter(_) => vec![2e-3, 5e-3, 1e-2, 2e-2, 5e-2],
+        }
+    }
     /// The default peak learning rate: adapters and a lone head take larger steps than full fine-tuning,
     /// as in the PEFT literature.
     pub fn default_lr(self) -> f32 {
@@ -367,8 +377,11 @@ pub struct CompareOptions {
     pub methods: Vec<Method>,
     /// Fine-tuning seeds (one comparison per seed; the pretrained model is shared).
     pub seeds: Vec<u64>,
-    /// Learning rate per method (None: the method's default).
+    /// Learning rate per method (None: the method's default, or the tuned one with `tune_lr`).
     pub lr_override: Option<f32>,
+    /// Choose each method's learning rate from [`Method::lr_grid`] by accuracy on a validation split held
+    /// out of the target training set (never the test set), then train on the whole training set.
+    pub tune_lr: bool,
     /// Where the pretrained checkpoint is cached.
     pub cache_dir: PathBuf,
     /// Retrain even if a cached checkpoint exists.
@@ -413,6 +426,70 @@ pub fn pretrain_checkpoint_path(
             .collect::<String>()
     );
     cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
+}
+
+/// Splits `data` into (train, validation) with `per_class` validation examples of every class, chosen by a
+/// seeded shuffle.
+pub fn validation_split(data: &Dataset, per_class: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.classes];
+    for (i, &l) in data.labels.iter().enumerate() {
+        by_class[l].push(i);
+    }
+    let mut rng = crate::data::batch::SplitMix64::new(seed ^ 0x5A11D);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (class, mut members) in by_class.into_iter().enumerate() {
+        if members.len() <= per_class {
+            return Err(Error::invalid(
+                "validation split",
+                format!(
+                    "class {class} has {} training examples; holding out {per_class} would leave none",
+                    members.len()
+                ),
+            ));
+        }
+        rng.shuffle(&mut members);
+        val.extend_from_slice(&members[..per_class]);
+        train.extend_from_slice(&members[per_class..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    Ok((data.subset(&train)?, data.subset(&val)?))
+}
+
+/// The learning rate of `method` with the best validation accuracy (ties: the smaller rate), with every
+/// candidate's accuracy, from runs on a held-out fifth of the target training set.
+#[allow(clippy::too_many_arguments)]
+pub fn tune_learning_rate(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    target: &Splits,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<(f32, Vec<(f32, f64)>)> {
+    let per_class = (target.train.len() / target.train.classes.max(1) / 5).max(1);
+    let (train, val) = validation_split(&target.train, per_class, opts.seed)?;
+    let split = Splits { train, test: val };
+    let mut scores = Vec::new();
+    for lr in method.lr_grid() {
+        let run = RunOptions {
+            lr,
+            progress: false,
+            ..opts.clone()
+        };
+        let r = finetune(config, base, &split, method, adapter, &run, device, None)?;
+        scores.push((lr, r.eval.accuracy));
+    }
+    let best = scores
+        .iter()
+        .fold(None::<(f32, f64)>, |best, &(lr, acc)| match best {
+            Some((_, b)) if b >= acc => best,
+            _ => Some((lr, acc)),
+        })
+        .map(|(lr, _)| lr)
+        .expect("every grid has at least one rate");
+    Ok((best, scores))
 }
 
 /// Runs the comparison: pretrain (or reuse the cache), then every method for every seed. Writes the report
@@ -466,12 +543,48 @@ pub fn compare(
         ));
         Some(r)
     };
+    // Learning rates: given, tuned on validation data (on the first seed, then kept), or the defaults.
+    let mut lrs: Vec<(Method, f32)> = Vec::new();
+    let mut lr_scores: Vec<(String, Vec<(f32, f64)>)> = Vec::new();
+    for &method in &opts.methods {
+        let lr = match (opts.lr_override, opts.tune_lr) {
+            (Some(lr), _) => lr,
+            (None, true) => {
+                let tune_opts = RunOptions {
+                    seed: opts.seeds[0],
+                    ..opts.finetune.clone()
+                };
+                let (lr, scores) = tune_learning_rate(
+                    &opts.config,
+                    &checkpoint,
+                    target,
+                    method,
+                    &opts.adapter,
+                    &tune_opts,
+                    device,
+                )?;
+                log(&format!(
+                    "{:<18} learning rate {lr} chosen on validation data ({})",
+                    method.name(),
+                    scores
+                        .iter()
+                        .map(|(l, a)| format!("{l}: {:.1}%", 100.0 * a))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                lr_scores.push((method.name().to_string(), scores));
+                lr
+            }
+            (None, false) => method.default_lr(),
+        };
+        lrs.push((method, lr));
+    }
     let mut runs: Vec<(u64, RunResult)> = Vec::new();
     for &seed in &opts.seeds {
-        for &method in &opts.methods {
+        for &(method, lr) in &lrs {
             let run_opts = RunOptions {
                 seed,
-                lr: opts.lr_override.unwrap_or(method.default_lr()),
+                lr,
                 ..opts.finetune.clone()
             };
             let save_dir = opts
@@ -508,6 +621,11 @@ pub fn compare(
         pretrain: pretrain_result,
         checkpoint: checkpoint.clone(),
         opts: opts.clone(),
+        learning_rates: lrs
+            .iter()
+            .map(|(m, lr)| (m.name().to_string(), *lr))
+            .collect(),
+        lr_scores,
         runs,
     };
     write_report(&report, &opts.out)?;
@@ -519,6 +637,8 @@ pub fn compare(
         "methods": opts.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "seeds": opts.seeds,
         "lr_override": opts.lr_override,
+        "tune_lr": opts.tune_lr,
+        "learning_rates": report.learning_rates,
         "checkpoint": checkpoint.display().to_string(),
         "device": device.name(),
     });

@@ -96,11 +96,14 @@ fn widest<R>(body: impl FnOnce() -> R) -> R {
 fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     let body = |(o, xs): (&mut [f32], &[f32])| {
-        widest(#[inline(always)] || {
-            for (o, &v) in o.iter_mut().zip(xs) {
-                *o = f(v);
-            }
-        })
+        widest(
+            #[inline(always)]
+            || {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    *o = f(v);
+                }
+            },
+        )
     };
     if x.len() < PAR_MIN {
         body((&mut out, x));
@@ -157,30 +160,33 @@ fn row_kernel(
     f: &impl Fn(f32, f32) -> f32,
 ) {
     let n = out.len();
-    widest(#[inline(always)] || match (sa, sb) {
-        (1, 1) => {
-            for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
-                *o = f(x, y);
+    widest(
+        #[inline(always)]
+        || match (sa, sb) {
+            (1, 1) => {
+                for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
+                    *o = f(x, y);
+                }
             }
-        }
-        (1, 0) => {
-            let y = b[0];
-            for (o, &x) in out.iter_mut().zip(&a[..n]) {
-                *o = f(x, y);
+            (1, 0) => {
+                let y = b[0];
+                for (o, &x) in out.iter_mut().zip(&a[..n]) {
+                    *o = f(x, y);
+                }
             }
-        }
-        (0, 1) => {
-            let x = a[0];
-            for (o, &y) in out.iter_mut().zip(&b[..n]) {
-                *o = f(x, y);
+            (0, 1) => {
+                let x = a[0];
+                for (o, &y) in out.iter_mut().zip(&b[..n]) {
+                    *o = f(x, y);
+                }
             }
-        }
-        _ => {
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = f(a[j * sa], b[j * sb]);
+            _ => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = f(a[j * sa], b[j * sb]);
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The output is walked row by row (rows are its last merged axis), each row's starting offsets in a and b
