@@ -81,6 +81,36 @@ struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f32>,
+    /// Write <out>/checkpoint.safetensors (weights, adapters, optimizer state, step, data position) at the
+    /// first logging step this many steps after the last one, and at the end (0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue from a checkpoint (its file, or the folder holding checkpoint.safetensors); pass the same
+    /// flags as the interrupted run. --out defaults to the checkpoint's folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The output folder: --out, else the folder of the checkpoint being resumed, else a new one.
+    fn out_dir(&self, given: Option<PathBuf>, prefix: &str) -> PathBuf {
+        let from_resume = self.resume.as_ref().map(|r| {
+            if r.is_dir() {
+                r.clone()
+            } else {
+                r.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+        });
+        out_dir(given.or(from_resume), prefix)
+    }
+
+    fn checkpointing(&self, out: &Path) -> job::Checkpointing {
+        job::Checkpointing {
+            path: Some(out.join(job::CHECKPOINT_FILE)),
+            every: self.checkpoint_every,
+            resume: self.resume.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -434,14 +464,15 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(opts.lr);
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, "pretrain");
+    let out = a.train.out_dir(a.out, "pretrain");
     let path = out.join("model.safetensors");
-    let r = job::pretrain(
+    let r = job::pretrain_with(
         a.model.config(data.train.classes)?,
         &data,
         &opts,
         device,
         &path,
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "pretrained: test accuracy {:.2}% ({} images), {:.1}s, {:.0} img/s; weights: {}",
@@ -464,9 +495,9 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(method.default_lr());
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, &format!("finetune-{}", method.name()));
+    let out = a.train.out_dir(a.out, &format!("finetune-{}", method.name()));
     let config = a.model.config(data.train.classes)?;
-    let r = job::finetune(
+    let r = job::finetune_with(
         &config,
         &a.weights,
         &data,
@@ -475,6 +506,7 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
         &opts,
         device,
         Some(&out),
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "{}: trainable {} of {} parameters, test accuracy {:.2}% ({} images), {:.1}s; saved to {}",
