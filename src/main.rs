@@ -495,7 +495,9 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(method.default_lr());
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = a.train.out_dir(a.out, &format!("finetune-{}", method.name()));
+    let out = a
+        .train
+        .out_dir(a.out, &format!("finetune-{}", method.name()));
     let config = a.model.config(data.train.classes)?;
     let r = job::finetune_with(
         &config,

@@ -149,7 +149,11 @@ pub fn write_checkpoint(
             source,
         })?;
     }
-    write_safetensors_host(path, &tensors, Some(HashMap::from([(META_KEY.into(), json)])))
+    write_safetensors_host(
+        path,
+        &tensors,
+        Some(HashMap::from([(META_KEY.into(), json)])),
+    )
 }
 
 /// Reads a checkpoint (a file, or a folder holding [`CHECKPOINT_FILE`]).
@@ -185,7 +189,9 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         } else if let Some(o) = name.strip_prefix(OPTIM) {
             optimizer.push((o.to_string(), t));
         } else {
-            return Err(format(format!("unexpected tensor `{name}` in a checkpoint")));
+            return Err(format(format!(
+                "unexpected tensor `{name}` in a checkpoint"
+            )));
         }
     }
     Ok(Checkpoint {
@@ -202,7 +208,10 @@ impl Checkpoint {
         let m = &self.meta;
         let mut problems = Vec::new();
         if m.kind != kind {
-            problems.push(format!("it was written by a `{}` run, not `{kind}`", m.kind));
+            problems.push(format!(
+                "it was written by a `{}` run, not `{kind}`",
+                m.kind
+            ));
         }
         if m.seed != seed {
             problems.push(format!("its seed is {}, this run's {seed}", m.seed));
@@ -257,10 +266,7 @@ impl Checkpoint {
         if !problems.is_empty() {
             return Err(Error::Format {
                 path: self.path.display().to_string(),
-                msg: format!(
-                    "checkpoint does not fit the model: {}",
-                    problems.join("; ")
-                ),
+                msg: format!("checkpoint does not fit the model: {}", problems.join("; ")),
             });
         }
         for (name, t) in params {

@@ -11,20 +11,20 @@ mod report;
 pub use checkpoint::{Checkpointing, CHECKPOINT_FILE};
 pub use report::{write_report, ComparisonReport};
 
+use crate::autodiff::Grads;
 use crate::backend::Device;
 use crate::data::batch::{Batcher, RandomTranslate, Sequential};
 use crate::data::{Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::io::{atomic_write, load_model, save_model};
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
-use crate::autodiff::Grads;
 use crate::optim::{AdamW, Optimizer};
-use crate::tensor::Tensor;
-use checkpoint::{read_checkpoint, write_checkpoint, CheckpointMeta};
-use std::cell::RefCell;
 use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use crate::tensor::Tensor;
 use crate::train::{evaluate, train, Evaluation, StepLog, TrainOptions};
+use checkpoint::{read_checkpoint, write_checkpoint, CheckpointMeta};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -268,8 +268,8 @@ pub fn train_and_evaluate_with(
             let Some(path) = &ckpt.path else {
                 return Ok(());
             };
-            let due = log.step == opts.steps
-                || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
+            let due =
+                log.step == opts.steps || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
             if due {
                 let meta = CheckpointMeta {
                     version: 1,
@@ -310,8 +310,7 @@ pub fn train_and_evaluate_with(
     let train_seconds = began.elapsed().as_secs_f64();
     let eval = evaluate(model, device, Sequential::new(test, 250)?)?;
     let seconds = began.elapsed().as_secs_f64();
-    let images_per_second =
-        (opts.steps - start) as f64 * batch as f64 / train_seconds.max(1e-9);
+    let images_per_second = (opts.steps - start) as f64 * batch as f64 / train_seconds.max(1e-9);
     Ok((logs, eval, seconds, images_per_second))
 }
 
