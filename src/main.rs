@@ -280,6 +280,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(lr) = a.lr {
                 check_positive("--lr", lr as f64)?;
             }
+            for m in a.methods.split(',') {
+                Method::parse(m.trim())?;
+            }
         }
         Command::Finetune(a) => {
             check_adapter_args(&a.adapter)?;

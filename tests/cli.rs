@@ -91,7 +91,7 @@ fn assert_fails(out: &Output, needles: &[&str]) -> String {
     }
     stderr
         .lines()
-        .find(|l| l.starts_with("error:"))
+        .rfind(|l| l.starts_with("error: "))
         .unwrap_or_default()
         .to_string()
 }
