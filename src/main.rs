@@ -86,7 +86,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
     /// Continue from a checkpoint (its file, or the folder holding checkpoint.safetensors); pass the same
-    /// flags as the interrupted run. --out defaults to the checkpoint's folder.
+    /// flags as the interrupted run for bit-identical results (seed, batch size and method must match; a
+    /// lower --lr after a divergence is allowed). --out defaults to the checkpoint's folder.
     #[arg(long)]
     resume: Option<PathBuf>,
 }

@@ -604,13 +604,27 @@ pub fn compare(
             opts.pretrain.steps,
             opts.pretrain.batch_size
         ));
-        let r = pretrain(
+        // A training checkpoint beside the cached weights: a run killed mid-pretraining picks up where it
+        // stopped (the name carries the same configuration hash, so it always fits).
+        let training = checkpoint.with_extension("checkpoint.safetensors");
+        let resume = (!opts.fresh && training.is_file()).then(|| training.clone());
+        if let Some(r) = &resume {
+            log(&format!("resuming pretraining from {}", r.display()));
+        }
+        let r = pretrain_with(
             opts.config.clone(),
             source,
             &opts.pretrain,
             device,
             &checkpoint,
+            &Checkpointing {
+                path: Some(training.clone()),
+                every: 50,
+                resume,
+            },
         )?;
+        // The finished weights are cached; the training state is no longer needed.
+        let _ = std::fs::remove_file(&training);
         log(&format!(
             "pretrained: source test accuracy {:.2}% in {:.1}s ({:.0} img/s); saved {}",
             100.0 * r.eval.accuracy,
