@@ -13,8 +13,11 @@ pub enum Error {
     /// Tensors on different devices were combined.
     #[error("{op}: operands live on different devices ({a} and {b})")]
     DeviceMismatch {
+        /// The operation's name.
         op: &'static str,
+        /// The first operand's device.
         a: String,
+        /// The second operand's device.
         b: String,
     },
     /// The device could not be created or failed while running.
@@ -26,7 +29,9 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     /// A file's contents are malformed.

@@ -50,6 +50,18 @@ enum Command {
     Eval(EvalArgs),
     /// Merge an adapter into its base weights and write the merged model.
     Merge(MergeArgs),
+    /// Measure matmul, convolution and training-step speed on the chosen device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Fewer repetitions and smaller sizes (a smoke test of the figures).
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON (for machines) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -292,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
             Method::parse(&a.method)?;
         }
         Command::Pretrain(a) => check_train_args(&a.train)?,
-        Command::Eval(_) | Command::Merge(_) => {}
+        Command::Eval(_) | Command::Merge(_) | Command::Bench(_) => {}
     }
     let device = job::select_device(&common.device)?;
     eprintln!("device: {}", device.name());
@@ -302,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => run_finetune(a, &common, &device),
         Command::Eval(a) => run_eval(a, &device),
         Command::Merge(a) => run_merge(a, &device),
+        Command::Bench(a) => run_bench(a, &device),
     }
 }
 
@@ -583,5 +596,44 @@ fn run_merge(a: MergeArgs, device: &Device) -> Result<()> {
         a.out.display(),
         net.num_parameters()
     );
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    let results = liera::job::bench::suite(device, a.quick)?;
+    let peak = liera::job::bench::peak_memory_bytes();
+    if a.json {
+        let doc = serde_json::json!({
+            "device": device.name(),
+            "threads": rayon::current_num_threads(),
+            "peak_rss_bytes": peak,
+            "results": results,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("a JSON value serialises")
+        );
+        return Ok(());
+    }
+    println!("device: {}", device.name());
+    println!(
+        "{:<58} {:>10} {:>10} {:>10}",
+        "benchmark", "median ms", "GFLOP/s", "images/s"
+    );
+    for r in &results {
+        println!(
+            "{:<58} {:>10.3} {:>10} {:>10}",
+            r.name,
+            1e3 * r.median_s,
+            r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+            r.images_per_s.map_or("-".into(), |i| format!("{i:.0}"))
+        );
+    }
+    if let Some(p) = peak {
+        println!(
+            "peak resident memory: {:.0} MiB",
+            p as f64 / (1 << 20) as f64
+        );
+    }
     Ok(())
 }

@@ -271,15 +271,25 @@ impl Conv2dParams {
 /// Everything a conv2d kernel needs: input NCHW, weight OIHW (I = c_in / groups), output NCHW.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dGeometry {
+    /// N: images.
     pub batch: usize,
+    /// C: input channels.
     pub c_in: usize,
+    /// Input height.
     pub h_in: usize,
+    /// Input width.
     pub w_in: usize,
+    /// O: output channels.
     pub c_out: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Output height.
     pub h_out: usize,
+    /// Output width.
     pub w_out: usize,
+    /// Stride, padding, dilation and groups.
     pub params: Conv2dParams,
 }
 

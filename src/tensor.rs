@@ -90,6 +90,15 @@ impl Tensor {
         Tensor::build(shape.into(), storage, device.clone(), false, None)
     }
     /// A trainable leaf (requires gradients) from host data.
+    ///
+    /// ```
+    /// use liera::{Device, Tensor};
+    /// let w = Tensor::param(&[1.0, -2.0], [2], &Device::cpu())?;
+    /// assert!(w.requires_grad() && w.is_leaf());
+    /// let y = w.mul_scalar(3.0)?; // recorded on the tape because w requires gradients
+    /// assert!(y.requires_grad() && !y.is_leaf());
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn param(data: &[f32], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(data, shape, device)?.to_param())
     }

@@ -21,8 +21,11 @@ pub trait Classifier {
 /// One mini-batch on the host: images (N, C, H, W) row-major and their labels.
 #[derive(Clone, Debug)]
 pub struct Batch {
+    /// N·C·H·W values, row-major.
     pub images: Vec<f32>,
+    /// (N, C, H, W).
     pub dims: [usize; 4],
+    /// One label per image.
     pub labels: Vec<usize>,
 }
 
@@ -36,9 +39,13 @@ impl Batch {
 /// Hyper-parameters of a training run.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    /// Optimizer steps.
     pub steps: u64,
+    /// Peak learning rate (after warmup).
     pub lr: f32,
+    /// Final learning rate of the cosine schedule.
     pub min_lr: f32,
+    /// Linear warmup steps.
     pub warmup: u64,
     /// Global gradient-norm limit (None: no clipping).
     pub clip_norm: Option<f32>,
@@ -51,7 +58,9 @@ pub struct TrainOptions {
 pub struct StepLog {
     /// 1-based step number.
     pub step: u64,
+    /// The batch loss at that step.
     pub loss: f32,
+    /// The learning rate used at that step.
     pub lr: f32,
     /// Seconds since the start of the run.
     pub elapsed: f64,
@@ -155,8 +164,11 @@ pub fn evaluate(
 /// The result of [`evaluate`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
+    /// Fraction of examples classified correctly.
     pub accuracy: f64,
+    /// Mean cross-entropy.
     pub loss: f64,
+    /// Number of examples evaluated.
     pub examples: usize,
 }
 

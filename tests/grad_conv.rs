@@ -185,6 +185,45 @@ fn conv2d_convnext_layers() {
             true,
         ),
         ("pointwise", 2, 3, 3, 5, 8, 1, 1, d, true),
+        // Output rows of 16 or more take the CPU's plane-wise depthwise paths (the random cases above are
+        // small enough to take the channels-last one): stride 1 with a padded plane, and the generic loops
+        // for stride 2; dilation 2 as well.
+        (
+            "depthwise 7x7 wide",
+            1,
+            2,
+            4,
+            20,
+            2,
+            7,
+            7,
+            d.padding(3).groups(2),
+            false,
+        ),
+        (
+            "depthwise 3x3 dilated wide",
+            1,
+            2,
+            5,
+            20,
+            2,
+            3,
+            3,
+            d.padding(1).dilation(2).groups(2),
+            true,
+        ),
+        (
+            "depthwise 3x3 stride 2 wide",
+            1,
+            2,
+            5,
+            36,
+            2,
+            3,
+            3,
+            d.padding(1).stride(2).groups(2),
+            true,
+        ),
     ];
     for (name, n, c, h, w, o, kh, kw, params, bias) in cases {
         let case = ConvCase {

@@ -44,12 +44,28 @@ fn ref_log_softmax(x: &[f64], (outer, len, inner): (usize, usize, usize)) -> Vec
     y
 }
 
+/// The smallest variance over the normalised rows of an (outer, len, inner) view. Layer norm's gradient
+/// carries 1/σ³ terms, so rows whose entries nearly coincide (σ² not far above ε) make the f32 gradient
+/// ill-conditioned; the tests keep σ² ≥ 0.05.
+fn min_row_variance(x: &[f64], (outer, len, inner): (usize, usize, usize)) -> f64 {
+    let mut min = f64::INFINITY;
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |c: usize| x[(o * len + c) * inner + i];
+            let mu = (0..len).map(at).sum::<f64>() / len as f64;
+            let var = (0..len).map(|c| (at(c) - mu).powi(2)).sum::<f64>() / len as f64;
+            min = min.min(var);
+        }
+    }
+    min
+}
+
 fn small_shape(rank: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(1usize..5, rank)
 }
 
-// Layer norm divides by σ, so its gradient has terms of size 1/σ; inputs spread over [−2, 2] with ≥ 2
-// entries keep σ away from 0 (a single entry has σ = 0 and y = β exactly, tested with len ≥ 2 only).
+// Layer norm divides by σ, so its gradient has terms of size 1/σ³; inputs spread over [−2, 2] with ≥ 2
+// entries and every row's σ² ≥ 0.05 (see `min_row_variance`) keep it well conditioned.
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -57,6 +73,7 @@ proptest! {
     fn layer_norm_channels_nchw(n in 1usize..3, c in 2usize..6, h in 1usize..4, w in 1usize..4, affine in 0u8..3, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let mut inputs = vec![input(rng.vec(n * c * h * w, -2.0, 2.0), &[n, c, h, w])];
+        prop_assume!(min_row_variance(&inputs[0].values, (n, c, h * w)) >= 0.05);
         if affine >= 1 { inputs.push(input(rng.vec(c, 0.5, 1.5), &[c])); }
         if affine >= 2 { inputs.push(input(rng.vec(c, -1.0, 1.0), &[c])); }
         for dev in devices() {
@@ -73,6 +90,7 @@ proptest! {
         let rows: usize = lead.iter().product();
         let mut rng = Rng::new(seed);
         let mut inputs = vec![input(rng.vec(rows * c, -2.0, 2.0), &shape)];
+        prop_assume!(min_row_variance(&inputs[0].values, (rows, c, 1)) >= 0.05);
         if affine >= 1 { inputs.push(input(rng.vec(c, 0.5, 1.5), &[c])); }
         if affine >= 2 { inputs.push(input(rng.vec(c, -1.0, 1.0), &[c])); }
         for dev in devices() {

@@ -111,6 +111,19 @@ fn reachable_nodes(root: &Tensor) -> Vec<Tensor> {
 
 impl Tensor {
     /// Back-propagates from this one-element tensor (seed ∂L/∂L = 1) and returns the leaves' gradients.
+    ///
+    /// ```
+    /// use liera::{Device, Tensor};
+    /// let dev = Device::cpu();
+    /// let x = Tensor::param(&[1.0, 2.0, 3.0], [3], &dev)?; // a trainable leaf
+    /// let c = Tensor::from_slice(&[0.5, 0.5, 0.5], [3], &dev)?; // a constant
+    /// // L = Σ x·x + Σ c·x: x is used twice, so its gradient is the sum 2x + c.
+    /// let loss = x.mul(&x)?.sum_all()?.add(&c.mul(&x)?.sum_all()?)?;
+    /// let grads = loss.backward()?;
+    /// assert_eq!(grads.get(&x).unwrap().to_vec()?, vec![2.5, 4.5, 6.5]);
+    /// assert!(grads.get(&c).is_none()); // constants never get a gradient
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn backward(&self) -> Result<Grads> {
         if self.numel() != 1 {
             return Err(Error::shape(
@@ -185,6 +198,17 @@ impl Tensor {
     }
 
     /// The tape that produced this tensor, printable op by op.
+    ///
+    /// ```
+    /// use liera::{Device, Tensor};
+    /// let dev = Device::cpu();
+    /// let a = Tensor::param(&[1.0; 6], [2, 3], &dev)?;
+    /// let b = Tensor::from_slice(&[0.5; 3], [3], &dev)?;
+    /// let loss = a.mul(&b)?.exp()?.sum_all()?;
+    /// assert_eq!(loss.tape().ops(), ["mul", "exp", "sum"]);
+    /// println!("{}", loss.tape()); // #7 = mul(#1 param [2, 3], #2 const [3]) -> [2, 3] ...
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn tape(&self) -> Tape {
         Tape {
             nodes: reachable_nodes(self),

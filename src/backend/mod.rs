@@ -66,17 +66,23 @@ pub enum BinaryOp {
     GeluBackward,
 }
 
-/// A batched matrix product C[b] = op(A[b]) · op(B[b]) where op transposes when asked.
+/// A batched matrix product C\[b\] = op(A\[b\]) · op(B\[b\]) where op transposes when asked.
 ///
 /// op(A) is m×k and op(B) is k×n; A is stored row-major as m×k (or k×m when `trans_a`), B as k×n (or n×k
 /// when `trans_b`). Batch strides of 0 broadcast one matrix over the batch. C is contiguous (batch, m, n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
+    /// Number of matrix products (the product of the batch axes).
     pub batch: usize,
+    /// Rows of op(A) and of C.
     pub m: usize,
+    /// Columns of op(A), rows of op(B): the summed dimension.
     pub k: usize,
+    /// Columns of op(B) and of C.
     pub n: usize,
+    /// Use Aᵀ: A is stored k×m.
     pub trans_a: bool,
+    /// Use Bᵀ: B is stored n×k.
     pub trans_b: bool,
     /// Elements between consecutive A matrices (0: the same A for every batch entry).
     pub a_batch_stride: usize,
@@ -89,8 +95,11 @@ pub struct MatmulSpec {
 /// class axis of a softmax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AxisLayout {
+    /// Product of the dimensions before the axis.
     pub outer: usize,
+    /// Length of the axis.
     pub len: usize,
+    /// Product of the dimensions after the axis.
     pub inner: usize,
 }
 
@@ -105,14 +114,18 @@ impl AxisLayout {
 /// are kept for the backward kernel.
 #[derive(Clone, Debug)]
 pub struct LayerNormOutput {
+    /// The normalised (and scaled and shifted) output, x's shape.
     pub y: Storage,
+    /// μ per normalised vector (outer·inner entries).
     pub mean: Storage,
+    /// r = 1/√(σ² + ε) per normalised vector (outer·inner entries).
     pub rstd: Storage,
 }
 
 /// Gradients from the layer-norm backward kernel.
 #[derive(Clone, Debug)]
 pub struct LayerNormGrads {
+    /// ∂L/∂x, x's shape.
     pub dx: Storage,
     /// Σ over outer and inner of dy·x̂, one per channel.
     pub dweight: Storage,
@@ -149,7 +162,7 @@ pub trait Backend: Send + Sync {
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
-    /// Reorders axes: y has dimensions dims[perm[0]], dims[perm[1]], ... where x has `dims`.
+    /// Reorders axes: y has dimensions dims\[perm\[0\]\], dims\[perm\[1\]\], ... where x has `dims`.
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
 
     /// 2-D convolution y = x ⋆ w (+ bias per output channel), NCHW input, OIHW weight.

@@ -64,6 +64,7 @@ impl SplitMix64 {
 
 /// An in-place transformation of a batch of images (N, C, H, W), drawing its randomness from `rng`.
 pub trait Augment {
+    /// Transforms `images` of shape `dims` = (N, C, H, W) in place.
     fn apply(&self, images: &mut [f32], dims: [usize; 4], rng: &mut SplitMix64);
 }
 
@@ -78,7 +79,9 @@ impl<F: Fn(&mut [f32], [usize; 4], &mut SplitMix64)> Augment for F {
 /// value of a black pixel, for "zero fill" in pixel space). All channels of an image move together.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RandomTranslate {
+    /// Largest shift in pixels, in each direction.
     pub max_shift: usize,
+    /// Value written into the uncovered border.
     pub fill: f32,
 }
 

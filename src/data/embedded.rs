@@ -55,6 +55,13 @@ fn load_embedded(split: &EmbeddedSplit, norm: Normalization) -> Result<Dataset> 
 
 /// The embedded MNIST subset (12,000 train, 1,200 per digit; 2,000 test, 200 per digit), 1×28×28,
 /// normalised with [`Normalization::MNIST`].
+///
+/// ```
+/// use liera::data::embedded_mnist;
+/// let mnist = embedded_mnist()?;
+/// assert_eq!((mnist.train.len(), mnist.test.len()), (12_000, 2_000));
+/// # Ok::<(), liera::Error>(())
+/// ```
 pub fn embedded_mnist() -> Result<Splits> {
     Ok(Splits {
         train: load_embedded(&MNIST_TRAIN, Normalization::MNIST)?,

@@ -24,7 +24,9 @@ pub const IDX_UBYTE: u8 = 0x08;
 /// A parsed IDX file: its dimensions and its items (unsigned bytes, row-major).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Idx<'a> {
+    /// The dimensions from the header (e.g. (count, rows, cols) for images).
     pub dims: Vec<usize>,
+    /// The items, row-major, borrowed from the input when possible.
     pub data: Cow<'a, [u8]>,
 }
 
@@ -190,9 +192,13 @@ pub fn read_idx_file(path: &Path) -> Result<Idx<'static>> {
 /// Images from an IDX file: `count` images of `rows × cols` unsigned-byte pixels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawImages {
+    /// Number of images.
     pub count: usize,
+    /// Rows (height) of each image.
     pub rows: usize,
+    /// Columns (width) of each image.
     pub cols: usize,
+    /// count·rows·cols pixels, row-major.
     pub pixels: Vec<u8>,
 }
 

@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 /// Per-channel affine normalisation applied after scaling pixels to [0, 1]: `x' = (x - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
+    /// Mean of the [0, 1]-scaled pixels, subtracted first.
     pub mean: f32,
+    /// Standard deviation the centred pixels are divided by.
     pub std: f32,
 }
 
@@ -96,10 +98,15 @@ impl Normalization {
 pub struct Dataset {
     /// N·C·H·W values, row-major.
     pub images: Vec<f32>,
+    /// One label per image, each in `0..classes`.
     pub labels: Vec<usize>,
+    /// Channels C of every image.
     pub channels: usize,
+    /// Height H of every image.
     pub height: usize,
+    /// Width W of every image.
     pub width: usize,
+    /// Number of classes.
     pub classes: usize,
     /// How the images were normalised (and so which value a black pixel has).
     pub normalization: Normalization,
@@ -108,7 +115,9 @@ pub struct Dataset {
 /// A training split and a test split of the same task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Splits {
+    /// The training split.
     pub train: Dataset,
+    /// The test split.
     pub test: Dataset,
 }
 

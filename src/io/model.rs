@@ -21,6 +21,30 @@ use std::path::Path;
 pub type LoadNotes = Vec<String>;
 
 /// Saves the model's base parameters (not adapter factors) under their timm names, atomically.
+///
+/// ```
+/// use liera::io::{load_model, save_model};
+/// use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
+/// use liera::Device;
+/// let dev = Device::cpu();
+/// let cfg = ConvNeXtConfig { in_chans: 1, num_classes: 3, dims: vec![8, 16], depths: vec![1, 1],
+///                            ..ConvNeXtConfig::atto() };
+/// let saved = ConvNeXt::new(cfg.clone().with_seed(1), &dev)?;
+/// let dir = std::env::temp_dir().join(format!("liera-doc-io-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("model.safetensors");
+/// save_model(&saved, &path)?;
+///
+/// let mut loaded = ConvNeXt::new(cfg.with_seed(2), &dev)?; // other weights, same layout
+/// let notes = load_model(&mut loaded, &path)?;
+/// assert!(notes.is_empty()); // every key copied one to one
+/// let values = |m: &ConvNeXt| -> Vec<Vec<f32>> {
+///     m.named_parameters().iter().map(|(_, t)| t.to_vec().unwrap()).collect()
+/// };
+/// assert_eq!(values(&loaded), values(&saved)); // bit-exact
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), liera::Error>(())
+/// ```
 pub fn save_model(model: &dyn Module, path: &Path) -> Result<()> {
     let mut tensors = Vec::new();
     model.visit("", &mut |name, p| {

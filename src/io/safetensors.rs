@@ -15,7 +15,9 @@ use std::path::Path;
 /// An array on the host, as read from a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// The dimensions.
     pub shape: Vec<usize>,
+    /// The values, row-major, converted to f32.
     pub data: Vec<f32>,
 }
 

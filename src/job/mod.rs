@@ -5,6 +5,7 @@
 //! Everything here is library code so that tests can run a shortened comparison; the command in
 //! `src/main.rs` only parses flags and prints.
 
+pub mod bench;
 pub mod checkpoint;
 mod report;
 
@@ -89,11 +90,17 @@ impl Method {
 /// Options of a training run (pretraining or fine-tuning).
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// Optimizer steps.
     pub steps: u64,
+    /// Images per step.
     pub batch_size: usize,
+    /// Peak learning rate (after warmup).
     pub lr: f32,
+    /// AdamW decoupled weight decay.
     pub weight_decay: f32,
+    /// Linear warmup steps before the cosine decay.
     pub warmup: u64,
+    /// Seed of batching, augmentation and initialisation.
     pub seed: u64,
     /// Random translation of training images by up to this many pixels (0: none).
     pub augment_shift: usize,
@@ -124,6 +131,7 @@ impl RunOptions {
 /// The outcome of one training run.
 #[derive(Clone, Debug)]
 pub struct RunResult {
+    /// The method's name as printed in the table.
     pub method: String,
     /// Trainable scalars.
     pub trainable: usize,
@@ -135,6 +143,7 @@ pub struct RunResult {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_second: f64,
+    /// The logged steps (loss, learning rate, time).
     pub logs: Vec<StepLog>,
 }
 
@@ -374,7 +383,9 @@ pub fn pretrain_with(
 /// What the adapter methods adapt and with which rank.
 #[derive(Clone, Debug)]
 pub struct AdapterOptions {
+    /// Rank r of ΔW = (α/r)·B·A.
     pub rank: usize,
+    /// α (the scale is α/r).
     pub alpha: f32,
     /// Comma-separated module-path patterns.
     pub targets: String,
@@ -514,10 +525,15 @@ pub fn finetune_with(
 /// Everything the comparison needs.
 #[derive(Clone, Debug)]
 pub struct CompareOptions {
+    /// The ConvNeXt architecture.
     pub config: ConvNeXtConfig,
+    /// Options of the pretraining run on the source task.
     pub pretrain: RunOptions,
+    /// Options of each fine-tuning run on the target task.
     pub finetune: RunOptions,
+    /// Rank, α and targets of the adapter methods.
     pub adapter: AdapterOptions,
+    /// The methods to compare, in table order.
     pub methods: Vec<Method>,
     /// Fine-tuning seeds (one comparison per seed; the pretrained model is shared).
     pub seeds: Vec<u64>,

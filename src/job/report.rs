@@ -10,14 +10,21 @@ use std::path::{Path, PathBuf};
 /// Everything the comparison measured.
 #[derive(Clone, Debug)]
 pub struct ComparisonReport {
+    /// The device's name.
     pub device: String,
+    /// The architecture (version, dims, depths).
     pub model: String,
+    /// Source-task (pretraining) training images.
     pub source_images: usize,
+    /// Target-task (fine-tuning) training images.
     pub target_images: usize,
+    /// Target-task test images.
     pub target_test_images: usize,
     /// The pretraining run, when it ran now (None: the cached checkpoint was reused).
     pub pretrain: Option<RunResult>,
+    /// The pretrained checkpoint used.
     pub checkpoint: PathBuf,
+    /// The options the comparison ran with.
     pub opts: CompareOptions,
     /// (seed, result) for every method and seed.
     pub runs: Vec<(u64, RunResult)>,

@@ -11,9 +11,13 @@ use crate::tensor::Tensor;
 /// A convolution layer.
 #[derive(Debug)]
 pub struct Conv2d {
+    /// The base kernel W (O, C/groups, kh, kw).
     pub weight: Param,
+    /// The bias (O), if any.
     pub bias: Option<Param>,
+    /// Stride, padding, dilation and groups.
     pub params: Conv2dParams,
+    /// A PEFT adapter reparameterising `weight`, if attached.
     pub adapter: Option<Adapter>,
 }
 

@@ -30,6 +30,7 @@ use super::norm::CONVNEXT_LN_EPS;
 pub struct ConvNeXtConfig {
     /// Input channels (3 for RGB, 1 for the embedded grey-scale data).
     pub in_chans: usize,
+    /// Classes of the classifier head.
     pub num_classes: usize,
     /// Channels of the four (or fewer) stages.
     pub dims: Vec<usize>,
@@ -170,7 +171,9 @@ impl ConvNeXtConfig {
 /// A pointwise (channel-mixing) layer of the MLP: a 1×1 convolution on NCHW or a Linear on NHWC.
 #[derive(Debug)]
 pub enum Pointwise {
+    /// A 1×1 convolution on NCHW (`conv_mlp`).
     Conv(Conv2d),
+    /// A Linear over the last axis of NHWC.
     Linear(Linear),
 }
 
@@ -213,8 +216,11 @@ impl Pointwise {
 /// The block's MLP: fc1 (C → 4C), GELU, GRN (v2), fc2 (4C → C).
 #[derive(Debug)]
 pub struct Mlp {
+    /// Expansion C → 4C.
     pub fc1: Pointwise,
+    /// GRN after the activation (v2 only).
     pub grn: Option<Grn>,
+    /// Projection 4C → C.
     pub fc2: Pointwise,
 }
 
@@ -260,7 +266,9 @@ impl Module for Mlp {
 /// The block's norm: channels-first (conv MLP) or last-axis on NHWC (Linear MLP).
 #[derive(Debug)]
 pub enum BlockNorm {
+    /// Channels-first layer norm on NCHW.
     Channels(LayerNorm2d),
+    /// Last-axis layer norm on NHWC.
     Last(LayerNorm),
 }
 
@@ -282,11 +290,15 @@ impl BlockNorm {
 /// One ConvNeXt block (see the module docs).
 #[derive(Debug)]
 pub struct Block {
+    /// The 7×7 depthwise convolution.
     pub conv_dw: Conv2d,
+    /// The norm after the depthwise convolution.
     pub norm: BlockNorm,
+    /// The inverted-bottleneck MLP.
     pub mlp: Mlp,
     /// Layer scale γ (v1), shape (C).
     pub gamma: Option<Param>,
+    /// Stochastic depth on the residual branch.
     pub drop_path: DropPath,
 }
 
@@ -378,7 +390,9 @@ impl Module for Block {
 /// A stage: an optional downsample (LayerNorm2d, conv 2×2 stride 2) then blocks.
 #[derive(Debug)]
 pub struct Stage {
+    /// Norm and stride-2 convolution at the start of stages after the first.
     pub downsample: Option<(LayerNorm2d, Conv2d)>,
+    /// The stage's blocks.
     pub blocks: Vec<Block>,
 }
 
@@ -436,7 +450,9 @@ impl Module for Stage {
 /// The classifier head: global average pool, LayerNorm over channels, Linear.
 #[derive(Debug)]
 pub struct Head {
+    /// Layer norm of the pooled features.
     pub norm: LayerNorm,
+    /// The classifier.
     pub fc: Linear,
 }
 
@@ -452,9 +468,13 @@ impl Head {
 /// A ConvNeXt (v1 or v2) image classifier.
 #[derive(Debug)]
 pub struct ConvNeXt {
+    /// The architecture this network was built from.
     pub config: ConvNeXtConfig,
+    /// Patchify stem: a stride-4 4×4 convolution and a channels-first norm.
     pub stem: (Conv2d, LayerNorm2d),
+    /// The stages.
     pub stages: Vec<Stage>,
+    /// Pooling, norm and classifier.
     pub head: Head,
     device: Device,
 }

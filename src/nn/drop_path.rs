@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// DropPath with drop probability `prob`.
 #[derive(Debug)]
 pub struct DropPath {
+    /// Probability of dropping a sample's residual branch in training.
     pub prob: f32,
     seed: u64,
     calls: AtomicU64,

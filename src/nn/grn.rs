@@ -10,9 +10,13 @@ use crate::tensor::Tensor;
 /// GRN over `c` channels, channels-first or channels-last.
 #[derive(Debug)]
 pub struct Grn {
+    /// γ (C).
     pub weight: Param,
+    /// β (C).
     pub bias: Param,
+    /// ε of the divisive normalisation.
     pub eps: f32,
+    /// True for (N, H, W, C) input, false for (N, C, H, W).
     pub channels_last: bool,
 }
 

@@ -10,8 +10,11 @@ use crate::tensor::Tensor;
 /// A linear layer with an optional bias and an optional adapter.
 #[derive(Debug)]
 pub struct Linear {
+    /// The base weight W (out, in).
     pub weight: Param,
+    /// The bias (out), if any.
     pub bias: Option<Param>,
+    /// A PEFT adapter reparameterising `weight`, if attached.
     pub adapter: Option<Adapter>,
 }
 

@@ -25,8 +25,11 @@ fn visit_affine(w: &Param, b: &Param, prefix: &str, f: &mut dyn FnMut(&str, &Par
 /// Layer norm over axis 1 of (N, C, H, W).
 #[derive(Debug)]
 pub struct LayerNorm2d {
+    /// γ (C).
     pub weight: Param,
+    /// β (C).
     pub bias: Param,
+    /// ε added to the variance.
     pub eps: f32,
 }
 
@@ -59,8 +62,11 @@ impl Module for LayerNorm2d {
 /// Layer norm over the last axis.
 #[derive(Debug)]
 pub struct LayerNorm {
+    /// γ (C).
     pub weight: Param,
+    /// β (C).
     pub bias: Param,
+    /// ε added to the variance.
     pub eps: f32,
 }
 

@@ -2,7 +2,7 @@
 //! included) and an optional per-channel bias.
 //!
 //! Forward (cross-correlation, as in every deep-learning library), for group g of output channel o:
-//!   y[n, o, i, j] = b[o] + Σ_{c ∈ group g} Σ_{p, q} x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w] · w[o, c − g·C/G, p, q]
+//!   y[n, o, i, j] = b\[o\] + Σ_{c ∈ group g} Σ_{p, q} x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w] · w[o, c − g·C/G, p, q]
 //! with out-of-range input positions read as zero.
 //! Shape algebra: H_out = (H + 2·pad_h − d_h·(kh − 1) − 1) / s_h + 1 (likewise W_out); w is (O, C/G, kh, kw).
 //!
@@ -11,7 +11,7 @@
 //!   the transposed convolution of G with w ([`Backend::conv2d_input_grad`](crate::backend::Backend::conv2d_input_grad));
 //! - ∂L/∂w[o, c', p, q] = Σ_{n, i, j} G[n, o, i, j]·x[n, c, i·s_h + p·d_h − pad_h, j·s_w + q·d_w − pad_w]:
 //!   the correlation of x with G ([`Backend::conv2d_weight_grad`](crate::backend::Backend::conv2d_weight_grad));
-//! - ∂L/∂b[o] = Σ_{n, i, j} G[n, o, i, j].
+//! - ∂L/∂b\[o\] = Σ_{n, i, j} G[n, o, i, j].
 //!
 //! In matrix form per image and group (im2col view): Y_g = W_g · X̃_g with W_g (O/G, C/G·kh·kw) and X̃_g the
 //! (C/G·kh·kw, H_out·W_out) patch matrix, so ∂W_g = Σ_n G_g X̃_gᵀ and ∂X̃_g = W_gᵀ G_g (scattered back to x).
@@ -22,6 +22,27 @@ use crate::tensor::Tensor;
 
 impl Tensor {
     /// Convolves this NCHW tensor with an OIHW `weight` (plus an optional bias of shape (O)).
+    ///
+    /// ```
+    /// use liera::{Conv2dParams, Device, Tensor};
+    /// let dev = Device::cpu();
+    /// // x (N=1, C=2, 5×5), a grouped 3×3 kernel (O=4, C/groups=1), stride 2, padding 1.
+    /// let x = Tensor::param(&[0.1; 2 * 5 * 5], [1, 2, 5, 5], &dev)?;
+    /// let w = Tensor::param(&[0.2; 4 * 3 * 3], [4, 1, 3, 3], &dev)?;
+    /// let b = Tensor::param(&[0.0; 4], [4], &dev)?;
+    /// let params = Conv2dParams::default().stride(2).padding(1).groups(2);
+    /// let y = x.conv2d(&w, Some(&b), params)?;
+    /// assert_eq!(y.dims(), [1, 4, 3, 3]); // (5 + 2·1 − 3) / 2 + 1 = 3
+    /// // dX has x's shape, dW the kernel's (summed over the batch), db one entry per output channel.
+    /// let grads = y.sum_all()?.backward()?;
+    /// assert_eq!(grads.get(&x).unwrap().dims(), [1, 2, 5, 5]);
+    /// assert_eq!(grads.get(&w).unwrap().dims(), [4, 1, 3, 3]);
+    /// assert_eq!(grads.get(&b).unwrap().to_vec()?, vec![9.0; 4]); // Σ over the 3×3 outputs
+    /// // Invalid geometry is an error, not a panic: 3 input channels cannot split into 2 groups.
+    /// let odd = Tensor::zeros([1, 3, 5, 5], &dev)?;
+    /// assert!(odd.conv2d(&w, None, params).is_err());
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn conv2d(
         &self,
         weight: &Tensor,

@@ -1,6 +1,6 @@
 //! Cross-entropy of class logits against integer labels, averaged over the batch.
 //!
-//! Forward: L = −(1/N) Σ_n log softmax(z_n)[t_n] for logits z of shape (N, K) and labels t_n ∈ [0, K).
+//! Forward: L = −(1/N) Σ_n log softmax(z_n)\[t_n\] for logits z of shape (N, K) and labels t_n ∈ [0, K).
 //! Computed as −(1/N) Σ_{n,k} onehot(t)_{nk} · log_softmax(z)_{nk}, so the derivative comes from the
 //! composed ops: ∂L/∂z_{nk} = (softmax(z_n)_k − onehot(t_n)_k) / N.
 

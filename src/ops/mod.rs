@@ -2,7 +2,7 @@
 //! doc comment, checks shapes (returning an error that names the op and the shapes), calls the device's
 //! kernel and records the backward rule on the tape.
 //!
-//! Ops are methods on [`Tensor`](crate::Tensor): `a.add(&b)?`, `x.conv2d(&w, Some(&b), params)?`, ...
+//! Ops are methods on [`Tensor`]: `a.add(&b)?`, `x.conv2d(&w, Some(&b), params)?`, ...
 
 pub mod binary;
 pub mod conv2d;

@@ -1,7 +1,7 @@
-//! Permute: reorders axes (y's axis k is x's axis perm[k]); data is copied into the new order.
+//! Permute: reorders axes (y's axis k is x's axis perm\[k\]); data is copied into the new order.
 //!
-//! Shape algebra: y.dims[k] = x.dims[perm[k]].
-//! Backward: ∂L/∂x = permute(g, perm⁻¹) where perm⁻¹[perm[k]] = k.
+//! Shape algebra: y.dims\[k\] = x.dims\[perm\[k\]\].
+//! Backward: ∂L/∂x = permute(g, perm⁻¹) where perm⁻¹\[perm\[k\]\] = k.
 
 use crate::error::{Error, Result};
 use crate::shape::Shape;

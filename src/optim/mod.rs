@@ -1,7 +1,7 @@
 //! Optimizers and learning-rate schedules.
 //!
 //! Parameters are passed as `(name, tensor)` pairs (the names a model's `named_parameters` gives), gradients
-//! as the [`Grads`](crate::Grads) of a backward pass. Updates are written with the engine's own tensor ops
+//! as the [`Grads`] of a backward pass. Updates are written with the engine's own tensor ops
 //! under [`no_grad`](crate::no_grad) and stored with [`Tensor::assign`](crate::Tensor::assign), so they run
 //! on whatever device holds the parameters (no readback on a GPU). Optimizer state is keyed by parameter
 //! name, so it can be saved in a checkpoint and restored ([`Optimizer::state`], [`Optimizer::load_state`]).

@@ -11,9 +11,13 @@ use crate::error::{Error, Result};
 /// A cosine schedule over `total` steps with `warmup` linear warmup steps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CosineSchedule {
+    /// Learning rate at the end of warmup.
     pub base_lr: f32,
+    /// Learning rate the cosine decays to (reached at `total`).
     pub min_lr: f32,
+    /// Linear warmup steps.
     pub warmup: u64,
+    /// Total steps of the schedule.
     pub total: u64,
 }
 

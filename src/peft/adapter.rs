@@ -181,6 +181,26 @@ impl Adapter {
     }
 
     /// W' from the base kernel W (see the module docs); recorded on the tape when A or B trains.
+    ///
+    /// ```
+    /// use liera::nn::InitRng;
+    /// use liera::peft::{Adapter, AdapterKind};
+    /// use liera::{Device, Shape, Tensor};
+    /// let dev = Device::cpu();
+    /// let w = Tensor::from_slice(&[0.0, 0.5, -0.25, 1.0], [2, 2], &dev)?; // a 2×2 "kernel" with a zero
+    /// let mut adapter = |kind| Adapter::new(kind, "demo", &Shape::new([2, 2]), 1, 1.0,
+    ///                                       &mut InitRng::new(3), &dev);
+    /// let (liera, lora) = (adapter(AdapterKind::Liera)?, adapter(AdapterKind::Lora)?);
+    /// assert_eq!(liera.adapt(&w)?.to_vec()?, w.to_vec()?); // B = 0: W' = W at step 0
+    /// for a in [&liera, &lora] {
+    ///     a.b.tensor().assign(&Tensor::from_slice(&[1.0, -1.0], [2, 1], &dev)?)?;
+    /// }
+    /// let (wl, wa) = (liera.adapt(&w)?.to_vec()?, lora.adapt(&w)?.to_vec()?);
+    /// assert_eq!(wl[0], 0.0); // W ⊙ exp(ΔW): the zero entry cannot move
+    /// assert!(wl[2] < 0.0); // and no sign flips
+    /// assert_ne!(wa[0], 0.0); // W + ΔW moves it
+    /// # Ok::<(), liera::Error>(())
+    /// ```
     pub fn adapt(&self, w: &Tensor) -> Result<Tensor> {
         let (rows, cols) = matrix_view(w.shape());
         if self.b.shape().dims() != [rows, self.rank] || self.a.shape().dims() != [self.rank, cols]

@@ -29,6 +29,32 @@ use crate::nn::Module;
 ///
 /// Errors: rank 0, α ≤ 0, a target or saved-module pattern that matches nothing, a rank above
 /// min(rows, cols) of a matched kernel, a layer that already has an adapter or is both a target and saved.
+///
+/// ```
+/// use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
+/// use liera::peft::{self, AdapterKind, PeftConfig};
+/// use liera::train::Classifier;
+/// use liera::{no_grad, Device, Tensor};
+/// let dev = Device::cpu();
+/// // A tiny ConvNeXt: 1×16×16 images, two stages of widths 8 and 16, one block each, 3 classes.
+/// let cfg = ConvNeXtConfig { in_chans: 1, num_classes: 3, dims: vec![8, 16], depths: vec![1, 1],
+///                            ..ConvNeXtConfig::atto() };
+/// let mut model = ConvNeXt::new(cfg.with_seed(1), &dev)?;
+/// let x = Tensor::from_slice(&[0.3; 2 * 16 * 16], [2, 1, 16, 16], &dev)?;
+/// let before = no_grad(|| model.forward(&x, false))?.to_vec()?;
+///
+/// let peft_cfg = PeftConfig::new(AdapterKind::Liera, 2, 4.0, "conv_dw,mlp.fc1,mlp.fc2")
+///     .with_modules_to_save("head.fc");
+/// let report = peft::apply(&mut model, &peft_cfg)?;
+/// assert_eq!(report.rows.iter().filter(|r| r.method == "liera").count(), 6); // 3 layers × 2 blocks
+/// // B = 0, so the adapted network computes exactly what the base did.
+/// assert_eq!(no_grad(|| model.forward(&x, false))?.to_vec()?, before);
+/// // Only the adapter factors and the head train.
+/// let trainable: usize = model.trainable_parameters().iter().map(|(_, t)| t.numel()).sum();
+/// assert_eq!(trainable, report.trainable);
+/// assert!(trainable < model.num_parameters() / 4);
+/// # Ok::<(), liera::Error>(())
+/// ```
 pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport> {
     cfg.validate()?;
     // Plan first (immutable pass), so errors leave the model untouched.

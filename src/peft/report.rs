@@ -28,6 +28,7 @@ pub struct LayerReport {
 /// Trainable parameters per layer and in total.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainableReport {
+    /// One row per adapted layer and fully trained parameter.
     pub rows: Vec<LayerReport>,
     /// Σ trainable over rows.
     pub trainable: usize,

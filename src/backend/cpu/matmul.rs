@@ -1,23 +1,117 @@
 //! CPU matrix product: a packed, cache-blocked, register-tiled GEMM (the BLIS scheme), no BLAS.
 //!
-//! C += op(A)·op(B) is cut into blocks: KC rows of op(B) × NC columns are packed once into panels NR
-//! columns wide, and each rayon task packs an MC×KC block of op(A) into panels MR rows tall (transposes are
-//! resolved while packing, so every layout costs the same). The micro-kernel keeps an MR×NR tile of C in
-//! registers and adds one outer product of an A column and a B row per step of k; its fixed-size loops are
-//! unrolled and vectorised by the compiler. It is compiled three times, with the instruction set chosen at
-//! run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code (4×8).
+//! C += A·B is cut into blocks: KC rows of B × NC columns are packed once into panels NR columns wide, and
+//! each rayon task packs an MC×KC block of A into panels MR rows tall. The micro-kernel keeps an MR×NR tile
+//! of C in registers and adds one outer product of an A column and a B row per step of k; its fixed-size
+//! loops are unrolled and vectorised by the compiler. It is compiled three times, with the instruction set
+//! chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code (4×8).
+//!
+//! Operands are [`MatView`]s: any matrix whose row and column indices map to memory by a stride, where an
+//! index may also be split into (block, offset) with a second stride. That covers plain and transposed
+//! matrices and also "a batch of images seen as one wide matrix": the columns (n, pixel) of an NCHW tensor,
+//! so a 1×1 convolution over the whole batch is one GEMM instead of one per image. Transposes and layouts
+//! are resolved while packing, so every layout runs the same micro-kernel.
 
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
 
 /// Depth of a packed block (k per pass): an A panel (MR·KC) and a B panel (KC·NR) stay in L1/L2.
 const KC: usize = 256;
-/// Rows of op(A) packed per task.
+/// Rows of A packed per task.
 const MC: usize = 96;
-/// Columns of op(B) packed per pass.
+/// Columns of B packed per pass.
 const NC: usize = 2048;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 16;
+
+/// How one matrix index maps to memory: index i lies at `(i / block)·block_stride + (i % block)·stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Axis {
+    pub stride: usize,
+    pub block: usize,
+    pub block_stride: usize,
+}
+
+impl Axis {
+    /// An ordinary axis with one stride.
+    pub fn plain(stride: usize) -> Axis {
+        Axis {
+            stride,
+            block: usize::MAX,
+            block_stride: 0,
+        }
+    }
+    /// An axis that runs over `block` entries with `stride`, then jumps by `block_stride` (e.g. the
+    /// (image, pixel) columns of an NCHW tensor: block = H·W, stride 1, block_stride = C·H·W).
+    pub fn blocked(stride: usize, block: usize, block_stride: usize) -> Axis {
+        Axis {
+            stride,
+            block: block.max(1),
+            block_stride,
+        }
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> usize {
+        if self.block == usize::MAX {
+            i * self.stride
+        } else {
+            (i / self.block) * self.block_stride + (i % self.block) * self.stride
+        }
+    }
+    /// Offsets of `len` consecutive indices from `i0`, without a division per index.
+    #[inline(always)]
+    fn offsets<const L: usize>(&self, i0: usize, len: usize, out: &mut [usize; L]) {
+        if self.block == usize::MAX {
+            for (j, o) in out.iter_mut().enumerate().take(len) {
+                *o = (i0 + j) * self.stride;
+            }
+            return;
+        }
+        let (mut blk, mut off) = (i0 / self.block, i0 % self.block);
+        for o in out.iter_mut().take(len) {
+            *o = blk * self.block_stride + off * self.stride;
+            off += 1;
+            if off == self.block {
+                off = 0;
+                blk += 1;
+            }
+        }
+    }
+}
+
+/// A read-only matrix of `rows`×`cols` over `data` (see [`Axis`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatView<'a> {
+    pub data: &'a [f32],
+    pub rows: Axis,
+    pub cols: Axis,
+}
+
+impl<'a> MatView<'a> {
+    /// A row-major r×c matrix, or its transpose when `transposed` (then `data` holds c×r row-major).
+    pub fn dense(data: &'a [f32], r: usize, c: usize, transposed: bool) -> Self {
+        if transposed {
+            MatView {
+                data,
+                rows: Axis::plain(1),
+                cols: Axis::plain(r),
+            }
+        } else {
+            MatView {
+                data,
+                rows: Axis::plain(c),
+                cols: Axis::plain(1),
+            }
+        }
+    }
+}
+
+/// The writable output of a product: C[i, j] lives at `ptr + rows.at(i) + cols.at(j)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutView {
+    pub rows: Axis,
+    pub cols: Axis,
+}
 
 /// C[b] = op(A[b]) · op(B[b]), contiguous (batch, m, n).
 pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
@@ -55,7 +149,7 @@ fn isa() -> Isa {
     Isa::Portable
 }
 
-/// c += op(a)·op(b) for one m×k by k×n product; c is m×n row-major. Shared with the convolution kernels.
+/// c += op(a)·op(b) for one m×k by k×n product; c is m×n row-major.
 ///
 /// `a` is m×k row-major (k×m when `trans_a`); `b` is k×n row-major (n×k when `trans_b`).
 #[allow(clippy::too_many_arguments)]
@@ -69,220 +163,161 @@ pub(crate) fn gemm_acc(
     trans_a: bool,
     trans_b: bool,
 ) {
-    if m * n == 0 || k == 0 {
-        return;
-    }
-    let view = Operands {
-        a,
-        b,
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
+    let out = OutView {
+        rows: Axis::plain(n),
+        cols: Axis::plain(1),
     };
-    match isa() {
-        Isa::Avx512 => gemm_blocked::<6, 32>(&view, c, tile_avx512),
-        Isa::Avx2Fma => gemm_blocked::<6, 16>(&view, c, tile_avx2),
-        Isa::Portable => gemm_blocked::<4, 8>(&view, c, tile_portable),
+    // SAFETY: `out` addresses exactly the m×n row-major elements of `c`, which we borrow mutably.
+    unsafe {
+        gemm_view(
+            &MatView::dense(a, m, k, trans_a),
+            &MatView::dense(b, k, n, trans_b),
+            c.as_mut_ptr(),
+            &out,
+            m,
+            k,
+            n,
+        )
     }
 }
 
-/// Adds one MR×NR tile product (packed panels `a`, `b`) to C at `c` (row stride `ldc`), writing only the
-/// leading `mr`×`nr` corner.
-type TileFn = unsafe fn(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize);
+/// C += A·B for general views (A m×k, B k×n) into the output view at `c`.
+///
+/// # Safety
+/// Every element `c + out.rows.at(i) + out.cols.at(j)` for i < m, j < n must be valid for writes, distinct
+/// for distinct (i, j), and not accessed by anyone else during the call; the views' offsets must lie inside
+/// their slices (they are bounds-checked).
+pub(crate) unsafe fn gemm_view(
+    a: &MatView,
+    b: &MatView,
+    c: *mut f32,
+    out: &OutView,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m * n == 0 || k == 0 {
+        return;
+    }
+    let c = CPtr(c);
+    match isa() {
+        Isa::Avx512 => gemm_blocked::<6, 32>(a, b, c, out, (m, k, n), tile_avx512),
+        Isa::Avx2Fma => gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), tile_avx2),
+        Isa::Portable => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), tile_portable),
+    }
+}
+
+/// Adds one MR×NR tile product (packed panels `a`, `b`) into C: element (i, j) of the tile goes to
+/// `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
+type TileFn = unsafe fn(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    rows: &[usize],
+    cols: &[usize],
+    mr: usize,
+    nr: usize,
+);
 
 /// The micro-kernel compiled for AVX-512. Closures do not inherit target features, so each instruction set
 /// gets its own function and the blocked loop calls it through a pointer (one call per tile, ~kc·MR·NR
 /// multiply-adds, so the indirection costs nothing measurable).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tile_avx512(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize) {
-    tile::<6, 32, true>(a, b, c, ldc, mr, nr)
+unsafe fn tile_avx512(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    r: &[usize],
+    q: &[usize],
+    mr: usize,
+    nr: usize,
+) {
+    tile::<6, 32, true>(a, b, c, r, q, mr, nr)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize) {
-    tile::<6, 16, true>(a, b, c, ldc, mr, nr)
+unsafe fn tile_avx2(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    r: &[usize],
+    q: &[usize],
+    mr: usize,
+    nr: usize,
+) {
+    tile::<6, 16, true>(a, b, c, r, q, mr, nr)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize) {
-    tile::<6, 32, false>(a, b, c, ldc, mr, nr)
+unsafe fn tile_avx512(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    r: &[usize],
+    q: &[usize],
+    mr: usize,
+    nr: usize,
+) {
+    tile::<6, 32, false>(a, b, c, r, q, mr, nr)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx2(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize) {
-    tile::<6, 16, false>(a, b, c, ldc, mr, nr)
+unsafe fn tile_avx2(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    r: &[usize],
+    q: &[usize],
+    mr: usize,
+    nr: usize,
+) {
+    tile::<6, 16, false>(a, b, c, r, q, mr, nr)
 }
 
-unsafe fn tile_portable(a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize) {
-    tile::<4, 8, false>(a, b, c, ldc, mr, nr)
+unsafe fn tile_portable(
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    r: &[usize],
+    q: &[usize],
+    mr: usize,
+    nr: usize,
+) {
+    tile::<4, 8, false>(a, b, c, r, q, mr, nr)
 }
 
-/// C[0..mr, 0..nr] += the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR].
+/// C[rows[i] + cols[j]] += the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR], for i < mr, j < nr.
 ///
 /// # Safety
-/// `c` must point at a C element with `mr` rows of `nr` writable values at stride `ldc`, written by no one
-/// else meanwhile.
+/// Those `mr·nr` elements of C must be valid, distinct and written by no one else meanwhile.
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
     b: &[f32],
     c: *mut f32,
-    ldc: usize,
+    rows: &[usize],
+    cols: &[usize],
     mr: usize,
     nr: usize,
 ) {
     let acc = micro_kernel::<MR, NR, FMA>(a, b);
-    for (i, row) in acc.iter().enumerate().take(mr) {
-        // SAFETY: the caller guarantees rows 0..mr × columns 0..nr at stride ldc are ours.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
-        for (d, &t) in dst.iter_mut().zip(row) {
-            *d += t;
-        }
-    }
-}
-
-/// The operands of one product with their layouts.
-struct Operands<'a> {
-    a: &'a [f32],
-    b: &'a [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    trans_a: bool,
-    trans_b: bool,
-}
-
-impl Operands<'_> {
-    #[inline(always)]
-    fn a_at(&self, i: usize, p: usize) -> f32 {
-        if self.trans_a {
-            self.a[p * self.m + i]
-        } else {
-            self.a[i * self.k + p]
-        }
-    }
-}
-
-/// A pointer to C that tasks share; each task writes a disjoint set of tiles.
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-// SAFETY: tasks write disjoint regions of C (distinct row blocks × column ranges), see `gemm_blocked`.
-unsafe impl Send for CPtr {}
-unsafe impl Sync for CPtr {}
-
-impl CPtr {
-    /// The pointer (a method, so closures capture the whole Sync wrapper rather than its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Packs rows p0..p0+kc, columns j0..j0+nc of op(B) into panels of NR columns: panel q holds, for each p,
-/// the NR values op(B)[p, j0 + q·NR ..], zero-padded past the last column.
-fn pack_b<const NR: usize>(
-    v: &Operands,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nc: usize,
-    out: &mut [f32],
-) {
-    out.par_chunks_mut(kc * NR)
+    let contiguous = cols[..nr]
+        .iter()
         .enumerate()
-        .for_each(|(q, panel)| {
-            let jq = j0 + q * NR;
-            let width = NR.min(j0 + nc - jq);
-            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-                let pp = p0 + p;
-                if v.trans_b {
-                    for (j, r) in row.iter_mut().enumerate().take(width) {
-                        *r = v.b[(jq + j) * v.k + pp];
-                    }
-                } else {
-                    row[..width].copy_from_slice(&v.b[pp * v.n + jq..pp * v.n + jq + width]);
-                }
-                row[width..].fill(0.0);
+        .all(|(j, &o)| o == cols[0] + j);
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        if contiguous {
+            // SAFETY: the caller guarantees these nr elements are ours; they are consecutive.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(rows[i] + cols[0]), nr) };
+            for (d, &t) in dst.iter_mut().zip(row) {
+                *d += t;
             }
-        });
-}
-
-/// Packs rows i0..i0+mc, columns p0..p0+kc of op(A) into panels of MR rows (zero-padded).
-fn pack_a<const MR: usize>(
-    v: &Operands,
-    i0: usize,
-    mc: usize,
-    p0: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
-    for (r, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
-        let ir = i0 + r * MR;
-        let height = MR.min(i0 + mc - ir);
-        for (p, col) in panel.chunks_exact_mut(MR).enumerate() {
-            for (i, x) in col.iter_mut().enumerate() {
-                *x = if i < height {
-                    v.a_at(ir + i, p0 + p)
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-}
-
-fn gemm_blocked<const MR: usize, const NR: usize>(v: &Operands, c: &mut [f32], tile_fn: TileFn) {
-    let (m, k, n) = (v.m, v.k, v.n);
-    let c_ptr = CPtr(c.as_mut_ptr());
-    let serial = m * n * k < PAR_MIN_MACS;
-    let mut b_pack = Vec::new();
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        let b_panels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            b_pack.clear();
-            b_pack.resize(b_panels * kc * NR, 0.0);
-            pack_b::<NR>(v, p0, kc, j0, nc, &mut b_pack);
-            // Tasks: an MC row block × a range of B panels (a few, so that skinny products still split).
-            let row_blocks = m.div_ceil(MC);
-            let panels_per_task = if row_blocks >= 4 {
-                b_panels
-            } else {
-                8.min(b_panels)
-            };
-            let col_tasks = b_panels.div_ceil(panels_per_task);
-            let b_pack = &b_pack;
-            let task = |t: usize| {
-                let (rb, ct) = (t / col_tasks, t % col_tasks);
-                let i0 = rb * MC;
-                let mc = MC.min(m - i0);
-                let a_panels = mc.div_ceil(MR);
-                let mut a_pack = vec![0.0f32; a_panels * kc * MR];
-                pack_a::<MR>(v, i0, mc, p0, kc, &mut a_pack);
-                let q_end = ((ct + 1) * panels_per_task).min(b_panels);
-                for q in ct * panels_per_task..q_end {
-                    let jq = j0 + q * NR;
-                    let nr = NR.min(n - jq);
-                    let bp = &b_pack[q * kc * NR..(q + 1) * kc * NR];
-                    for (r, ap) in a_pack.chunks_exact(kc * MR).enumerate() {
-                        let ir = i0 + r * MR;
-                        let mr = MR.min(m - ir);
-                        // SAFETY: rows ir..ir+mr and columns jq..jq+nr lie inside C (m×n) and belong to
-                        // this task alone (its row block and panel range); the tile function was chosen
-                        // for an instruction set this CPU has.
-                        unsafe { tile_fn(ap, bp, c_ptr.get().add(ir * n + jq), n, mr, nr) };
-                    }
-                }
-            };
-            let tasks = row_blocks * col_tasks;
-            if serial {
-                (0..tasks).for_each(task);
-            } else {
-                (0..tasks).into_par_iter().for_each(task);
+        } else {
+            for (j, &t) in row.iter().enumerate().take(nr) {
+                // SAFETY: as above, element by element.
+                unsafe { *c.add(rows[i] + cols[j]) += t };
             }
         }
     }
@@ -312,21 +347,181 @@ fn micro_kernel<const MR: usize, const NR: usize, const FMA: bool>(
     acc
 }
 
+/// A pointer to C that tasks share; each task writes a disjoint set of tiles.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: tasks write disjoint regions of C (distinct row blocks × column ranges), see `gemm_blocked`.
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+impl CPtr {
+    /// The pointer (a method, so closures capture the whole Sync wrapper rather than its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Packs rows p0..p0+kc, columns j0..j0+nc of B into panels of NR columns: panel q holds, for each p, the
+/// NR values B[p, j0 + q·NR ..], zero-padded past the last column.
+fn pack_b<const NR: usize>(
+    b: &MatView,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    out: &mut [f32],
+) {
+    out.par_chunks_mut(kc * NR)
+        .with_min_len(4)
+        .enumerate()
+        .for_each(|(q, panel)| {
+            let jq = j0 + q * NR;
+            let width = NR.min(j0 + nc - jq);
+            let mut cols = [0usize; NR];
+            b.cols.offsets(jq, width, &mut cols);
+            let contiguous = cols[..width]
+                .iter()
+                .enumerate()
+                .all(|(j, &o)| o == cols[0] + j);
+            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+                let base = b.rows.at(p0 + p);
+                if contiguous {
+                    row[..width].copy_from_slice(&b.data[base + cols[0]..base + cols[0] + width]);
+                } else {
+                    for (r, &o) in row.iter_mut().zip(&cols[..width]) {
+                        *r = b.data[base + o];
+                    }
+                }
+                row[width..].fill(0.0);
+            }
+        });
+}
+
+/// Packs rows i0..i0+mc, columns p0..p0+kc of A into panels of MR rows (zero-padded).
+fn pack_a<const MR: usize>(
+    a: &MatView,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let mut kcols = vec![0usize; kc];
+    for (p, o) in kcols.iter_mut().enumerate() {
+        *o = a.cols.at(p0 + p);
+    }
+    for (r, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
+        let ir = i0 + r * MR;
+        let height = MR.min(i0 + mc - ir);
+        let mut rows = [0usize; MR];
+        a.rows.offsets(ir, height, &mut rows);
+        let rows_contiguous =
+            height == MR && rows.iter().enumerate().all(|(i, &o)| o == rows[0] + i);
+        for (col, &kp) in panel.chunks_exact_mut(MR).zip(&kcols) {
+            if rows_contiguous {
+                // A transposed (column-major) block: the MR values are consecutive.
+                col.copy_from_slice(&a.data[rows[0] + kp..rows[0] + kp + MR]);
+            } else {
+                for (i, x) in col.iter_mut().enumerate() {
+                    *x = if i < height {
+                        a.data[rows[i] + kp]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn gemm_blocked<const MR: usize, const NR: usize>(
+    a: &MatView,
+    b: &MatView,
+    c: CPtr,
+    out: &OutView,
+    (m, k, n): (usize, usize, usize),
+    tile_fn: TileFn,
+) {
+    let serial = m * n * k < PAR_MIN_MACS;
+    let mut b_pack = Vec::new();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        let b_panels = nc.div_ceil(NR);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            b_pack.clear();
+            b_pack.resize(b_panels * kc * NR, 0.0);
+            pack_b::<NR>(b, p0, kc, j0, nc, &mut b_pack);
+            // Tasks: an MC row block × a range of B panels (a few, so that skinny products still split).
+            let row_blocks = m.div_ceil(MC);
+            let panels_per_task = if row_blocks >= 4 {
+                b_panels
+            } else {
+                8.min(b_panels)
+            };
+            let col_tasks = b_panels.div_ceil(panels_per_task);
+            let b_pack = &b_pack;
+            let task = |t: usize| {
+                let (rb, ct) = (t / col_tasks, t % col_tasks);
+                let i0 = rb * MC;
+                let mc = MC.min(m - i0);
+                let a_panels = mc.div_ceil(MR);
+                let mut a_pack = vec![0.0f32; a_panels * kc * MR];
+                pack_a::<MR>(a, i0, mc, p0, kc, &mut a_pack);
+                let q_end = ((ct + 1) * panels_per_task).min(b_panels);
+                let mut rows = [0usize; MR];
+                let mut cols = [0usize; NR];
+                for q in ct * panels_per_task..q_end {
+                    let jq = j0 + q * NR;
+                    let nr = NR.min(n - jq);
+                    out.cols.offsets(jq, nr, &mut cols);
+                    let bp = &b_pack[q * kc * NR..(q + 1) * kc * NR];
+                    for (r, ap) in a_pack.chunks_exact(kc * MR).enumerate() {
+                        let ir = i0 + r * MR;
+                        let mr = MR.min(m - ir);
+                        out.rows.offsets(ir, mr, &mut rows);
+                        // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to this task alone (its
+                        // row block and panel range), and the caller of `gemm_view` guarantees they are
+                        // valid and distinct; the tile function was chosen for this CPU's instruction set.
+                        unsafe { tile_fn(ap, bp, c.get(), &rows, &cols, mr, nr) };
+                    }
+                }
+            };
+            let tasks = row_blocks * col_tasks;
+            if serial {
+                (0..tasks).for_each(task);
+            } else {
+                (0..tasks).into_par_iter().for_each(task);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    fn check(got: &[f32], want: &[f64], k: usize, what: &str) {
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
+                "{what}: {g} vs {w}"
+            );
+        }
+    }
+
     /// Every instruction-set variant and blocking edge (partial tiles, k across KC, n across NC panels)
-    /// agrees with the textbook triple loop.
+    /// agrees with the textbook triple loop, for every transpose combination.
     #[test]
     fn blocked_gemm_matches_the_triple_loop() {
         let mut seed = 1u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
         for &(m, k, n) in &[
             (1, 1, 1),
             (7, 5, 33),
@@ -335,48 +530,92 @@ mod tests {
             (6, 16, 32),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
-                let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
-                let v = Operands {
-                    a: &a,
-                    b: &b,
-                    m,
-                    k,
-                    n,
-                    trans_a: ta,
-                    trans_b: tb,
-                };
+                let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+                let (va, vb) = (MatView::dense(&a, m, k, ta), MatView::dense(&b, k, n, tb));
                 let mut want = vec![0.0f64; m * n];
                 for i in 0..m {
                     for j in 0..n {
                         for p in 0..k {
-                            let bv = if tb { b[j * k + p] } else { b[p * n + j] };
-                            want[i * n + j] += v.a_at(i, p) as f64 * bv as f64;
+                            want[i * n + j] += va.data[va.rows.at(i) + va.cols.at(p)] as f64
+                                * vb.data[vb.rows.at(p) + vb.cols.at(j)] as f64;
                         }
                     }
                 }
-                let mut variants: Vec<Vec<f32>> = Vec::new();
+                let out = OutView {
+                    rows: Axis::plain(n),
+                    cols: Axis::plain(1),
+                };
+                let what = format!("{m}x{k}x{n} ta {ta} tb {tb}");
                 let mut c = vec![0.0f32; m * n];
-                gemm_blocked::<4, 8>(&v, &mut c, tile_portable);
-                variants.push(c);
+                gemm_blocked::<4, 8>(
+                    &va,
+                    &vb,
+                    CPtr(c.as_mut_ptr()),
+                    &out,
+                    (m, k, n),
+                    tile_portable,
+                );
+                check(&c, &want, k, &format!("portable {what}"));
                 let mut c = vec![0.0f32; m * n];
                 gemm_acc(&a, &b, &mut c, m, k, n, ta, tb);
-                variants.push(c);
+                check(&c, &want, k, &format!("dispatched {what}"));
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     let mut c = vec![0.0f32; m * n];
-                    gemm_blocked::<6, 16>(&v, &mut c, tile_avx2);
-                    variants.push(c);
-                }
-                for c in variants {
-                    for (got, w) in c.iter().zip(&want) {
-                        assert!(
-                            (*got as f64 - w).abs() < 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
-                            "{m}x{k}x{n} ta {ta} tb {tb}: {got} vs {w}"
-                        );
-                    }
+                    gemm_blocked::<6, 16>(
+                        &va,
+                        &vb,
+                        CPtr(c.as_mut_ptr()),
+                        &out,
+                        (m, k, n),
+                        tile_avx2,
+                    );
+                    check(&c, &want, k, &format!("avx2 {what}"));
                 }
             }
         }
+    }
+
+    /// Blocked axes: the batch of an NCHW tensor as the columns of one matrix, written back into NCHW.
+    #[test]
+    fn blocked_axes_compute_a_batched_pointwise_product() {
+        let (batch, c_in, c_out, hw) = (3usize, 5usize, 7usize, 10usize);
+        let mut seed = 9u64;
+        let w: Vec<f32> = (0..c_out * c_in).map(|_| lcg(&mut seed)).collect();
+        let x: Vec<f32> = (0..batch * c_in * hw).map(|_| lcg(&mut seed)).collect();
+        let mut y = vec![0.0f32; batch * c_out * hw];
+        let xv = MatView {
+            data: &x,
+            rows: Axis::plain(hw),
+            cols: Axis::blocked(1, hw, c_in * hw),
+        };
+        let out = OutView {
+            rows: Axis::plain(hw),
+            cols: Axis::blocked(1, hw, c_out * hw),
+        };
+        // SAFETY: `out` addresses every element of y exactly once.
+        unsafe {
+            gemm_view(
+                &MatView::dense(&w, c_out, c_in, false),
+                &xv,
+                y.as_mut_ptr(),
+                &out,
+                c_out,
+                c_in,
+                batch * hw,
+            )
+        };
+        let mut want = vec![0.0f64; y.len()];
+        for n in 0..batch {
+            for o in 0..c_out {
+                for p in 0..hw {
+                    want[(n * c_out + o) * hw + p] = (0..c_in)
+                        .map(|c| w[o * c_in + c] as f64 * x[(n * c_in + c) * hw + p] as f64)
+                        .sum();
+                }
+            }
+        }
+        check(&y, &want, c_in, "batched pointwise");
     }
 }

@@ -10,7 +10,7 @@
 //!   layout: binding 0 a uniform parameter block, 1–5 read-only storage, 6–8 read-write storage. Unused
 //!   slots get dummy buffers, so an input is never also bound read-write.
 //! - Command batching: dispatches are recorded into one encoder and submitted together when a readback
-//!   needs them or after [`MAX_PENDING`] dispatches.
+//!   needs them or after `MAX_PENDING` dispatches.
 //! - Dispatch grids: T workgroups are spread over x, y, z (each at most the adapter's per-dimension limit)
 //!   and kernels linearise the workgroup index, so no launch fails for being long.
 //! - Errors: wgpu validation and out-of-memory errors are caught (an uncaptured-error handler, and error

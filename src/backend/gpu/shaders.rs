@@ -44,12 +44,19 @@ pub const ALL_FILES: &[ShaderFile] = &[
 /// A kernel family: the files its module is assembled from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// Fill, unary and broadcasting binary kernels (elementwise.wgsl).
     Elementwise,
+    /// Sums over an axis and permutes (reduce.wgsl).
     Reduce,
+    /// Batched matmul on the shared tiled GEMM (gemm.wgsl + matmul.wgsl).
     Matmul,
+    /// Dense and grouped conv2d and its gradients as implicit GEMMs (gemm.wgsl + conv2d.wgsl).
     Conv2d,
+    /// Depthwise conv2d and its gradients (depthwise.wgsl).
     Depthwise,
+    /// Layer norm forward and backward (norm.wgsl).
     Norm,
+    /// Log-softmax forward and backward (softmax.wgsl).
     Softmax,
 }
 
@@ -71,6 +78,7 @@ impl Family {
 /// Op codes of the elementwise specialisation constant `OP` (see elementwise.wgsl).
 pub mod op_code {
     use crate::backend::{BinaryOp, UnaryOp};
+    /// The `OP` code of a unary op (0–7).
     pub fn unary(op: UnaryOp) -> u32 {
         match op {
             UnaryOp::Exp => 0,
@@ -83,6 +91,7 @@ pub mod op_code {
             UnaryOp::PowScalar(_) => 7,
         }
     }
+    /// The `OP` code of a binary op (16–20).
     pub fn binary(op: BinaryOp) -> u32 {
         match op {
             BinaryOp::Add => 16,
@@ -99,12 +108,14 @@ pub mod op_code {
 /// A family with its specialisation constants: one shader module.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ShaderVariant {
+    /// The kernel family (which files).
     pub family: Family,
     /// WGSL `const` declarations appended after the files.
     pub defines: String,
 }
 
 impl ShaderVariant {
+    /// A variant of `family` with the WGSL `const` declarations `defines`.
     pub fn new(family: Family, defines: impl Into<String>) -> Self {
         ShaderVariant {
             family,

@@ -1,0 +1,226 @@
+//! Benchmarks shared by `liera bench` and `cargo bench`: matrix products, the convolution kernels of a
+//! ConvNeXt, and whole training steps (ConvNeXt-atto with AdamW, full and with LoRA / LieRA adapters).
+//! Every figure is the median of several timed repetitions after a warm-up; GPU timings end with a
+//! readback so queued work is counted.
+
+use crate::backend::Device;
+use crate::error::Result;
+use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
+use crate::optim::{AdamW, Optimizer};
+use crate::peft::{self, AdapterKind, PeftConfig};
+use crate::shape::{Conv2dGeometry, Conv2dParams};
+use crate::tensor::Tensor;
+use crate::train::Classifier;
+use serde::Serialize;
+use std::time::Instant;
+
+/// One measured figure.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// What was measured ("matmul 1024×1024×1024", "atto step liera r8", ...).
+    pub name: String,
+    /// Median seconds per repetition.
+    pub median_s: f64,
+    /// Repetitions timed.
+    pub reps: usize,
+    /// Floating-point work rate (GFLOP/s), where the FLOP count is known.
+    pub gflops: Option<f64>,
+    /// Images per second, for training steps.
+    pub images_per_s: Option<f64>,
+}
+
+/// Median of `reps` timings of `f` after one warm-up call.
+pub fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+fn ramp(n: usize, modulus: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % modulus) as f32 / modulus as f32 - 0.5)
+        .collect()
+}
+
+/// C = A·B for square and ConvNeXt-shaped matrices.
+pub fn matmul(
+    device: &Device,
+    sizes: &[(usize, usize, usize)],
+    reps: usize,
+) -> Result<Vec<BenchResult>> {
+    sizes
+        .iter()
+        .map(|&(m, k, n)| {
+            let a = Tensor::from_slice(&ramp(m * k, 97), [m, k], device)?;
+            let b = Tensor::from_slice(&ramp(k * n, 89), [k, n], device)?;
+            let t = time_median(reps, || {
+                let c = a.matmul(&b)?;
+                sync(&c)
+            })?;
+            Ok(BenchResult {
+                name: format!("matmul {m}×{k}×{n}"),
+                median_s: t,
+                reps,
+                gflops: Some(2.0 * (m * k * n) as f64 / t / 1e9),
+                images_per_s: None,
+            })
+        })
+        .collect()
+}
+
+/// Forces queued work to finish (a one-element readback on a GPU; free on the CPU).
+fn sync(t: &Tensor) -> Result<()> {
+    if t.numel() > 0 {
+        t.reshape([t.numel()])?.sum(&[0], false)?.to_scalar()?;
+    }
+    Ok(())
+}
+
+/// The convolution layers of a ConvNeXt-atto step at batch 64 on 32×32 images: forward, input gradient and
+/// weight gradient of each.
+pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<BenchResult>> {
+    let d = Conv2dParams::default();
+    // (label, c_in, h, c_out, k, params)
+    let layers: [(&str, usize, usize, usize, usize, Conv2dParams); 5] = [
+        ("stem 4×4/4 1→40 @32", 1, 32, 40, 4, d.stride(4)),
+        ("depthwise 7×7 40 @8", 40, 8, 40, 7, d.padding(3).groups(40)),
+        ("pointwise 1×1 40→160 @8", 40, 8, 160, 1, d),
+        ("pointwise 1×1 160→40 @8", 160, 8, 40, 1, d),
+        ("downsample 2×2/2 40→80 @8", 40, 8, 80, 2, d.stride(2)),
+    ];
+    let mut out = Vec::new();
+    for (label, c, h, o, k, params) in layers {
+        let x = Tensor::from_slice(&ramp(batch * c * h * h, 101), [batch, c, h, h], device)?;
+        let w = Tensor::from_slice(
+            &ramp(o * (c / params.groups) * k * k, 103),
+            [o, c / params.groups, k, k],
+            device,
+        )?;
+        let geom = Conv2dGeometry::new(x.shape(), w.shape(), params)?;
+        let flops = 2.0 * geom.macs() as f64;
+        let dy = Tensor::from_slice(
+            &ramp(geom.output_shape().numel(), 107),
+            geom.output_shape(),
+            device,
+        )?;
+        let backend = device.backend();
+        let fwd = time_median(reps, || sync(&x.conv2d(&w, None, params)?))?;
+        let dx = time_median(reps, || {
+            let s = backend.conv2d_input_grad(&dy.storage(), &w.storage(), &geom)?;
+            sync(&Tensor::from_storage(s, geom.input_shape(), device))
+        })?;
+        let dw = time_median(reps, || {
+            let s = backend.conv2d_weight_grad(&x.storage(), &dy.storage(), &geom)?;
+            sync(&Tensor::from_storage(s, geom.weight_shape(), device))
+        })?;
+        for (kind, t) in [("forward", fwd), ("input grad", dx), ("weight grad", dw)] {
+            out.push(BenchResult {
+                name: format!("conv {label} {kind}"),
+                median_s: t,
+                reps,
+                gflops: Some(flops / t / 1e9),
+                images_per_s: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What a benchmarked training step trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// Every parameter (the SPEC §6 reference step).
+    Full,
+    /// Adapters of `kind` at rank 8 on conv_dw, mlp.fc1, mlp.fc2 plus the head.
+    Adapter(AdapterKind),
+}
+
+/// Median time of one training step (forward, backward, AdamW update, loss readback) of `config` at
+/// `batch` images of 1×32×32 and 10 classes.
+pub fn training_step(
+    device: &Device,
+    config: &ConvNeXtConfig,
+    label: &str,
+    kind: StepKind,
+    batch: usize,
+    reps: usize,
+) -> Result<BenchResult> {
+    let mut model = ConvNeXt::new(config.clone().with_in_chans(1).with_classes(10), device)?;
+    if let StepKind::Adapter(k) = kind {
+        let cfg =
+            PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2").with_modules_to_save("head.fc");
+        peft::apply(&mut model, &cfg)?;
+    }
+    let params = model.trainable_parameters();
+    let mut opt = AdamW::new(0.9, 0.999, 1e-8, 0.05)?;
+    let x = Tensor::from_slice(&ramp(batch * 32 * 32, 113), [batch, 1, 32, 32], device)?;
+    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+    let t = time_median(reps, || {
+        let loss = model.forward(&x, true)?.cross_entropy(&labels)?;
+        let grads = loss.backward()?;
+        opt.step(&params, &grads, 1e-4)?;
+        loss.to_scalar()?;
+        Ok(())
+    })?;
+    let what = match kind {
+        StepKind::Full => "full".to_string(),
+        StepKind::Adapter(k) => format!("{} r8", k.name()),
+    };
+    Ok(BenchResult {
+        name: format!("{label} training step ({what}, batch {batch})"),
+        median_s: t,
+        reps,
+        gflops: None,
+        images_per_s: Some(batch as f64 / t),
+    })
+}
+
+/// The standard suite of `liera bench`: matmul, the atto conv layers, and atto training steps (full, LoRA,
+/// LieRA, LieRA first-order). `quick` uses fewer repetitions and smaller products.
+pub fn suite(device: &Device, quick: bool) -> Result<Vec<BenchResult>> {
+    let reps = if quick { 3 } else { 7 };
+    let sizes: &[(usize, usize, usize)] = if quick {
+        &[(512, 512, 512)]
+    } else {
+        &[
+            (1024, 1024, 1024),
+            (2048, 2048, 2048),
+            (4096, 40, 160),
+            (4096, 160, 40),
+        ]
+    };
+    let mut out = matmul(device, sizes, reps)?;
+    out.extend(conv_layers(device, 64, reps)?);
+    let atto = ConvNeXtConfig::atto();
+    let kinds = [
+        StepKind::Full,
+        StepKind::Adapter(AdapterKind::Lora),
+        StepKind::Adapter(AdapterKind::Liera),
+        StepKind::Adapter(AdapterKind::LieraFirstOrder),
+    ];
+    for kind in kinds {
+        out.push(training_step(
+            device,
+            &atto,
+            "convnext_atto",
+            kind,
+            64,
+            reps,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Peak resident memory of this process in bytes (Linux: VmHWM), if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
