@@ -607,11 +607,12 @@ fn a_killed_pretraining_run_resumes_to_bit_identical_weights() {
     let dir = TempDir::new("resume-pretrain");
     let (a, b) = (dir.path("a"), dir.path("b"));
     let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
-    let steps = 40;
-    assert_ok(&liera(&pretrain_args(&a_s, "40", &[])));
-    let killed_at = start_and_kill(&pretrain_args(&b_s, "40", &[]), &b, steps);
+    // Enough steps that the kill, right after the first checkpoint, lands well before the end.
+    let steps = 120;
+    assert_ok(&liera(&pretrain_args(&a_s, "120", &[])));
+    let killed_at = start_and_kill(&pretrain_args(&b_s, "120", &[]), &b, steps);
     assert!(!b.join("model.safetensors").exists());
-    let out = liera(&pretrain_args(&b_s, "40", &["--resume", &b_s]));
+    let out = liera(&pretrain_args(&b_s, "120", &["--resume", &b_s]));
     assert_ok(&out);
     eprintln!("killed after checkpoint step {killed_at}, resumed");
     assert!(
@@ -623,7 +624,7 @@ fn a_killed_pretraining_run_resumes_to_bit_identical_weights() {
     let c = read_checkpoint(&b).unwrap();
     assert_eq!(
         (c.meta.step, c.meta.data_position, c.meta.optimizer_steps),
-        (40, 40, 40)
+        (120, 120, 120)
     );
 }
 
@@ -648,7 +649,7 @@ fn a_killed_finetuning_run_resumes_to_bit_identical_adapters() {
             "--seed",
             "5",
             "--steps",
-            "40",
+            "100",
             "--batch-size",
             "8",
             "--checkpoint-every",
@@ -667,12 +668,13 @@ fn a_killed_finetuning_run_resumes_to_bit_identical_adapters() {
     let run = |v: Vec<String>| liera(&v.iter().map(String::as_str).collect::<Vec<_>>());
     assert_ok(&run(args(&a_s, &[])));
     let b_args = args(&b_s, &[]);
-    start_and_kill(
+    let killed_at = start_and_kill(
         &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
         &b,
-        40,
+        100,
     );
     assert_ok(&run(args(&b_s, &["--resume", &b_s])));
+    eprintln!("killed after checkpoint step {killed_at}, resumed");
     let file = liera::peft::ADAPTER_WEIGHTS_FILE;
     assert!(
         bits(&a.join(file)) == bits(&b.join(file)),
