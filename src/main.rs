@@ -93,6 +93,37 @@ struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f32>,
+    /// Write <out>/checkpoint.safetensors (weights, adapters, optimizer state, step, data position) at the
+    /// first logging step this many steps after the last one, and at the end (0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue from a checkpoint (its file, or the folder holding checkpoint.safetensors); pass the same
+    /// flags as the interrupted run for bit-identical results (seed, batch size and method must match; a
+    /// lower --lr after a divergence is allowed). --out defaults to the checkpoint's folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The output folder: --out, else the folder of the checkpoint being resumed, else a new one.
+    fn out_dir(&self, given: Option<PathBuf>, prefix: &str) -> PathBuf {
+        let from_resume = self.resume.as_ref().map(|r| {
+            if r.is_dir() {
+                r.clone()
+            } else {
+                r.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+        });
+        out_dir(given.or(from_resume), prefix)
+    }
+
+    fn checkpointing(&self, out: &Path) -> job::Checkpointing {
+        job::Checkpointing {
+            path: Some(out.join(job::CHECKPOINT_FILE)),
+            every: self.checkpoint_every,
+            resume: self.resume.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -265,6 +296,9 @@ fn run(cli: Cli) -> Result<()> {
             check_positive("--per-class", a.per_class as f64)?;
             if let Some(lr) = a.lr {
                 check_positive("--lr", lr as f64)?;
+            }
+            for m in a.methods.split(',') {
+                Method::parse(m.trim())?;
             }
         }
         Command::Finetune(a) => {
@@ -452,14 +486,15 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(opts.lr);
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, "pretrain");
+    let out = a.train.out_dir(a.out, "pretrain");
     let path = out.join("model.safetensors");
-    let r = job::pretrain(
+    let r = job::pretrain_with(
         a.model.config(data.train.classes)?,
         &data,
         &opts,
         device,
         &path,
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "pretrained: test accuracy {:.2}% ({} images), {:.1}s, {:.0} img/s; weights: {}",
@@ -482,9 +517,11 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(method.default_lr());
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, &format!("finetune-{}", method.name()));
+    let out = a
+        .train
+        .out_dir(a.out, &format!("finetune-{}", method.name()));
     let config = a.model.config(data.train.classes)?;
-    let r = job::finetune(
+    let r = job::finetune_with(
         &config,
         &a.weights,
         &data,
@@ -493,6 +530,7 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
         &opts,
         device,
         Some(&out),
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "{}: trainable {} of {} parameters, test accuracy {:.2}% ({} images), {:.1}s; saved to {}",

@@ -250,7 +250,11 @@ impl Device {
         GPU.get_or_init(|| {
             gpu::GpuBackend::new(gpu::GpuOptions::default())
                 .map(|b| Device(Arc::new(b)))
-                .map_err(|e| e.to_string())
+                // Keep the bare message: `Error::Device` adds its own "device:" prefix again below.
+                .map_err(|e| match e {
+                    Error::Device(msg) => msg,
+                    other => other.to_string(),
+                })
         })
         .clone()
         .map_err(Error::Device)

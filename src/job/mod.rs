@@ -6,20 +6,26 @@
 //! `src/main.rs` only parses flags and prints.
 
 pub mod bench;
+pub mod checkpoint;
 mod report;
 
+pub use checkpoint::{Checkpointing, CHECKPOINT_FILE};
 pub use report::{write_report, ComparisonReport};
 
+use crate::autodiff::Grads;
 use crate::backend::Device;
 use crate::data::batch::{Batcher, RandomTranslate, Sequential};
 use crate::data::{Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::io::{atomic_write, load_model, save_model};
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Optimizer};
 use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use crate::tensor::Tensor;
 use crate::train::{evaluate, train, Evaluation, StepLog, TrainOptions};
+use checkpoint::{read_checkpoint, write_checkpoint, CheckpointMeta};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -178,13 +184,78 @@ pub fn train_and_evaluate(
     opts: &RunOptions,
     device: &Device,
 ) -> Result<(Vec<StepLog>, Evaluation, f64, f64)> {
+    train_and_evaluate_with(
+        model,
+        label,
+        data,
+        test,
+        opts,
+        device,
+        &Checkpointing::default(),
+    )
+}
+
+/// An optimizer behind a `RefCell`, so the logging callback can read its state for a checkpoint between
+/// the steps that `train` takes through it.
+struct SharedOptimizer<'a, O: Optimizer>(&'a RefCell<O>);
+
+impl<O: Optimizer> Optimizer for SharedOptimizer<'_, O> {
+    fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
+        self.0.borrow_mut().step(params, grads, lr)
+    }
+    fn steps(&self) -> u64 {
+        self.0.borrow().steps()
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.0.borrow().state()
+    }
+    fn load_state(&mut self, steps: u64, state: Vec<(String, Tensor)>) -> Result<()> {
+        self.0.borrow_mut().load_state(steps, state)
+    }
+}
+
+/// Like [`train_and_evaluate`], writing checkpoints and resuming as `ckpt` says. `label` is the run's kind
+/// (`pretrain`, or the method name for fine-tuning), recorded in the checkpoint and checked on resume.
+pub fn train_and_evaluate_with(
+    model: &ConvNeXt,
+    label: &str,
+    data: &Dataset,
+    test: &Dataset,
+    opts: &RunOptions,
+    device: &Device,
+    ckpt: &Checkpointing,
+) -> Result<(Vec<StepLog>, Evaluation, f64, f64)> {
     opts.check()?;
+    let kind = if label == "pretrain" {
+        label.to_string()
+    } else {
+        format!("finetune:{label}")
+    };
     let params = model.trainable_parameters();
-    let mut optimizer = AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?;
-    let mut batcher = Batcher::new(data, opts.batch_size.min(data.len()), opts.seed)?;
+    let optimizer = RefCell::new(AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?);
+    let batch = opts.batch_size.min(data.len());
+    let mut batcher = Batcher::new(data, batch, opts.seed)?;
     if opts.augment_shift > 0 {
         batcher = batcher.with_augment(RandomTranslate::for_dataset(data, opts.augment_shift));
     }
+    // Resume: parameters, optimizer moments and step count, the data stream and the drop-path masks all
+    // continue where the checkpoint left them; the schedule is a function of the step.
+    let mut start = 0;
+    let mut last_good: Option<(PathBuf, u64)> = None;
+    if let Some(from) = &ckpt.resume {
+        let c = read_checkpoint(from)?;
+        c.check_fits(&kind, opts.seed, batch, opts.steps)?;
+        c.restore_params(&model.named_parameters())?;
+        let state = c.optimizer_state(&params, device)?;
+        optimizer
+            .borrow_mut()
+            .load_state(c.meta.optimizer_steps, state)?;
+        batcher.seek(c.meta.data_position);
+        model.seek_drop_path(c.meta.drop_path_position);
+        start = c.meta.step;
+        last_good = Some((c.path.clone(), c.meta.step));
+    }
+    let batcher = RefCell::new(batcher);
     let train_opts = TrainOptions {
         steps: opts.steps,
         lr: opts.lr,
@@ -194,32 +265,71 @@ pub fn train_and_evaluate(
         log_every: opts.log_every.max(1),
     };
     let bar = progress_bar(opts.steps, label, opts.progress);
+    bar.set_position(start);
     let began = Instant::now();
-    let batch = opts.batch_size.min(data.len());
+    let mut last_written = start;
     let logs = train(
         model,
         &params,
-        &mut optimizer,
+        &mut SharedOptimizer(&optimizer),
         device,
         &train_opts,
-        0,
-        &mut || batcher.next_batch(),
+        start,
+        &mut || batcher.borrow_mut().next_batch(),
         &mut |log| {
             bar.set_position(log.step);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} img/s",
                 log.loss,
-                log.step as f64 * batch as f64 / log.elapsed.max(1e-9)
+                (log.step - start) as f64 * batch as f64 / log.elapsed.max(1e-9)
             ));
+            // Only here, right after a finite loss was read back, is a checkpoint written.
+            let Some(path) = &ckpt.path else {
+                return Ok(());
+            };
+            let due =
+                log.step == opts.steps || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
+            if due {
+                let meta = CheckpointMeta {
+                    version: 1,
+                    kind: kind.clone(),
+                    step: log.step,
+                    total_steps: opts.steps,
+                    seed: opts.seed,
+                    batch_size: batch,
+                    data_position: batcher.borrow().position(),
+                    optimizer_steps: optimizer.borrow().steps(),
+                    drop_path_position: log.step,
+                    loss: log.loss,
+                };
+                write_checkpoint(
+                    path,
+                    &meta,
+                    &model.named_parameters(),
+                    &optimizer.borrow().state(),
+                )?;
+                last_written = log.step;
+                last_good = Some((path.clone(), log.step));
+            }
             Ok(())
         },
     );
     bar.finish_and_clear();
-    let logs = logs?;
+    let logs = logs.map_err(|e| match (e, &last_good) {
+        // Say where the run can be resumed from (with a lower learning rate, say).
+        (Error::Invalid { op, msg }, Some((path, step))) => Error::Invalid {
+            op,
+            msg: format!(
+                "{msg}; the last good checkpoint ({}, step {step}) is intact: --resume it",
+                path.display()
+            ),
+        },
+        (e, _) => e,
+    })?;
     let train_seconds = began.elapsed().as_secs_f64();
     let eval = evaluate(model, device, Sequential::new(test, 250)?)?;
     let seconds = began.elapsed().as_secs_f64();
-    let images_per_second = opts.steps as f64 * batch as f64 / train_seconds.max(1e-9);
+    let images_per_second = (opts.steps - start) as f64 * batch as f64 / train_seconds.max(1e-9);
     Ok((logs, eval, seconds, images_per_second))
 }
 
@@ -232,9 +342,36 @@ pub fn pretrain(
     device: &Device,
     checkpoint: &Path,
 ) -> Result<RunResult> {
+    pretrain_with(
+        config,
+        data,
+        opts,
+        device,
+        checkpoint,
+        &Checkpointing::default(),
+    )
+}
+
+/// [`pretrain`] with training checkpoints (and resume) as `ckpt` says; the final weights still go to
+/// `checkpoint`.
+pub fn pretrain_with(
+    config: ConvNeXtConfig,
+    data: &Splits,
+    opts: &RunOptions,
+    device: &Device,
+    checkpoint: &Path,
+    ckpt: &Checkpointing,
+) -> Result<RunResult> {
     let model = ConvNeXt::new(config.with_seed(opts.seed), device)?;
-    let (logs, eval, seconds, ips) =
-        train_and_evaluate(&model, "pretrain", &data.train, &data.test, opts, device)?;
+    let (logs, eval, seconds, ips) = train_and_evaluate_with(
+        &model,
+        "pretrain",
+        &data.train,
+        &data.test,
+        opts,
+        device,
+        ckpt,
+    )?;
     if let Some(dir) = checkpoint.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
@@ -328,6 +465,32 @@ pub fn finetune(
     device: &Device,
     save_dir: Option<&Path>,
 ) -> Result<RunResult> {
+    finetune_with(
+        config,
+        base,
+        data,
+        method,
+        adapter,
+        opts,
+        device,
+        save_dir,
+        &Checkpointing::default(),
+    )
+}
+
+/// [`finetune`] with training checkpoints (and resume) as `ckpt` says.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_with(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    data: &Splits,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+    save_dir: Option<&Path>,
+    ckpt: &Checkpointing,
+) -> Result<RunResult> {
     let (model, report, peft_cfg) = prepare_finetune(
         config,
         base,
@@ -337,8 +500,15 @@ pub fn finetune(
         opts.seed,
         device,
     )?;
-    let (logs, eval, seconds, ips) =
-        train_and_evaluate(&model, method.name(), &data.train, &data.test, opts, device)?;
+    let (logs, eval, seconds, ips) = train_and_evaluate_with(
+        &model,
+        method.name(),
+        &data.train,
+        &data.test,
+        opts,
+        device,
+        ckpt,
+    )?;
     if let Some(dir) = save_dir {
         match &peft_cfg {
             Some(cfg) => peft::save_adapter(&model, cfg, dir)?,
@@ -527,13 +697,27 @@ pub fn compare(
             opts.pretrain.steps,
             opts.pretrain.batch_size
         ));
-        let r = pretrain(
+        // A training checkpoint beside the cached weights: a run killed mid-pretraining picks up where it
+        // stopped (the name carries the same configuration hash, so it always fits).
+        let training = checkpoint.with_extension("checkpoint.safetensors");
+        let resume = (!opts.fresh && training.is_file()).then(|| training.clone());
+        if let Some(r) = &resume {
+            log(&format!("resuming pretraining from {}", r.display()));
+        }
+        let r = pretrain_with(
             opts.config.clone(),
             source,
             &opts.pretrain,
             device,
             &checkpoint,
+            &Checkpointing {
+                path: Some(training.clone()),
+                every: 50,
+                resume,
+            },
         )?;
+        // The finished weights are cached; the training state is no longer needed.
+        let _ = std::fs::remove_file(&training);
         log(&format!(
             "pretrained: source test accuracy {:.2}% in {:.1}s ({:.0} img/s); saved {}",
             100.0 * r.eval.accuracy,
