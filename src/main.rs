@@ -69,12 +69,22 @@ struct ModelArgs {
     /// ConvNeXt preset: micro (the main job's), atto, femto, pico, nano, tiny; convnextv2_* for v2.
     #[arg(long, default_value = "micro")]
     preset: String,
+    /// Input channels of the network: 1 for the grey images, 3 to use RGB weights such as timm's (the grey
+    /// image is repeated into each channel).
+    #[arg(long, default_value_t = 1)]
+    in_chans: usize,
 }
 
 impl ModelArgs {
     fn config(&self, classes: usize) -> Result<ConvNeXtConfig> {
+        if !(self.in_chans == 1 || self.in_chans == 3) {
+            return Err(Error::invalid(
+                "liera",
+                format!("--in-chans must be 1 or 3, got {}", self.in_chans),
+            ));
+        }
         Ok(ConvNeXtConfig::preset(&self.preset)?
-            .with_in_chans(1)
+            .with_in_chans(self.in_chans)
             .with_classes(classes))
     }
 }
@@ -187,6 +197,10 @@ struct CompareArgs {
     /// Retrain the source model even if a cached checkpoint exists.
     #[arg(long)]
     fresh: bool,
+    /// Fine-tune these pretrained weights (liera's or a timm ConvNeXt safetensors file matching --preset and
+    /// --in-chans) instead of pretraining on the source task.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Where the pretrained checkpoint is cached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -440,7 +454,8 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         .split(',')
         .map(|m| Method::parse(m.trim()))
         .collect::<Result<Vec<_>>>()?;
-    let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?;
+    let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?
+        .with_channels(a.model.in_chans)?;
     let target = target_data(
         a.data_dir
             .as_ref()
@@ -448,7 +463,8 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
             .as_deref(),
         a.per_class,
         common.seed,
-    )?;
+    )?
+    .with_channels(a.model.in_chans)?;
     let out = out_dir(a.out, "compare");
     let opts = CompareOptions {
         config: a.model.config(source.train.classes)?,
@@ -459,6 +475,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         seeds: (common.seed..common.seed + a.seeds).collect(),
         lr_override: a.lr,
         tune_lr: !a.no_tune_lr,
+        base_weights: a.weights.clone(),
         cache_dir: cache_dir(a.cache_dir),
         fresh: a.fresh,
         out: out.clone(),
@@ -478,7 +495,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
 }
 
 fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()> {
-    let data = source_data(a.data_dir.as_deref())?;
+    let data = source_data(a.data_dir.as_deref())?.with_channels(a.model.in_chans)?;
     let mut opts = default_pretrain_options(
         common,
         a.train.steps.unwrap_or(400),
@@ -509,7 +526,8 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
 
 fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()> {
     let method = Method::parse(&a.method)?;
-    let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?;
+    let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?
+        .with_channels(a.model.in_chans)?;
     let mut opts = default_finetune_options(
         common,
         a.train.steps.unwrap_or(300),
@@ -577,7 +595,8 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
             Some(d) => load_dir(d)?.pad_to(IMAGE_SIZE)?.test,
             None => embedded_fashion_mnist()?.pad_to(IMAGE_SIZE)?.test,
         }
-    };
+    }
+    .with_channels(a.model.in_chans)?;
     let e = evaluate(
         &net,
         device,

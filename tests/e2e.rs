@@ -54,6 +54,7 @@ fn a_short_comparison_lowers_the_loss_and_beats_chance_for_every_method() {
         lr_override: None,
         tune_lr: false,
         cache_dir: dir.join("cache"),
+        base_weights: None,
         fresh: true,
         out: dir.join("out"),
     };
@@ -150,6 +151,7 @@ fn learning_rates_are_tuned_on_a_validation_split() {
         lr_override: None,
         tune_lr: true,
         cache_dir: dir.join("cache"),
+        base_weights: None,
         fresh: true,
         out: dir.join("out"),
     };

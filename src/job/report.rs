@@ -186,6 +186,13 @@ pub fn write_report(report: &ComparisonReport, out: &Path) -> Result<()> {
                 report.checkpoint.display()
             );
         }
+        None if o.base_weights.is_some() => {
+            let _ = writeln!(
+                md,
+                "Pretrained weights: `{}` (given, not trained here).\n",
+                report.checkpoint.display()
+            );
+        }
         None => {
             let _ = writeln!(
                 md,
