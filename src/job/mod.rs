@@ -374,10 +374,7 @@ pub fn pretrain_with(
         ckpt,
     )?;
     if let Some(dir) = checkpoint.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        create_dir(dir)?;
     }
     save_model(&model, checkpoint)?;
     Ok(RunResult {
@@ -514,10 +511,7 @@ pub fn finetune_with(
         match &peft_cfg {
             Some(cfg) => peft::save_adapter(&model, cfg, dir)?,
             None => {
-                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+                create_dir(dir)?;
                 save_model(&model, &dir.join("model.safetensors"))?
             }
         }
@@ -686,10 +680,7 @@ pub fn compare(
             "need at least one seed and one method",
         ));
     }
-    std::fs::create_dir_all(&opts.out).map_err(|source| Error::Io {
-        path: opts.out.display().to_string(),
-        source,
-    })?;
+    create_dir(&opts.out)?;
     let checkpoint = match &opts.base_weights {
         Some(w) => w.clone(),
         None => pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source),
@@ -855,6 +846,14 @@ pub fn compare(
             .as_bytes(),
     )?;
     Ok(report)
+}
+
+/// Creates `dir` and its parents, with an error naming it.
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })
 }
 
 /// "ConvNeXt v1 dims [16, 32, 64, 128] depths [1, 1, 2, 1]".
