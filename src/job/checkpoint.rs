@@ -58,7 +58,9 @@ pub struct CheckpointMeta {
     pub step: u64,
     /// The run's planned steps.
     pub total_steps: u64,
+    /// The run's seed (a resume must use the same one).
     pub seed: u64,
+    /// Images per step (a resume must use the same batch size).
     pub batch_size: usize,
     /// Batches drawn from the training stream (where [`crate::data::Batcher::seek`] resumes).
     pub data_position: u64,
@@ -73,7 +75,9 @@ pub struct CheckpointMeta {
 /// A checkpoint read back from disk.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// The file it was read from.
     pub path: PathBuf,
+    /// The run's position and settings.
     pub meta: CheckpointMeta,
     /// Parameters by path.
     pub params: BTreeMap<String, HostTensor>,
