@@ -55,6 +55,9 @@ enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera bench                 # the chosen device (a hardware GPU if any, else the CPU)\n  liera bench --device cpu --json\n  liera bench --quick         # a smoke test of the figures"
+)]
 struct BenchArgs {
     /// Fewer repetitions and smaller sizes (a smoke test of the figures).
     #[arg(long)]
@@ -160,6 +163,9 @@ impl AdapterArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera compare                                   # what `cargo run --release` runs\n  liera compare --seeds 3                         # mean ± std over three seeds\n  liera compare --methods lora,liera --rank 4 --target conv_dw\n  liera compare --data-dir ~/datasets             # full IDX files in ~/datasets/{mnist,fashion-mnist}\n  liera compare --weights convnext_atto.safetensors --preset atto --in-chans 3"
+)]
 struct CompareArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -210,6 +216,9 @@ struct CompareArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera pretrain --out runs/base                  # weights: runs/base/model.safetensors\n  liera pretrain --preset convnextv2_atto --steps 1000 --data-dir ~/datasets/mnist\n  liera pretrain --resume runs/base               # continue a killed run"
+)]
 struct PretrainArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -224,6 +233,9 @@ struct PretrainArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera finetune --weights runs/base/model.safetensors --method liera --rank 8 --lr 0.05\n  liera finetune --weights runs/base/model.safetensors --method lora --target 'stages.3.*' --alpha 16\n  liera finetune --weights runs/base/model.safetensors --method full --steps 500 --out runs/full"
+)]
 struct FinetuneArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -249,6 +261,9 @@ struct FinetuneArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera eval --weights runs/base/model.safetensors --mnist\n  liera eval --weights runs/base/model.safetensors --adapter runs/lie\n  liera eval --weights runs/merged.safetensors --data-dir ~/datasets/fashion-mnist"
+)]
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -267,6 +282,9 @@ struct EvalArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera merge --weights runs/base/model.safetensors --adapter runs/lie --out runs/merged.safetensors"
+)]
 struct MergeArgs {
     #[command(flatten)]
     model: ModelArgs,
