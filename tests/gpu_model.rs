@@ -106,3 +106,37 @@ fn adapted_convnext_matches_the_cpu_forward_backward_and_merge() {
         }
     }
 }
+
+/// AdamW on the GPU (the composed default of `Backend::adamw_update`, or a fused GPU kernel) takes the same
+/// steps as the CPU's fused kernel.
+#[test]
+fn adamw_steps_match_the_cpu() {
+    use liera::optim::{AdamW, Optimizer};
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::cpu();
+    let n = 1000;
+    let init: Vec<f32> = (0..n)
+        .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
+        .collect();
+    let mut finals = Vec::new();
+    for dev in [&cpu, &gpu] {
+        let p = Tensor::param(&init, [n], dev).unwrap();
+        let params = vec![("w".to_string(), p.clone())];
+        let mut opt = AdamW::new(0.9, 0.99, 1e-8, 0.1).unwrap();
+        for step in 0..4 {
+            // L = Σ (p − c)²·k: gradients that change with p, different per element.
+            let target = Tensor::from_slice(&vec![0.3 * step as f32; n], [n], dev).unwrap();
+            let loss = p
+                .sub(&target)
+                .unwrap()
+                .pow_scalar(2.0)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            opt.step(&params, &grads, 0.05).unwrap();
+        }
+        finals.push(p.to_vec().unwrap());
+    }
+    close("AdamW parameters after 4 steps", &finals[1], &finals[0]);
+}
