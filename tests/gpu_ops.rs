@@ -302,15 +302,15 @@ fn split_backend() -> Option<&'static GpuBackend> {
     .as_ref()
 }
 
+/// A kernel launch on some backend: inputs in, outputs out.
+type Launch = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>;
+
 #[test]
 fn split_dispatches_match_cpu() {
     let Some(gpu) = split_backend() else { return };
-    let check =
-        |what: &str,
-         inputs: &[Vec<f32>],
-         f: &dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>| {
-            cross_on(what, gpu, inputs, f).unwrap();
-        };
+    let check = |what: &str, inputs: &[Vec<f32>], f: &Launch| {
+        cross_on(what, gpu, inputs, f).unwrap();
+    };
     // 9000 elements = 36 workgroups of 256: a 4 × 4 × 3 grid.
     let n = 9000;
     check("unary exp, split", &[values(1, n, -2.0, 2.0)], &|b, s| {
