@@ -303,12 +303,12 @@ fn split_backend() -> Option<&'static GpuBackend> {
 }
 
 /// A kernel launch on some backend: inputs in, outputs out.
-type Launch = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>>;
+type Launch<'a> = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>> + 'a;
 
 #[test]
 fn split_dispatches_match_cpu() {
     let Some(gpu) = split_backend() else { return };
-    let check = |what: &str, inputs: &[Vec<f32>], f: &Launch| {
+    let check = |what: &str, inputs: &[Vec<f32>], f: &Launch<'_>| {
         cross_on(what, gpu, inputs, f).unwrap();
     };
     // 9000 elements = 36 workgroups of 256: a 4 × 4 × 3 grid.
