@@ -3,7 +3,7 @@
 //! trained in full and with LoRA / LieRA / LieRA first-order adapters at rank 8. Runs on the CPU and, when
 //! a GPU adapter exists, on it too. Run with `cargo bench --bench training`.
 
-use liera::job::bench::{conv_layers, matmul, training_step, BenchResult, StepKind};
+use liera::job::bench::{conv_layers, matmul, training_steps, BenchResult, StepKind};
 use liera::nn::ConvNeXtConfig;
 use liera::peft::AdapterKind;
 use liera::Device;
@@ -29,22 +29,14 @@ fn run(device: &Device, reps: usize) -> liera::Result<()> {
     let mut results = matmul(device, &[(1024, 1024, 1024)], reps)?;
     results.extend(conv_layers(device, 64, reps)?);
     let atto = ConvNeXtConfig::atto();
-    let mut steps = Vec::new();
-    for kind in [
+    let kinds = [
         StepKind::Full,
         StepKind::Adapter(AdapterKind::Lora),
         StepKind::Adapter(AdapterKind::Liera),
         StepKind::Adapter(AdapterKind::LieraFirstOrder),
-    ] {
-        steps.push(training_step(
-            device,
-            &atto,
-            "convnext_atto",
-            kind,
-            64,
-            reps,
-        )?);
-    }
+    ];
+    // Interleaved, so the LieRA/LoRA ratio is not biased by load changing between them.
+    let steps = training_steps(device, &atto, "convnext_atto", &kinds, 64, 2 * reps)?;
     let ratio = steps[2].median_s / steps[1].median_s;
     results.extend(steps);
     print(device, &results);
