@@ -6,10 +6,20 @@
 pub enum Error {
     /// Operand shapes that an operation cannot combine; `op` is the operation's name.
     #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The operation's name.
+        op: &'static str,
+        /// What does not fit, with the shapes.
+        msg: String,
+    },
     /// An invalid argument that is not a shape (an axis out of range, a zero stride, ...).
     #[error("{op}: {msg}")]
-    Invalid { op: &'static str, msg: String },
+    Invalid {
+        /// The operation (or command, or flag) concerned.
+        op: &'static str,
+        /// What is wrong, with the offending value.
+        msg: String,
+    },
     /// Tensors on different devices were combined.
     #[error("{op}: operands live on different devices ({a} and {b})")]
     DeviceMismatch {
@@ -25,7 +35,12 @@ pub enum Error {
     Device(String),
     /// A backend does not (yet) implement a kernel.
     #[error("{backend} backend has no kernel for {op}")]
-    Unsupported { backend: String, op: &'static str },
+    Unsupported {
+        /// The backend's name.
+        backend: String,
+        /// The missing kernel.
+        op: &'static str,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -36,7 +51,12 @@ pub enum Error {
     },
     /// A file's contents are malformed.
     #[error("{path}: {msg}")]
-    Format { path: String, msg: String },
+    Format {
+        /// The file.
+        path: String,
+        /// What is malformed.
+        msg: String,
+    },
 }
 
 /// `Result` with liera's [`Error`].

@@ -15,6 +15,8 @@
 //! # Ok::<(), liera::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod autodiff;
 pub mod backend;
 pub mod data;

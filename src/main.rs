@@ -55,6 +55,9 @@ enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera bench                 # the chosen device (a hardware GPU if any, else the CPU)\n  liera bench --device cpu --json\n  liera bench --quick         # a smoke test of the figures"
+)]
 struct BenchArgs {
     /// Fewer repetitions and smaller sizes (a smoke test of the figures).
     #[arg(long)]
@@ -69,12 +72,22 @@ struct ModelArgs {
     /// ConvNeXt preset: micro (the main job's), atto, femto, pico, nano, tiny; convnextv2_* for v2.
     #[arg(long, default_value = "micro")]
     preset: String,
+    /// Input channels of the network: 1 for the grey images, 3 to use RGB weights such as timm's (the grey
+    /// image is repeated into each channel).
+    #[arg(long, default_value_t = 1)]
+    in_chans: usize,
 }
 
 impl ModelArgs {
     fn config(&self, classes: usize) -> Result<ConvNeXtConfig> {
+        if !(self.in_chans == 1 || self.in_chans == 3) {
+            return Err(Error::invalid(
+                "liera",
+                format!("--in-chans must be 1 or 3, got {}", self.in_chans),
+            ));
+        }
         Ok(ConvNeXtConfig::preset(&self.preset)?
-            .with_in_chans(1)
+            .with_in_chans(self.in_chans)
             .with_classes(classes))
     }
 }
@@ -93,6 +106,37 @@ struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f32>,
+    /// Write <out>/checkpoint.safetensors (weights, adapters, optimizer state, step, data position) at the
+    /// first logging step this many steps after the last one, and at the end (0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue from a checkpoint (its file, or the folder holding checkpoint.safetensors); pass the same
+    /// flags as the interrupted run for bit-identical results (seed, batch size and method must match; a
+    /// lower --lr after a divergence is allowed). --out defaults to the checkpoint's folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The output folder: --out, else the folder of the checkpoint being resumed, else a new one.
+    fn out_dir(&self, given: Option<PathBuf>, prefix: &str) -> PathBuf {
+        let from_resume = self.resume.as_ref().map(|r| {
+            if r.is_dir() {
+                r.clone()
+            } else {
+                r.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+        });
+        out_dir(given.or(from_resume), prefix)
+    }
+
+    fn checkpointing(&self, out: &Path) -> job::Checkpointing {
+        job::Checkpointing {
+            path: Some(out.join(job::CHECKPOINT_FILE)),
+            every: self.checkpoint_every,
+            resume: self.resume.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -119,6 +163,9 @@ impl AdapterArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera compare                                   # what `cargo run --release` runs\n  liera compare --seeds 3                         # mean ± std over three seeds\n  liera compare --methods lora,liera --rank 4 --target conv_dw\n  liera compare --data-dir ~/datasets             # full IDX files in ~/datasets/{mnist,fashion-mnist}\n  liera compare --weights convnext_atto.safetensors --preset atto --in-chans 3"
+)]
 struct CompareArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -133,9 +180,13 @@ struct CompareArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// One learning rate for every method (default: 1e-3 full, 1e-2 linear, 5e-3 adapters).
+    /// One learning rate for every method (overrides the tuning).
     #[arg(long)]
     lr: Option<f32>,
+    /// Use fixed per-method learning rates (1e-3 full, 1e-2 linear, 5e-3 adapters) instead of choosing each
+    /// method's on a validation split.
+    #[arg(long)]
+    no_tune_lr: bool,
     /// Repeat the fine-tuning comparison over this many seeds (seed, seed+1, ...) and report mean ± std.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -152,6 +203,10 @@ struct CompareArgs {
     /// Retrain the source model even if a cached checkpoint exists.
     #[arg(long)]
     fresh: bool,
+    /// Fine-tune these pretrained weights (liera's or a timm ConvNeXt safetensors file matching --preset and
+    /// --in-chans) instead of pretraining on the source task.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Where the pretrained checkpoint is cached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -161,6 +216,9 @@ struct CompareArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera pretrain --out runs/base                  # weights: runs/base/model.safetensors\n  liera pretrain --preset convnextv2_atto --steps 1000 --data-dir ~/datasets/mnist\n  liera pretrain --resume runs/base               # continue a killed run"
+)]
 struct PretrainArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -175,6 +233,9 @@ struct PretrainArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera finetune --weights runs/base/model.safetensors --method liera --rank 8 --lr 0.05\n  liera finetune --weights runs/base/model.safetensors --method lora --target 'stages.3.*' --alpha 16\n  liera finetune --weights runs/base/model.safetensors --method full --steps 500 --out runs/full"
+)]
 struct FinetuneArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -200,6 +261,9 @@ struct FinetuneArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera eval --weights runs/base/model.safetensors --mnist\n  liera eval --weights runs/base/model.safetensors --adapter runs/lie\n  liera eval --weights runs/merged.safetensors --data-dir ~/datasets/fashion-mnist"
+)]
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -218,6 +282,9 @@ struct EvalArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera merge --weights runs/base/model.safetensors --adapter runs/lie --out runs/merged.safetensors"
+)]
 struct MergeArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -261,6 +328,9 @@ fn run(cli: Cli) -> Result<()> {
             check_positive("--per-class", a.per_class as f64)?;
             if let Some(lr) = a.lr {
                 check_positive("--lr", lr as f64)?;
+            }
+            for m in a.methods.split(',') {
+                Method::parse(m.trim())?;
             }
         }
         Command::Finetune(a) => {
@@ -402,7 +472,8 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         .split(',')
         .map(|m| Method::parse(m.trim()))
         .collect::<Result<Vec<_>>>()?;
-    let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?;
+    let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?
+        .with_channels(a.model.in_chans)?;
     let target = target_data(
         a.data_dir
             .as_ref()
@@ -410,7 +481,8 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
             .as_deref(),
         a.per_class,
         common.seed,
-    )?;
+    )?
+    .with_channels(a.model.in_chans)?;
     let out = out_dir(a.out, "compare");
     let opts = CompareOptions {
         config: a.model.config(source.train.classes)?,
@@ -420,6 +492,8 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         methods,
         seeds: (common.seed..common.seed + a.seeds).collect(),
         lr_override: a.lr,
+        tune_lr: !a.no_tune_lr,
+        base_weights: a.weights.clone(),
         cache_dir: cache_dir(a.cache_dir),
         fresh: a.fresh,
         out: out.clone(),
@@ -439,7 +513,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
 }
 
 fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()> {
-    let data = source_data(a.data_dir.as_deref())?;
+    let data = source_data(a.data_dir.as_deref())?.with_channels(a.model.in_chans)?;
     let mut opts = default_pretrain_options(
         common,
         a.train.steps.unwrap_or(400),
@@ -447,14 +521,15 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(opts.lr);
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, "pretrain");
+    let out = a.train.out_dir(a.out, "pretrain");
     let path = out.join("model.safetensors");
-    let r = job::pretrain(
+    let r = job::pretrain_with(
         a.model.config(data.train.classes)?,
         &data,
         &opts,
         device,
         &path,
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "pretrained: test accuracy {:.2}% ({} images), {:.1}s, {:.0} img/s; weights: {}",
@@ -469,7 +544,8 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
 
 fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()> {
     let method = Method::parse(&a.method)?;
-    let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?;
+    let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?
+        .with_channels(a.model.in_chans)?;
     let mut opts = default_finetune_options(
         common,
         a.train.steps.unwrap_or(300),
@@ -477,9 +553,11 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
     );
     opts.lr = a.train.lr.unwrap_or(method.default_lr());
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
-    let out = out_dir(a.out, &format!("finetune-{}", method.name()));
+    let out = a
+        .train
+        .out_dir(a.out, &format!("finetune-{}", method.name()));
     let config = a.model.config(data.train.classes)?;
-    let r = job::finetune(
+    let r = job::finetune_with(
         &config,
         &a.weights,
         &data,
@@ -488,6 +566,7 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
         &opts,
         device,
         Some(&out),
+        &a.train.checkpointing(&out),
     )?;
     println!(
         "{}: trainable {} of {} parameters, test accuracy {:.2}% ({} images), {:.1}s; saved to {}",
@@ -534,7 +613,8 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
             Some(d) => load_dir(d)?.pad_to(IMAGE_SIZE)?.test,
             None => embedded_fashion_mnist()?.pad_to(IMAGE_SIZE)?.test,
         }
-    };
+    }
+    .with_channels(a.model.in_chans)?;
     let e = evaluate(
         &net,
         device,

@@ -22,9 +22,6 @@ use std::sync::OnceLock;
 
 const RTOL: f64 = 2e-4;
 
-/// Kernel calls on one backend returning the outputs to compare.
-type Kernels<'a> = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>> + 'a;
-
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) -> Result<(), TestCaseError> {
     prop_assert_eq!(gpu.len(), cpu.len(), "{}: lengths differ", what);
     let scale = cpu.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
@@ -332,10 +329,13 @@ fn split_backend() -> Option<&'static GpuBackend> {
     .as_ref()
 }
 
+/// A kernel launch on some backend: inputs in, outputs out.
+type Launch<'a> = dyn Fn(&dyn Backend, &[Storage]) -> liera::Result<Vec<Storage>> + 'a;
+
 #[test]
 fn split_dispatches_match_cpu() {
     let Some(gpu) = split_backend() else { return };
-    let check = |what: &str, inputs: &[Vec<f32>], f: &Kernels<'_>| {
+    let check = |what: &str, inputs: &[Vec<f32>], f: &Launch<'_>| {
         cross_on(what, gpu, inputs, f).unwrap();
     };
     // 9000 elements = 36 workgroups of 256: a 4 × 4 × 3 grid.

@@ -133,6 +133,25 @@ pub struct LayerNormGrads {
     pub dbias: Storage,
 }
 
+/// Hyper-parameters of one fused AdamW update (see [`Backend::adamw_update`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay β₁.
+    pub beta1: f32,
+    /// Second-moment decay β₂.
+    pub beta2: f32,
+    /// ε added to √v̂.
+    pub eps: f32,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f32,
+    /// 1 − β₁ᵗ (bias correction of m at step t).
+    pub bias1: f32,
+    /// 1 − β₂ᵗ (bias correction of v at step t).
+    pub bias2: f32,
+}
+
 /// The kernels every backend provides. All buffers are contiguous row-major f32; sizes are checked by the
 /// calling op, so a kernel may assume they are consistent.
 pub trait Backend: Send + Sync {
@@ -218,6 +237,59 @@ pub trait Backend: Send + Sync {
         layout: AxisLayout,
     ) -> Result<Storage>;
 
+    /// One AdamW update of a parameter of `len` values: returns (p', m', v') with
+    /// m' = β₁·m + (1 − β₁)·g, v' = β₂·v + (1 − β₂)·g², p' = p·(1 − lr·λ) − lr·(m'/b₁)/(√(v'/b₂) + ε);
+    /// `m`, `v` absent means zero (the first step). The default composes the elementwise kernels (about a
+    /// dozen passes over memory); a backend may fuse it into one pass.
+    fn adamw_update(
+        &self,
+        param: &Storage,
+        grad: &Storage,
+        moments: Option<(&Storage, &Storage)>,
+        len: usize,
+        h: &AdamWStep,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let flat = BroadcastLayout {
+            dims: vec![len.max(1)],
+            a_strides: vec![1],
+            b_strides: vec![1],
+        };
+        let scaled_g = self.unary(UnaryOp::MulScalar(1.0 - h.beta1), grad, len)?;
+        let g2 = self.binary(BinaryOp::Mul, grad, grad, &flat)?;
+        let scaled_g2 = self.unary(UnaryOp::MulScalar(1.0 - h.beta2), &g2, len)?;
+        let (m, v) = match moments {
+            Some((m, v)) => (
+                self.binary(
+                    BinaryOp::Add,
+                    &self.unary(UnaryOp::MulScalar(h.beta1), m, len)?,
+                    &scaled_g,
+                    &flat,
+                )?,
+                self.binary(
+                    BinaryOp::Add,
+                    &self.unary(UnaryOp::MulScalar(h.beta2), v, len)?,
+                    &scaled_g2,
+                    &flat,
+                )?,
+            ),
+            None => (scaled_g, scaled_g2),
+        };
+        let v_hat = self.unary(UnaryOp::MulScalar(1.0 / h.bias2), &v, len)?;
+        let denom = self.unary(
+            UnaryOp::AddScalar(h.eps),
+            &self.unary(UnaryOp::Sqrt, &v_hat, len)?,
+            len,
+        )?;
+        let step = self.unary(
+            UnaryOp::MulScalar(h.lr / h.bias1),
+            &self.binary(BinaryOp::Div, &m, &denom, &flat)?,
+            len,
+        )?;
+        let decayed = self.unary(UnaryOp::MulScalar(1.0 - h.lr * h.weight_decay), param, len)?;
+        let p = self.binary(BinaryOp::Sub, &decayed, &step, &flat)?;
+        Ok((p, m, v))
+    }
+
     /// How many host readbacks ([`Backend::download`]) this backend has performed; lets tests check that a
     /// training step reads nothing back until asked.
     fn readback_count(&self) -> u64 {
@@ -250,6 +322,7 @@ impl Device {
         GPU.get_or_init(|| {
             gpu::GpuBackend::new(gpu::GpuOptions::default())
                 .map(|b| Device(Arc::new(b)))
+                // Keep the bare message: `Error::Device` adds its own "device:" prefix again below.
                 .map_err(|e| match e {
                     Error::Device(msg) => msg,
                     other => other.to_string(),

@@ -129,6 +129,13 @@ impl Splits {
             test: self.test.pad_to(size)?,
         })
     }
+    /// Both splits with `channels` channels (see [`Dataset::with_channels`]).
+    pub fn with_channels(self, channels: usize) -> Result<Splits> {
+        Ok(Splits {
+            train: self.train.with_channels(channels)?,
+            test: self.test.with_channels(channels)?,
+        })
+    }
 }
 
 impl Dataset {
@@ -331,6 +338,37 @@ impl Dataset {
     }
 
     /// Everything but the examples (for struct-update syntax).
+    /// The images with `channels` channels: grey-scale images repeated into every channel (how a network
+    /// pretrained on RGB, such as a timm ConvNeXt, sees grey images), or the dataset itself when it already
+    /// has that many. Any other conversion is an error.
+    pub fn with_channels(&self, channels: usize) -> Result<Dataset> {
+        if channels == self.channels {
+            return Ok(self.clone());
+        }
+        if self.channels != 1 || channels == 0 {
+            return Err(Error::invalid(
+                "Dataset::with_channels",
+                format!(
+                    "cannot turn {}-channel images into {channels}-channel ones (only grey → any)",
+                    self.channels
+                ),
+            ));
+        }
+        let plane = self.height * self.width;
+        let mut images = Vec::with_capacity(self.images.len() * channels);
+        for img in self.images.chunks_exact(plane) {
+            for _ in 0..channels {
+                images.extend_from_slice(img);
+            }
+        }
+        Ok(Dataset {
+            images,
+            labels: self.labels.clone(),
+            channels,
+            ..self.clone_meta()
+        })
+    }
+
     fn clone_meta(&self) -> Dataset {
         Dataset {
             images: Vec::new(),

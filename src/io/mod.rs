@@ -8,7 +8,10 @@ mod model;
 mod safetensors;
 
 pub use model::{load_model, save_model, LoadNotes};
-pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors, HostTensor};
+pub use safetensors::{
+    read_safetensors, read_safetensors_bytes, read_safetensors_metadata, write_safetensors,
+    write_safetensors_host, HostTensor,
+};
 
 use crate::error::{Error, Result};
 use std::io::Write;

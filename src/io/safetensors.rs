@@ -93,17 +93,36 @@ pub fn read_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<(String, 
     Ok(out)
 }
 
-/// Writes named tensors (downloaded from their device) as F32, atomically, with optional string metadata.
-pub fn write_safetensors(
+/// The string metadata (`__metadata__`) of a safetensors file held in `bytes` (empty if it has none);
+/// `path` only names the source in errors.
+pub fn read_safetensors_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format_error(path, format!("not a valid safetensors file: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Writes named host arrays as F32, atomically, with optional string metadata (the arrays' lengths must
+/// match their shapes).
+pub fn write_safetensors_host(
     path: &Path,
-    tensors: &[(String, Tensor)],
+    tensors: &[(String, HostTensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let mut buffers = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let bytes: Vec<u8> = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        buffers.push((name.clone(), t.dims().to_vec(), bytes));
-    }
+    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
+    serialize_and_write(path, &buffers, metadata)
+}
+
+fn serialize_and_write(
+    path: &Path,
+    buffers: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let views = buffers
         .iter()
         .map(|(name, shape, bytes)| {
@@ -115,4 +134,18 @@ pub fn write_safetensors(
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| format_error(path, format!("cannot serialise: {e}")))?;
     atomic_write(path, &bytes)
+}
+
+/// Writes named tensors (downloaded from their device) as F32, atomically, with optional string metadata.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let bytes: Vec<u8> = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        buffers.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    serialize_and_write(path, &buffers, metadata)
 }

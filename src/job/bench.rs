@@ -141,6 +141,53 @@ pub enum StepKind {
     Adapter(AdapterKind),
 }
 
+/// A prepared training step: a model of one [`StepKind`], its optimizer and a fixed batch.
+struct StepRunner {
+    model: ConvNeXt,
+    params: Vec<(String, Tensor)>,
+    opt: AdamW,
+    x: Tensor,
+    labels: Vec<usize>,
+}
+
+impl StepRunner {
+    fn new(device: &Device, config: &ConvNeXtConfig, kind: StepKind, batch: usize) -> Result<Self> {
+        let mut model = ConvNeXt::new(config.clone().with_in_chans(1).with_classes(10), device)?;
+        if let StepKind::Adapter(k) = kind {
+            let cfg = PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2")
+                .with_modules_to_save("head.fc");
+            peft::apply(&mut model, &cfg)?;
+        }
+        Ok(StepRunner {
+            params: model.trainable_parameters(),
+            model,
+            opt: AdamW::new(0.9, 0.999, 1e-8, 0.05)?,
+            x: Tensor::from_slice(&ramp(batch * 32 * 32, 113), [batch, 1, 32, 32], device)?,
+            labels: (0..batch).map(|i| i % 10).collect(),
+        })
+    }
+    /// Forward, backward, AdamW update and the loss readback (which also waits for a GPU); seconds.
+    fn step(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        let loss = self
+            .model
+            .forward(&self.x, true)?
+            .cross_entropy(&self.labels)?;
+        let grads = loss.backward()?;
+        self.opt.step(&self.params, &grads, 1e-4)?;
+        loss.to_scalar()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+fn step_name(label: &str, kind: StepKind, batch: usize) -> String {
+    let what = match kind {
+        StepKind::Full => "full".to_string(),
+        StepKind::Adapter(k) => format!("{} r8", k.name()),
+    };
+    format!("{label} training step ({what}, batch {batch})")
+}
+
 /// Median time of one training step (forward, backward, AdamW update, loss readback) of `config` at
 /// `batch` images of 1×32×32 and 10 classes.
 pub fn training_step(
@@ -151,34 +198,47 @@ pub fn training_step(
     batch: usize,
     reps: usize,
 ) -> Result<BenchResult> {
-    let mut model = ConvNeXt::new(config.clone().with_in_chans(1).with_classes(10), device)?;
-    if let StepKind::Adapter(k) = kind {
-        let cfg =
-            PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2").with_modules_to_save("head.fc");
-        peft::apply(&mut model, &cfg)?;
+    Ok(training_steps(device, config, label, &[kind], batch, reps)?.remove(0))
+}
+
+/// Like [`training_step`] for several kinds, timed interleaved (one step of each kind per round), so that
+/// a change in machine load between kinds does not bias their ratio (LieRA vs LoRA).
+pub fn training_steps(
+    device: &Device,
+    config: &ConvNeXtConfig,
+    label: &str,
+    kinds: &[StepKind],
+    batch: usize,
+    reps: usize,
+) -> Result<Vec<BenchResult>> {
+    let mut runners = kinds
+        .iter()
+        .map(|&k| StepRunner::new(device, config, k, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let mut times = vec![Vec::with_capacity(reps); kinds.len()];
+    for r in &mut runners {
+        r.step()?; // warm-up
     }
-    let params = model.trainable_parameters();
-    let mut opt = AdamW::new(0.9, 0.999, 1e-8, 0.05)?;
-    let x = Tensor::from_slice(&ramp(batch * 32 * 32, 113), [batch, 1, 32, 32], device)?;
-    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
-    let t = time_median(reps, || {
-        let loss = model.forward(&x, true)?.cross_entropy(&labels)?;
-        let grads = loss.backward()?;
-        opt.step(&params, &grads, 1e-4)?;
-        loss.to_scalar()?;
-        Ok(())
-    })?;
-    let what = match kind {
-        StepKind::Full => "full".to_string(),
-        StepKind::Adapter(k) => format!("{} r8", k.name()),
-    };
-    Ok(BenchResult {
-        name: format!("{label} training step ({what}, batch {batch})"),
-        median_s: t,
-        reps,
-        gflops: None,
-        images_per_s: Some(batch as f64 / t),
-    })
+    for _ in 0..reps.max(1) {
+        for (r, t) in runners.iter_mut().zip(&mut times) {
+            t.push(r.step()?);
+        }
+    }
+    Ok(kinds
+        .iter()
+        .zip(times)
+        .map(|(&kind, mut t)| {
+            t.sort_by(|a, b| a.total_cmp(b));
+            let median = t[t.len() / 2];
+            BenchResult {
+                name: step_name(label, kind, batch),
+                median_s: median,
+                reps: t.len(),
+                gflops: None,
+                images_per_s: Some(batch as f64 / median),
+            }
+        })
+        .collect())
 }
 
 /// The standard suite of `liera bench`: matmul, the atto conv layers, and atto training steps (full, LoRA,
@@ -204,16 +264,14 @@ pub fn suite(device: &Device, quick: bool) -> Result<Vec<BenchResult>> {
         StepKind::Adapter(AdapterKind::Liera),
         StepKind::Adapter(AdapterKind::LieraFirstOrder),
     ];
-    for kind in kinds {
-        out.push(training_step(
-            device,
-            &atto,
-            "convnext_atto",
-            kind,
-            64,
-            reps,
-        )?);
-    }
+    out.extend(training_steps(
+        device,
+        &atto,
+        "convnext_atto",
+        &kinds,
+        64,
+        2 * reps,
+    )?);
     Ok(out)
 }
 

@@ -6,20 +6,26 @@
 //! `src/main.rs` only parses flags and prints.
 
 pub mod bench;
+pub mod checkpoint;
 mod report;
 
+pub use checkpoint::{Checkpointing, CHECKPOINT_FILE};
 pub use report::{write_report, ComparisonReport};
 
+use crate::autodiff::Grads;
 use crate::backend::Device;
 use crate::data::batch::{Batcher, RandomTranslate, Sequential};
 use crate::data::{Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::io::{atomic_write, load_model, save_model};
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Optimizer};
 use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use crate::tensor::Tensor;
 use crate::train::{evaluate, train, Evaluation, StepLog, TrainOptions};
+use checkpoint::{read_checkpoint, write_checkpoint, CheckpointMeta};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -68,6 +74,17 @@ impl Method {
                     ),
                 )
             }),
+        }
+    }
+    /// Candidate peak learning rates for the tuning: a factor-of-2 to 3 ladder (on the embedded task the best
+    /// rates sat inside these ranges). LieRA
+    /// changes each weight in proportion to |W| (W ⊙ exp(ΔW)), so its useful step sizes sit higher than
+    /// LoRA's, which is why a shared learning rate would not be a fair comparison.
+    pub fn lr_grid(self) -> Vec<f32> {
+        match self {
+            Method::Full => vec![1e-3, 3e-3, 1e-2],
+            Method::LinearProbe => vec![1e-2, 3e-2, 1e-1],
+            Method::Adapter(_) => vec![5e-3, 1e-2, 2e-2, 5e-2, 1e-1],
         }
     }
     /// The default peak learning rate: adapters and a lone head take larger steps than full fine-tuning,
@@ -168,13 +185,78 @@ pub fn train_and_evaluate(
     opts: &RunOptions,
     device: &Device,
 ) -> Result<(Vec<StepLog>, Evaluation, f64, f64)> {
+    train_and_evaluate_with(
+        model,
+        label,
+        data,
+        test,
+        opts,
+        device,
+        &Checkpointing::default(),
+    )
+}
+
+/// An optimizer behind a `RefCell`, so the logging callback can read its state for a checkpoint between
+/// the steps that `train` takes through it.
+struct SharedOptimizer<'a, O: Optimizer>(&'a RefCell<O>);
+
+impl<O: Optimizer> Optimizer for SharedOptimizer<'_, O> {
+    fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
+        self.0.borrow_mut().step(params, grads, lr)
+    }
+    fn steps(&self) -> u64 {
+        self.0.borrow().steps()
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.0.borrow().state()
+    }
+    fn load_state(&mut self, steps: u64, state: Vec<(String, Tensor)>) -> Result<()> {
+        self.0.borrow_mut().load_state(steps, state)
+    }
+}
+
+/// Like [`train_and_evaluate`], writing checkpoints and resuming as `ckpt` says. `label` is the run's kind
+/// (`pretrain`, or the method name for fine-tuning), recorded in the checkpoint and checked on resume.
+pub fn train_and_evaluate_with(
+    model: &ConvNeXt,
+    label: &str,
+    data: &Dataset,
+    test: &Dataset,
+    opts: &RunOptions,
+    device: &Device,
+    ckpt: &Checkpointing,
+) -> Result<(Vec<StepLog>, Evaluation, f64, f64)> {
     opts.check()?;
+    let kind = if label == "pretrain" {
+        label.to_string()
+    } else {
+        format!("finetune:{label}")
+    };
     let params = model.trainable_parameters();
-    let mut optimizer = AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?;
-    let mut batcher = Batcher::new(data, opts.batch_size.min(data.len()), opts.seed)?;
+    let optimizer = RefCell::new(AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?);
+    let batch = opts.batch_size.min(data.len());
+    let mut batcher = Batcher::new(data, batch, opts.seed)?;
     if opts.augment_shift > 0 {
         batcher = batcher.with_augment(RandomTranslate::for_dataset(data, opts.augment_shift));
     }
+    // Resume: parameters, optimizer moments and step count, the data stream and the drop-path masks all
+    // continue where the checkpoint left them; the schedule is a function of the step.
+    let mut start = 0;
+    let mut last_good: Option<(PathBuf, u64)> = None;
+    if let Some(from) = &ckpt.resume {
+        let c = read_checkpoint(from)?;
+        c.check_fits(&kind, opts.seed, batch, opts.steps)?;
+        c.restore_params(&model.named_parameters())?;
+        let state = c.optimizer_state(&params, device)?;
+        optimizer
+            .borrow_mut()
+            .load_state(c.meta.optimizer_steps, state)?;
+        batcher.seek(c.meta.data_position);
+        model.seek_drop_path(c.meta.drop_path_position);
+        start = c.meta.step;
+        last_good = Some((c.path.clone(), c.meta.step));
+    }
+    let batcher = RefCell::new(batcher);
     let train_opts = TrainOptions {
         steps: opts.steps,
         lr: opts.lr,
@@ -184,32 +266,71 @@ pub fn train_and_evaluate(
         log_every: opts.log_every.max(1),
     };
     let bar = progress_bar(opts.steps, label, opts.progress);
+    bar.set_position(start);
     let began = Instant::now();
-    let batch = opts.batch_size.min(data.len());
+    let mut last_written = start;
     let logs = train(
         model,
         &params,
-        &mut optimizer,
+        &mut SharedOptimizer(&optimizer),
         device,
         &train_opts,
-        0,
-        &mut || batcher.next_batch(),
+        start,
+        &mut || batcher.borrow_mut().next_batch(),
         &mut |log| {
             bar.set_position(log.step);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} img/s",
                 log.loss,
-                log.step as f64 * batch as f64 / log.elapsed.max(1e-9)
+                (log.step - start) as f64 * batch as f64 / log.elapsed.max(1e-9)
             ));
+            // Only here, right after a finite loss was read back, is a checkpoint written.
+            let Some(path) = &ckpt.path else {
+                return Ok(());
+            };
+            let due =
+                log.step == opts.steps || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
+            if due {
+                let meta = CheckpointMeta {
+                    version: 1,
+                    kind: kind.clone(),
+                    step: log.step,
+                    total_steps: opts.steps,
+                    seed: opts.seed,
+                    batch_size: batch,
+                    data_position: batcher.borrow().position(),
+                    optimizer_steps: optimizer.borrow().steps(),
+                    drop_path_position: log.step,
+                    loss: log.loss,
+                };
+                write_checkpoint(
+                    path,
+                    &meta,
+                    &model.named_parameters(),
+                    &optimizer.borrow().state(),
+                )?;
+                last_written = log.step;
+                last_good = Some((path.clone(), log.step));
+            }
             Ok(())
         },
     );
     bar.finish_and_clear();
-    let logs = logs?;
+    let logs = logs.map_err(|e| match (e, &last_good) {
+        // Say where the run can be resumed from (with a lower learning rate, say).
+        (Error::Invalid { op, msg }, Some((path, step))) => Error::Invalid {
+            op,
+            msg: format!(
+                "{msg}; the last good checkpoint ({}, step {step}) is intact: --resume it",
+                path.display()
+            ),
+        },
+        (e, _) => e,
+    })?;
     let train_seconds = began.elapsed().as_secs_f64();
     let eval = evaluate(model, device, Sequential::new(test, 250)?)?;
     let seconds = began.elapsed().as_secs_f64();
-    let images_per_second = opts.steps as f64 * batch as f64 / train_seconds.max(1e-9);
+    let images_per_second = (opts.steps - start) as f64 * batch as f64 / train_seconds.max(1e-9);
     Ok((logs, eval, seconds, images_per_second))
 }
 
@@ -222,14 +343,38 @@ pub fn pretrain(
     device: &Device,
     checkpoint: &Path,
 ) -> Result<RunResult> {
+    pretrain_with(
+        config,
+        data,
+        opts,
+        device,
+        checkpoint,
+        &Checkpointing::default(),
+    )
+}
+
+/// [`pretrain`] with training checkpoints (and resume) as `ckpt` says; the final weights still go to
+/// `checkpoint`.
+pub fn pretrain_with(
+    config: ConvNeXtConfig,
+    data: &Splits,
+    opts: &RunOptions,
+    device: &Device,
+    checkpoint: &Path,
+    ckpt: &Checkpointing,
+) -> Result<RunResult> {
     let model = ConvNeXt::new(config.with_seed(opts.seed), device)?;
-    let (logs, eval, seconds, ips) =
-        train_and_evaluate(&model, "pretrain", &data.train, &data.test, opts, device)?;
+    let (logs, eval, seconds, ips) = train_and_evaluate_with(
+        &model,
+        "pretrain",
+        &data.train,
+        &data.test,
+        opts,
+        device,
+        ckpt,
+    )?;
     if let Some(dir) = checkpoint.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        create_dir(dir)?;
     }
     save_model(&model, checkpoint)?;
     Ok(RunResult {
@@ -318,6 +463,32 @@ pub fn finetune(
     device: &Device,
     save_dir: Option<&Path>,
 ) -> Result<RunResult> {
+    finetune_with(
+        config,
+        base,
+        data,
+        method,
+        adapter,
+        opts,
+        device,
+        save_dir,
+        &Checkpointing::default(),
+    )
+}
+
+/// [`finetune`] with training checkpoints (and resume) as `ckpt` says.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_with(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    data: &Splits,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+    save_dir: Option<&Path>,
+    ckpt: &Checkpointing,
+) -> Result<RunResult> {
     let (model, report, peft_cfg) = prepare_finetune(
         config,
         base,
@@ -327,16 +498,20 @@ pub fn finetune(
         opts.seed,
         device,
     )?;
-    let (logs, eval, seconds, ips) =
-        train_and_evaluate(&model, method.name(), &data.train, &data.test, opts, device)?;
+    let (logs, eval, seconds, ips) = train_and_evaluate_with(
+        &model,
+        method.name(),
+        &data.train,
+        &data.test,
+        opts,
+        device,
+        ckpt,
+    )?;
     if let Some(dir) = save_dir {
         match &peft_cfg {
             Some(cfg) => peft::save_adapter(&model, cfg, dir)?,
             None => {
-                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+                create_dir(dir)?;
                 save_model(&model, &dir.join("model.safetensors"))?
             }
         }
@@ -367,10 +542,15 @@ pub struct CompareOptions {
     pub methods: Vec<Method>,
     /// Fine-tuning seeds (one comparison per seed; the pretrained model is shared).
     pub seeds: Vec<u64>,
-    /// Learning rate per method (None: the method's default).
+    /// Learning rate per method (None: the method's default, or the tuned one with `tune_lr`).
     pub lr_override: Option<f32>,
+    /// Choose each method's learning rate from [`Method::lr_grid`] by accuracy on a validation split held
+    /// out of the target training set (never the test set), then train on the whole training set.
+    pub tune_lr: bool,
     /// Where the pretrained checkpoint is cached.
     pub cache_dir: PathBuf,
+    /// Start from these weights (liera's or timm's safetensors) instead of pretraining.
+    pub base_weights: Option<PathBuf>,
     /// Retrain even if a cached checkpoint exists.
     pub fresh: bool,
     /// Output folder (report, plot, adapters, config).
@@ -415,6 +595,76 @@ pub fn pretrain_checkpoint_path(
     cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
 }
 
+/// Splits `data` into (train, validation) with `per_class` validation examples of every class, chosen by a
+/// seeded shuffle.
+pub fn validation_split(data: &Dataset, per_class: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.classes];
+    for (i, &l) in data.labels.iter().enumerate() {
+        by_class[l].push(i);
+    }
+    let mut rng = crate::data::batch::SplitMix64::new(seed ^ 0x5A11D);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (class, mut members) in by_class.into_iter().enumerate() {
+        if members.len() <= per_class {
+            return Err(Error::invalid(
+                "validation split",
+                format!(
+                    "class {class} has {} training examples; holding out {per_class} would leave none",
+                    members.len()
+                ),
+            ));
+        }
+        rng.shuffle(&mut members);
+        val.extend_from_slice(&members[..per_class]);
+        train.extend_from_slice(&members[per_class..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    Ok((data.subset(&train)?, data.subset(&val)?))
+}
+
+/// The learning rate of `method` with the best validation accuracy (ties: the smaller rate), with every
+/// candidate's accuracy, from runs on a held-out fifth of the target training set.
+#[allow(clippy::too_many_arguments)]
+pub fn tune_learning_rate(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    target: &Splits,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<(f32, Vec<(f32, f64)>)> {
+    let per_class = (target.train.len() / target.train.classes.max(1) / 5).max(1);
+    let (train, val) = validation_split(&target.train, per_class, opts.seed)?;
+    let split = Splits { train, test: val };
+    let mut scores = Vec::new();
+    for lr in method.lr_grid() {
+        let run = RunOptions {
+            lr,
+            progress: false,
+            ..opts.clone()
+        };
+        // A rate at which training diverges (non-finite loss) is a candidate that lost, not a failure of
+        // the comparison; every other error is reported.
+        let accuracy = match finetune(config, base, &split, method, adapter, &run, device, None) {
+            Ok(r) => r.eval.accuracy,
+            Err(Error::Invalid { op: "train", msg }) if msg.contains("loss became") => 0.0,
+            Err(e) => return Err(e),
+        };
+        scores.push((lr, accuracy));
+    }
+    let best = scores
+        .iter()
+        .fold(None::<(f32, f64)>, |best, &(lr, acc)| match best {
+            Some((_, b)) if b >= acc => best,
+            _ => Some((lr, acc)),
+        })
+        .map(|(lr, _)| lr)
+        .expect("every grid has at least one rate");
+    Ok((best, scores))
+}
+
 /// Runs the comparison: pretrain (or reuse the cache), then every method for every seed. Writes the report
 /// into `opts.out` and returns it.
 pub fn compare(
@@ -430,13 +680,23 @@ pub fn compare(
             "need at least one seed and one method",
         ));
     }
-    std::fs::create_dir_all(&opts.out).map_err(|source| Error::Io {
-        path: opts.out.display().to_string(),
-        source,
-    })?;
-    let checkpoint =
-        pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source);
-    let pretrain_result = if checkpoint.exists() && !opts.fresh {
+    create_dir(&opts.out)?;
+    let checkpoint = match &opts.base_weights {
+        Some(w) => w.clone(),
+        None => pretrain_checkpoint_path(&opts.cache_dir, &opts.config, &opts.pretrain, source),
+    };
+    let pretrain_result = if opts.base_weights.is_some() {
+        // Check the file against the architecture now, before any fine-tuning starts.
+        let mut probe = ConvNeXt::new(opts.config.clone(), device)?;
+        for note in load_model(&mut probe, &checkpoint)? {
+            log(&format!("note: {note}"));
+        }
+        log(&format!(
+            "pretrained weights: {} (no pretraining)",
+            checkpoint.display()
+        ));
+        None
+    } else if checkpoint.exists() && !opts.fresh {
         log(&format!(
             "pretrained checkpoint: reusing {} (--fresh retrains)",
             checkpoint.display()
@@ -450,13 +710,27 @@ pub fn compare(
             opts.pretrain.steps,
             opts.pretrain.batch_size
         ));
-        let r = pretrain(
+        // A training checkpoint beside the cached weights: a run killed mid-pretraining picks up where it
+        // stopped (the name carries the same configuration hash, so it always fits).
+        let training = checkpoint.with_extension("checkpoint.safetensors");
+        let resume = (!opts.fresh && training.is_file()).then(|| training.clone());
+        if let Some(r) = &resume {
+            log(&format!("resuming pretraining from {}", r.display()));
+        }
+        let r = pretrain_with(
             opts.config.clone(),
             source,
             &opts.pretrain,
             device,
             &checkpoint,
+            &Checkpointing {
+                path: Some(training.clone()),
+                every: 50,
+                resume,
+            },
         )?;
+        // The finished weights are cached; the training state is no longer needed.
+        let _ = std::fs::remove_file(&training);
         log(&format!(
             "pretrained: source test accuracy {:.2}% in {:.1}s ({:.0} img/s); saved {}",
             100.0 * r.eval.accuracy,
@@ -466,12 +740,48 @@ pub fn compare(
         ));
         Some(r)
     };
+    // Learning rates: given, tuned on validation data (on the first seed, then kept), or the defaults.
+    let mut lrs: Vec<(Method, f32)> = Vec::new();
+    let mut lr_scores: Vec<(String, Vec<(f32, f64)>)> = Vec::new();
+    for &method in &opts.methods {
+        let lr = match (opts.lr_override, opts.tune_lr) {
+            (Some(lr), _) => lr,
+            (None, true) => {
+                let tune_opts = RunOptions {
+                    seed: opts.seeds[0],
+                    ..opts.finetune.clone()
+                };
+                let (lr, scores) = tune_learning_rate(
+                    &opts.config,
+                    &checkpoint,
+                    target,
+                    method,
+                    &opts.adapter,
+                    &tune_opts,
+                    device,
+                )?;
+                log(&format!(
+                    "{:<18} learning rate {lr} chosen on validation data ({})",
+                    method.name(),
+                    scores
+                        .iter()
+                        .map(|(l, a)| format!("{l}: {:.1}%", 100.0 * a))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                lr_scores.push((method.name().to_string(), scores));
+                lr
+            }
+            (None, false) => method.default_lr(),
+        };
+        lrs.push((method, lr));
+    }
     let mut runs: Vec<(u64, RunResult)> = Vec::new();
     for &seed in &opts.seeds {
-        for &method in &opts.methods {
+        for &(method, lr) in &lrs {
             let run_opts = RunOptions {
                 seed,
-                lr: opts.lr_override.unwrap_or(method.default_lr()),
+                lr,
                 ..opts.finetune.clone()
             };
             let save_dir = opts
@@ -508,6 +818,11 @@ pub fn compare(
         pretrain: pretrain_result,
         checkpoint: checkpoint.clone(),
         opts: opts.clone(),
+        learning_rates: lrs
+            .iter()
+            .map(|(m, lr)| (m.name().to_string(), *lr))
+            .collect(),
+        lr_scores,
         runs,
     };
     write_report(&report, &opts.out)?;
@@ -519,6 +834,8 @@ pub fn compare(
         "methods": opts.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "seeds": opts.seeds,
         "lr_override": opts.lr_override,
+        "tune_lr": opts.tune_lr,
+        "learning_rates": report.learning_rates,
         "checkpoint": checkpoint.display().to_string(),
         "device": device.name(),
     });
@@ -529,6 +846,14 @@ pub fn compare(
             .as_bytes(),
     )?;
     Ok(report)
+}
+
+/// Creates `dir` and its parents, with an error naming it.
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })
 }
 
 /// "ConvNeXt v1 dims [16, 32, 64, 128] depths [1, 1, 2, 1]".

@@ -26,6 +26,10 @@ pub struct ComparisonReport {
     pub checkpoint: PathBuf,
     /// The options the comparison ran with.
     pub opts: CompareOptions,
+    /// The learning rate each method trained with.
+    pub learning_rates: Vec<(String, f32)>,
+    /// With `--tune-lr`: each method's validation accuracy per candidate learning rate.
+    pub lr_scores: Vec<(String, Vec<(f32, f64)>)>,
     /// (seed, result) for every method and seed.
     pub runs: Vec<(u64, RunResult)>,
 }
@@ -182,6 +186,13 @@ pub fn write_report(report: &ComparisonReport, out: &Path) -> Result<()> {
                 report.checkpoint.display()
             );
         }
+        None if o.base_weights.is_some() => {
+            let _ = writeln!(
+                md,
+                "Pretrained weights: `{}` (given, not trained here).\n",
+                report.checkpoint.display()
+            );
+        }
         None => {
             let _ = writeln!(
                 md,
@@ -204,6 +215,32 @@ pub fn write_report(report: &ComparisonReport, out: &Path) -> Result<()> {
         o.adapter.targets,
         o.seeds
     );
+    if !report.lr_scores.is_empty() {
+        let _ = writeln!(
+            md,
+            "Learning rates were chosen per method by accuracy on a validation split (a fifth of the target \
+             training images, stratified; the test set is never used), then each method was trained on the \
+             whole training set:\n"
+        );
+        let _ = writeln!(
+            md,
+            "| method | validation accuracy per learning rate | chosen |"
+        );
+        let _ = writeln!(md, "|---|---|---:|");
+        for (m, scores) in &report.lr_scores {
+            let chosen = report
+                .learning_rates
+                .iter()
+                .find(|(n, _)| n == m)
+                .map_or(f32::NAN, |(_, lr)| *lr);
+            let cells: Vec<String> = scores
+                .iter()
+                .map(|(lr, a)| format!("{lr}: {:.1}%", 100.0 * a))
+                .collect();
+            let _ = writeln!(md, "| {m} | {} | {chosen} |", cells.join(", "));
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "{}", report.table());
     let _ = writeln!(md, "{}\n", report.verdict());
     let _ = writeln!(md, "![loss and accuracy](plot.svg)\n");
@@ -214,11 +251,11 @@ pub fn write_report(report: &ComparisonReport, out: &Path) -> Result<()> {
     );
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
     for (seed, r) in &report.runs {
-        let lr = o.lr_override.unwrap_or_else(|| {
-            super::Method::parse(&r.method)
-                .map(|m| m.default_lr())
-                .unwrap_or(f32::NAN)
-        });
+        let lr = report
+            .learning_rates
+            .iter()
+            .find(|(m, _)| *m == r.method)
+            .map_or(f32::NAN, |(_, lr)| *lr);
         let _ = writeln!(
             md,
             "| {seed} | {} | {lr} | {:.4} | {:.4} | {:.2}% | {:.0} |",

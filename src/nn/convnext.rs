@@ -480,6 +480,15 @@ pub struct ConvNeXt {
 }
 
 impl ConvNeXt {
+    /// Moves every drop-path layer's mask stream to training step `steps` (each training forward draws
+    /// one mask per block), for an exact resume.
+    pub fn seek_drop_path(&self, steps: u64) {
+        for stage in &self.stages {
+            for block in &stage.blocks {
+                block.drop_path.seek(steps);
+            }
+        }
+    }
     /// A freshly initialised network (deterministic for `config.seed`).
     pub fn new(config: ConvNeXtConfig, device: &Device) -> Result<ConvNeXt> {
         config.validate()?;

@@ -34,6 +34,11 @@ impl DropPath {
             calls: AtomicU64::new(0),
         })
     }
+    /// Sets the number of training calls seen so far (the mask stream's position), so a resumed run draws
+    /// the masks an uninterrupted one would.
+    pub fn seek(&self, calls: u64) {
+        self.calls.store(calls, Ordering::Relaxed);
+    }
     /// Drops whole samples of `x` (N, …) in training mode; the identity otherwise or when p = 0.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.prob == 0.0 {

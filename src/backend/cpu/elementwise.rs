@@ -4,7 +4,7 @@
 //! transcendental functions used in training (exp, and erf inside GELU) are written branch-free from
 //! polynomials, so the loops vectorise instead of calling libm once per element.
 
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{AdamWStep, BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
 use rayon::prelude::*;
 
@@ -234,6 +234,43 @@ fn map_binary(
             .for_each(row_body);
     }
     out
+}
+
+/// The fused AdamW update (math in [`crate::backend::Backend::adamw_update`]): one pass over p, g, m, v.
+pub fn adamw(
+    p: &[f32],
+    g: &[f32],
+    moments: Option<(&[f32], &[f32])>,
+    h: &AdamWStep,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = p.len();
+    let (mut p_out, mut m_out, mut v_out) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let decay = 1.0 - h.lr * h.weight_decay;
+    let (c1, c2) = (1.0 - h.beta1, 1.0 - h.beta2);
+    let (inv_b2, step) = (1.0 / h.bias2, h.lr / h.bias1);
+    let body = |i: usize, (po, (mo, vo)): (&mut [f32], (&mut [f32], &mut [f32]))| {
+        let s = i * CHUNK;
+        widest(
+            #[inline(always)]
+            || {
+                for j in 0..po.len() {
+                    let gj = g[s + j];
+                    let (m0, v0) = moments.map_or((0.0, 0.0), |(m, v)| (m[s + j], v[s + j]));
+                    let m1 = h.beta1 * m0 + c1 * gj;
+                    let v1 = h.beta2 * v0 + c2 * (gj * gj);
+                    mo[j] = m1;
+                    vo[j] = v1;
+                    po[j] = p[s + j] * decay - step * m1 / ((v1 * inv_b2).sqrt() + h.eps);
+                }
+            },
+        )
+    };
+    p_out
+        .par_chunks_mut(CHUNK)
+        .zip(m_out.par_chunks_mut(CHUNK).zip(v_out.par_chunks_mut(CHUNK)))
+        .enumerate()
+        .for_each(|(i, chunks)| body(i, chunks));
+    (p_out, m_out, v_out)
 }
 
 #[cfg(test)]

@@ -201,9 +201,11 @@ pub(crate) unsafe fn gemm_view(
     }
     let c = CPtr(c);
     match isa() {
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => gemm_blocked::<6, 32>(a, b, c, out, (m, k, n), tile_avx512),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), tile_avx2),
-        Isa::Portable => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), tile_portable),
+        _ => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), tile_portable),
     }
 }
 
@@ -248,32 +250,6 @@ unsafe fn tile_avx2(
     nr: usize,
 ) {
     tile::<6, 16, true>(a, b, c, r, q, mr, nr)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512(
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    r: &[usize],
-    q: &[usize],
-    mr: usize,
-    nr: usize,
-) {
-    tile::<6, 32, false>(a, b, c, r, q, mr, nr)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx2(
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    r: &[usize],
-    q: &[usize],
-    mr: usize,
-    nr: usize,
-) {
-    tile::<6, 16, false>(a, b, c, r, q, mr, nr)
 }
 
 unsafe fn tile_portable(

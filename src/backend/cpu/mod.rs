@@ -9,7 +9,8 @@ mod reduce;
 pub use elementwise::{erf, gelu, gelu_derivative};
 
 use super::{
-    AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+    AdamWStep, AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -159,6 +160,21 @@ impl Backend for CpuBackend {
             dweight: wrap(dweight),
             dbias: wrap(dbias),
         })
+    }
+    fn adamw_update(
+        &self,
+        param: &Storage,
+        grad: &Storage,
+        moments: Option<(&Storage, &Storage)>,
+        len: usize,
+        h: &AdamWStep,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let moments = match moments {
+            Some((m, v)) => Some((host(m)?, host(v)?)),
+            None => None,
+        };
+        let (p, m, v) = elementwise::adamw(&host(param)?[..len], &host(grad)?[..len], moments, h);
+        Ok((wrap(p), wrap(m), wrap(v)))
     }
     fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         norm::log_softmax(host(x)?, layout).map(wrap)

@@ -327,6 +327,11 @@ impl GpuBackend {
         })
     }
 
+    /// The limits the device was opened with (the adapter's own), e.g. the largest buffer it can bind.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
     /// The adapter's description (name, backend, device type).
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.adapter
