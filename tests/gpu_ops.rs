@@ -301,6 +301,25 @@ proptest! {
     }
 
     #[test]
+    fn fused_adamw_matches_cpu(len in 1usize..3000, first_step: bool, t in 1i32..50, seed in 0u64..1000) {
+        let h = liera::backend::AdamWStep {
+            lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05,
+            bias1: 1.0 - 0.9f32.powi(t), bias2: 1.0 - 0.999f32.powi(t),
+        };
+        let inputs = vec![
+            values(seed, len, -1.0, 1.0),
+            values(seed + 1, len, -1.0, 1.0),
+            values(seed + 2, len, -0.1, 0.1),
+            values(seed + 3, len, 0.0, 0.01),
+        ];
+        cross(&format!("adamw len {len}, t {t}"), &inputs, |b, s| {
+            let moments = (!first_step).then_some((&s[2], &s[3]));
+            let (p, m, v) = b.adamw_update(&s[0], &s[1], moments, len, &h)?;
+            Ok(vec![p, m, v])
+        })?;
+    }
+
+    #[test]
     fn log_softmax_matches_cpu(outer in 1usize..6, len in 1usize..200, inner in 1usize..6, seed in 0u64..1000) {
         let l = AxisLayout { outer, len, inner };
         let inputs = vec![values(seed, l.numel(), -5.0, 5.0), values(seed + 1, l.numel(), -1.0, 1.0)];

@@ -25,7 +25,8 @@
 pub mod shaders;
 
 use super::{
-    AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+    AdamWStep, AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -1386,6 +1387,49 @@ impl Backend for GpuBackend {
             )?;
         }
         Ok(Self::wrap(dx))
+    }
+
+    fn adamw_update(
+        &self,
+        param: &Storage,
+        grad: &Storage,
+        moments: Option<(&Storage, &Storage)>,
+        len: usize,
+        h: &AdamWStep,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (param, grad) = (self.buf(param)?, self.buf(grad)?);
+        let moments = match moments {
+            Some((m, v)) => Some((self.buf(m)?, self.buf(v)?)),
+            None => None,
+        };
+        let (p, m, v) = (self.alloc(len)?, self.alloc(len)?, self.alloc(len)?);
+        let params = [
+            u32_of("length", len)?,
+            moments.is_some() as u32,
+            h.lr.to_bits(),
+            h.beta1.to_bits(),
+            h.beta2.to_bits(),
+            h.eps.to_bits(),
+            h.weight_decay.to_bits(),
+            h.bias1.to_bits(),
+            h.bias2.to_bits(),
+        ];
+        self.launch_elements(
+            &ShaderVariant::plain(Family::Optim),
+            "adamw",
+            &params,
+            Bindings::new(
+                &[
+                    Some(param.raw()),
+                    Some(grad.raw()),
+                    moments.map(|(m, _)| m.raw()),
+                    moments.map(|(_, v)| v.raw()),
+                ],
+                &[p.raw(), m.raw(), v.raw()],
+            ),
+            len,
+        )?;
+        Ok((Self::wrap(p), Self::wrap(m), Self::wrap(v)))
     }
 
     fn readback_count(&self) -> u64 {

@@ -23,6 +23,7 @@ const DEPTHWISE: ShaderFile = (
     include_str!("../../../shaders/depthwise.wgsl"),
 );
 const NORM: ShaderFile = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const OPTIM: ShaderFile = ("optim.wgsl", include_str!("../../../shaders/optim.wgsl"));
 const SOFTMAX: ShaderFile = (
     "softmax.wgsl",
     include_str!("../../../shaders/softmax.wgsl"),
@@ -39,6 +40,7 @@ pub const ALL_FILES: &[ShaderFile] = &[
     DEPTHWISE,
     NORM,
     SOFTMAX,
+    OPTIM,
 ];
 
 /// A kernel family: the files its module is assembled from.
@@ -58,6 +60,8 @@ pub enum Family {
     Norm,
     /// Log-softmax forward and backward (softmax.wgsl).
     Softmax,
+    /// The fused AdamW update (optim.wgsl).
+    Optim,
 }
 
 impl Family {
@@ -71,6 +75,7 @@ impl Family {
             Family::Depthwise => &[COMMON, DEPTHWISE],
             Family::Norm => &[COMMON, NORM],
             Family::Softmax => &[COMMON, SOFTMAX],
+            Family::Optim => &[COMMON, OPTIM],
         }
     }
 }
@@ -217,6 +222,7 @@ pub fn all_variants() -> Vec<ShaderVariant> {
         Family::Depthwise,
         Family::Norm,
         Family::Softmax,
+        Family::Optim,
     ] {
         v.push(ShaderVariant::plain(f));
     }
