@@ -513,7 +513,12 @@ impl GpuBackend {
         }
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
-        debug_assert!(params.len() <= PARAM_WORDS);
+        if params.len() > PARAM_WORDS {
+            return Err(Error::Device(format!(
+                "kernel {entry}: {} parameter words exceed the {PARAM_WORDS}-word block",
+                params.len()
+            )));
+        }
         let mut words = params.to_vec();
         words.resize(PARAM_WORDS, 0);
         let mut pending = self.pending.lock().map_err(poisoned)?;
