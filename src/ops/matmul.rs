@@ -9,7 +9,8 @@
 //! and, undoing op:  A plain: ∂A = G·op(B)ᵀ;   A transposed: ∂A = op(B)·Gᵀ;
 //!                   B plain: ∂B = op(A)ᵀ·G;   B transposed: ∂B = Gᵀ·op(A).
 //! Each is one call of this same kernel with transpose flags, never a materialised transpose. A shared
-//! operand's gradient is summed over the batch.
+//! operand's gradient is summed over the batch; a shared right operand with row-major left operands is
+//! computed as one product of the stacked rows, whose backward then sums over the batch inside one GEMM.
 
 use crate::backend::MatmulSpec;
 use crate::error::{Error, Result};
@@ -68,6 +69,18 @@ impl Tensor {
             }
         };
         let batch: usize = batch_dims.iter().product();
+        // A batch of row-major A's times one shared B is a single product of the stacked rows
+        // (batch·m, k)·op(B): one large GEMM instead of `batch` small ones, and its backward gives ∂B as one
+        // GEMM over the folded batch rather than a batched product followed by a sum (Linear layers on
+        // (N, H, W, C) activations hit this case).
+        if b_batch.is_empty() && !a_batch.is_empty() && !trans_a && batch > 1 {
+            let mut out = batch_dims;
+            out.extend([m, n]);
+            return self
+                .reshape([batch * m, ka])?
+                .matmul_t(other, false, trans_b)?
+                .reshape(out);
+        }
         let spec = MatmulSpec {
             batch,
             m,
