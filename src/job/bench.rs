@@ -82,13 +82,14 @@ fn sync(t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The convolution layers of a ConvNeXt-atto step at batch 64 on 32×32 images: forward, input gradient and
-/// weight gradient of each.
+/// The convolution layers of a ConvNeXt-atto step at batch 64 on 32×32 images, plus a dense 3×3 layer of
+/// the same width for reference: forward, input gradient and weight gradient of each.
 pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<BenchResult>> {
     let d = Conv2dParams::default();
     // (label, c_in, h, c_out, k, params)
-    let layers: [(&str, usize, usize, usize, usize, Conv2dParams); 5] = [
+    let layers: [(&str, usize, usize, usize, usize, Conv2dParams); 6] = [
         ("stem 4×4/4 1→40 @32", 1, 32, 40, 4, d.stride(4)),
+        ("dense 3×3 40→40 @8", 40, 8, 40, 3, d.padding(1)),
         ("depthwise 7×7 40 @8", 40, 8, 40, 7, d.padding(3).groups(40)),
         ("pointwise 1×1 40→160 @8", 40, 8, 160, 1, d),
         ("pointwise 1×1 160→40 @8", 160, 8, 40, 1, d),
