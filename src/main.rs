@@ -329,9 +329,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(lr) = a.lr {
                 check_positive("--lr", lr as f64)?;
             }
-            for m in a.methods.split(',') {
-                Method::parse(m.trim())?;
-            }
+            parse_methods(&a.methods)?;
+            seed_range(common.seed, a.seeds)?;
         }
         Command::Finetune(a) => {
             check_adapter_args(&a.adapter)?;
@@ -467,11 +466,8 @@ fn cache_dir(given: Option<PathBuf>) -> PathBuf {
 }
 
 fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
-    let methods = a
-        .methods
-        .split(',')
-        .map(|m| Method::parse(m.trim()))
-        .collect::<Result<Vec<_>>>()?;
+    let methods = parse_methods(&a.methods)?;
+    let seeds = seed_range(common.seed, a.seeds)?;
     let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?
         .with_channels(a.model.in_chans)?;
     let target = target_data(
@@ -490,7 +486,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         finetune: default_finetune_options(common, a.steps, a.batch_size),
         adapter: a.adapter.options(),
         methods,
-        seeds: (common.seed..common.seed + a.seeds).collect(),
+        seeds,
         lr_override: a.lr,
         tune_lr: !a.no_tune_lr,
         base_weights: a.weights.clone(),
@@ -678,4 +674,32 @@ fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The comma-separated `--methods` list: each known, none twice (a repeated method would be counted as
+/// another seed in the summary and overwrite the other's adapter).
+fn parse_methods(list: &str) -> Result<Vec<Method>> {
+    let mut methods = Vec::new();
+    for name in list.split(',') {
+        let m = Method::parse(name.trim())?;
+        if methods.contains(&m) {
+            return Err(Error::invalid(
+                "liera",
+                format!("--methods lists `{}` twice", m.name()),
+            ));
+        }
+        methods.push(m);
+    }
+    Ok(methods)
+}
+
+/// Seeds `first`, `first + 1`, … (`count` of them), or an error if they would pass u64::MAX.
+fn seed_range(first: u64, count: u64) -> Result<Vec<u64>> {
+    let end = first.checked_add(count).ok_or_else(|| {
+        Error::invalid(
+            "liera",
+            format!("--seed {first} with --seeds {count} runs past the largest seed"),
+        )
+    })?;
+    Ok((first..end).collect())
 }

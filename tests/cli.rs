@@ -466,6 +466,41 @@ fn invalid_flags_are_named_errors_before_any_work() {
             vec!["pretrain".into(), "--weight-decay=-1".into()],
             vec!["--weight-decay must be ≥ 0"],
         ),
+        (
+            "a method listed twice",
+            vec![
+                "compare".into(),
+                "--methods".into(),
+                "lora,liera,lora".into(),
+            ],
+            vec!["--methods lists `lora` twice"],
+        ),
+        (
+            "seeds past u64::MAX",
+            vec![
+                "compare".into(),
+                "--seed".into(),
+                "18446744073709551615".into(),
+                "--seeds".into(),
+                "2".into(),
+            ],
+            vec!["runs past the largest seed"],
+        ),
+        (
+            "one image per class with learning-rate tuning",
+            vec![
+                "compare".into(),
+                "--per-class".into(),
+                "1".into(),
+                "--quiet".into(),
+            ],
+            vec!["learning rates cannot be tuned", "--no-tune-lr"],
+        ),
+        (
+            "in-chans other than 1 or 3",
+            ft(&["--in-chans", "2"]),
+            vec!["--in-chans must be 1 or 3"],
+        ),
     ];
     for (what, args, needles) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -502,9 +537,21 @@ fn gpu_without_an_adapter_is_an_error_not_a_hang() {
     let line = assert_fails(&out, &["no GPU adapter"]);
     eprintln!("device gpu without adapter: {line}");
     assert!(began.elapsed() < Duration::from_secs(60));
-    // The same through LIERA_DEVICE / LIERA_REQUIRE_GPU.
+    // `auto` with LIERA_REQUIRE_GPU=1 insists on a GPU: an error, not a quiet fall-back to the CPU.
     let mut env = hide.to_vec();
     env.push(("LIERA_REQUIRE_GPU", "1"));
+    let out = liera_with_env(
+        &[
+            "eval",
+            "--weights",
+            &weights.display().to_string(),
+            "--mnist",
+        ],
+        &env,
+    );
+    let line = assert_fails(&out, &["LIERA_REQUIRE_GPU=1", "no GPU"]);
+    eprintln!("auto with LIERA_REQUIRE_GPU=1 and no adapter: {line}");
+    // The same through LIERA_DEVICE.
     let out = liera_with_env(
         &[
             "eval",

@@ -178,3 +178,47 @@ fn normalisations_and_losses_reject_bad_shapes() {
         &["linear", "bias", "[4]"],
     );
 }
+
+/// The backend's conv kernels are public: a hand-made geometry that `Conv2dGeometry::new` would not derive,
+/// or buffers shorter than it says, is an error, never an out-of-bounds write.
+#[test]
+fn conv_kernels_reject_inconsistent_geometry_and_short_buffers() {
+    let dev = Device::cpu();
+    let backend = dev.backend();
+    let good = Conv2dGeometry::new(
+        &Shape::new([1, 2, 1, 1]),
+        &Shape::new([1, 2, 1, 1]),
+        Conv2dParams::default(),
+    )
+    .unwrap();
+    let forged = Conv2dGeometry {
+        h_out: 256,
+        w_out: 256,
+        ..good
+    };
+    let w = backend.upload(&[1.0, 1.0]).unwrap();
+    let dy = backend.upload(&vec![1.0; 256 * 256]).unwrap();
+    assert_err(
+        backend.conv2d_input_grad(&dy, &w, &forged),
+        &["conv2d", "inconsistent geometry"],
+    );
+    let x = backend.upload(&[1.0, 2.0]).unwrap();
+    assert_err(
+        backend.conv2d_weight_grad(&x, &dy, &forged),
+        &["conv2d", "inconsistent geometry"],
+    );
+    let short = backend.upload(&[1.0]).unwrap();
+    assert_err(
+        backend.conv2d(&short, &w, None, &good),
+        &["conv2d", "input buffer holds 1 values"],
+    );
+    assert!(backend.conv2d(&x, &w, None, &good).is_ok());
+}
+
+/// A zero-length axis is an empty result, not a panic.
+#[test]
+fn empty_tensors_broadcast_to_empty_results() {
+    let y = t(&[2, 3, 0]).add(&t(&[1, 3, 1])).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 0]);
+    assert!(y.to_vec().unwrap().is_empty());
+}

@@ -567,6 +567,23 @@ fn config_hash(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// A 64-bit FNV-1a fingerprint of a dataset's images and labels (so another data set of the same size never
+/// reuses a checkpoint).
+fn data_fingerprint(d: &Dataset) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for v in &d.images {
+        mix(v.to_bits() as u64);
+    }
+    for &l in &d.labels {
+        mix(l as u64);
+    }
+    format!("{h:016x}")
+}
+
 /// The cached checkpoint path of a pretraining run: it changes whenever the architecture, the options or
 /// the data change, so a stale checkpoint is never reused.
 pub fn pretrain_checkpoint_path(
@@ -585,12 +602,7 @@ pub fn pretrain_checkpoint_path(
         opts.seed,
         opts.augment_shift,
         data.train.len(),
-        data.train
-            .labels
-            .iter()
-            .take(64)
-            .map(|l| l.to_string())
-            .collect::<String>()
+        data_fingerprint(&data.train)
     );
     cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
 }
@@ -623,6 +635,21 @@ pub fn validation_split(data: &Dataset, per_class: usize, seed: u64) -> Result<(
     Ok((data.subset(&train)?, data.subset(&val)?))
 }
 
+/// The smallest class count of `train`, or an error if a class is too small to hold out validation images.
+fn check_tunable(train: &Dataset) -> Result<usize> {
+    let smallest_class = train.class_counts().into_iter().min().unwrap_or(0);
+    if smallest_class < 2 {
+        return Err(Error::invalid(
+            "compare",
+            format!(
+                "a class has {smallest_class} training image(s): learning rates cannot be tuned on held-out \
+                 images; give at least 2 per class or pass --no-tune-lr (with --lr to set one)"
+            ),
+        ));
+    }
+    Ok(smallest_class)
+}
+
 /// The learning rate of `method` with the best validation accuracy (ties: the smaller rate), with every
 /// candidate's accuracy, from runs on a held-out fifth of the target training set.
 #[allow(clippy::too_many_arguments)]
@@ -635,7 +662,8 @@ pub fn tune_learning_rate(
     opts: &RunOptions,
     device: &Device,
 ) -> Result<(f32, Vec<(f32, f64)>)> {
-    let per_class = (target.train.len() / target.train.classes.max(1) / 5).max(1);
+    let smallest_class = check_tunable(&target.train)?;
+    let per_class = (smallest_class / 5).max(1);
     let (train, val) = validation_split(&target.train, per_class, opts.seed)?;
     let split = Splits { train, test: val };
     let mut scores = Vec::new();
@@ -679,6 +707,9 @@ pub fn compare(
             "compare",
             "need at least one seed and one method",
         ));
+    }
+    if opts.tune_lr && opts.lr_override.is_none() {
+        check_tunable(&target.train)?; // before minutes of pretraining, not after
     }
     create_dir(&opts.out)?;
     let checkpoint = match &opts.base_weights {
@@ -870,7 +901,8 @@ pub fn describe(c: &ConvNeXtConfig) -> String {
 ///
 /// `auto` takes a hardware GPU adapter when one exists, else the CPU; a software adapter (llvmpipe) is
 /// slower than the CPU backend for training, so `auto` passes it over (saying so) unless
-/// `LIERA_DEVICE=gpu` asks for it. `gpu` insists on an adapter (any kind) and fails without one.
+/// `LIERA_DEVICE=gpu` asks for it or `LIERA_REQUIRE_GPU=1` insists on a GPU (then any adapter is taken and
+/// none is an error). `gpu` insists on an adapter (any kind) and fails without one.
 pub fn select_device(choice: &str) -> Result<Device> {
     match choice {
         "cpu" => Ok(Device::cpu()),
@@ -879,6 +911,15 @@ pub fn select_device(choice: &str) -> Result<Device> {
             let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
             if !forced.trim().is_empty() {
                 return Device::best();
+            }
+            // CI insists that the GPU path runs: then any adapter will do, software included, and none
+            // is an error rather than a quiet fall-back to the CPU.
+            if std::env::var("LIERA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                return Device::gpu().map_err(|e| {
+                    Error::Device(format!(
+                        "LIERA_REQUIRE_GPU=1 but no GPU device is usable: {e}"
+                    ))
+                });
             }
             match Device::gpu() {
                 Ok(gpu) if !gpu.backend().is_software_gpu() => Ok(gpu),

@@ -9,7 +9,7 @@
 //! contiguous output row, with the valid column range worked out once so no bounds test sits in it.
 
 use super::matmul::{gemm_view, Axis, MatView, OutView};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
 
@@ -37,7 +37,39 @@ fn tap_offset(p: usize, dil: usize, pad: usize) -> isize {
 
 /// True when the patch matrix of an image is the image itself.
 fn is_pointwise(g: &Conv2dGeometry) -> bool {
-    g.kh == 1 && g.kw == 1 && g.params.stride == [1, 1] && g.params.padding == [0, 0]
+    g.kh == 1
+        && g.kw == 1
+        && g.params.stride == [1, 1]
+        && g.params.padding == [0, 0]
+        && (g.h_out, g.w_out) == (g.h_in, g.w_in)
+}
+
+/// The kernels write through raw pointers sized from the geometry, so a geometry must be the one
+/// [`Conv2dGeometry::new`] derives (its fields are public) and every buffer must be as long as it says.
+fn check_geometry(g: &Conv2dGeometry, buffers: &[(&str, usize, usize)]) -> Result<()> {
+    let derived = Conv2dGeometry::new(&g.input_shape(), &g.weight_shape(), g.params)?;
+    if derived != *g {
+        return Err(Error::invalid(
+            "conv2d",
+            format!(
+                "inconsistent geometry: input {} and weight {} with {:?} give output {}, not {}",
+                g.input_shape(),
+                g.weight_shape(),
+                g.params,
+                derived.output_shape(),
+                g.output_shape()
+            ),
+        ));
+    }
+    for &(name, len, need) in buffers {
+        if len < need {
+            return Err(Error::invalid(
+                "conv2d",
+                format!("{name} buffer holds {len} values, the geometry needs {need}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Walks the valid (output row i, input row ih, columns j0..j1) of tap (kp, kq) and calls
@@ -153,6 +185,14 @@ fn im2col_images(
 /// the batch folded into the GEMM's columns (see [`Axis::blocked`]), so small images still give large
 /// products.
 pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    check_geometry(
+        g,
+        &[
+            ("input", x.len(), g.input_shape().numel()),
+            ("weight", w.len(), g.weight_shape().numel()),
+            ("bias", bias.map_or(g.c_out, |b| b.len()), g.c_out),
+        ],
+    )?;
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let mut y = vec![0.0f32; g.batch * g.c_out * hw_out];
     if g.is_depthwise() {
@@ -221,6 +261,13 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) ->
 /// ∂L/∂x from dy = ∂L/∂y: per group, ∂X̃_g = W_gᵀ · G_g over the whole batch, scattered back by col2im (a
 /// pointwise convolution writes ∂x directly).
 pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    check_geometry(
+        g,
+        &[
+            ("output gradient", dy.len(), g.output_shape().numel()),
+            ("weight", w.len(), g.weight_shape().numel()),
+        ],
+    )?;
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let mut dx = vec![0.0f32; g.batch * g.c_in * hw_in];
     if g.is_depthwise() {
@@ -288,6 +335,13 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
 /// ∂L/∂w from the input x and dy = ∂L/∂y: per group, ∂W_g = G_g · X̃_gᵀ with the batch folded into the
 /// reduction (k) axis of the GEMM.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    check_geometry(
+        g,
+        &[
+            ("input", x.len(), g.input_shape().numel()),
+            ("output gradient", dy.len(), g.output_shape().numel()),
+        ],
+    )?;
     if g.is_depthwise() {
         return Ok(if g.w_out < SMALL_PLANE {
             depthwise_weight_grad_channels_last(x, dy, g)

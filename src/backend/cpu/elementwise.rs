@@ -14,8 +14,9 @@ const PAR_MIN: usize = 1 << 14;
 const CHUNK: usize = 1 << 12;
 
 /// eˣ in f32, branch-free (Cephes `expf`): x = n·ln 2 + r with |r| ≤ ln2/2, eʳ by a degree-6 polynomial,
-/// 2ⁿ assembled in the exponent bits. Relative error ≤ 2 ulp over the normal range; inputs are clamped
-/// to [−87.3, 88.3], so overflow saturates to ~2·10³⁸ (not ∞) and underflow to ~10⁻³⁸ (not 0).
+/// 2ⁿ assembled in the exponent bits as 2^⌊n/2⌋·2^⌈n/2⌉ (each factor a normal float for every n used).
+/// Relative error ≤ 2 ulp over the normal range; above ln(f32::MAX) the result is +∞, far below it
+/// underflows through the subnormals to 0, and NaN stays NaN (as libm's `expf`).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -24,9 +25,10 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2²³: adding and subtracting it rounds to the nearest integer without a rounding instruction.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    const MAX_ARG: f32 = 88.722_84; // ln(f32::MAX)
+    let xc = x.clamp(-104.0, MAX_ARG);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
@@ -34,8 +36,15 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    er * scale
+    let ni = n as i32;
+    let (lo, hi) = (ni >> 1, ni - (ni >> 1));
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let y = er * pow2(lo) * pow2(hi);
+    if x > MAX_ARG {
+        f32::INFINITY
+    } else {
+        y
+    }
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5·10⁻⁷, below f32 resolution near 1), branch-free. The
@@ -80,11 +89,13 @@ fn widest<R>(body: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
             body()
         }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
+        let avx2_fma =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if std::is_x86_feature_detected!("avx512f") && avx2_fma {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
             return unsafe { avx512(body) };
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if avx2_fma {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { avx2(body) };
         }
@@ -199,6 +210,9 @@ fn map_binary(
 ) -> Vec<f32> {
     let n = layout.numel();
     let mut out = vec![0.0f32; n];
+    if n == 0 {
+        return out;
+    }
     if layout.is_contiguous() {
         let body = |(i, o): (usize, &mut [f32])| {
             let s = i * CHUNK;
@@ -291,8 +305,24 @@ mod tests {
             x += 0.001_7;
         }
         assert!(worst <= 2.0, "worst error {worst} ulp");
-        assert!(exp(1000.0).is_finite() && exp(-1000.0) >= 0.0);
         assert_eq!(exp(0.0), 1.0);
+        // The edges behave as libm's expf: overflow to ∞, underflow to 0, NaN propagates, and the top of
+        // the range (88.3 .. ln f32::MAX) is still accurate.
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        let top = exp(88.7) as f64;
+        assert!(
+            (top / (88.7f32 as f64).exp() - 1.0).abs() < 1e-6,
+            "exp(88.7) = {top}"
+        );
+        let sub = exp(-95.0) as f64; // a subnormal result
+        assert!(
+            (sub / (-95.0f32 as f64).exp() - 1.0).abs() < 1e-3,
+            "exp(-95) = {sub}"
+        );
     }
 
     /// erf matches the f64 series to the formula's 1.5·10⁻⁷ plus f32 rounding.

@@ -139,7 +139,10 @@ enum Isa {
 fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        // The AVX-512 kernel is compiled with AVX2 and FMA enabled too, so all three must be present.
+        let avx2_fma =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if std::is_x86_feature_detected!("avx512f") && avx2_fma {
             return Isa::Avx512;
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -163,11 +166,17 @@ pub(crate) fn gemm_acc(
     trans_a: bool,
     trans_b: bool,
 ) {
+    assert!(
+        c.len() >= m * n,
+        "gemm_acc: output of {} values for a {m}×{n} product",
+        c.len()
+    );
     let out = OutView {
         rows: Axis::plain(n),
         cols: Axis::plain(1),
     };
-    // SAFETY: `out` addresses exactly the m×n row-major elements of `c`, which we borrow mutably.
+    // SAFETY: `out` addresses exactly the m×n row-major elements of `c` (checked above), which we borrow
+    // mutably.
     unsafe {
         gemm_view(
             &MatView::dense(a, m, k, trans_a),
@@ -493,8 +502,8 @@ mod tests {
         }
     }
 
-    /// Every instruction-set variant and blocking edge (partial tiles, k across KC, n across NC panels)
-    /// agrees with the textbook triple loop, for every transpose combination.
+    /// Every instruction-set variant and blocking edge (partial tiles, k across KC blocks, n across NC
+    /// blocks) agrees with the textbook triple loop, for every transpose combination.
     #[test]
     fn blocked_gemm_matches_the_triple_loop() {
         let mut seed = 1u64;
@@ -504,6 +513,8 @@ mod tests {
             (13, 300, 17),
             (100, 257, 70),
             (6, 16, 32),
+            // n past one NC block and k past one KC block, for every variant
+            (20, 300, 2100),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
