@@ -240,3 +240,48 @@ fn conv2d_convnext_layers() {
         check_case(&case, 7).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// The CPU kernels are deterministic: the same convolution's gradients, computed repeatedly over a batch
+/// large enough to be split across threads, are bit-identical (a resumed run relies on this).
+#[test]
+fn conv2d_gradients_are_bit_reproducible() {
+    let dev = liera::Device::cpu();
+    let mut rng = Rng::new(42);
+    let (n, c, h) = (64usize, 16usize, 4usize);
+    let x: Vec<f32> = rng
+        .vec(n * c * h * h, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let w: Vec<f32> = rng
+        .vec(c * 49, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let run = || {
+        let xt = liera::Tensor::param(&x, [n, c, h, h], &dev).unwrap();
+        let wt = liera::Tensor::param(&w, [c, 1, 7, 7], &dev).unwrap();
+        let y = xt
+            .conv2d(&wt, None, Conv2dParams::default().padding(3).groups(c))
+            .unwrap();
+        let grads = y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+        let bits = |t: &liera::Tensor| -> Vec<u32> {
+            grads
+                .get(t)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        (bits(&xt), bits(&wt))
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert!(
+            run() == first,
+            "conv2d gradients differ between identical runs"
+        );
+    }
+}

@@ -775,15 +775,20 @@ fn depthwise_channels_last(
 }
 
 /// Weight gradient channels-last: dw[c, p, q] = Σ_n Σ_{i,j} dy[n, i, j, c]·x[n, ih, jw, c], accumulated per
-/// image into (tap, channel) rows and summed over images.
+/// image into (tap, channel) rows. The batch is cut into a fixed number of chunks whose partial sums are
+/// added in chunk order, so the result does not depend on how rayon schedules the chunks (a resumed run
+/// must reproduce an uninterrupted one bit for bit).
 fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    const CHUNKS: usize = 8;
     let c = g.c_in;
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
-    let per_tap = (0..g.batch)
+    let per_chunk = g.batch.div_ceil(CHUNKS);
+    let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(per_chunk))
         .into_par_iter()
-        .fold(
-            || (vec![0.0f32; taps * c], Vec::new(), Vec::new()),
-            |(mut acc, mut x_cl, mut dy_cl), n| {
+        .map(|chunk| {
+            let mut acc = vec![0.0f32; taps * c];
+            let (mut x_cl, mut dy_cl) = (Vec::new(), Vec::new());
+            for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch) {
                 to_channels_last(&x[n * c * hw_in..(n + 1) * c * hw_in], c, hw_in, &mut x_cl);
                 to_channels_last(
                     &dy[n * c * hw_out..(n + 1) * c * hw_out],
@@ -803,17 +808,14 @@ fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry
                         });
                     }
                 }
-                (acc, x_cl, dy_cl)
-            },
-        )
-        .map(|(acc, _, _)| acc)
-        .reduce(
-            || vec![0.0f32; taps * c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut per_tap = vec![0.0f32; taps * c];
+    for part in &partials {
+        per_tap.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
     // (tap, channel) → (channel, tap), the OIHW layout of a depthwise weight.
     let mut dw = vec![0.0f32; c * taps];
     for t in 0..taps {
