@@ -342,7 +342,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(_) | Command::Merge(_) | Command::Bench(_) => {}
     }
     let device = job::select_device(&common.device)?;
-    eprintln!("device: {}", device.name());
     match command {
         Command::Compare(a) => run_compare(a, &common, &device),
         Command::Pretrain(a) => run_pretrain(a, &common, &device),

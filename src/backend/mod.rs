@@ -332,9 +332,11 @@ impl Device {
         .map_err(Error::Device)
     }
 
-    /// The device to run on: `LIERA_DEVICE=cpu|gpu` forces one; otherwise a GPU adapter if one exists,
-    /// else the CPU. With `LIERA_REQUIRE_GPU=1` a missing adapter is an error instead of a fallback (so CI
-    /// can insist that the GPU path ran). Says on stderr which device was chosen.
+    /// The device to run on: `LIERA_DEVICE=cpu|gpu` forces one; otherwise a hardware GPU adapter if one
+    /// exists, else the CPU. A software adapter (Mesa's llvmpipe, SwiftShader) is passed over, since the CPU
+    /// backend is faster than a GPU emulated on the same cores. With `LIERA_REQUIRE_GPU=1` any adapter is
+    /// taken, software included, and none is an error instead of a fallback (so CI can insist that the GPU
+    /// path ran). Says on stderr which device was chosen.
     pub fn best() -> Result<Device> {
         let require_gpu = std::env::var("LIERA_REQUIRE_GPU").is_ok_and(|v| v == "1");
         let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
@@ -342,7 +344,15 @@ impl Device {
             "cpu" => Device::cpu(),
             "gpu" => Device::gpu()?,
             "" => match Device::gpu() {
-                Ok(d) => d,
+                Ok(d) if require_gpu || !d.backend().is_software_gpu() => d,
+                Ok(d) => {
+                    eprintln!(
+                        "liera: the only GPU adapter is software ({}); using the faster CPU backend \
+                         (LIERA_DEVICE=gpu or --device gpu uses the adapter anyway)",
+                        d.name()
+                    );
+                    Device::cpu()
+                }
                 Err(e) if require_gpu => {
                     return Err(Error::Device(format!(
                         "LIERA_REQUIRE_GPU=1 but no GPU device is usable: {e}"
@@ -360,7 +370,7 @@ impl Device {
                 ))
             }
         };
-        eprintln!("liera: running on {}", dev.name());
+        eprintln!("device: {}", dev.name());
         Ok(dev)
     }
     /// A device from any backend.

@@ -897,46 +897,20 @@ pub fn describe(c: &ConvNeXtConfig) -> String {
     )
 }
 
-/// The device for `--device auto|cpu|gpu`.
-///
-/// `auto` takes a hardware GPU adapter when one exists, else the CPU; a software adapter (llvmpipe) is
-/// slower than the CPU backend for training, so `auto` passes it over (saying so) unless
-/// `LIERA_DEVICE=gpu` asks for it or `LIERA_REQUIRE_GPU=1` insists on a GPU (then any adapter is taken and
-/// none is an error). `gpu` insists on an adapter (any kind) and fails without one.
+/// The device for `--device auto|cpu|gpu`: `auto` is [`Device::best`] (a hardware GPU if any, else the
+/// CPU; environment overrides), `cpu` the CPU, `gpu` any adapter or an error. Says on stderr which.
 pub fn select_device(choice: &str) -> Result<Device> {
-    match choice {
-        "cpu" => Ok(Device::cpu()),
-        "gpu" => Device::gpu(),
-        "auto" => {
-            let forced = std::env::var("LIERA_DEVICE").unwrap_or_default();
-            if !forced.trim().is_empty() {
-                return Device::best();
-            }
-            // CI insists that the GPU path runs: then any adapter will do, software included, and none
-            // is an error rather than a quiet fall-back to the CPU.
-            if std::env::var("LIERA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                return Device::gpu().map_err(|e| {
-                    Error::Device(format!(
-                        "LIERA_REQUIRE_GPU=1 but no GPU device is usable: {e}"
-                    ))
-                });
-            }
-            match Device::gpu() {
-                Ok(gpu) if !gpu.backend().is_software_gpu() => Ok(gpu),
-                Ok(gpu) => {
-                    eprintln!(
-                        "note: the only GPU adapter is software ({}); using the faster CPU backend \
-                         (--device gpu uses it anyway)",
-                        gpu.name()
-                    );
-                    Ok(Device::cpu())
-                }
-                Err(_) => Ok(Device::cpu()),
-            }
+    let device = match choice {
+        "auto" => return Device::best(),
+        "cpu" => Device::cpu(),
+        "gpu" => Device::gpu()?,
+        other => {
+            return Err(Error::invalid(
+                "device",
+                format!("--device must be auto, cpu or gpu, got `{other}`"),
+            ))
         }
-        other => Err(Error::invalid(
-            "device",
-            format!("--device must be auto, cpu or gpu, got `{other}`"),
-        )),
-    }
+    };
+    eprintln!("device: {}", device.name());
+    Ok(device)
 }
