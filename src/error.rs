@@ -49,6 +49,16 @@ pub enum Error {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// Training produced a non-finite loss (read back at a logging step); the run stopped there.
+    #[error("train: loss became {value} at step {step}; stopping (lower the learning rate){note}")]
+    Diverged {
+        /// The 1-based step whose loss was not finite.
+        step: u64,
+        /// The loss read back (NaN or ±∞).
+        value: f32,
+        /// What the caller adds, e.g. where the last good checkpoint is (empty, or starts with "; ").
+        note: String,
+    },
     /// A file's contents are malformed.
     #[error("{path}: {msg}")]
     Format {

@@ -107,12 +107,11 @@ pub fn train(
         if step % opts.log_every == 0 || step == opts.steps {
             let value = loss.to_scalar()?;
             if !value.is_finite() {
-                return Err(Error::invalid(
-                    "train",
-                    format!(
-                        "loss became {value} at step {step}; stopping (lower the learning rate)"
-                    ),
-                ));
+                return Err(Error::Diverged {
+                    step,
+                    value,
+                    note: String::new(),
+                });
             }
             optimizer.step(params, &grads, lr)?;
             let log = StepLog {

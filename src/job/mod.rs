@@ -316,16 +316,27 @@ pub fn train_and_evaluate_with(
         },
     );
     bar.finish_and_clear();
-    let logs = logs.map_err(|e| match (e, &last_good) {
-        // Say where the run can be resumed from (with a lower learning rate, say).
-        (Error::Invalid { op, msg }, Some((path, step))) => Error::Invalid {
-            op,
-            msg: format!(
-                "{msg}; the last good checkpoint ({}, step {step}) is intact: --resume it",
-                path.display()
-            ),
-        },
-        (e, _) => e,
+    // Say where the run can be resumed from (with a lower learning rate, say).
+    let logs = logs.map_err(|e| {
+        let Some((path, good)) = &last_good else {
+            return e;
+        };
+        let hint = format!(
+            "; the last good checkpoint ({}, step {good}) is intact: --resume it",
+            path.display()
+        );
+        match e {
+            Error::Diverged { step, value, .. } => Error::Diverged {
+                step,
+                value,
+                note: hint,
+            },
+            Error::Invalid { op, msg } => Error::Invalid {
+                op,
+                msg: format!("{msg}{hint}"),
+            },
+            e => e,
+        }
     })?;
     let train_seconds = began.elapsed().as_secs_f64();
     let eval = evaluate(model, device, Sequential::new(test, 250)?)?;
@@ -677,7 +688,7 @@ pub fn tune_learning_rate(
         // the comparison; every other error is reported.
         let accuracy = match finetune(config, base, &split, method, adapter, &run, device, None) {
             Ok(r) => r.eval.accuracy,
-            Err(Error::Invalid { op: "train", msg }) if msg.contains("loss became") => 0.0,
+            Err(Error::Diverged { .. }) => 0.0,
             Err(e) => return Err(e),
         };
         scores.push((lr, accuracy));
