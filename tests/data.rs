@@ -203,7 +203,7 @@ fn take_per_class_is_stratified_seeded_and_checks_class_sizes() {
     assert_ne!(a.images, c.images);
     assert_err(
         mnist.test.take_per_class(201, 0),
-        &["class", "fewer than the 201"],
+        &["class", "has 200 examples", "taking 201 needs at least 201"],
     );
 }
 

@@ -113,7 +113,7 @@ fn a_short_comparison_lowers_the_loss_and_beats_chance_for_every_method() {
 #[test]
 fn learning_rates_are_tuned_on_a_validation_split() {
     let target = shrink(embedded_fashion_mnist().unwrap(), 10);
-    let (train, val) = job::validation_split(&target.train, 20, 3).unwrap();
+    let (train, val) = target.train.hold_out_per_class(20, 3).unwrap();
     assert_eq!(val.len(), 200);
     assert_eq!(train.len(), target.train.len() - 200);
     assert!(val.class_counts().iter().all(|&c| c == 20));
@@ -131,7 +131,7 @@ fn learning_rates_are_tuned_on_a_validation_split() {
         )
     }));
     assert!(
-        job::validation_split(&target.train, 100, 3).is_err(),
+        target.train.hold_out_per_class(100, 3).is_err(),
         "holding out a whole class must fail"
     );
 

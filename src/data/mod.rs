@@ -275,27 +275,51 @@ impl Dataset {
     /// A stratified subset: `k` examples of every class, chosen by a seeded shuffle within each class and
     /// returned in their original relative order. Fails, naming the class, if a class has fewer than `k`.
     pub fn take_per_class(&self, k: usize, seed: u64) -> Result<Dataset> {
+        let (chosen, _) = self.per_class_indices("Dataset::take_per_class", k, 0, seed)?;
+        self.subset(&chosen)
+    }
+
+    /// Splits off `k` examples of every class (a stratified held-out set, chosen like
+    /// [`Dataset::take_per_class`]): returns (the rest, the held-out examples). Fails, naming the class, if a
+    /// class has no more than `k` examples (nothing would be left of it).
+    pub fn hold_out_per_class(&self, k: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+        let (held, rest) = self.per_class_indices("Dataset::hold_out_per_class", k, 1, seed)?;
+        Ok((self.subset(&rest)?, self.subset(&held)?))
+    }
+
+    /// Indices of `k` examples of every class, by a seeded shuffle within each class, and of the rest (both
+    /// in ascending order); every class must keep at least `min_left` examples beyond the `k`.
+    fn per_class_indices(
+        &self,
+        op: &'static str,
+        k: usize,
+        min_left: usize,
+        seed: u64,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
         let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes];
         for (i, &l) in self.labels.iter().enumerate() {
             by_class[l].push(i);
         }
         let mut rng = SplitMix64::new(seed);
-        let mut chosen = Vec::with_capacity(k * self.classes);
+        let (mut chosen, mut rest) = (Vec::with_capacity(k * self.classes), Vec::new());
         for (class, mut members) in by_class.into_iter().enumerate() {
-            if members.len() < k {
+            if members.len() < k + min_left {
                 return Err(Error::invalid(
-                    "Dataset::take_per_class",
+                    op,
                     format!(
-                        "class {class} has {} examples, fewer than the {k} asked for",
-                        members.len()
+                        "class {class} has {} examples; taking {k} needs at least {}",
+                        members.len(),
+                        k + min_left
                     ),
                 ));
             }
             rng.shuffle(&mut members);
             chosen.extend_from_slice(&members[..k]);
+            rest.extend_from_slice(&members[k..]);
         }
         chosen.sort_unstable();
-        self.subset(&chosen)
+        rest.sort_unstable();
+        Ok((chosen, rest))
     }
 
     /// The images zero-padded (in pixel space: filled with the normalised value of a black pixel) to

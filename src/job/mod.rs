@@ -568,31 +568,29 @@ pub struct CompareOptions {
     pub out: PathBuf,
 }
 
-/// A short stable hash (FNV-1a) naming the cached checkpoint of a pretraining configuration.
-fn config_hash(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// A 64-bit FNV-1a hash: short, stable across runs and platforms (unlike `std`'s hasher), enough to name
+/// a cache entry.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    format!("{h:016x}")
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
-/// A 64-bit FNV-1a fingerprint of a dataset's images and labels (so another data set of the same size never
-/// reuses a checkpoint).
+/// A fingerprint of a dataset's images and labels (so another data set of the same size never reuses a
+/// checkpoint).
 fn data_fingerprint(d: &Dataset) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |v: u64| {
-        h ^= v;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    for v in &d.images {
-        mix(v.to_bits() as u64);
-    }
-    for &l in &d.labels {
-        mix(l as u64);
-    }
-    format!("{h:016x}")
+    let mut h = Fnv::new();
+    d.images.iter().for_each(|v| h.mix(v.to_bits() as u64));
+    d.labels.iter().for_each(|&l| h.mix(l as u64));
+    h.hex()
 }
 
 /// The cached checkpoint path of a pretraining run: it changes whenever the architecture, the options or
@@ -615,35 +613,9 @@ pub fn pretrain_checkpoint_path(
         data.train.len(),
         data_fingerprint(&data.train)
     );
-    cache_dir.join(format!("pretrain-{}.safetensors", config_hash(&key)))
-}
-
-/// Splits `data` into (train, validation) with `per_class` validation examples of every class, chosen by a
-/// seeded shuffle.
-pub fn validation_split(data: &Dataset, per_class: usize, seed: u64) -> Result<(Dataset, Dataset)> {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.classes];
-    for (i, &l) in data.labels.iter().enumerate() {
-        by_class[l].push(i);
-    }
-    let mut rng = crate::data::batch::SplitMix64::new(seed ^ 0x5A11D);
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (class, mut members) in by_class.into_iter().enumerate() {
-        if members.len() <= per_class {
-            return Err(Error::invalid(
-                "validation split",
-                format!(
-                    "class {class} has {} training examples; holding out {per_class} would leave none",
-                    members.len()
-                ),
-            ));
-        }
-        rng.shuffle(&mut members);
-        val.extend_from_slice(&members[..per_class]);
-        train.extend_from_slice(&members[per_class..]);
-    }
-    train.sort_unstable();
-    val.sort_unstable();
-    Ok((data.subset(&train)?, data.subset(&val)?))
+    let mut h = Fnv::new();
+    key.bytes().for_each(|b| h.mix(b as u64));
+    cache_dir.join(format!("pretrain-{}.safetensors", h.hex()))
 }
 
 /// The smallest class count of `train`, or an error if a class is too small to hold out validation images.
@@ -675,7 +647,9 @@ pub fn tune_learning_rate(
 ) -> Result<(f32, Vec<(f32, f64)>)> {
     let smallest_class = check_tunable(&target.train)?;
     let per_class = (smallest_class / 5).max(1);
-    let (train, val) = validation_split(&target.train, per_class, opts.seed)?;
+    let (train, val) = target
+        .train
+        .hold_out_per_class(per_class, opts.seed ^ 0x5A11D)?;
     let split = Splits { train, test: val };
     let mut scores = Vec::new();
     for lr in method.lr_grid() {
