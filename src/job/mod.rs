@@ -76,10 +76,9 @@ impl Method {
             }),
         }
     }
-    /// Candidate peak learning rates for the tuning: a factor-of-2 to 3 ladder (on the embedded task the best
-    /// rates sat inside these ranges). LieRA
-    /// changes each weight in proportion to |W| (W ⊙ exp(ΔW)), so its useful step sizes sit higher than
-    /// LoRA's, which is why a shared learning rate would not be a fair comparison.
+    /// Candidate peak learning rates for the tuning: a ladder of factors 2 to 3. LieRA changes each weight
+    /// in proportion to |W| (W ⊙ exp(ΔW)), so its useful step sizes sit higher than LoRA's, which is why a
+    /// shared learning rate would not be a fair comparison.
     pub fn lr_grid(self) -> Vec<f32> {
         match self {
             Method::Full => vec![1e-3, 3e-3, 1e-2],
