@@ -66,7 +66,7 @@ pub struct StepLog {
     pub elapsed: f64,
 }
 
-/// Runs `opts.steps` steps from step `start` (0 for a fresh run, the checkpoint's step when resuming),
+/// Runs steps `start + 1 ..= opts.steps` (`start` 0 for a fresh run, the checkpoint's step when resuming),
 /// drawing batches from `next_batch` and calling `on_log` at every logging step. Returns the logged steps.
 /// A non-finite loss is an error naming the step.
 #[allow(clippy::too_many_arguments)]
@@ -104,7 +104,8 @@ pub fn train(
         }
         let lr = schedule.lr(t);
         let step = t + 1;
-        if step % opts.log_every == 0 || step == opts.steps {
+        // Only a logging step reads the loss back (and checks it before the update).
+        let logged = if step % opts.log_every == 0 || step == opts.steps {
             let value = loss.to_scalar()?;
             if !value.is_finite() {
                 return Err(Error::Diverged {
@@ -113,17 +114,20 @@ pub fn train(
                     note: String::new(),
                 });
             }
-            optimizer.step(params, &grads, lr)?;
+            Some(value)
+        } else {
+            None
+        };
+        optimizer.step(params, &grads, lr)?;
+        if let Some(loss) = logged {
             let log = StepLog {
                 step,
-                loss: value,
+                loss,
                 lr,
                 elapsed: began.elapsed().as_secs_f64(),
             };
             on_log(&log)?;
             logs.push(log);
-        } else {
-            optimizer.step(params, &grads, lr)?;
         }
     }
     Ok(logs)

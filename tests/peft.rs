@@ -732,6 +732,64 @@ fn adapter_save_load_round_trip_and_shape_errors() {
     }
 }
 
+/// Misuse of save/load/merge is an error that names the problem and leaves the model as it was.
+#[test]
+fn adapter_misuse_is_an_error_and_changes_nothing() {
+    let dev = Device::cpu();
+    let mut model = ConvNeXt::new(small(false, false), &dev).unwrap();
+    let cfg = PeftConfig::new(AdapterKind::Liera, 2, 4.0, TARGETS).with_seed(3);
+    peft::apply(&mut model, &cfg).unwrap();
+    let dir = temp_dir("adapter-misuse");
+
+    // A config that does not describe the adapters would write a file that cannot be loaded back.
+    let other_rank = PeftConfig::new(AdapterKind::Liera, 3, 4.0, TARGETS);
+    let err = peft::save_adapter(&model, &other_rank, &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 2") && err.contains("r=3"), "{err}");
+    let other_kind = PeftConfig::new(AdapterKind::Lora, 2, 4.0, TARGETS);
+    assert!(peft::save_adapter(&model, &other_kind, &dir).is_err());
+    assert!(!dir.exists(), "nothing is written for a refused save");
+    peft::save_adapter(&model, &cfg, &dir).unwrap();
+
+    // Loading onto a model that already has adapters (here: the same model) is refused, not a panic.
+    let err = peft::load_adapter(&mut model, &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already has adapters"), "{err}");
+
+    // Merge with one adapter already merged: refused before any layer changes.
+    randomise_b(&model, 5, 0.2);
+    let weights = |m: &ConvNeXt| -> Vec<Vec<f32>> {
+        m.named_parameters()
+            .iter()
+            .map(|(_, t)| t.to_vec().unwrap())
+            .collect()
+    };
+    let first = "stages.0.blocks.0.conv_dw";
+    {
+        let layer = &mut model.stages[0].blocks[0].conv_dw;
+        let mut a = layer.adapter.take().unwrap();
+        a.merge_into(first, &mut layer.weight).unwrap();
+        layer.adapter = Some(a);
+    }
+    let before = weights(&model);
+    let err = peft::merge(&mut model).unwrap_err().to_string();
+    assert!(
+        err.contains(first) && err.contains("already merged"),
+        "{err}"
+    );
+    assert_eq!(weights(&model), before, "a refused merge changed a weight");
+    let err = peft::unmerge(&mut model).unwrap_err().to_string();
+    assert!(err.contains("not merged"), "{err}");
+    assert_eq!(
+        weights(&model),
+        before,
+        "a refused unmerge changed a weight"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// End to end through the shared training loop: adapters + head on a fixed random batch; the loss falls
 /// for every kind (the factors receive useful gradients through the whole network).
 #[test]

@@ -296,6 +296,12 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// True when kernels are queued and run later (a GPU): only a readback waits for them. On a synchronous
+    /// backend (the CPU) every kernel has finished when its call returns.
+    fn is_asynchronous(&self) -> bool {
+        false
+    }
+
     /// True for a GPU adapter that is really software running on the CPU (Mesa's llvmpipe/lavapipe,
     /// SwiftShader): correct, but slower than the CPU backend, so the command does not choose it unasked.
     fn is_software_gpu(&self) -> bool {

@@ -298,18 +298,26 @@ impl Dataset {
     ) -> Result<(Vec<usize>, Vec<usize>)> {
         let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes];
         for (i, &l) in self.labels.iter().enumerate() {
-            by_class[l].push(i);
+            by_class
+                .get_mut(l)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        op,
+                        format!("label {l} of example {i} is not below {}", self.classes),
+                    )
+                })?
+                .push(i);
         }
+        let needed = k.saturating_add(min_left);
         let mut rng = SplitMix64::new(seed);
-        let (mut chosen, mut rest) = (Vec::with_capacity(k * self.classes), Vec::new());
+        let (mut chosen, mut rest) = (Vec::new(), Vec::new());
         for (class, mut members) in by_class.into_iter().enumerate() {
-            if members.len() < k + min_left {
+            if members.len() < needed {
                 return Err(Error::invalid(
                     op,
                     format!(
-                        "class {class} has {} examples; taking {k} needs at least {}",
+                        "class {class} has {} examples; taking {k} needs at least {needed}",
                         members.len(),
-                        k + min_left
                     ),
                 ));
             }
@@ -361,7 +369,6 @@ impl Dataset {
         })
     }
 
-    /// Everything but the examples (for struct-update syntax).
     /// The images with `channels` channels: grey-scale images repeated into every channel (how a network
     /// pretrained on RGB, such as a timm ConvNeXt, sees grey images), or the dataset itself when it already
     /// has that many. Any other conversion is an error.
@@ -393,6 +400,7 @@ impl Dataset {
         })
     }
 
+    /// Everything but the examples (for struct-update syntax).
     fn clone_meta(&self) -> Dataset {
         Dataset {
             images: Vec::new(),

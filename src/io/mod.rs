@@ -25,8 +25,10 @@ pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temporary file `.<name>.tmp-<pid>` beside it, fsync, rename, then a
-/// best-effort fsync of the directory (so the rename itself is durable).
+/// Writes `bytes` to `path` atomically: a fresh temporary file `.<name>.tmp-<pid>` beside it (a stale one
+/// from an earlier process with the same pid is removed first; never followed if it is a link), fsync,
+/// rename, then an fsync of the directory so the rename itself is durable (an error on Unix; skipped where
+/// directories cannot be opened).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -41,8 +43,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_string_lossy()
         .into_owned();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io_error(&tmp, e))?;
         f.write_all(bytes).map_err(|e| io_error(&tmp, e))?;
         f.sync_all().map_err(|e| io_error(&tmp, e))?;
         drop(f);
@@ -50,8 +57,21 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    } else if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
+        return result;
     }
-    result
+    sync_dir(&dir)
+}
+
+/// fsync of a directory, making a rename inside it durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+/// Directories cannot be opened as files here; the rename is as durable as the platform makes it.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
 }

@@ -38,8 +38,18 @@ pub fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64
         f()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(median(times))
+}
+
+/// The median (the mean of the two middle values for an even count).
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(|a, b| a.total_cmp(b));
+    let n = t.len();
+    if n % 2 == 1 {
+        t[n / 2]
+    } else {
+        (t[n / 2 - 1] + t[n / 2]) / 2.0
+    }
 }
 
 fn ramp(n: usize, modulus: usize) -> Vec<f32> {
@@ -66,7 +76,7 @@ pub fn matmul(
             Ok(BenchResult {
                 name: format!("matmul {m}×{k}×{n}"),
                 median_s: t,
-                reps,
+                reps: reps.max(1),
                 gflops: Some(2.0 * (m * k * n) as f64 / t / 1e9),
                 images_per_s: None,
             })
@@ -74,9 +84,10 @@ pub fn matmul(
         .collect()
 }
 
-/// Forces queued work to finish (a one-element readback on a GPU; free on the CPU).
+/// Forces queued work to finish: a one-element readback (of the sum) on a GPU, nothing on the CPU, whose
+/// kernels have finished when they return.
 fn sync(t: &Tensor) -> Result<()> {
-    if t.numel() > 0 {
+    if t.device().backend().is_asynchronous() && t.numel() > 0 {
         t.reshape([t.numel()])?.sum(&[0], false)?.to_scalar()?;
     }
     Ok(())
@@ -124,7 +135,7 @@ pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<Ben
             out.push(BenchResult {
                 name: format!("conv {label} {kind}"),
                 median_s: t,
-                reps,
+                reps: reps.max(1),
                 gflops: Some(flops / t / 1e9),
                 images_per_s: None,
             });
@@ -228,13 +239,13 @@ pub fn training_steps(
     Ok(kinds
         .iter()
         .zip(times)
-        .map(|(&kind, mut t)| {
-            t.sort_by(|a, b| a.total_cmp(b));
-            let median = t[t.len() / 2];
+        .map(|(&kind, t)| {
+            let reps = t.len();
+            let median = median(t);
             BenchResult {
                 name: step_name(label, kind, batch),
                 median_s: median,
-                reps: t.len(),
+                reps,
                 gflops: None,
                 images_per_s: Some(batch as f64 / median),
             }

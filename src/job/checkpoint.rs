@@ -7,12 +7,15 @@
 //!   (`param.stages.0.blocks.0.conv_dw.lora_A.weight`, ...);
 //! - `optim.<slot>.<name>`: the optimizer's state buffers (AdamW's `m` and `v`);
 //! - metadata `liera_checkpoint`: a JSON [`CheckpointMeta`] (kind of run, step, total steps, seed, batch
-//!   size, data position, optimizer step count, drop-path position, last logged loss).
+//!   size, data position, optimizer step count, drop-path position, last logged loss, the optimisation
+//!   settings and a fingerprint of the training data).
 //!
 //! Everything random in a run is a pure function of (seed, position): the batch order and augmentation
 //! ([`crate::data::Batcher::seek`]), the drop-path masks ([`crate::nn::ConvNeXt::seek_drop_path`]) and the
-//! learning-rate schedule (a function of the step). So a resumed run produces, bit for bit, the weights of
-//! an uninterrupted one on the same device.
+//! learning-rate schedule (a function of the step). So a resumed run with the same settings produces, bit
+//! for bit, the weights of an uninterrupted one on the same device. A resume must use the same kind, seed,
+//! batch size and data ([`Checkpoint::check_fits`]); it may change the optimisation settings (a lower
+//! learning rate after a divergence, more steps), and is then told that its result will differ.
 //!
 //! A checkpoint is only written at a logging step, after the loss of that step was read back and found
 //! finite, and only if every parameter and state value is finite: a diverging run never overwrites the
@@ -50,7 +53,7 @@ pub struct Checkpointing {
 /// What a checkpoint says about the run that wrote it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
-    /// Format version (1).
+    /// Format version ([`CHECKPOINT_VERSION`]).
     pub version: u32,
     /// `pretrain` or `finetune:<method>`.
     pub kind: String,
@@ -70,7 +73,27 @@ pub struct CheckpointMeta {
     pub drop_path_position: u64,
     /// The loss logged at `step` (finite).
     pub loss: f32,
+    /// The optimisation settings of the run.
+    pub settings: RunSettings,
+    /// A fingerprint of the training images and labels.
+    pub data: String,
 }
+
+/// The settings that shape a run's trajectory besides its seed and batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Random-translation augmentation, in pixels.
+    pub augment_shift: usize,
+}
+
+/// The checkpoint format this liera writes and reads.
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// A checkpoint read back from disk.
 #[derive(Clone, Debug)]
@@ -179,9 +202,10 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
     })?;
     let meta: CheckpointMeta = serde_json::from_str(json)
         .map_err(|e| format(format!("corrupt checkpoint metadata: {e}")))?;
-    if meta.version != 1 {
+    if meta.version != CHECKPOINT_VERSION {
         return Err(format(format!(
-            "checkpoint format version {} is not supported (this liera reads version 1)",
+            "checkpoint format version {} is not supported (this liera reads version \
+             {CHECKPOINT_VERSION})",
             meta.version
         )));
     }
@@ -207,11 +231,16 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
 }
 
 impl Checkpoint {
-    /// Checks that this checkpoint belongs to a run of `kind` with this seed, batch size and step count.
-    pub fn check_fits(&self, kind: &str, seed: u64, batch_size: usize, steps: u64) -> Result<()> {
+    /// Checks that this checkpoint can continue `run` (the resuming run's own meta, at step 0): the same
+    /// kind, seed, batch size and training data, a step within the run's steps, and counters that agree
+    /// with its step. Returns the settings that differ (`lr 0.05 → 0.01`, ...): allowed, but the resumed
+    /// run then no longer equals an uninterrupted one.
+    pub fn check_fits(&self, run: &CheckpointMeta) -> Result<Vec<String>> {
         let m = &self.meta;
+        let (kind, seed, batch_size, steps) =
+            (&run.kind, run.seed, run.batch_size, run.total_steps);
         let mut problems = Vec::new();
-        if m.kind != kind {
+        if &m.kind != kind {
             problems.push(format!(
                 "it was written by a `{}` run, not `{kind}`",
                 m.kind
@@ -232,8 +261,37 @@ impl Checkpoint {
                 m.step
             ));
         }
+        if m.data != run.data {
+            problems.push("it was trained on other data (the fingerprints differ)".into());
+        }
+        if (m.optimizer_steps, m.data_position, m.drop_path_position) != (m.step, m.step, m.step) {
+            problems.push(format!(
+                "its counters disagree with its step {} (optimizer {}, data {}, drop path {})",
+                m.step, m.optimizer_steps, m.data_position, m.drop_path_position
+            ));
+        }
         if problems.is_empty() {
-            Ok(())
+            let (a, b) = (&m.settings, &run.settings);
+            let mut changed = Vec::new();
+            let mut note = |name: &str, was: String, now: String| {
+                if was != now {
+                    changed.push(format!("{name} {was} → {now}"));
+                }
+            };
+            note("steps", m.total_steps.to_string(), steps.to_string());
+            note("lr", a.lr.to_string(), b.lr.to_string());
+            note("warmup", a.warmup.to_string(), b.warmup.to_string());
+            note(
+                "weight decay",
+                a.weight_decay.to_string(),
+                b.weight_decay.to_string(),
+            );
+            note(
+                "augment shift",
+                a.augment_shift.to_string(),
+                b.augment_shift.to_string(),
+            );
+            Ok(changed)
         } else {
             Err(Error::Format {
                 path: self.path.display().to_string(),
@@ -260,8 +318,10 @@ impl Checkpoint {
                 Some(_) => {}
             }
         }
+        let names: std::collections::HashSet<&str> =
+            params.iter().map(|(n, _)| n.as_str()).collect();
         for name in self.params.keys() {
-            if !params.iter().any(|(n, _)| n == name) {
+            if !names.contains(name.as_str()) {
                 problems.push(format!(
                     "parameter `{name}` that the model does not have (another method, rank or target?)"
                 ));

@@ -23,7 +23,9 @@ use crate::optim::{AdamW, Optimizer};
 use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
 use crate::tensor::Tensor;
 use crate::train::{evaluate, train, Evaluation, StepLog, TrainOptions};
-use checkpoint::{read_checkpoint, write_checkpoint, CheckpointMeta};
+use checkpoint::{
+    read_checkpoint, write_checkpoint, CheckpointMeta, RunSettings, CHECKPOINT_VERSION,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -240,11 +242,41 @@ pub fn train_and_evaluate_with(
     }
     // Resume: parameters, optimizer moments and step count, the data stream and the drop-path masks all
     // continue where the checkpoint left them; the schedule is a function of the step.
+    // What every checkpoint of this run records; `step`, the counters and the loss are filled in when one
+    // is written.
+    let run_meta = CheckpointMeta {
+        version: CHECKPOINT_VERSION,
+        kind: kind.clone(),
+        step: 0,
+        total_steps: opts.steps,
+        seed: opts.seed,
+        batch_size: batch,
+        data_position: 0,
+        optimizer_steps: 0,
+        drop_path_position: 0,
+        loss: 0.0,
+        settings: RunSettings {
+            lr: opts.lr,
+            warmup: opts.warmup,
+            weight_decay: opts.weight_decay,
+            augment_shift: opts.augment_shift,
+        },
+        data: data_fingerprint(data),
+    };
     let mut start = 0;
     let mut last_good: Option<(PathBuf, u64)> = None;
     if let Some(from) = &ckpt.resume {
         let c = read_checkpoint(from)?;
-        c.check_fits(&kind, opts.seed, batch, opts.steps)?;
+        let changed = c.check_fits(&run_meta)?;
+        if !changed.is_empty() {
+            eprintln!(
+                "resuming {} at step {} with changed settings ({}): the result will differ from an \
+                 uninterrupted run",
+                c.path.display(),
+                c.meta.step,
+                changed.join(", ")
+            );
+        }
         c.restore_params(&model.named_parameters())?;
         let state = c.optimizer_state(&params, device)?;
         optimizer
@@ -291,16 +323,12 @@ pub fn train_and_evaluate_with(
                 log.step == opts.steps || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
             if due {
                 let meta = CheckpointMeta {
-                    version: 1,
-                    kind: kind.clone(),
                     step: log.step,
-                    total_steps: opts.steps,
-                    seed: opts.seed,
-                    batch_size: batch,
                     data_position: batcher.borrow().position(),
                     optimizer_steps: optimizer.borrow().steps(),
                     drop_path_position: log.step,
                     loss: log.loss,
+                    ..run_meta.clone()
                 };
                 write_checkpoint(
                     path,

@@ -44,9 +44,17 @@ impl DropPath {
         if !train || self.prob == 0.0 {
             return Ok(x.clone());
         }
+        let Some(&n) = x.dims().first() else {
+            return Err(Error::shape(
+                "DropPath",
+                format!(
+                    "expects a batch axis (N, …), got a tensor of shape {}",
+                    x.shape()
+                ),
+            ));
+        };
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng = InitRng::new(seed_for(self.seed, &call.to_string()));
-        let n = x.dims()[0];
         let keep = 1.0 - self.prob as f64;
         let mask: Vec<f32> = (0..n)
             .map(|_| {

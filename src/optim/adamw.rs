@@ -10,7 +10,7 @@
 use super::{check_hyper, restore_buffers, Optimizer};
 use crate::autodiff::{no_grad, Grads};
 use crate::backend::AdamWStep;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -52,7 +52,15 @@ impl Default for AdamW {
 impl Optimizer for AdamW {
     fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
         check_hyper("adamw", "learning rate", lr, lr >= 0.0)?;
-        let t = (self.steps + 1) as i32;
+        let t = i32::try_from(self.steps + 1).map_err(|_| {
+            Error::invalid(
+                "adamw",
+                format!(
+                    "step count {} is beyond the bias correction's range",
+                    self.steps
+                ),
+            )
+        })?;
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
         no_grad(|| {
@@ -70,10 +78,21 @@ impl Optimizer for AdamW {
                     bias2,
                 };
                 p.check_device("adamw", g)?;
-                let moments = self
-                    .moments
-                    .get(name)
-                    .map(|(m, v)| (m.storage(), v.storage()));
+                let moments = match self.moments.get(name) {
+                    Some((m, v)) if m.numel() != p.numel() || v.numel() != p.numel() => {
+                        return Err(Error::shape(
+                            "adamw",
+                            format!(
+                                "the moments of `{name}` have shapes {} and {}, the parameter {}",
+                                m.shape(),
+                                v.shape(),
+                                p.shape()
+                            ),
+                        ))
+                    }
+                    Some((m, v)) => Some((m.storage(), v.storage())),
+                    None => None,
+                };
                 let (p_new, m_new, v_new) = p.device().backend().adamw_update(
                     &p.storage(),
                     &g.storage(),
@@ -119,12 +138,12 @@ impl Optimizer for AdamW {
         let mut moments = HashMap::new();
         for (param, m) in first {
             let v = second.remove(&param).ok_or_else(|| {
-                crate::Error::invalid("adamw", format!("state has m.{param} but no v.{param}"))
+                Error::invalid("adamw", format!("state has m.{param} but no v.{param}"))
             })?;
             moments.insert(param, (m, v));
         }
         if let Some(param) = second.keys().next() {
-            return Err(crate::Error::invalid(
+            return Err(Error::invalid(
                 "adamw",
                 format!("state has v.{param} but no m.{param}"),
             ));

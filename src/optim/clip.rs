@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Scales the gradients of `params` in `grads` in place so their global norm is at most `max_norm`; returns
-/// the global norm before clipping as a one-element tensor (read it when logging).
+/// the global norm before clipping as a one-element tensor (read it when logging), or None when no
+/// parameter has a gradient.
 pub fn clip_grad_norm(
     params: &[(String, Tensor)],
     grads: &mut Grads,

@@ -1,8 +1,9 @@
 //! Optimizers and learning-rate schedules.
 //!
 //! Parameters are passed as `(name, tensor)` pairs (the names a model's `named_parameters` gives), gradients
-//! as the [`Grads`] of a backward pass. Updates are written with the engine's own tensor ops
-//! under [`no_grad`](crate::no_grad) and stored with [`Tensor::assign`](crate::Tensor::assign), so they run
+//! as the [`Grads`] of a backward pass. Updates run on the device's kernels (SGD through the engine's tensor
+//! ops, AdamW through the fused [`Backend::adamw_update`](crate::backend::Backend::adamw_update)) under
+//! [`no_grad`](crate::no_grad) and are stored with [`Tensor::assign`](crate::Tensor::assign), so they run
 //! on whatever device holds the parameters (no readback on a GPU). Optimizer state is keyed by parameter
 //! name, so it can be saved in a checkpoint and restored ([`Optimizer::state`], [`Optimizer::load_state`]).
 
@@ -42,7 +43,8 @@ pub(crate) fn check_hyper(op: &'static str, name: &str, value: f32, ok: bool) ->
     }
 }
 
-/// Restores named state buffers, checking that each belongs to a known slot and has the right shape.
+/// Restores named state buffers, checking that each belongs to a known slot (`<slot>.<param>`); the shapes
+/// are checked against the parameters when a step uses them.
 pub(crate) fn restore_buffers(
     op: &'static str,
     slots: &[&str],

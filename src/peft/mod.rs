@@ -142,13 +142,18 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
     built?;
     // Commit: freeze all, attach, unfreeze the saved modules.
     model.set_trainable(false);
-    let mut adapters = adapters.into_iter().peekable();
+    let mut adapters: std::collections::HashMap<String, Adapter> = adapters.into_iter().collect();
     model.visit_adaptable_mut("", &mut |path, layer| {
-        if adapters.peek().is_some_and(|(p, _)| p == path) {
-            let (_, a) = adapters.next().expect("peeked");
+        if let Some(a) = adapters.remove(path) {
             *layer.adapter_mut() = Some(a);
         }
     });
+    if let Some(path) = adapters.keys().next() {
+        return Err(Error::invalid(
+            "peft",
+            format!("{path}: the model's mutable walk does not visit this layer (a Module bug)"),
+        ));
+    }
     model.visit_mut("", &mut |path, p| {
         if saved_params.iter().any(|s| s == path) {
             p.set_trainable(true);
@@ -157,56 +162,80 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
     trainable_report(model)
 }
 
+/// Runs `f` on every adapted layer's adapter and weight, after checking that the model has adapters and
+/// that none is in the state `refuse` names (Some(true): merged, Some(false): active), so that an error
+/// leaves every layer as it was. The adapter stays attached whatever `f` returns.
 fn for_each_adapter(
     model: &mut dyn Module,
     op: &'static str,
-    f: &mut dyn FnMut(&str, &mut dyn crate::nn::Adaptable) -> Result<()>,
+    refuse: Option<bool>,
+    f: &mut dyn FnMut(&str, &mut Adapter, &mut crate::nn::Param) -> Result<()>,
 ) -> Result<usize> {
-    let mut n = 0;
-    let mut result = Ok(());
-    model.visit_adaptable_mut("", &mut |path, layer| {
-        if result.is_ok() && layer.adapter().is_some() {
+    let (mut n, mut wrong) = (0, None);
+    model.visit_adaptable("", &mut |path, layer| {
+        if let Some(a) = layer.adapter() {
             n += 1;
-            result = f(path, layer);
+            if Some(a.is_merged()) == refuse && wrong.is_none() {
+                wrong = Some(path.to_string());
+            }
         }
     });
-    result?;
     if n == 0 {
         return Err(Error::invalid(op, "the model has no adapters"));
     }
-    Ok(n)
+    if let Some(path) = wrong {
+        let state = if refuse == Some(true) {
+            "already merged"
+        } else {
+            "not merged"
+        };
+        return Err(Error::invalid(
+            op,
+            format!("{path}: adapter is {state}; nothing was changed"),
+        ));
+    }
+    let mut result = Ok(());
+    model.visit_adaptable_mut("", &mut |path, layer| {
+        if result.is_ok() {
+            if let Some(mut a) = layer.adapter_mut().take() {
+                result = f(path, &mut a, layer.weight_mut());
+                *layer.adapter_mut() = Some(a);
+            }
+        }
+    });
+    result.map(|()| n)
 }
 
 /// Merges every adapter: each layer's weight becomes W' (computed once, exactly as the forward does) and the
-/// adapter goes dormant, keeping W for [`unmerge`]. Returns the number of merged layers.
+/// adapter goes dormant, keeping W for [`unmerge`]. Returns the number of merged layers. Errors, changing
+/// nothing, if an adapter is already merged.
 pub fn merge(model: &mut dyn Module) -> Result<usize> {
-    for_each_adapter(model, "merge", &mut |path, layer| {
-        let mut a = layer.adapter_mut().take().expect("checked");
-        let r = a.merge_into(path, layer.weight_mut());
-        *layer.adapter_mut() = Some(a);
-        r
+    for_each_adapter(model, "merge", Some(true), &mut |path, a, w| {
+        a.merge_into(path, w)
     })
 }
 
 /// Undoes [`merge`]: every weight is restored bit-exactly from the kept copy and the adapters are active
-/// (and trainable, if they were) again.
+/// (and trainable, if they were) again. Errors, changing nothing, if an adapter is not merged.
 pub fn unmerge(model: &mut dyn Module) -> Result<usize> {
-    for_each_adapter(model, "unmerge", &mut |path, layer| {
-        let mut a = layer.adapter_mut().take().expect("checked");
-        let r = a.unmerge_from(path, layer.weight_mut());
-        *layer.adapter_mut() = Some(a);
-        r
+    for_each_adapter(model, "unmerge", Some(false), &mut |path, a, w| {
+        a.unmerge_from(path, w)
     })
 }
 
 /// Merges (if not merged yet) and removes every adapter: the network is a plain network again, costing
-/// what the base costs.
+/// what the base costs. If a merge fails, the adapters stay attached (those before it merged).
 pub fn merge_and_unload(model: &mut dyn Module) -> Result<usize> {
-    for_each_adapter(model, "merge_and_unload", &mut |path, layer| {
-        let mut a = layer.adapter_mut().take().expect("checked");
+    for_each_adapter(model, "merge_and_unload", None, &mut |path, a, w| {
         if !a.is_merged() {
-            a.merge_into(path, layer.weight_mut())?;
+            a.merge_into(path, w)?;
         }
         Ok(())
-    })
+    })?;
+    // Every adapter is merged now: drop them.
+    let mut n = 0;
+    model.visit_adaptable_mut("", &mut |_, layer| {
+        n += usize::from(layer.adapter_mut().take().is_some());
+    });
+    Ok(n)
 }

@@ -32,7 +32,38 @@ fn stored_shapes(w: &[usize], r: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Writes the adapters of `model` and its saved modules (per `cfg`) to directory `dir` (created if needed).
+/// The config must describe the adapters: the same method, rank and alpha, and targets that select exactly
+/// the adapted layers (otherwise the file could not be loaded back, or would load as another model).
 pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<()> {
+    let mut mismatch = Vec::new();
+    model.visit_adaptable("", &mut |path, layer| {
+        let targeted = cfg.target_modules.iter().any(|p| target::matches(p, path));
+        match layer.adapter() {
+            Some(_) if !targeted => mismatch.push(format!("{path} is adapted but not a target")),
+            None if targeted => mismatch.push(format!("{path} is a target but has no adapter")),
+            Some(a) if (a.kind(), a.rank(), a.alpha()) != (cfg.method, cfg.r, cfg.alpha) => {
+                mismatch.push(format!(
+                    "{path} has a {} adapter of rank {} and alpha {}, the config says {} r={} alpha={}",
+                    a.kind().name(),
+                    a.rank(),
+                    a.alpha(),
+                    cfg.method.name(),
+                    cfg.r,
+                    cfg.alpha
+                ))
+            }
+            _ => {}
+        }
+    });
+    if !mismatch.is_empty() {
+        return Err(Error::invalid(
+            "save_adapter",
+            format!(
+                "the config does not describe the model's adapters: {}",
+                mismatch.join("; ")
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| crate::io::io_error(dir, e))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut err = Ok(());
@@ -80,6 +111,18 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
         msg: format!("not a valid adapter config: {e}"),
     })?;
     cfg.validate()?;
+    let mut adapted = None;
+    model.visit_adaptable("", &mut |path, layer| {
+        if layer.adapter().is_some() && adapted.is_none() {
+            adapted = Some(path.to_string());
+        }
+    });
+    if let Some(path) = adapted {
+        return Err(Error::invalid(
+            "load_adapter",
+            format!("the model already has adapters ({path}, ...): load onto a base model"),
+        ));
+    }
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let file: BTreeMap<String, HostTensor> = read_safetensors(&weights_path)?.into_iter().collect();
 
@@ -133,7 +176,13 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
         if result.is_err() {
             return;
         }
-        let t = &file[&key];
+        let Some(t) = file.get(&key) else {
+            result = Err(Error::Format {
+                path: weights_path.display().to_string(),
+                msg: format!("missing key `{key}`"),
+            });
+            return;
+        };
         result = Tensor::from_slice(&t.data, p.shape().clone(), p.tensor().device())
             .and_then(|v| p.tensor().assign(&v));
     };

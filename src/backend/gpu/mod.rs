@@ -867,6 +867,9 @@ impl Backend for GpuBackend {
     fn is_software_gpu(&self) -> bool {
         self.adapter.device_type == wgpu::DeviceType::Cpu
     }
+    fn is_asynchronous(&self) -> bool {
+        true
+    }
     fn name(&self) -> String {
         format!("{} ({:?})", self.adapter.name, self.adapter.backend)
     }
