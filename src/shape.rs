@@ -334,12 +334,27 @@ impl Conv2dGeometry {
                 format!("weight {w} has {i} input channels per group but input {x} with groups {} needs {}", p.groups, c / p.groups),
             ));
         }
-        if n == 0 || c == 0 || o == 0 || kh == 0 || kw == 0 {
+        if n == 0 || c == 0 || h == 0 || wd == 0 || o == 0 || kh == 0 || kw == 0 {
             return Err(Error::shape(OP, format!("empty input {x} or weight {w}")));
         }
-        let span_h = p.dilation[0] * (kh - 1) + 1;
-        let span_w = p.dilation[1] * (kw - 1) + 1;
-        if h + 2 * p.padding[0] < span_h || wd + 2 * p.padding[1] < span_w {
+        // Sizes a caller can make absurd: checked, so they are an error rather than a wrapped geometry.
+        let span = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
+        let padded = |len: usize, pad: usize| pad.checked_mul(2).and_then(|v| v.checked_add(len));
+        let (Some(span_h), Some(span_w), Some(padded_h), Some(padded_w)) = (
+            span(kh, p.dilation[0]),
+            span(kw, p.dilation[1]),
+            padded(h, p.padding[0]),
+            padded(wd, p.padding[1]),
+        ) else {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "padding {:?} or dilation {:?} overflows the geometry of input {x} and weight {w}",
+                    p.padding, p.dilation
+                ),
+            ));
+        };
+        if padded_h < span_h || padded_w < span_w {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -351,8 +366,8 @@ impl Conv2dGeometry {
                 ),
             ));
         }
-        let h_out = (h + 2 * p.padding[0] - span_h) / p.stride[0] + 1;
-        let w_out = (wd + 2 * p.padding[1] - span_w) / p.stride[1] + 1;
+        let h_out = (padded_h - span_h) / p.stride[0] + 1;
+        let w_out = (padded_w - span_w) / p.stride[1] + 1;
         Ok(Conv2dGeometry {
             batch: n,
             c_in: c,

@@ -1,5 +1,7 @@
 //! Bad input returns an error that names the op and the shapes; nothing a caller does panics.
 
+mod common;
+
 use liera::{Conv2dGeometry, Conv2dParams, Device, Shape, Tensor};
 
 fn t(shape: &[usize]) -> Tensor {
@@ -74,7 +76,20 @@ fn conv_geometry_is_validated() {
     )
     .unwrap();
     assert_eq!(ok.output_shape(), Shape::new([1, 6, 6, 6]));
-    let cases: [(&[usize], &[usize], Conv2dParams, &str); 6] = [
+    let cases: [(&[usize], &[usize], Conv2dParams, &str); 8] = [
+        // A zero-size plane is refused even where the padding would make room for the kernel.
+        (
+            &[1, 1, 0, 0],
+            &[1, 1, 1, 1],
+            Conv2dParams::default().padding(1),
+            "empty input",
+        ),
+        (
+            &[1, 1, 4, 4],
+            &[1, 1, 3, 3],
+            Conv2dParams::default().padding(usize::MAX / 2 + 1),
+            "overflows",
+        ),
         (&[4, 8, 8], &[6, 4, 3, 3], Conv2dParams::default(), "NCHW"),
         (&[1, 4, 8, 8], &[6, 4, 3], Conv2dParams::default(), "OIHW"),
         (
@@ -221,4 +236,38 @@ fn empty_tensors_broadcast_to_empty_results() {
     let y = t(&[2, 3, 0]).add(&t(&[1, 3, 1])).unwrap();
     assert_eq!(y.dims(), &[2, 3, 0]);
     assert!(y.to_vec().unwrap().is_empty());
+}
+
+/// Reductions, normalisations and moves over tensors with a zero-size axis give empty (or zero) results and
+/// empty gradients on every device, not a panic.
+#[test]
+fn zero_size_axes_reduce_normalise_and_differentiate() {
+    for dev in common::devices() {
+        let z = |shape: &[usize]| Tensor::param(&[], shape.to_vec(), &dev).unwrap();
+        let on = dev.name();
+        // Σ over an empty axis is 0.
+        let x = z(&[2, 0, 3]);
+        let s = x.sum(&[1], false).unwrap();
+        assert_eq!(s.to_vec().unwrap(), vec![0.0; 6], "{on}");
+        let g = s.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).unwrap().to_vec().unwrap().is_empty(), "{on}");
+        // Everything else over an empty tensor is empty, forward and backward.
+        let cases: [(&[usize], fn(&Tensor) -> liera::Result<Tensor>); 5] = [
+            (&[2, 3, 0], |t| t.sum(&[1], false)),
+            (&[2, 4, 0, 3], |t| t.layer_norm_channels(None, None, 1e-6)),
+            (&[0, 4], |t| t.layer_norm_last(None, None, 1e-6)),
+            (&[2, 3, 0], |t| t.log_softmax(1)),
+            (&[2, 0, 3], |t| t.permute(&[2, 0, 1])),
+        ];
+        for (shape, f) in cases {
+            let x = z(shape);
+            let y = f(&x).unwrap_or_else(|e| panic!("{shape:?} on {on}: {e}"));
+            assert!(y.to_vec().unwrap().is_empty(), "{shape:?} on {on}");
+            let g = y.sum_all().unwrap().backward().unwrap();
+            assert!(
+                g.get(&x).unwrap().to_vec().unwrap().is_empty(),
+                "{shape:?} on {on}"
+            );
+        }
+    }
 }

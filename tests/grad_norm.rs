@@ -202,3 +202,52 @@ fn log_softmax_is_stable_for_large_logits() {
         assert!((*got as f64 - (xi - lse)).abs() < 1e-4, "{y:?}");
     }
 }
+
+/// A channel that is exactly zero (a dead channel after GELU, say) has G = 0, where √ has an infinite slope:
+/// its gradient must be finite (0 for x, as torch.norm's backward gives) and the other channels' unchanged.
+#[test]
+fn grn_gradient_is_finite_for_an_all_zero_channel() {
+    for dev in devices() {
+        // (1, 2, 2, 2) channels-first: channel 0 all zero, channel 1 not.
+        let x = liera::Tensor::param(
+            &[0.0, 0.0, 0.0, 0.0, 0.5, -1.0, 2.0, 0.25],
+            [1, 2, 2, 2],
+            &dev,
+        )
+        .unwrap();
+        let gamma = liera::Tensor::param(&[0.7, -0.3], [2], &dev).unwrap();
+        let beta = liera::Tensor::param(&[0.1, 0.2], [2], &dev).unwrap();
+        let y = x.grn(&gamma, &beta, 1e-6, false).unwrap();
+        let weights = liera::Tensor::from_slice(
+            &[1.0, -2.0, 0.5, 3.0, 1.5, -1.0, 0.25, 2.0],
+            [1, 2, 2, 2],
+            &dev,
+        )
+        .unwrap();
+        let grads = y
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, t) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+            let g = grads.get(t).unwrap().to_vec().unwrap();
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{name} on {}: {g:?}",
+                dev.name()
+            );
+        }
+        // The zero channel passes its upstream gradient straight through the residual: ∂y/∂x = 1 there
+        // (γ·x·N contributes x·∂N/∂x + N = 0 + ~0).
+        let gx = grads.get(&x).unwrap().to_vec().unwrap();
+        for (got, want) in gx[..4].iter().zip([1.0, -2.0, 0.5, 3.0]) {
+            assert!(
+                (got - want).abs() < 1e-5,
+                "zero channel on {}: {gx:?}",
+                dev.name()
+            );
+        }
+    }
+}

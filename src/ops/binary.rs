@@ -37,12 +37,18 @@ impl Tensor {
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
         let (storage, shape) = broadcast_kernel("add", BinaryOp::Add, self, other)?;
         let (sa, sb) = (self.shape().clone(), other.shape().clone());
+        let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
         Ok(Tensor::from_op(
             "add",
             storage,
             shape,
             &[self, other],
-            move |g| Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?)]),
+            move |g| {
+                Ok(vec![
+                    need_a.then(|| g.sum_to(&sa)).transpose()?,
+                    need_b.then(|| g.sum_to(&sb)).transpose()?,
+                ])
+            },
         ))
     }
 
@@ -50,12 +56,18 @@ impl Tensor {
     pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
         let (storage, shape) = broadcast_kernel("sub", BinaryOp::Sub, self, other)?;
         let (sa, sb) = (self.shape().clone(), other.shape().clone());
+        let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
         Ok(Tensor::from_op(
             "sub",
             storage,
             shape,
             &[self, other],
-            move |g| Ok(vec![Some(g.sum_to(&sa)?), Some(g.sum_to(&sb)?.neg()?)]),
+            move |g| {
+                Ok(vec![
+                    need_a.then(|| g.sum_to(&sa)).transpose()?,
+                    need_b.then(|| g.sum_to(&sb)?.neg()).transpose()?,
+                ])
+            },
         ))
     }
 

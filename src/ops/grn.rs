@@ -6,6 +6,10 @@
 //!   y   = γ_c·(x·N_c) + β_c + x                   (timm: x.addcmul(β, γ, x·N))
 //! Backward: composed from the ops used (sum, sqrt, mean, div, mul, add), each with its own rule; the test
 //! checks the composite against finite differences.
+//!
+//! G is computed as √(Σx² + δ) with δ = 10⁻³⁰: the same f32 value as √(Σx²) unless the channel is all
+//! but exactly zero, where √'s derivative 1/(2G) would be infinite and turn the gradient into ∞·0 = NaN. With
+//! δ, an all-zero channel gets G = 10⁻¹⁵ and gradient x/G = 0, as torch.norm's backward gives.
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -50,7 +54,11 @@ impl Tensor {
         } else {
             vec![1, c, 1, 1]
         };
-        let g = self.mul(self)?.sum(&spatial, true)?.sqrt()?;
+        let g = self
+            .mul(self)?
+            .sum(&spatial, true)?
+            .add_scalar(1e-30)?
+            .sqrt()?;
         let n = g.div(&g.mean(&[c_axis], true)?.add_scalar(eps)?)?;
         let gamma = gamma.reshape(param_shape.clone())?;
         let beta = beta.reshape(param_shape)?;

@@ -3,7 +3,7 @@
 //!
 //! Each outer slice is one rayon task; inside it the statistics of all `inner` positions are accumulated
 //! together, row by row of the normalised axis, so the inner loops are contiguous and vectorise for NCHW
-//! (inner = H·W) as well as for the last axis (inner = 1).
+//! (inner = H·W); for the last axis (inner = 1) each slice is one row and its sums are scalar reductions.
 
 use crate::backend::AxisLayout;
 use crate::error::Result;
@@ -22,13 +22,16 @@ pub fn layer_norm(
     let mut y = vec![0.0f32; l.numel()];
     let mut mean = vec![0.0f32; l.outer * inner];
     let mut rstd = vec![0.0f32; l.outer * inner];
-    y.par_chunks_mut(len * inner)
-        .zip(mean.par_chunks_mut(inner).zip(rstd.par_chunks_mut(inner)))
+    y.par_chunks_mut((len * inner).max(1))
+        .zip(
+            mean.par_chunks_mut(inner.max(1))
+                .zip(rstd.par_chunks_mut(inner.max(1))),
+        )
         .enumerate()
         .for_each(|(o, (ys, (mu, rs)))| {
             let xs = &x[o * len * inner..(o + 1) * len * inner];
-            // Two passes (mean, then centred squares) in f32 with f64 only for the final scale: stable for
-            // the magnitudes a network produces and exact enough for the f64 reference tests.
+            // Two passes (mean, then centred squares), all in f32: stable for the magnitudes a network
+            // produces and exact enough for the f64 reference tests.
             mu.fill(0.0);
             for c in 0..len {
                 for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
@@ -79,7 +82,7 @@ pub fn layer_norm_backward(
     let mut dx = vec![0.0f32; l.numel()];
     // Per outer slice: dx, and that slice's contributions to dweight and dbias (summed afterwards).
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(len * inner)
+        .par_chunks_mut((len * inner).max(1))
         .enumerate()
         .map(|(o, dxs)| {
             let base = o * len * inner;
@@ -140,7 +143,7 @@ pub fn layer_norm_backward(
 pub fn log_softmax(x: &[f32], l: AxisLayout) -> Result<Vec<f32>> {
     let (len, inner) = (l.len, l.inner);
     let mut y = vec![0.0f32; l.numel()];
-    y.par_chunks_mut(len * inner)
+    y.par_chunks_mut((len * inner).max(1))
         .enumerate()
         .for_each(|(o, ys)| {
             let xs = &x[o * len * inner..(o + 1) * len * inner];
@@ -163,7 +166,7 @@ pub fn log_softmax(x: &[f32], l: AxisLayout) -> Result<Vec<f32>> {
 pub fn log_softmax_backward(dy: &[f32], y: &[f32], l: AxisLayout) -> Result<Vec<f32>> {
     let (len, inner) = (l.len, l.inner);
     let mut dx = vec![0.0f32; l.numel()];
-    dx.par_chunks_mut(len * inner)
+    dx.par_chunks_mut((len * inner).max(1))
         .enumerate()
         .for_each(|(o, dxs)| {
             let base = o * len * inner;

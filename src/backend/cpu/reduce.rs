@@ -19,15 +19,17 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
             });
         return out;
     }
-    out.par_chunks_mut(l.inner).enumerate().for_each(|(o, y)| {
-        let base = o * l.len * l.inner;
-        for j in 0..l.len {
-            let row = &x[base + j * l.inner..base + (j + 1) * l.inner];
-            for (acc, &v) in y.iter_mut().zip(row) {
-                *acc += v;
+    out.par_chunks_mut(l.inner.max(1))
+        .enumerate()
+        .for_each(|(o, y)| {
+            let base = o * l.len * l.inner;
+            for j in 0..l.len {
+                let row = &x[base + j * l.inner..base + (j + 1) * l.inner];
+                for (acc, &v) in y.iter_mut().zip(row) {
+                    *acc += v;
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -49,7 +51,7 @@ pub fn permute(x: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
     let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
     let row = out_dims[rank - 1];
     let inner_stride = src_strides[rank - 1];
-    out.par_chunks_mut(row)
+    out.par_chunks_mut(row.max(1))
         .enumerate()
         .with_min_len(16)
         .for_each(|(r, out_row)| {
