@@ -3,7 +3,7 @@
 // fill:   y[i] = value
 // unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP:
 //         0 exp, 1 ln, 2 −x, 3 √x, 4 GELU(x) = x/2·(1 + erf(x/√2)), 5 x + c, 6 c·x, 7 x^c
-// binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 6 merged output
+// binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 8 merged output
 //         dimensions (stride 0 on broadcast axes); OP: 16 a+b, 17 a−b, 18 a·b, 19 a/b,
 //         20 a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x).
 // erf is Abramowitz & Stegun 7.1.26, the same formula as the CPU backend, so both agree to rounding.

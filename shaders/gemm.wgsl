@@ -44,7 +44,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // This workgroup's range of K: whole TILE_K steps, the last range possibly shorter.
     let chunk = ((k + splits - 1u) / splits + TILE_K - 1u) / TILE_K * TILE_K;
     let k_begin = min(k, split * chunk);
-    let k_end = min(k, k_begin + chunk);
+    // A workgroup past the launch (the grid rounds up) runs no K steps.
+    let k_end = select(k_begin, min(k, k_begin + chunk), live);
     let tx = lid % 16u;
     let ty = lid / 16u;
 

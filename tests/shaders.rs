@@ -66,4 +66,13 @@ fn locate_maps_lines_back_to_files() {
     let first_len = files[0].1.lines().count();
     assert_eq!(v.locate(1), (files[0].0, 1));
     assert_eq!(v.locate(first_len + 1), (files[1].0, 1));
+    // The first specialisation constant follows the files and the `// specialisation` header.
+    let total: usize = files.iter().map(|(_, t)| t.lines().count()).sum();
+    assert_eq!(v.locate(total + 2), ("<specialisation constants>", 1));
+    assert!(v
+        .source()
+        .lines()
+        .nth(total + 1)
+        .unwrap()
+        .starts_with("const "));
 }

@@ -498,19 +498,16 @@ impl GpuBackend {
         Ok(pipeline)
     }
 
-    /// Splits `groups` workgroups into an (x, y, z) grid within the per-dimension limit.
+    /// Splits `groups` workgroups into an (x, y, z) grid within the per-dimension limit, as even as the
+    /// limit allows so that few workgroups past `groups` are launched (each kernel skips those by its linear
+    /// workgroup index): z slabs first, then y rows of at most `lim` each.
     fn grid(&self, groups: u64) -> Result<[u32; 3]> {
-        let lim = self.max_groups_per_dim as u64;
-        let x = groups.min(lim);
-        let y = groups.div_ceil(x).min(lim);
-        let z = groups.div_ceil(x * y);
-        if z > lim {
-            return Err(Error::Device(format!(
-                "a launch of {groups} workgroups exceeds {lim}³, the most {} can dispatch",
-                self.adapter.name
-            )));
-        }
-        Ok([x as u32, y as u32, z as u32])
+        grid_within(groups, self.max_groups_per_dim as u64).ok_or_else(|| {
+            Error::Device(format!(
+                "a launch of {groups} workgroups exceeds {}³, the most {} can dispatch",
+                self.max_groups_per_dim, self.adapter.name
+            ))
+        })
     }
 
     /// Records one dispatch of `entry` over `groups` workgroups.
@@ -860,6 +857,54 @@ fn conv_params(g: &Conv2dGeometry, last: usize) -> Result<Vec<u32>> {
 impl fmt::Debug for GpuBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GpuBackend({})", self.name())
+    }
+}
+
+/// The (x, y, z) grid of [`GpuBackend::grid`] with per-dimension limit `lim`; None beyond lim³. Launches
+/// x·y·z ≥ groups workgroups, fewer than groups + y·z.
+pub(crate) fn grid_within(groups: u64, lim: u64) -> Option<[u32; 3]> {
+    let groups = groups.max(1);
+    let z = groups.div_ceil(lim * lim);
+    if z > lim {
+        return None;
+    }
+    let per_slab = groups.div_ceil(z);
+    let y = per_slab.div_ceil(lim);
+    let x = per_slab.div_ceil(y);
+    Some([x as u32, y as u32, z as u32])
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::grid_within;
+
+    #[test]
+    fn grids_cover_the_launch_within_the_limit_without_doubling_it() {
+        let lim = 65535u64;
+        for groups in [
+            1,
+            7,
+            lim - 1,
+            lim,
+            lim + 1,
+            3 * lim + 5,
+            lim * lim,
+            lim * lim + 1,
+            5 * lim * lim + 3,
+        ] {
+            let [x, y, z] = grid_within(groups, lim).unwrap();
+            let (x, y, z) = (x as u64, y as u64, z as u64);
+            assert!(x <= lim && y <= lim && z <= lim, "{groups}: {x}×{y}×{z}");
+            let launched = x * y * z;
+            assert!(launched >= groups, "{groups}: {x}×{y}×{z} too small");
+            assert!(
+                launched < groups + (y + 1) * z,
+                "{groups}: {x}×{y}×{z} wastes {}",
+                launched - groups
+            );
+        }
+        assert_eq!(grid_within(lim + 1, lim).unwrap(), [32768, 2, 1]);
+        assert!(grid_within(lim * lim * lim + 1, lim).is_none());
     }
 }
 

@@ -179,7 +179,8 @@ impl ShaderVariant {
         s.push_str(&self.defines);
         s
     }
-    /// Maps a 1-based line of [`ShaderVariant::source`] to (file, line in that file).
+    /// Maps a 1-based line of [`ShaderVariant::source`] to (file, line in that file); the specialisation
+    /// constants count from 1 after their `// specialisation` header (which is line 0).
     pub fn locate(&self, line: usize) -> (&'static str, usize) {
         let mut start = 1;
         for (name, text) in self.family.files() {
@@ -189,7 +190,7 @@ impl ShaderVariant {
             }
             start += lines;
         }
-        ("<specialisation constants>", line + 1 - start)
+        ("<specialisation constants>", line - start)
     }
 }
 
