@@ -874,40 +874,6 @@ pub(crate) fn grid_within(groups: u64, lim: u64) -> Option<[u32; 3]> {
     Some([x as u32, y as u32, z as u32])
 }
 
-#[cfg(test)]
-mod grid_tests {
-    use super::grid_within;
-
-    #[test]
-    fn grids_cover_the_launch_within_the_limit_without_doubling_it() {
-        let lim = 65535u64;
-        for groups in [
-            1,
-            7,
-            lim - 1,
-            lim,
-            lim + 1,
-            3 * lim + 5,
-            lim * lim,
-            lim * lim + 1,
-            5 * lim * lim + 3,
-        ] {
-            let [x, y, z] = grid_within(groups, lim).unwrap();
-            let (x, y, z) = (x as u64, y as u64, z as u64);
-            assert!(x <= lim && y <= lim && z <= lim, "{groups}: {x}×{y}×{z}");
-            let launched = x * y * z;
-            assert!(launched >= groups, "{groups}: {x}×{y}×{z} too small");
-            assert!(
-                launched < groups + (y + 1) * z,
-                "{groups}: {x}×{y}×{z} wastes {}",
-                launched - groups
-            );
-        }
-        assert_eq!(grid_within(lim + 1, lim).unwrap(), [32768, 2, 1]);
-        assert!(grid_within(lim * lim * lim + 1, lim).is_none());
-    }
-}
-
 impl Backend for GpuBackend {
     fn is_software_gpu(&self) -> bool {
         self.adapter.device_type == wgpu::DeviceType::Cpu
@@ -1460,5 +1426,39 @@ impl Backend for GpuBackend {
 
     fn readback_count(&self) -> u64 {
         self.readbacks.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::grid_within;
+
+    #[test]
+    fn grids_cover_the_launch_within_the_limit_without_doubling_it() {
+        let lim = 65535u64;
+        for groups in [
+            1,
+            7,
+            lim - 1,
+            lim,
+            lim + 1,
+            3 * lim + 5,
+            lim * lim,
+            lim * lim + 1,
+            5 * lim * lim + 3,
+        ] {
+            let [x, y, z] = grid_within(groups, lim).unwrap();
+            let (x, y, z) = (x as u64, y as u64, z as u64);
+            assert!(x <= lim && y <= lim && z <= lim, "{groups}: {x}×{y}×{z}");
+            let launched = x * y * z;
+            assert!(launched >= groups, "{groups}: {x}×{y}×{z} too small");
+            assert!(
+                launched < groups + (y + 1) * z,
+                "{groups}: {x}×{y}×{z} wastes {}",
+                launched - groups
+            );
+        }
+        assert_eq!(grid_within(lim + 1, lim).unwrap(), [32768, 2, 1]);
+        assert!(grid_within(lim * lim * lim + 1, lim).is_none());
     }
 }
