@@ -238,6 +238,8 @@ fn empty_tensors_broadcast_to_empty_results() {
     assert!(y.to_vec().unwrap().is_empty());
 }
 
+type UnaryOp = fn(&Tensor) -> liera::Result<Tensor>;
+
 /// Reductions, normalisations and moves over tensors with a zero-size axis give empty (or zero) results and
 /// empty gradients on every device, not a panic.
 #[test]
@@ -252,7 +254,7 @@ fn zero_size_axes_reduce_normalise_and_differentiate() {
         let g = s.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).unwrap().to_vec().unwrap().is_empty(), "{on}");
         // Everything else over an empty tensor is empty, forward and backward.
-        let cases: [(&[usize], fn(&Tensor) -> liera::Result<Tensor>); 5] = [
+        let cases: [(&[usize], UnaryOp); 5] = [
             (&[2, 3, 0], |t| t.sum(&[1], false)),
             (&[2, 4, 0, 3], |t| t.layer_norm_channels(None, None, 1e-6)),
             (&[0, 4], |t| t.layer_norm_last(None, None, 1e-6)),
