@@ -5,7 +5,8 @@
 //         0 exp, 1 ln, 2 −x, 3 √x, 4 GELU(x) = x/2·(1 + erf(x/√2)), 5 x + c, 6 c·x, 7 x^c
 // binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 8 merged output
 //         dimensions (stride 0 on broadcast axes); OP: 16 a+b, 17 a−b, 18 a·b, 19 a/b,
-//         20 a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x).
+//         20 a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x); with the scalar c (the adapters' fused weights):
+//         21 a + c·b, 22 a·exp(c·b), 23 a·(1 + c·b), 24 c·a·b.
 // erf is Abramowitz & Stegun 7.1.26, the same formula as the CPU backend, so both agree to rounding.
 
 struct Params {
@@ -74,13 +75,17 @@ fn unary_fn(x: f32, c: f32) -> f32 {
     }
 }
 
-fn binary_fn(u: f32, v: f32) -> f32 {
+fn binary_fn(u: f32, v: f32, c: f32) -> f32 {
     switch OP {
         case 16u: { return u + v; }
         case 17u: { return u - v; }
         case 18u: { return u * v; }
         case 19u: { return u / v; }
         case 20u: { return u * gelu_derivative(v); }
+        case 21u: { return u + c * v; }
+        case 22u: { return u * exp(c * v); }
+        case 23u: { return u * (1.0 + c * v); }
+        case 24u: { return c * u * v; }
         default: { return u; }
     }
 }
@@ -123,5 +128,5 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         oa += idx * params.a_strides[ax / 4u][ax % 4u];
         ob += idx * params.b_strides[ax / 4u][ax % 4u];
     }
-    y[i] = binary_fn(a[oa], b[ob]);
+    y[i] = binary_fn(a[oa], b[ob], params.scalar);
 }

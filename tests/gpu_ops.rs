@@ -103,12 +103,16 @@ fn unary_op(code: u8, c: f32) -> UnaryOp {
     }
 }
 
-const BINARY_OPS: [BinaryOp; 5] = [
+const BINARY_OPS: [BinaryOp; 9] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
     BinaryOp::Div,
     BinaryOp::GeluBackward,
+    BinaryOp::AddScaled(-0.75),
+    BinaryOp::ExpMul(1.25),
+    BinaryOp::AffineMul(0.5),
+    BinaryOp::MulScaled(-1.5),
 ];
 
 /// A convolution geometry from small random parameters (None when the kernel does not fit the input).
@@ -181,7 +185,7 @@ proptest! {
     #[test]
     fn broadcasting_binary_ops_match_cpu(
         out in prop::collection::vec(1usize..7, 1..5),
-        mask_a in 0u32..16, mask_b in 0u32..16, op in 0usize..5, seed in 0u64..1000,
+        mask_a in 0u32..16, mask_b in 0u32..16, op in 0usize..BINARY_OPS.len(), seed in 0u64..1000,
     ) {
         // Each operand keeps an output axis or broadcasts it (size 1), per its bit mask.
         let pick = |mask: u32| -> Vec<usize> {
@@ -685,7 +689,9 @@ proptest! {
         n in 1usize..4, c in 1usize..6, h in 1usize..7, w in 1usize..7, seed in 0u64..1000,
     ) {
         let x = || (values(seed, n * c * h * w, -1.5, 1.5), vec![n, c, h, w]);
-        let pos = || (values(seed + 1, n * c * h * w, 0.2, 2.0), vec![n, c, h, w]);
+        // √x + ln x + x^1.5 (the divisor below) crosses 0 near x = 0.42, where f32 rounding differences
+        // between the backends would be amplified without bound: x ≥ 0.8 keeps it above 1.3.
+        let pos = || (values(seed + 1, n * c * h * w, 0.8, 2.0), vec![n, c, h, w]);
         let per_c = |s| (values(s, c, 0.5, 1.5), vec![c]);
         cross_grad("gelu·exp·sqrt·log·pow", &[x(), pos()], &|t| {
             let a = t[0].gelu()?.mul(&t[0].exp()?)?;

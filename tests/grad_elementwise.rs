@@ -1,5 +1,5 @@
 //! Gradient property tests of the elementwise ops: add, sub, mul, div (with broadcasting), the scalar ops,
-//! exp, log, sqrt and GELU. Each compares forward and tape gradients with an f64 reference (see common).
+//! exp, log, sqrt, GELU and the adapters' fused weight reparameterisations (ops/reparam.rs). Each compares forward and tape gradients with an f64 reference (see common).
 
 mod common;
 
@@ -38,6 +38,7 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
 
 type EngineBinary = fn(&Tensor, &Tensor) -> liera::Result<Tensor>;
 type RefBinary = fn(f64, f64) -> f64;
+type EngineReparam = fn(&Tensor, &Tensor, f32) -> liera::Result<Tensor>;
 
 /// Reference broadcasting: out[i] = f(a[idx_a(i)], b[idx_b(i)]).
 fn reference_binary(
@@ -148,6 +149,31 @@ proptest! {
         // erf in f32 (A&S 7.1.26) has absolute error ≤ 1.5e-7, far inside TOL.
         for dev in devices() {
             check_gradients(&dev, &inputs, |t| t[0].gelu(), |v| v[0].iter().map(|&x| gelu64(x)).collect(), TOL).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// W + s·P, W ⊙ exp(s·P), W ⊙ (1 + s·P): gradients for both W and P (the adapters freeze W, but the op
+    /// is general), and for P alone as the adapters use it.
+    #[test]
+    fn weight_reparameterisations(shape in shape_strategy(), s in -2.0f32..2.0, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let n = shape.iter().product();
+        let inputs = [input(rng.vec(n, -2.0, 2.0), &shape), input(rng.vec(n, -1.0, 1.0), &shape)];
+        let s64 = s as f64;
+        let refs: [(&str, EngineReparam, RefBinary); 3] = [
+            ("add_scaled", |w, p, s| w.add_scaled(p, s), |w, p| w + p),
+            ("mul_exp_scaled", |w, p, s| w.mul_exp_scaled(p, s), |w, p| w * p.exp()),
+            ("mul_affine_scaled", |w, p, s| w.mul_affine_scaled(p, s), |w, p| w * (1.0 + p)),
+        ];
+        for dev in devices() {
+            for (name, op, f) in refs {
+                check_gradients(&dev, &inputs, |t| op(&t[0], &t[1], s), |v| v[0].iter().zip(&v[1]).map(|(&w, &p)| f(w, s64 * p)).collect(), TOL)
+                    .map_err(|e| TestCaseError::fail(format!("{name} {shape:?} s={s} on {}: {e}", dev.name())))?;
+                // P alone requires a gradient (W frozen), as under an adapter.
+                let frozen = Tensor::from_slice(&inputs[0].values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape.clone(), &dev).unwrap();
+                check_gradients(&dev, &inputs[1..], |t| op(&frozen, &t[0], s), |v| inputs[0].values.iter().zip(&v[0]).map(|(&w, &p)| f(w, s64 * p)).collect(), TOL)
+                    .map_err(|e| TestCaseError::fail(format!("{name} (W frozen) {shape:?} on {}: {e}", dev.name())))?;
+            }
         }
     }
 }

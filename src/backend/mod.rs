@@ -51,8 +51,8 @@ pub enum UnaryOp {
     PowScalar(f32),
 }
 
-/// Elementwise operations of two operands with broadcasting (`y = f(a, b)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Elementwise operations of two operands with broadcasting (`y = f(a, b)`), some with a scalar c.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BinaryOp {
     /// a + b
     Add,
@@ -64,6 +64,27 @@ pub enum BinaryOp {
     Div,
     /// a · GELU′(b): the GELU backward with a = ∂L/∂y and b = x. GELU′(x) = Φ(x) + x·φ(x).
     GeluBackward,
+    /// a + c·b (LoRA's W + s·BA in one pass).
+    AddScaled(f32),
+    /// a · exp(c·b) (LieRA's W ⊙ exp(s·BA) in one pass).
+    ExpMul(f32),
+    /// a · (1 + c·b) (first-order LieRA's W + W ⊙ s·BA in one pass).
+    AffineMul(f32),
+    /// c · a · b (the adapters' backward s·(G ⊙ W′), s·(G ⊙ W)).
+    MulScaled(f32),
+}
+
+impl BinaryOp {
+    /// The scalar c of the ops that have one (0 for the others).
+    pub fn scalar(self) -> f32 {
+        match self {
+            BinaryOp::AddScaled(c)
+            | BinaryOp::ExpMul(c)
+            | BinaryOp::AffineMul(c)
+            | BinaryOp::MulScaled(c) => c,
+            _ => 0.0,
+        }
+    }
 }
 
 /// A batched matrix product C\[b\] = op(A\[b\]) · op(B\[b\]) where op transposes when asked.

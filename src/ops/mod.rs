@@ -17,6 +17,7 @@ pub mod log_softmax;
 pub mod matmul;
 pub mod permute;
 pub mod pool;
+pub mod reparam;
 pub mod reshape;
 pub mod scalar;
 pub mod sqrt;

@@ -27,8 +27,10 @@
 //!   exact:  M = s·(G ⊙ W')     first-order:  M = s·(G ⊙ W)     LoRA:  M = s·G
 //!   ∂L/∂B = M Aᵀ               ∂L/∂A = Bᵀ M
 //! ```
-//! The engine derives these through its tape from the forward below (matmul, mul_scalar, reshape, exp, mul,
-//! add); `tests/peft.rs` checks them against these closed forms. Because W' is proportional to W entrywise,
+//! The forward is the matmul P = B·A, a reshape and one fused elementwise op of `ops/reparam.rs`
+//! (W + s·P, W ⊙ exp(s·P), W ⊙ (1 + s·P)) whose backward gives s·G, s·(G ⊙ W′) or s·(G ⊙ W) in one pass; the
+//! tape carries that through the matmul to ∂L/∂A and ∂L/∂B, and `tests/peft.rs` checks them against these
+//! closed forms. Because W' is proportional to W entrywise,
 //! a zero entry of W stays zero under LieRA: it lies outside G and cannot move ([`Adapter::zero_entries`]).
 
 use crate::autodiff::no_grad;
@@ -215,11 +217,16 @@ impl Adapter {
                 ),
             ));
         }
-        let d = self.delta(w.shape())?;
+        let p = self
+            .b
+            .tensor()
+            .matmul(self.a.tensor())?
+            .reshape(w.shape().clone())?;
+        let s = self.scale();
         match self.kind {
-            AdapterKind::Liera => w.mul(&d.exp()?),
-            AdapterKind::LieraFirstOrder => w.add(&w.mul(&d)?),
-            AdapterKind::Lora => w.add(&d),
+            AdapterKind::Liera => w.mul_exp_scaled(&p, s),
+            AdapterKind::LieraFirstOrder => w.mul_affine_scaled(&p, s),
+            AdapterKind::Lora => w.add_scaled(&p, s),
         }
     }
 

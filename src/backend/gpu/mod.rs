@@ -996,7 +996,12 @@ impl Backend for GpuBackend {
             });
         }
         let out = self.alloc(n)?;
-        let mut params = vec![u32_of("length", n)?, layout.dims.len() as u32, 0, 0];
+        let mut params = vec![
+            u32_of("length", n)?,
+            layout.dims.len() as u32,
+            op.scalar().to_bits(),
+            0,
+        ];
         params.extend(pack8(&layout.dims)?);
         params.extend(pack8(&layout.a_strides)?);
         params.extend(pack8(&layout.b_strides)?);

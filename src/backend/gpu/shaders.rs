@@ -96,7 +96,7 @@ pub mod op_code {
             UnaryOp::PowScalar(_) => 7,
         }
     }
-    /// The `OP` code of a binary op (16–20).
+    /// The `OP` code of a binary op (16–24).
     pub fn binary(op: BinaryOp) -> u32 {
         match op {
             BinaryOp::Add => 16,
@@ -104,10 +104,14 @@ pub mod op_code {
             BinaryOp::Mul => 18,
             BinaryOp::Div => 19,
             BinaryOp::GeluBackward => 20,
+            BinaryOp::AddScaled(_) => 21,
+            BinaryOp::ExpMul(_) => 22,
+            BinaryOp::AffineMul(_) => 23,
+            BinaryOp::MulScaled(_) => 24,
         }
     }
     /// Every code the launchers use.
-    pub const ALL: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20];
+    pub const ALL: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23, 24];
 }
 
 /// A family with its specialisation constants: one shader module.
