@@ -114,7 +114,7 @@ fn find_file(dir: &Path, stem: &str, what: &str) -> Result<PathBuf> {
     Err(Error::Format {
         path: dir.display().to_string(),
         msg: format!(
-            "missing {what} file: expected {stem} or {stem}.gz in this directory (found: {})",
+            "missing {what} file: expected {stem} or {stem}.gz (or {dotted}[.gz]) in this directory (found: {})",
             if present.is_empty() {
                 "nothing".to_string()
             } else {

@@ -23,7 +23,6 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A `k`×`k` convolution from `c_in` to `c_out` channels; weight trunc-normal(σ = 0.02), bias zero.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         c_in: usize,
         c_out: usize,

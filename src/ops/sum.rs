@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::shape::{merge_broadcast_dims, Shape};
 use crate::tensor::Tensor;
 
-/// Sums `storage` (of shape `dims`) over the sorted, deduplicated `axes`; returns the keepdim result.
+/// Sums `x` over the sorted, deduplicated `axes`; returns the keepdim result's storage and shape.
 fn sum_axes_kernel(x: &Tensor, axes: &[usize]) -> Result<(Storage, Shape)> {
     let backend = x.device().backend();
     let mut dims = x.dims().to_vec();

@@ -36,6 +36,19 @@ impl PeftConfig {
             seed: 0,
         }
     }
+    /// True if the parameter at `path` is one of `modules_to_save` (trained fully and saved with the
+    /// adapter).
+    pub fn saves(&self, path: &str) -> bool {
+        self.modules_to_save
+            .iter()
+            .any(|p| super::target::matches_param(p, path))
+    }
+    /// True if the layer at `path` is an adapter target.
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|p| super::target::matches(p, path))
+    }
     /// Sets the fully trained modules from a comma-separated list (`"head.fc"`).
     pub fn with_modules_to_save(mut self, list: &str) -> Self {
         self.modules_to_save = parse_patterns(list);

@@ -63,7 +63,7 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
     let mut problem: Option<Error> = None;
     model.visit_adaptable("", &mut |path, layer| {
         all_layers.push(path.to_string());
-        if cfg.target_modules.iter().any(|p| target::matches(p, path)) {
+        if cfg.targets(path) {
             if layer.adapter().is_some() && problem.is_none() {
                 problem = Some(Error::invalid(
                     "peft",
@@ -90,11 +90,7 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
     }
     let mut saved_params: Vec<String> = Vec::new();
     model.visit("", &mut |path, _| {
-        if cfg
-            .modules_to_save
-            .iter()
-            .any(|p| target::matches_param(p, path))
-        {
+        if cfg.saves(path) {
             saved_params.push(path.to_string());
         }
     });

@@ -2,11 +2,12 @@
 //!
 //! Keys: `base_model.model.<layer>.lora_A.weight` and `.lora_B.weight` for every adapted layer, and
 //! `base_model.model.<param>` for every parameter of `modules_to_save` (e.g. the new `head.fc`). Shapes
-//! follow PEFT: a Linear's A is (r, in) and B (out, r); a convolution's A is (r, Cin/g, kh, kw) and B is
-//! (Cout, r, 1, 1) — the same matrices as the (r, Cin/g·kh·kw) and (Cout, r) factors used in the forward.
+//! follow PEFT for a Linear (A (r, in), B (out, r)) and a dense convolution (A (r, Cin, kh, kw), B (Cout, r,
+//! 1, 1)); a grouped or depthwise convolution, which PEFT's conv LoRA does not adapt, stores A as
+//! (r, Cin/g, kh, kw) and B as (Cout, r, 1, 1), liera's own layout. Either way they are the same matrices as
+//! the (r, Cin/g·kh·kw) and (Cout, r) factors of the forward.
 
 use super::config::PeftConfig;
-use super::target;
 use crate::error::{Error, Result};
 use crate::io::{atomic_write, read_safetensors, write_safetensors, HostTensor};
 use crate::nn::Module;
@@ -37,7 +38,7 @@ fn stored_shapes(w: &[usize], r: usize) -> (Vec<usize>, Vec<usize>) {
 pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<()> {
     let mut mismatch = Vec::new();
     model.visit_adaptable("", &mut |path, layer| {
-        let targeted = cfg.target_modules.iter().any(|p| target::matches(p, path));
+        let targeted = cfg.targets(path);
         match layer.adapter() {
             Some(_) if !targeted => mismatch.push(format!("{path} is adapted but not a target")),
             None if targeted => mismatch.push(format!("{path} is a target but has no adapter")),
@@ -83,11 +84,7 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
         return Err(Error::invalid("save_adapter", "the model has no adapters"));
     }
     model.visit("", &mut |path, p| {
-        if cfg
-            .modules_to_save
-            .iter()
-            .any(|m| target::matches_param(m, path))
-        {
+        if cfg.saves(path) {
             tensors.push((format!("{PREFIX}{path}"), p.tensor().detach()));
         }
     });
@@ -129,18 +126,14 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
     // The keys and stored shapes this config implies for this model.
     let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     model.visit_adaptable("", &mut |path, layer| {
-        if cfg.target_modules.iter().any(|p| target::matches(p, path)) {
+        if cfg.targets(path) {
             let (sa, sb) = stored_shapes(layer.weight().shape().dims(), cfg.r);
             expected.insert(format!("{PREFIX}{path}.lora_A.weight"), sa);
             expected.insert(format!("{PREFIX}{path}.lora_B.weight"), sb);
         }
     });
     model.visit("", &mut |path, p| {
-        if cfg
-            .modules_to_save
-            .iter()
-            .any(|m| target::matches_param(m, path))
-        {
+        if cfg.saves(path) {
             expected.insert(format!("{PREFIX}{path}"), p.shape().dims().to_vec());
         }
     });
@@ -193,11 +186,7 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
         }
     });
     model.visit("", &mut |path, p| {
-        if cfg
-            .modules_to_save
-            .iter()
-            .any(|m| target::matches_param(m, path))
-        {
+        if cfg.saves(path) {
             set(format!("{PREFIX}{path}"), p);
         }
     });

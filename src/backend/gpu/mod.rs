@@ -667,7 +667,6 @@ impl GpuBackend {
     /// Runs the gemm kernel of `variant` (batch × M × N outputs, reduction length K) into a new buffer of
     /// `out_len` floats, splitting K when there are few output tiles; `params[split_slot]` receives the
     /// split count. Split partial results are summed by the reduce kernel.
-    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         variant: &ShaderVariant,
