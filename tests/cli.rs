@@ -802,6 +802,12 @@ fn a_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     ));
     let line = assert_fails(&diverged, &["step"]);
     eprintln!("diverging run: {line}");
+    // The resume says that its settings differ from the checkpoint's, so its result is its own.
+    let said = text(&diverged.stderr);
+    assert!(
+        said.contains("changed settings (steps 10 → 60, lr 0.002 → 1000000"),
+        "the resume does not name its changed settings: {said}"
+    );
     assert!(
         line.contains("loss became") || line.contains("after step"),
         "the error does not say what became non-finite: {line}"

@@ -371,3 +371,112 @@ impl Checkpoint {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> CheckpointMeta {
+        CheckpointMeta {
+            version: CHECKPOINT_VERSION,
+            kind: "pretrain".into(),
+            step,
+            total_steps: 100,
+            seed: 3,
+            batch_size: 8,
+            data_position: step,
+            optimizer_steps: step,
+            drop_path_position: step,
+            loss: 1.0,
+            settings: RunSettings {
+                lr: 0.01,
+                warmup: 5,
+                weight_decay: 0.05,
+                augment_shift: 2,
+            },
+            data: "00ff".into(),
+        }
+    }
+
+    fn checkpoint(meta: CheckpointMeta) -> Checkpoint {
+        Checkpoint {
+            path: PathBuf::from("c.safetensors"),
+            meta,
+            params: BTreeMap::new(),
+            optimizer: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_resume_must_keep_kind_seed_batch_and_data_and_is_told_of_changed_settings() {
+        let run = meta(0);
+        assert_eq!(
+            checkpoint(meta(40)).check_fits(&run).unwrap(),
+            Vec::<String>::new()
+        );
+        // Changed optimisation settings are allowed and named.
+        let changed = CheckpointMeta {
+            total_steps: 200,
+            settings: RunSettings {
+                lr: 0.001,
+                ..run.settings
+            },
+            ..run.clone()
+        };
+        assert_eq!(
+            checkpoint(meta(40)).check_fits(&changed).unwrap(),
+            vec!["steps 100 → 200".to_string(), "lr 0.01 → 0.001".to_string()]
+        );
+        // Other data, seed, batch size or kind, a step past the run, or counters that disagree: refused.
+        let refused = [
+            (
+                CheckpointMeta {
+                    data: "0100".into(),
+                    ..run.clone()
+                },
+                meta(40),
+                "other data",
+            ),
+            (
+                CheckpointMeta {
+                    seed: 4,
+                    ..run.clone()
+                },
+                meta(40),
+                "its seed is 3",
+            ),
+            (
+                CheckpointMeta {
+                    batch_size: 16,
+                    ..run.clone()
+                },
+                meta(40),
+                "batch size is 8",
+            ),
+            (
+                CheckpointMeta {
+                    kind: "finetune:lora".into(),
+                    ..run.clone()
+                },
+                meta(40),
+                "not `finetune:lora`",
+            ),
+            (run.clone(), meta(120), "past this run's 100 steps"),
+            (
+                run.clone(),
+                CheckpointMeta {
+                    optimizer_steps: 39,
+                    ..meta(40)
+                },
+                "counters disagree",
+            ),
+        ];
+        for (run, written, needle) in refused {
+            let err = checkpoint(written)
+                .check_fits(&run)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}
