@@ -56,51 +56,67 @@ impl Tensor {
 
     /// W ⊙ exp(s·P) (LieRA's adapted kernel), with `self` = W.
     pub fn mul_exp_scaled(&self, p: &Tensor, s: f32) -> Result<Tensor> {
-        let y = same_shape_kernel("mul_exp_scaled", BinaryOp::ExpMul(s), self, p)?;
-        let (need_w, need_p) = (self.requires_grad(), p.requires_grad());
-        let (p_value, y_value) = (p.detach(), y.detach());
-        Ok(Tensor::from_op(
+        // ∂W = g ⊙ exp(s·P) (the forward's kernel on g), ∂P = s·(g ⊙ y).
+        multiplicative(
             "mul_exp_scaled",
-            y.storage(),
-            y.shape().clone(),
-            &[self, p],
-            move |g| {
-                let dw = need_w
-                    .then(|| same_shape_kernel("mul_exp_scaled", BinaryOp::ExpMul(s), g, &p_value))
-                    .transpose()?;
-                let dp = need_p
-                    .then(|| {
-                        same_shape_kernel("mul_exp_scaled", BinaryOp::MulScaled(s), g, &y_value)
-                    })
-                    .transpose()?;
-                Ok(vec![dw, dp])
-            },
-        ))
+            self,
+            p,
+            s,
+            BinaryOp::ExpMul(s),
+            Operand::Output,
+        )
     }
 
     /// W ⊙ (1 + s·P) (first-order LieRA's adapted kernel, W + W ⊙ s·P), with `self` = W.
     pub fn mul_affine_scaled(&self, p: &Tensor, s: f32) -> Result<Tensor> {
-        let y = same_shape_kernel("mul_affine_scaled", BinaryOp::AffineMul(s), self, p)?;
-        let (need_w, need_p) = (self.requires_grad(), p.requires_grad());
-        let (w_value, p_value) = (self.detach(), p.detach());
-        Ok(Tensor::from_op(
+        // ∂W = g ⊙ (1 + s·P) (the forward's kernel on g), ∂P = s·(g ⊙ W).
+        multiplicative(
             "mul_affine_scaled",
-            y.storage(),
-            y.shape().clone(),
-            &[self, p],
-            move |g| {
-                let dw = need_w
-                    .then(|| {
-                        same_shape_kernel("mul_affine_scaled", BinaryOp::AffineMul(s), g, &p_value)
-                    })
-                    .transpose()?;
-                let dp = need_p
-                    .then(|| {
-                        same_shape_kernel("mul_affine_scaled", BinaryOp::MulScaled(s), g, &w_value)
-                    })
-                    .transpose()?;
-                Ok(vec![dw, dp])
-            },
-        ))
+            self,
+            p,
+            s,
+            BinaryOp::AffineMul(s),
+            Operand::Kernel,
+        )
     }
+}
+
+/// Which tensor ∂P = s·(g ⊙ ·) multiplies: the forward's output y or the kernel W.
+enum Operand {
+    Output,
+    Kernel,
+}
+
+/// y = `op`(W, P) for the two multiplicative forms y = W ⊙ f(s·P): ∂W = `op`(g, P) = g ⊙ f(s·P) and
+/// ∂P = s·(g ⊙ `dp_with`), each computed only when that input requires a gradient.
+fn multiplicative(
+    name: &'static str,
+    w: &Tensor,
+    p: &Tensor,
+    s: f32,
+    op: BinaryOp,
+    dp_with: Operand,
+) -> Result<Tensor> {
+    let y = same_shape_kernel(name, op, w, p)?;
+    let (need_w, need_p) = (w.requires_grad(), p.requires_grad());
+    let p_value = p.detach();
+    let dp_operand = match dp_with {
+        Operand::Output => y.detach(),
+        Operand::Kernel => w.detach(),
+    };
+    Ok(Tensor::from_op(
+        name,
+        y.storage(),
+        y.shape().clone(),
+        &[w, p],
+        move |g| {
+            let dw = need_w
+                .then(|| same_shape_kernel(name, op, g, &p_value))
+                .transpose()?;
+            let dp = need_p
+                .then(|| same_shape_kernel(name, BinaryOp::MulScaled(s), g, &dp_operand))
+                .transpose()?;
+            Ok(vec![dw, dp])
+        },
+    ))
 }
