@@ -8,8 +8,23 @@ use liera::{Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
 
+/// This process's scratch folder, removed when the test process exits (the tests share it, running in
+/// parallel, so none of them may remove it).
+fn scratch() -> PathBuf {
+    std::env::temp_dir().join(format!("liera-io-{}", std::process::id()))
+}
+
+extern "C" fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(scratch());
+}
+
 fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("liera-io-{}", std::process::id()));
+    static CLEANUP: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with no captured state, once.
+    CLEANUP.call_once(|| unsafe {
+        libc::atexit(remove_scratch);
+    });
+    let d = scratch();
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }
