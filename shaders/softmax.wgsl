@@ -46,7 +46,7 @@ fn log_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let live = pos < params.outer * params.inner;
     let base = (pos / params.inner) * params.len * params.inner + pos % params.inner;
     let step = params.inner;
-    var m = bitcast<f32>(0xff800000u); // −∞
+    var m = -3.40282347e38; // −FLT_MAX: a constant ±∞ is not valid WGSL; the same max for any finite input
     if (live) {
         for (var c = lid; c < params.len; c += THREADS) {
             m = max(m, x[base + c * step]);
@@ -101,7 +101,7 @@ fn log_softmax_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let oi = udivmod(pos, params.inner);
     let base = oi.x * params.len * params.inner + oi.y;
     let step = params.inner;
-    var m = bitcast<f32>(0xff800000u); // −∞
+    var m = -3.40282347e38; // −FLT_MAX: a constant ±∞ is not valid WGSL; the same max for any finite input
     for (var c = 0u; c < params.len; c++) {
         m = max(m, x[base + c * step]);
     }
