@@ -251,3 +251,37 @@ fn grn_gradient_is_finite_for_an_all_zero_channel() {
         }
     }
 }
+
+/// A last-axis layer norm over many rows (N·H·W rows of C in a channels-last block) runs its backward in
+/// runs of rows; the result must be the same as for the rows taken in two separate halves: dx row by row
+/// bit for bit, dweight and dbias the sums of the halves'.
+#[test]
+fn layer_norm_last_backward_over_many_rows_equals_its_halves() {
+    use liera::{Device, Tensor};
+    let dev = Device::cpu();
+    let (rows, c) = (600usize, 64usize);
+    let mut rng = Rng::new(11);
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let x = to_f32(rng.vec(rows * c, -2.0, 2.0));
+    let r = to_f32(rng.vec(rows * c, -1.0, 1.0));
+    let w = to_f32(rng.vec(c, 0.5, 1.5));
+    let b = to_f32(rng.vec(c, -0.5, 0.5));
+    let grads = |lo: usize, hi: usize| {
+        let xt = Tensor::param(&x[lo * c..hi * c], [hi - lo, c], &dev).unwrap();
+        let wt = Tensor::param(&w, [c], &dev).unwrap();
+        let bt = Tensor::param(&b, [c], &dev).unwrap();
+        let rt = Tensor::from_slice(&r[lo * c..hi * c], [hi - lo, c], &dev).unwrap();
+        let y = xt.layer_norm_last(Some(&wt), Some(&bt), 1e-6).unwrap();
+        let g = y.mul(&rt).unwrap().sum_all().unwrap().backward().unwrap();
+        [&xt, &wt, &bt].map(|t| g.get(t).unwrap().to_vec().unwrap())
+    };
+    let [dx, dw, db] = grads(0, rows);
+    let [dx1, dw1, db1] = grads(0, rows / 2);
+    let [dx2, dw2, db2] = grads(rows / 2, rows);
+    assert_eq!(dx, [dx1, dx2].concat(), "dx differs from the halves'");
+    for (what, whole, (h1, h2)) in [("dweight", &dw, (&dw1, &dw2)), ("dbias", &db, (&db1, &db2))] {
+        for (i, (&g, (&a, &b))) in whole.iter().zip(h1.iter().zip(h2)).enumerate() {
+            assert!((g - (a + b)).abs() <= 1e-4 * (1.0 + g.abs()), "{what}[{i}]: {g} vs {a} + {b}");
+        }
+    }
+}

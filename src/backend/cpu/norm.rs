@@ -79,52 +79,62 @@ pub fn layer_norm_backward(
     l: AxisLayout,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (len, inner) = (l.len, l.inner);
+    let slice = (len * inner).max(1);
     let mut dx = vec![0.0f32; l.numel()];
-    // Per outer slice: dx, and that slice's contributions to dweight and dbias (summed afterwards).
+    // Tasks take whole runs of `group` outer slices (at least ~16k values, so a last-axis norm over N·H·W
+    // rows of C does not become one task and four buffers per row) and return their run's contributions
+    // to dweight and dbias; the runs are fixed, so the sums' order does not depend on scheduling.
+    let group = (16_384 / slice).max(1);
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut((len * inner).max(1))
+        .par_chunks_mut(group * slice)
         .enumerate()
-        .map(|(o, dxs)| {
-            let base = o * len * inner;
-            let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
-            let (mu, rs) = (
-                &mean[o * inner..(o + 1) * inner],
-                &rstd[o * inner..(o + 1) * inner],
-            );
+        .map(|(t, dx_run)| {
             let mut dw = vec![0.0f32; len];
             let mut db = vec![0.0f32; len];
-            // mean over the axis of ĝ and of ĝ·x̂, per inner position
+            // mean over the axis of ĝ and of ĝ·x̂, per inner position, for the slice at hand
             let mut mean_g = vec![0.0f32; inner];
             let mut mean_gx = vec![0.0f32; inner];
-            for c in 0..len {
-                let wc = weight.map_or(1.0, |w| w[c]);
-                let (row_x, row_g) = (
-                    &xs[c * inner..(c + 1) * inner],
-                    &gs[c * inner..(c + 1) * inner],
+            for (s_in_run, dxs) in dx_run.chunks_mut(slice).enumerate() {
+                let o = t * group + s_in_run;
+                let base = o * len * inner;
+                let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
+                let (mu, rs) = (
+                    &mean[o * inner..(o + 1) * inner],
+                    &rstd[o * inner..(o + 1) * inner],
                 );
-                let (mut sum_gx, mut sum_g) = (0.0f32, 0.0f32);
-                for i in 0..inner {
-                    let xh = (row_x[i] - mu[i]) * rs[i];
-                    let g = row_g[i];
-                    sum_gx += g * xh;
-                    sum_g += g;
-                    mean_g[i] += wc * g;
-                    mean_gx[i] += wc * g * xh;
+                mean_g.fill(0.0);
+                mean_gx.fill(0.0);
+                for c in 0..len {
+                    let wc = weight.map_or(1.0, |w| w[c]);
+                    let (row_x, row_g) = (
+                        &xs[c * inner..(c + 1) * inner],
+                        &gs[c * inner..(c + 1) * inner],
+                    );
+                    let (mut sum_gx, mut sum_g) = (0.0f32, 0.0f32);
+                    for i in 0..inner {
+                        let xh = (row_x[i] - mu[i]) * rs[i];
+                        let g = row_g[i];
+                        sum_gx += g * xh;
+                        sum_g += g;
+                        mean_g[i] += wc * g;
+                        mean_gx[i] += wc * g * xh;
+                    }
+                    dw[c] += sum_gx;
+                    db[c] += sum_g;
                 }
-                dw[c] = sum_gx;
-                db[c] = sum_g;
-            }
-            let inv = 1.0 / len as f32;
-            for c in 0..len {
-                let wc = weight.map_or(1.0, |w| w[c]);
-                let (row_x, row_g) = (
-                    &xs[c * inner..(c + 1) * inner],
-                    &gs[c * inner..(c + 1) * inner],
-                );
-                let row_dx = &mut dxs[c * inner..(c + 1) * inner];
-                for i in 0..inner {
-                    let xh = (row_x[i] - mu[i]) * rs[i];
-                    row_dx[i] = rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv);
+                let inv = 1.0 / len as f32;
+                for c in 0..len {
+                    let wc = weight.map_or(1.0, |w| w[c]);
+                    let (row_x, row_g) = (
+                        &xs[c * inner..(c + 1) * inner],
+                        &gs[c * inner..(c + 1) * inner],
+                    );
+                    let row_dx = &mut dxs[c * inner..(c + 1) * inner];
+                    for i in 0..inner {
+                        let xh = (row_x[i] - mu[i]) * rs[i];
+                        row_dx[i] =
+                            rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv);
+                    }
                 }
             }
             (dw, db)
