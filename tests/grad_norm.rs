@@ -281,7 +281,10 @@ fn layer_norm_last_backward_over_many_rows_equals_its_halves() {
     assert_eq!(dx, [dx1, dx2].concat(), "dx differs from the halves'");
     for (what, whole, (h1, h2)) in [("dweight", &dw, (&dw1, &dw2)), ("dbias", &db, (&db1, &db2))] {
         for (i, (&g, (&a, &b))) in whole.iter().zip(h1.iter().zip(h2)).enumerate() {
-            assert!((g - (a + b)).abs() <= 1e-4 * (1.0 + g.abs()), "{what}[{i}]: {g} vs {a} + {b}");
+            assert!(
+                (g - (a + b)).abs() <= 1e-4 * (1.0 + g.abs()),
+                "{what}[{i}]: {g} vs {a} + {b}"
+            );
         }
     }
 }
