@@ -434,7 +434,8 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
         let b_panels = nc.div_ceil(NR);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            b_pack.clear();
+            // Packing overwrites every element (padding included), so the buffer is only resized: no
+            // zeroing pass per block.
             b_pack.resize(b_panels * kc * NR, 0.0);
             pack_b::<NR>(b, p0, kc, j0, nc, &mut b_pack);
             // Tasks: an MC row block × a range of B panels (a few, so that skinny products still split).
@@ -446,13 +447,14 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
             };
             let col_tasks = b_panels.div_ceil(panels_per_task);
             let b_pack = &b_pack;
-            let task = |t: usize| {
+            // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding included).
+            let task = |a_pack: &mut Vec<f32>, t: usize| {
                 let (rb, ct) = (t / col_tasks, t % col_tasks);
                 let i0 = rb * MC;
                 let mc = MC.min(m - i0);
                 let a_panels = mc.div_ceil(MR);
-                let mut a_pack = vec![0.0f32; a_panels * kc * MR];
-                pack_a::<MR>(a, i0, mc, p0, kc, &mut a_pack);
+                a_pack.resize(a_panels * kc * MR, 0.0);
+                pack_a::<MR>(a, i0, mc, p0, kc, a_pack);
                 let q_end = ((ct + 1) * panels_per_task).min(b_panels);
                 let mut rows = [0usize; MR];
                 let mut cols = [0usize; NR];
@@ -474,9 +476,12 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
             };
             let tasks = row_blocks * col_tasks;
             if serial {
-                (0..tasks).for_each(task);
+                let mut a_pack = Vec::new();
+                (0..tasks).for_each(|t| task(&mut a_pack, t));
             } else {
-                (0..tasks).into_par_iter().for_each(task);
+                (0..tasks)
+                    .into_par_iter()
+                    .for_each_init(Vec::new, |a_pack, t| task(a_pack, t));
             }
         }
     }
