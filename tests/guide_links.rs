@@ -2,8 +2,8 @@
 //!
 //! Every relative link `[text](path)` must name an existing file. When the link text is code (in
 //! backticks) such as `` [`Tensor::conv2d`](../src/ops/conv2d.rs) ``, the last path segment (`conv2d`) must
-//! be defined in that file as a `fn`, `struct`, `enum`, `trait`, `type`, `const` or `mod`, so a renamed or
-//! moved function breaks this test rather than the guide. Link text that is a path in backticks
+//! be defined in that file as a `fn`, `struct`, `enum`, `trait`, `type`, `const`, `mod` or `macro_rules!`,
+//! so a renamed or moved function breaks this test rather than the guide. Link text that is a path in backticks
 //! (`` [`src/tensor.rs`](../src/tensor.rs) ``) only needs its file to exist.
 
 use std::path::Path;
@@ -30,7 +30,16 @@ fn code_item(text: &str) -> Option<&str> {
 }
 
 fn defines(source: &str, name: &str) -> bool {
-    let keywords = ["fn", "struct", "enum", "trait", "type", "const", "mod"];
+    let keywords = [
+        "fn",
+        "struct",
+        "enum",
+        "trait",
+        "type",
+        "const",
+        "mod",
+        "macro_rules!",
+    ];
     keywords.iter().any(|kw| {
         let head = format!("{kw} {name}");
         source.match_indices(&head).any(|(i, _)| {

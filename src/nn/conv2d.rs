@@ -1,7 +1,7 @@
 //! 2-D convolution layer (NCHW input, OIHW weight (Cout, Cin/g, kh, kw)) with an optional bias and an optional
 //! PEFT adapter on the weight; any stride, padding, dilation and groups (depthwise: g = Cin = Cout).
 
-use super::{join, Adaptable, InitRng, Module, Param};
+use super::{InitRng, Param};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::peft::Adapter;
@@ -52,13 +52,6 @@ impl Conv2d {
             adapter: None,
         })
     }
-    /// The kernel the forward uses: W, or W' with an active adapter.
-    pub fn effective_weight(&self) -> Result<Tensor> {
-        match &self.adapter {
-            Some(a) => a.effective_weight(self.weight.tensor()),
-            None => Ok(self.weight.tensor().clone()),
-        }
-    }
     /// y = x ⋆ W' + b.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(
@@ -69,44 +62,4 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
-        f(&join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-    fn visit_adaptable(&self, prefix: &str, f: &mut dyn FnMut(&str, &dyn Adaptable)) {
-        f(prefix, self);
-    }
-    fn visit_adaptable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Adaptable)) {
-        f(prefix, self);
-    }
-}
-
-impl Adaptable for Conv2d {
-    fn layer_kind(&self) -> &'static str {
-        "conv2d"
-    }
-    fn weight(&self) -> &Param {
-        &self.weight
-    }
-    fn weight_mut(&mut self) -> &mut Param {
-        &mut self.weight
-    }
-    fn adapter(&self) -> Option<&Adapter> {
-        self.adapter.as_ref()
-    }
-    fn adapter_mut(&mut self) -> &mut Option<Adapter> {
-        &mut self.adapter
-    }
-    fn visit_params_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        Module::visit_mut(self, prefix, f);
-    }
-}
+super::adaptable_layer!(Conv2d);

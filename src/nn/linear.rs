@@ -1,7 +1,7 @@
 //! Fully connected layer y = x·W'ᵀ + b on the last axis, W (out, in); W' = W, or the adapted weight when a
 //! PEFT adapter is attached (see [`crate::peft::Adapter`]).
 
-use super::{join, Adaptable, InitRng, Module, Param};
+use super::{InitRng, Param};
 use crate::backend::Device;
 use crate::error::Result;
 use crate::peft::Adapter;
@@ -38,13 +38,6 @@ impl Linear {
             adapter: None,
         })
     }
-    /// The weight the forward uses: W, or W' with an active adapter.
-    pub fn effective_weight(&self) -> Result<Tensor> {
-        match &self.adapter {
-            Some(a) => a.effective_weight(self.weight.tensor()),
-            None => Ok(self.weight.tensor().clone()),
-        }
-    }
     /// y = x·W'ᵀ + b for x of shape (…, in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.linear(
@@ -54,44 +47,4 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
-        f(&join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-    fn visit_adaptable(&self, prefix: &str, f: &mut dyn FnMut(&str, &dyn Adaptable)) {
-        f(prefix, self);
-    }
-    fn visit_adaptable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Adaptable)) {
-        f(prefix, self);
-    }
-}
-
-impl Adaptable for Linear {
-    fn layer_kind(&self) -> &'static str {
-        "linear"
-    }
-    fn weight(&self) -> &Param {
-        &self.weight
-    }
-    fn weight_mut(&mut self) -> &mut Param {
-        &mut self.weight
-    }
-    fn adapter(&self) -> Option<&Adapter> {
-        self.adapter.as_ref()
-    }
-    fn adapter_mut(&mut self) -> &mut Option<Adapter> {
-        &mut self.adapter
-    }
-    fn visit_params_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        Module::visit_mut(self, prefix, f);
-    }
-}
+super::adaptable_layer!(Linear);

@@ -40,8 +40,6 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// is viewed as the matrix (rows, cols) = (`shape[0]`, `numel / shape[0]`), i.e. (Cout, Cin/g·kh·kw) for a
 /// convolution and (out, in) for a linear layer.
 pub trait Adaptable {
-    /// "conv2d" or "linear".
-    fn layer_kind(&self) -> &'static str;
     /// The base weight.
     fn weight(&self) -> &Param;
     /// The base weight, mutably (merge writes the adapted kernel here).
@@ -50,9 +48,69 @@ pub trait Adaptable {
     fn adapter(&self) -> Option<&Adapter>;
     /// The adapter slot (peft attaches and removes adapters here).
     fn adapter_mut(&mut self) -> &mut Option<Adapter>;
-    /// Every base parameter of the layer (weight, bias), mutably.
-    fn visit_params_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param));
 }
+
+/// The plumbing shared by the layers an adapter can wrap (a struct with `weight: Param`,
+/// `bias: Option<Param>` and `adapter: Option<Adapter>`): `effective_weight` (W, or W′ with an active
+/// adapter), the [`Module`] walk over `weight` and `bias` in timm's names, and [`Adaptable`].
+macro_rules! adaptable_layer {
+    ($layer:ty) => {
+        impl $layer {
+            /// The weight the forward uses: W, or W′ with an active adapter.
+            pub fn effective_weight(&self) -> $crate::error::Result<$crate::tensor::Tensor> {
+                match &self.adapter {
+                    Some(a) => a.effective_weight(self.weight.tensor()),
+                    None => Ok(self.weight.tensor().clone()),
+                }
+            }
+        }
+
+        impl $crate::nn::Module for $layer {
+            fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &$crate::nn::Param)) {
+                f(&$crate::nn::join(prefix, "weight"), &self.weight);
+                if let Some(b) = &self.bias {
+                    f(&$crate::nn::join(prefix, "bias"), b);
+                }
+            }
+            fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut $crate::nn::Param)) {
+                f(&$crate::nn::join(prefix, "weight"), &mut self.weight);
+                if let Some(b) = &mut self.bias {
+                    f(&$crate::nn::join(prefix, "bias"), b);
+                }
+            }
+            fn visit_adaptable(
+                &self,
+                prefix: &str,
+                f: &mut dyn FnMut(&str, &dyn $crate::nn::Adaptable),
+            ) {
+                f(prefix, self);
+            }
+            fn visit_adaptable_mut(
+                &mut self,
+                prefix: &str,
+                f: &mut dyn FnMut(&str, &mut dyn $crate::nn::Adaptable),
+            ) {
+                f(prefix, self);
+            }
+        }
+
+        impl $crate::nn::Adaptable for $layer {
+            fn weight(&self) -> &$crate::nn::Param {
+                &self.weight
+            }
+            fn weight_mut(&mut self) -> &mut $crate::nn::Param {
+                &mut self.weight
+            }
+            fn adapter(&self) -> Option<&$crate::peft::Adapter> {
+                self.adapter.as_ref()
+            }
+            fn adapter_mut(&mut self) -> &mut Option<$crate::peft::Adapter> {
+                &mut self.adapter
+            }
+        }
+    };
+}
+pub(crate) use adaptable_layer;
 
 /// A network component with named parameters.
 pub trait Module {
