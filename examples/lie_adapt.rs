@@ -9,7 +9,7 @@
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::optim::{AdamW, Optimizer};
 use liera::peft::{self, AdapterKind, PeftConfig};
-use liera::train::Classifier;
+use liera::nn::Classifier;
 use liera::{no_grad, Device, Result, Tensor};
 
 fn main() {

@@ -518,7 +518,7 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
     opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
     let out = a.train.out_dir(a.out, "pretrain");
     let path = out.join("model.safetensors");
-    let r = job::pretrain_with(
+    let r = job::pretrain(
         a.model.config(data.train.classes)?,
         &data,
         &opts,
@@ -552,10 +552,10 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
         .train
         .out_dir(a.out, &format!("finetune-{}", method.name()));
     let config = a.model.config(data.train.classes)?;
-    let r = job::finetune_with(
+    let r = job::finetune(
         &config,
         &a.weights,
-        &data,
+        &(&data).into(),
         method,
         &a.adapter.options(),
         &opts,

@@ -7,34 +7,12 @@
 
 use crate::autodiff::no_grad;
 use crate::backend::Device;
+use crate::data::Batch;
 use crate::error::{Error, Result};
+use crate::nn::Classifier;
 use crate::optim::{clip_grad_norm, CosineSchedule, Optimizer};
 use crate::tensor::Tensor;
 use std::time::Instant;
-
-/// A network that maps a batch of images to class logits.
-pub trait Classifier {
-    /// Logits (N, classes) for images (N, C, H, W); `train` enables training-only behaviour (drop path).
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
-}
-
-/// One mini-batch on the host: images (N, C, H, W) row-major and their labels.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    /// N·C·H·W values, row-major.
-    pub images: Vec<f32>,
-    /// (N, C, H, W).
-    pub dims: [usize; 4],
-    /// One label per image.
-    pub labels: Vec<usize>,
-}
-
-impl Batch {
-    /// The images as a tensor on `device`.
-    pub fn images_on(&self, device: &Device) -> Result<Tensor> {
-        Tensor::from_slice(&self.images, self.dims.to_vec(), device)
-    }
-}
 
 /// Hyper-parameters of a training run.
 #[derive(Clone, Debug)]

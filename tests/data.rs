@@ -511,7 +511,7 @@ fn indexed(n: usize) -> Dataset {
     .unwrap()
 }
 
-fn ids(batch: &liera::train::Batch) -> Vec<usize> {
+fn ids(batch: &liera::data::Batch) -> Vec<usize> {
     batch.images.iter().map(|&v| v as usize).collect()
 }
 

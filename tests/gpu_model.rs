@@ -11,7 +11,7 @@ mod common;
 use common::gpu_device;
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::peft::{self, AdapterKind, PeftConfig};
-use liera::train::Classifier;
+use liera::nn::Classifier;
 use liera::{Device, Tensor};
 
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) {

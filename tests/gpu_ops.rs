@@ -747,7 +747,7 @@ fn convnext_step(
     dev: &Device,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     use liera::nn::{ConvNeXt, Module};
-    use liera::train::Classifier;
+    use liera::nn::Classifier;
     let mut model = ConvNeXt::new(config.clone(), dev).unwrap();
     if let Some(kind) = adapter {
         let cfg = liera::peft::PeftConfig::new(kind, 4, 4.0, "conv_dw,mlp.fc1,mlp.fc2");

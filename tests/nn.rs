@@ -7,7 +7,7 @@ mod common;
 
 use common::{check_gradients, input, Input, Rng, Tol};
 use liera::nn::{ConvNeXt, ConvNeXtConfig, DropPath, Module, Param};
-use liera::train::Classifier;
+use liera::nn::Classifier;
 use liera::{no_grad, Device, Tensor};
 use std::collections::HashMap;
 
@@ -74,11 +74,13 @@ fn model_keys(m: &ConvNeXt) -> Vec<(String, Vec<usize>)> {
 /// Parameter counts of timm's presets with 1000 classes, 3 input channels. The formula: stem 16·3·d0 + 3·d0;
 /// downsample 4·p·c + c + 2p; block 49c + c (dw) + 2c (norm) + 8c² + 5c (mlp) + c (γ, v1) or 8c (GRN, v2);
 /// head 2·d3 + 1000·d3 + 1000. They agree with timm's published sizes (atto 3.70 M, femto 5.22 M,
-/// pico 9.05 M, nano 15.59 M, tiny 28.59 M; v2 atto 3.71 M).
+/// pico 9.05 M, nano 15.59 M, tiny 28.59 M, small 50.22 M, base 88.59 M; v2 atto 3.71 M, femto 5.23 M,
+/// nano 15.62 M, base 88.72 M). large (197.77 M) and v2 huge (660.29 M) are checked by their layout only,
+/// to keep the test's memory small.
 #[test]
 fn presets_match_timm_names_shapes_and_counts() {
     let dev = Device::cpu();
-    let cases: [(&str, usize); 7] = [
+    let cases: [(&str, usize); 11] = [
         ("convnext_atto", 3_695_520),
         ("convnext_femto", 5_217_784),
         ("convnext_pico", 9_045_672),
@@ -86,6 +88,11 @@ fn presets_match_timm_names_shapes_and_counts() {
         ("convnext_tiny", 28_589_128),
         ("convnextv2_atto", 3_708_400),
         ("convnextv2_tiny", 28_635_496),
+        ("convnext_small", 50_223_688),
+        ("convnext_base", 88_591_464),
+        ("convnextv2_femto", 5_233_240),
+        ("convnextv2_nano", 15_623_800),
+        ("convnextv2_base", 88_717_800),
     ];
     for (name, count) in cases {
         let cfg = ConvNeXtConfig::preset(name).unwrap();
@@ -99,10 +106,20 @@ fn presets_match_timm_names_shapes_and_counts() {
     }
     let micro = ConvNeXt::new(ConvNeXtConfig::micro(), &dev).unwrap();
     assert_eq!(model_keys(&micro), timm_keys(&ConvNeXtConfig::micro()));
-    assert!(ConvNeXtConfig::preset("convnext_huge")
-        .unwrap_err()
-        .to_string()
-        .contains("unknown preset `huge`"));
+    let large = ConvNeXtConfig::preset("convnextv2_large.fcmae_ft_in22k_in1k").unwrap();
+    assert_eq!(
+        (large.dims, large.depths, large.conv_mlp, large.use_grn),
+        (vec![192, 384, 768, 1536], vec![3, 3, 27, 3], false, true)
+    );
+    let huge = ConvNeXtConfig::preset("convnextv2_huge").unwrap();
+    assert_eq!(huge.dims, vec![352, 704, 1408, 2816]);
+    // timm has no v1 huge and no v2 small.
+    for unknown in ["convnext_huge", "convnextv2_small", "convnext_giant"] {
+        assert!(ConvNeXtConfig::preset(unknown)
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("unknown preset `{unknown}`")));
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use common::Rng;
 use liera::nn::{Adaptable, Conv2d, ConvNeXt, ConvNeXtConfig, InitRng, Linear, Module, Param};
 use liera::optim::{AdamW, Optimizer};
 use liera::peft::{self, Adapter, AdapterKind, PeftConfig};
-use liera::train::Classifier;
+use liera::nn::Classifier;
 use liera::{no_grad, Conv2dParams, Device, Tensor};
 
 const KINDS: [AdapterKind; 3] = [
@@ -794,7 +794,8 @@ fn adapter_misuse_is_an_error_and_changes_nothing() {
 /// for every kind (the factors receive useful gradients through the whole network).
 #[test]
 fn a_few_adamw_steps_lower_the_loss_for_every_kind() {
-    use liera::train::{train, Batch, TrainOptions};
+    use liera::data::Batch;
+    use liera::train::{train, TrainOptions};
     let dev = Device::cpu();
     let mut rng = Rng::new(77);
     let batch = Batch {

@@ -1,4 +1,4 @@
-//! Mini-batches of a [`Dataset`] as [`Batch`]es: a seeded, shuffling [`Batcher`] for training and an
+//! Mini-batches of any [`Examples`] (a [`Dataset`] or an image set) as [`Batch`]es: a seeded, shuffling [`Batcher`] for training and an
 //! in-order [`Sequential`] iterator for evaluation, with an [`Augment`] hook ([`RandomTranslate`]).
 //!
 //! Every random choice is a pure function of the seed and the position in the stream: epoch `e` is ordered
@@ -6,9 +6,10 @@
 //! `(seed, b)`. So a run is reproducible from its seed, and [`Batcher::seek`] can resume at any step exactly
 //! as if the earlier batches had been drawn.
 
-use super::Dataset;
+use super::{Dataset, Examples};
 use crate::error::{Error, Result};
-use crate::train::Batch;
+use crate::backend::Device;
+use crate::tensor::Tensor;
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a tiny, fast, statistically solid generator, enough for shuffling
 /// and augmentation and needing no dependency.
@@ -148,39 +149,38 @@ impl Augment for RandomTranslate {
     }
 }
 
-/// Gathers the examples at `indices` into a batch.
-fn gather(data: &Dataset, indices: &[usize]) -> Batch {
-    let n = data.image_len();
-    let mut images = Vec::with_capacity(indices.len() * n);
-    let mut labels = Vec::with_capacity(indices.len());
-    for &i in indices {
-        if let (Some(image), Some(&label)) = (data.image(i), data.labels.get(i)) {
-            images.extend_from_slice(image);
-            labels.push(label);
-        }
-    }
-    Batch {
-        dims: [labels.len(), data.channels, data.height, data.width],
-        images,
-        labels,
+/// One mini-batch on the host: images (N, C, H, W) row-major and their labels.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// N·C·H·W values, row-major.
+    pub images: Vec<f32>,
+    /// (N, C, H, W).
+    pub dims: [usize; 4],
+    /// One label per image.
+    pub labels: Vec<usize>,
+}
+
+impl Batch {
+    /// The images as a tensor on `device`.
+    pub fn images_on(&self, device: &Device) -> Result<Tensor> {
+        Tensor::from_slice(&self.images, self.dims.to_vec(), device)
     }
 }
 
-fn check_batchable(op: &'static str, data: &Dataset, batch_size: usize) -> Result<()> {
+fn check_batchable(op: &'static str, data: &dyn Examples, batch_size: usize) -> Result<()> {
     if batch_size == 0 {
         return Err(Error::invalid(op, "batch size must be at least 1"));
     }
     if data.is_empty() {
         return Err(Error::invalid(op, "the dataset has no examples"));
     }
-    if data.images.len() != data.len() * data.image_len() {
+    if data.labels().len() != data.len() {
         return Err(Error::invalid(
             op,
             format!(
-                "dataset holds {} values, not {} examples × {}",
-                data.images.len(),
-                data.len(),
-                data.image_len()
+                "dataset holds {} labels for {} examples",
+                data.labels().len(),
+                data.len()
             ),
         ));
     }
@@ -191,12 +191,12 @@ fn check_batchable(op: &'static str, data: &Dataset, batch_size: usize) -> Resul
 /// order; the last partial batch of an epoch is kept (a smaller batch) unless [`Batcher::drop_last`] asks
 /// otherwise. Batches never straddle epochs.
 pub struct Batcher<'a> {
-    data: &'a Dataset,
+    data: &'a dyn Examples,
     batch_size: usize,
     seed: u64,
     shuffle: bool,
     drop_last: bool,
-    augment: Option<Box<dyn Augment + 'a>>,
+    augment: Option<Box<dyn Augment + Send + 'a>>,
     /// Order of the current epoch.
     order: Vec<usize>,
     epoch: u64,
@@ -208,7 +208,7 @@ pub struct Batcher<'a> {
 
 impl<'a> Batcher<'a> {
     /// Shuffled batches of `batch_size` from `data`, ordered by `seed`; partial last batches kept.
-    pub fn new(data: &'a Dataset, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(data: &'a dyn Examples, batch_size: usize, seed: u64) -> Result<Self> {
         check_batchable("Batcher::new", data, batch_size)?;
         let mut batcher = Batcher {
             data,
@@ -251,7 +251,7 @@ impl<'a> Batcher<'a> {
     }
 
     /// Applies `augment` to every batch produced.
-    pub fn with_augment(mut self, augment: impl Augment + 'a) -> Self {
+    pub fn with_augment(mut self, augment: impl Augment + Send + 'a) -> Self {
         self.augment = Some(Box::new(augment));
         self
     }
@@ -326,9 +326,10 @@ impl<'a> Batcher<'a> {
     pub fn next_batch(&mut self) -> Result<Batch> {
         let step = self.step;
         let indices = self.next_indices();
-        let mut batch = gather(self.data, &indices);
+        // The batch's randomness: the set's own training transforms draw first, then the batch augmentation.
+        let mut rng = SplitMix64::derived(self.seed, step.wrapping_mul(2).wrapping_add(1));
+        let mut batch = self.data.gather(&indices, Some(&mut rng))?;
         if let Some(augment) = &self.augment {
-            let mut rng = SplitMix64::derived(self.seed, step.wrapping_mul(2).wrapping_add(1));
             augment.apply(&mut batch.images, batch.dims, &mut rng);
         }
         Ok(batch)
@@ -359,22 +360,31 @@ impl std::fmt::Debug for Batcher<'_> {
 
 /// The examples in dataset order, in batches of `batch_size` (the last one smaller if need be), unshuffled
 /// and unaugmented: what [`crate::train::evaluate`] consumes.
-#[derive(Debug)]
 pub struct Sequential<'a> {
-    data: &'a Dataset,
+    data: &'a dyn Examples,
     batch_size: usize,
     next: usize,
 }
 
 impl<'a> Sequential<'a> {
     /// In-order batches of `data`.
-    pub fn new(data: &'a Dataset, batch_size: usize) -> Result<Self> {
+    pub fn new(data: &'a dyn Examples, batch_size: usize) -> Result<Self> {
         check_batchable("Sequential::new", data, batch_size)?;
         Ok(Sequential {
             data,
             batch_size,
             next: 0,
         })
+    }
+}
+
+impl std::fmt::Debug for Sequential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequential")
+            .field("examples", &self.data.len())
+            .field("batch_size", &self.batch_size)
+            .field("next", &self.next)
+            .finish()
     }
 }
 
@@ -387,7 +397,7 @@ impl Iterator for Sequential<'_> {
         let end = (self.next + self.batch_size).min(self.data.len());
         let indices: Vec<usize> = (self.next..end).collect();
         self.next = end;
-        Some(Ok(gather(self.data, &indices)))
+        Some(self.data.gather(&indices, None))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -1,5 +1,7 @@
 //! Data: the IDX reader ([`idx`]), the embedded MNIST / Fashion-MNIST subsets and directory loading
-//! ([`embedded`]), and seeded mini-batching with augmentation ([`batch`]).
+//! ([`embedded`]), image files ([`image`] decoding, [`transform`] resizing and cropping as timm does,
+//! [`layout`] finding them on disk, [`images`] the preprocessed [`ImageSet`]), and seeded mini-batching
+//! with augmentation ([`batch`]) over any [`Examples`].
 //!
 //! A [`Dataset`] holds images as f32 in (N, C, H, W) order, already scaled to [0, 1] and normalised by a
 //! [`Normalization`] (mean, std), so batches go to the device as they are. [`Dataset::pad_to`] pads the
@@ -18,12 +20,88 @@
 pub mod batch;
 pub mod embedded;
 pub mod idx;
+pub mod image;
+pub mod images;
+pub mod layout;
+pub mod transform;
 
-pub use batch::{Augment, Batcher, RandomTranslate, Sequential, SplitMix64};
+pub use batch::{Augment, Batch, Batcher, RandomTranslate, Sequential, SplitMix64};
 pub use embedded::{embedded_fashion_mnist, embedded_mnist, load_dir, load_dir_with};
 pub use idx::{parse_idx, read_idx_file, Idx, RawImages};
+pub use image::{decode_file, Image};
+pub use images::{BadImages, CropMode, ImageSet, Preprocess, Residency};
+pub use layout::{detect, ImageList, Layout, ListedImage};
 
 use crate::error::{Error, Result};
+
+/// A labelled set of images that batches are drawn from: an in-memory [`Dataset`] of normalised values, or
+/// an [`ImageSet`] of image files decoded and transformed on the way in. [`Batcher`] (training) and
+/// [`Sequential`] (evaluation) draw from either.
+pub trait Examples: Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+    /// Whether there are no examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// One label per example, each below [`Examples::classes`].
+    fn labels(&self) -> &[usize];
+    /// Number of classes.
+    fn classes(&self) -> usize;
+    /// (C, H, W) of every image of a batch.
+    fn image_dims(&self) -> [usize; 3];
+    /// The examples at `indices` as a normalised (N, C, H, W) batch. `augment` is the training randomness of
+    /// this batch (a set with random training transforms draws from it); `None` asks for the deterministic
+    /// evaluation transform.
+    fn gather(&self, indices: &[usize], augment: Option<&mut SplitMix64>) -> Result<Batch>;
+    /// The normalised value of a black pixel, where it is one number for every channel (what translation
+    /// fills the border with); `None` for sets normalised per channel.
+    fn background(&self) -> Option<f32> {
+        None
+    }
+    /// A stable fingerprint of the examples (so a checkpoint or a cache entry is never reused for other data).
+    fn fingerprint(&self) -> String;
+    /// How many examples each class has.
+    fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes()];
+        for &l in self.labels() {
+            if let Some(c) = counts.get_mut(l) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// A 64-bit FNV-1a hash: short, stable across runs and platforms (unlike `std`'s hasher), enough to name a
+/// cache entry or fingerprint a dataset.
+#[derive(Clone, Debug)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv::new()
+    }
+}
+
+impl Fnv {
+    /// The hash of nothing.
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    /// Mixes one 64-bit value in.
+    pub fn mix(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    /// Mixes every byte of `bytes` in.
+    pub fn mix_bytes(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.mix(b as u64));
+    }
+    /// The hash as 16 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
 
 /// Per-channel affine normalisation applied after scaling pixels to [0, 1]: `x' = (x - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -225,13 +303,7 @@ impl Dataset {
 
     /// How many examples each class has.
     pub fn class_counts(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.classes];
-        for &l in &self.labels {
-            if let Some(c) = counts.get_mut(l) {
-                *c += 1;
-            }
-        }
-        counts
+        Examples::class_counts(self)
     }
 
     /// The examples at `indices`, in that order (repeats allowed).
@@ -411,5 +483,50 @@ impl Dataset {
             classes: self.classes,
             normalization: self.normalization,
         }
+    }
+}
+
+impl Examples for Dataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+    fn classes(&self) -> usize {
+        self.classes
+    }
+    fn image_dims(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+    /// Copies the images out (the values are already normalised; augmentation, if any, is the batcher's).
+    fn gather(&self, indices: &[usize], _augment: Option<&mut SplitMix64>) -> Result<Batch> {
+        let n = self.image_len();
+        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let (Some(image), Some(&label)) = (self.image(i), self.labels.get(i)) else {
+                return Err(Error::invalid(
+                    "Dataset::gather",
+                    format!("index {i} out of range for {} examples", self.len()),
+                ));
+            };
+            images.extend_from_slice(image);
+            labels.push(label);
+        }
+        Ok(Batch {
+            dims: [labels.len(), self.channels, self.height, self.width],
+            images,
+            labels,
+        })
+    }
+    fn background(&self) -> Option<f32> {
+        Some(self.normalization.background())
+    }
+    fn fingerprint(&self) -> String {
+        let mut h = Fnv::new();
+        self.images.iter().for_each(|v| h.mix(v.to_bits() as u64));
+        self.labels.iter().for_each(|&l| h.mix(l as u64));
+        h.hex()
     }
 }

@@ -10,7 +10,7 @@ use crate::optim::{AdamW, Optimizer};
 use crate::peft::{self, AdapterKind, PeftConfig};
 use crate::shape::{Conv2dGeometry, Conv2dParams};
 use crate::tensor::Tensor;
-use crate::train::Classifier;
+use crate::nn::Classifier;
 use serde::Serialize;
 use std::time::Instant;
 

@@ -15,13 +15,12 @@
 //! last-axis LayerNorm and Linear layers with weights (4C, C), and permutes back.
 
 use super::{
-    join, Adaptable, Conv2d, DropPath, Grn, InitRng, LayerNorm, LayerNorm2d, Linear, Module, Param,
+    join, Adaptable, Classifier, Conv2d, DropPath, Grn, InitRng, LayerNorm, LayerNorm2d, Linear, Module, Param,
 };
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::shape::Conv2dParams;
 use crate::tensor::Tensor;
-use crate::train::Classifier;
 
 use super::norm::CONVNEXT_LN_EPS;
 
@@ -82,6 +81,23 @@ impl ConvNeXtConfig {
     pub fn tiny() -> Self {
         Self::base([96, 192, 384, 768], [3, 3, 9, 3], false)
     }
+    /// convnext_small: dims 96..768, depths 3,3,27,3, Linear MLP.
+    pub fn small() -> Self {
+        Self::base([96, 192, 384, 768], [3, 3, 27, 3], false)
+    }
+    /// convnext_base: dims 128..1024, depths 3,3,27,3, Linear MLP (`convnextv2_base` is the LieRA paper's
+    /// backbone).
+    pub fn base_size() -> Self {
+        Self::base([128, 256, 512, 1024], [3, 3, 27, 3], false)
+    }
+    /// convnext_large: dims 192..1536, depths 3,3,27,3, Linear MLP.
+    pub fn large() -> Self {
+        Self::base([192, 384, 768, 1536], [3, 3, 27, 3], false)
+    }
+    /// convnextv2_huge's layout: dims 352..2816, depths 3,3,27,3, Linear MLP (a v2 size only).
+    pub fn huge() -> Self {
+        Self::base([352, 704, 1408, 2816], [3, 3, 27, 3], false)
+    }
     /// A small network for the CPU main job on 1×32×32 images: dims 16,32,64,128, depths 1,1,2,1, conv MLP,
     /// 10 classes (a batch-64 training step takes a fraction of a second on 2 cores).
     pub fn micro() -> Self {
@@ -91,26 +107,54 @@ impl ConvNeXtConfig {
             ..Self::base([16, 32, 64, 128], [1, 1, 2, 1], true)
         }
     }
-    /// A preset by timm-style name: `atto`, `femto`, `pico`, `nano`, `tiny`, `micro`, optionally prefixed by
-    /// `convnext_` or `convnextv2_` (v2 turns on GRN and drops layer scale).
+    /// The timm preset names: v1 and v2 sizes, and the main job's `micro`.
+    pub const PRESETS: [&'static str; 17] = [
+        "convnext_atto",
+        "convnext_femto",
+        "convnext_pico",
+        "convnext_nano",
+        "convnext_tiny",
+        "convnext_small",
+        "convnext_base",
+        "convnext_large",
+        "convnextv2_atto",
+        "convnextv2_femto",
+        "convnextv2_pico",
+        "convnextv2_nano",
+        "convnextv2_tiny",
+        "convnextv2_base",
+        "convnextv2_large",
+        "convnextv2_huge",
+        "micro",
+    ];
+    /// A preset by timm's name: `convnext_{atto,femto,pico,nano,tiny,small,base,large}`,
+    /// `convnextv2_{atto,femto,pico,nano,tiny,base,large,huge}` (v2 turns on GRN and drops layer scale), or
+    /// `micro`. A bare size (`atto`) means v1. timm's tags after a dot (`convnextv2_base.fcmae_ft_in22k_in1k`)
+    /// are ignored.
     pub fn preset(name: &str) -> Result<Self> {
+        let name = name.split('.').next().unwrap_or(name);
         let (v2, size) = if let Some(s) = name.strip_prefix("convnextv2_") {
             (true, s)
         } else {
             (false, name.strip_prefix("convnext_").unwrap_or(name))
         };
-        let cfg = match size {
-            "atto" => Self::atto(),
-            "femto" => Self::femto(),
-            "pico" => Self::pico(),
-            "nano" => Self::nano(),
-            "tiny" => Self::tiny(),
-            "micro" => Self::micro(),
-            other => {
+        let cfg = match (size, v2) {
+            ("atto", _) => Self::atto(),
+            ("femto", _) => Self::femto(),
+            ("pico", _) => Self::pico(),
+            ("nano", _) => Self::nano(),
+            ("tiny", _) => Self::tiny(),
+            ("small", false) => Self::small(),
+            ("base", _) => Self::base_size(),
+            ("large", _) => Self::large(),
+            ("huge", true) => Self::huge(),
+            ("micro", false) => Self::micro(),
+            _ => {
                 return Err(Error::invalid(
                     "ConvNeXtConfig::preset",
                     format!(
-                        "unknown preset `{other}` (known: atto, femto, pico, nano, tiny, micro)"
+                        "unknown preset `{name}` (known: {})",
+                        Self::PRESETS.join(", ")
                     ),
                 ))
             }

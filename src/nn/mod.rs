@@ -25,6 +25,7 @@ pub use norm::{LayerNorm, LayerNorm2d};
 pub use param::Param;
 
 use crate::peft::Adapter;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// `prefix.name`, or `name` at the root.
@@ -111,6 +112,12 @@ macro_rules! adaptable_layer {
     };
 }
 pub(crate) use adaptable_layer;
+
+/// A network that maps a batch of images to class logits.
+pub trait Classifier {
+    /// Logits (N, classes) for images (N, C, H, W); `train` enables training-only behaviour (drop path).
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+}
 
 /// A network component with named parameters.
 pub trait Module {

@@ -33,7 +33,7 @@ use crate::nn::Module;
 /// ```
 /// use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 /// use liera::peft::{self, AdapterKind, PeftConfig};
-/// use liera::train::Classifier;
+/// use liera::nn::Classifier;
 /// use liera::{no_grad, Device, Tensor};
 /// let dev = Device::cpu();
 /// // A tiny ConvNeXt: 1×16×16 images, two stages of widths 8 and 16, one block each, 3 classes.

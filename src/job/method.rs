@@ -1,0 +1,176 @@
+//! Method policy: what each fine-tuning method trains, its learning-rate defaults and search ladder, and
+//! the fine-tuning run built on it.
+
+use super::checkpoint::Checkpointing;
+use super::create_dir;
+use super::run::{train_and_evaluate, RunOptions, RunResult, TaskData};
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::io::{load_model, save_model};
+use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
+use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use std::path::Path;
+
+/// How to fine-tune.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Every parameter trains.
+    Full,
+    /// Only the new classifier (head.fc) trains.
+    LinearProbe,
+    /// Adapters on the target layers (plus the new classifier).
+    Adapter(AdapterKind),
+}
+
+impl Method {
+    /// The five methods of the comparison, in table order.
+    pub const ALL: [Method; 5] = [
+        Method::Full,
+        Method::LinearProbe,
+        Method::Adapter(AdapterKind::Lora),
+        Method::Adapter(AdapterKind::Liera),
+        Method::Adapter(AdapterKind::LieraFirstOrder),
+    ];
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::LinearProbe => "linear",
+            Method::Adapter(k) => k.name(),
+        }
+    }
+    /// Parses a method name (`full`, `linear`, `lora`, `liera`, `liera_first_order`).
+    pub fn parse(s: &str) -> Result<Method> {
+        match s {
+            "full" => Ok(Method::Full),
+            "linear" | "linear_probe" => Ok(Method::LinearProbe),
+            other => AdapterKind::parse(other).map(Method::Adapter).map_err(|_| {
+                Error::invalid(
+                    "method",
+                    format!(
+                        "unknown method `{other}` (known: full, linear, lora, liera, liera_first_order)"
+                    ),
+                )
+            }),
+        }
+    }
+    /// Candidate peak learning rates for the tuning: a ladder of factors 2 to 3. LieRA changes each weight
+    /// in proportion to |W| (W ⊙ exp(ΔW)), so its useful step sizes sit higher than LoRA's, which is why a
+    /// shared learning rate would not be a fair comparison.
+    pub fn lr_grid(self) -> Vec<f32> {
+        match self {
+            Method::Full => vec![1e-3, 3e-3, 1e-2],
+            Method::LinearProbe => vec![1e-2, 3e-2, 1e-1],
+            Method::Adapter(_) => vec![5e-3, 1e-2, 2e-2, 5e-2, 1e-1],
+        }
+    }
+    /// The default peak learning rate: adapters and a lone head take larger steps than full fine-tuning,
+    /// as in the PEFT literature.
+    pub fn default_lr(self) -> f32 {
+        match self {
+            Method::Full => 1e-3,
+            Method::LinearProbe => 1e-2,
+            Method::Adapter(_) => 5e-3,
+        }
+    }
+}
+
+/// What the adapter methods adapt and with which rank.
+#[derive(Clone, Debug)]
+pub struct AdapterOptions {
+    /// Rank r of ΔW = (α/r)·B·A.
+    pub rank: usize,
+    /// α (the scale is α/r).
+    pub alpha: f32,
+    /// Comma-separated module-path patterns.
+    pub targets: String,
+}
+
+impl Default for AdapterOptions {
+    /// Rank 8, α = 8 (scale 1), on every depthwise and pointwise layer of the blocks.
+    fn default() -> Self {
+        AdapterOptions {
+            rank: 8,
+            alpha: 8.0,
+            targets: "conv_dw,mlp.fc1,mlp.fc2".into(),
+        }
+    }
+}
+
+/// Builds the model to fine-tune: `config`'s architecture with `base` weights loaded (any class count), a
+/// fresh classifier for `classes`, and what trains set by `method`. Returns the model, the trainable report
+/// and the adapter config (adapter methods only).
+pub fn prepare_finetune(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    classes: usize,
+    method: Method,
+    adapter: &AdapterOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<(ConvNeXt, TrainableReport, Option<PeftConfig>)> {
+    let mut model = ConvNeXt::new(config.clone(), device)?;
+    load_model(&mut model, base)?;
+    model.replace_head(classes, seed ^ 0x4EAD)?;
+    let peft_cfg = match method {
+        Method::Full => {
+            model.set_trainable(true);
+            None
+        }
+        Method::LinearProbe => {
+            model.set_trainable(false);
+            model.visit_mut("", &mut |path, p| {
+                if path.starts_with("head.fc.") {
+                    p.set_trainable(true)
+                }
+            });
+            None
+        }
+        Method::Adapter(kind) => {
+            let cfg = PeftConfig::new(kind, adapter.rank, adapter.alpha, &adapter.targets)
+                .with_modules_to_save("head.fc")
+                .with_seed(seed);
+            peft::apply(&mut model, &cfg)?;
+            Some(cfg)
+        }
+    };
+    let report = peft::trainable_report(&model)?;
+    Ok((model, report, peft_cfg))
+}
+
+/// Fine-tunes `base` weights (of `config`'s architecture) on `data` with one method and evaluates on
+/// `data.test`; saves the adapter (adapter methods) or the model under `save_dir`; checkpoints and resumes
+/// as `ckpt` says.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    config: &ConvNeXtConfig,
+    base: &Path,
+    data: &TaskData,
+    method: Method,
+    adapter: &AdapterOptions,
+    opts: &RunOptions,
+    device: &Device,
+    save_dir: Option<&Path>,
+    ckpt: &Checkpointing,
+) -> Result<RunResult> {
+    let (model, _, peft_cfg) = prepare_finetune(
+        config,
+        base,
+        data.train.classes(),
+        method,
+        adapter,
+        opts.seed,
+        device,
+    )?;
+    let result = train_and_evaluate(&model, method.name(), data, opts, device, ckpt)?;
+    if let Some(dir) = save_dir {
+        match &peft_cfg {
+            Some(cfg) => peft::save_adapter(&model, cfg, dir)?,
+            None => {
+                create_dir(dir)?;
+                save_model(&model, &dir.join("model.safetensors"))?
+            }
+        }
+    }
+    Ok(result)
+}
