@@ -1,0 +1,207 @@
+//! Launchers of the convolution kernels: dense and grouped conv2d and its gradients as implicit GEMMs
+//! (gemm.wgsl + conv2d.wgsl), depthwise ones as direct kernels (depthwise.wgsl).
+
+use super::runtime::{u32_of, Bindings, WG};
+use super::shaders::{Family, ShaderVariant};
+use super::GpuBackend;
+use crate::backend::Storage;
+use crate::error::Result;
+use crate::shape::Conv2dGeometry;
+
+impl GpuBackend {
+    pub(super) fn launch_conv2d(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        g: &Conv2dGeometry,
+    ) -> Result<Storage> {
+        let (x, w) = (self.buf(x)?, self.buf(w)?);
+        let bias = bias.map(|b| self.buf(b)).transpose()?;
+        let n_out = g.batch * g.c_out * g.h_out * g.w_out;
+        if g.is_depthwise() {
+            let out = self.alloc(n_out)?;
+            let inputs = [Some(x.raw()), Some(w.raw()), bias.map(|b| b.raw())];
+            self.launch_elements(
+                &ShaderVariant::plain(Family::Depthwise),
+                "dw_forward",
+                &conv_params(g, bias.is_some() as usize)?,
+                Bindings::new(&inputs, &[out.raw()]),
+                n_out,
+            )?;
+            return Ok(Self::wrap(out));
+        }
+        // Per group: M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw.
+        let out = self.gemm(
+            &ShaderVariant::conv2d(0, bias.is_some(), is_pointwise(g)),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
+            n_out,
+            [
+                g.params.groups,
+                g.c_out_per_group(),
+                g.batch * g.h_out * g.w_out,
+                g.c_in_per_group() * g.kh * g.kw,
+            ],
+        )?;
+        Ok(Self::wrap(out))
+    }
+
+    pub(super) fn launch_conv2d_input_grad(
+        &self,
+        dy: &Storage,
+        w: &Storage,
+        g: &Conv2dGeometry,
+    ) -> Result<Storage> {
+        let (dy, w) = (self.buf(dy)?, self.buf(w)?);
+        let n_in = g.batch * g.c_in * g.h_in * g.w_in;
+        if g.is_depthwise() {
+            let out = self.alloc(n_in)?;
+            self.launch_elements(
+                &ShaderVariant::plain(Family::Depthwise),
+                "dw_input_grad",
+                &conv_params(g, 0)?,
+                Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
+                n_in,
+            )?;
+            return Ok(Self::wrap(out));
+        }
+        if is_patchify(g) {
+            // Per group: M = (C_in/g)·kh·kw, N = batch·H_out·W_out, K = C_out/g; every pixel stored once.
+            let out = self.gemm(
+                &ShaderVariant::conv2d(3, false, false),
+                conv_params(g, g.params.groups)?,
+                CONV_SPLIT_SLOT,
+                &[Some(w.raw()), Some(dy.raw())],
+                n_in,
+                [
+                    g.params.groups,
+                    g.c_in_per_group() * g.kh * g.kw,
+                    g.batch * g.h_out * g.w_out,
+                    g.c_out_per_group(),
+                ],
+            )?;
+            return Ok(Self::wrap(out));
+        }
+        // Per group: M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw.
+        let out = self.gemm(
+            &ShaderVariant::conv2d(1, false, is_pointwise(g)),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(w.raw()), Some(dy.raw())],
+            n_in,
+            [
+                g.params.groups,
+                g.c_in_per_group(),
+                g.batch * g.h_in * g.w_in,
+                g.c_out_per_group() * g.kh * g.kw,
+            ],
+        )?;
+        Ok(Self::wrap(out))
+    }
+
+    pub(super) fn launch_conv2d_weight_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        g: &Conv2dGeometry,
+    ) -> Result<Storage> {
+        let (x, dy) = (self.buf(x)?, self.buf(dy)?);
+        let taps = g.kh * g.kw;
+        let n_w = g.c_out * g.c_in_per_group() * taps;
+        if g.is_depthwise() {
+            // Split the batch into chunks when the (c, p, q) alone give too few threads.
+            let threads = self.min_parallel_workgroups * WG as usize;
+            let chunks = threads.div_ceil(n_w).clamp(1, g.batch);
+            let chunk = g.batch.div_ceil(chunks);
+            let chunks = g.batch.div_ceil(chunk);
+            let out = self.alloc(n_w)?;
+            let partial = if chunks > 1 {
+                Some(self.alloc(chunks * n_w)?)
+            } else {
+                None
+            };
+            self.launch_elements(
+                &ShaderVariant::plain(Family::Depthwise),
+                "dw_weight_grad",
+                &conv_params(g, chunk)?,
+                Bindings::new(
+                    &[Some(x.raw()), Some(dy.raw())],
+                    &[partial.as_ref().unwrap_or(&out).raw()],
+                ),
+                chunks * n_w,
+            )?;
+            if let Some(partial) = partial {
+                self.sum_chunks(&partial, &out, chunks, n_w)?;
+            }
+            return Ok(Self::wrap(out));
+        }
+        // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
+        let out = self.gemm(
+            &ShaderVariant::conv2d(2, false, is_pointwise(g)),
+            conv_params(g, g.params.groups)?,
+            CONV_SPLIT_SLOT,
+            &[Some(dy.raw()), Some(x.raw())],
+            n_w,
+            [
+                g.params.groups,
+                g.c_out_per_group(),
+                g.c_in_per_group() * taps,
+                g.batch * g.h_out * g.w_out,
+            ],
+        )?;
+        Ok(Self::wrap(out))
+    }
+}
+
+/// A 1×1 convolution with stride 1 and no padding: its patch matrix is the input itself.
+fn is_pointwise(g: &Conv2dGeometry) -> bool {
+    g.kh == 1 && g.kw == 1 && g.params.stride == [1, 1] && g.params.padding == [0, 0]
+}
+
+/// A convolution whose taps tile the input exactly (stride = kernel > 1×1, no padding or dilation, and
+/// the output covers every row and column): each input pixel is read by exactly one tap of one output.
+fn is_patchify(g: &Conv2dGeometry) -> bool {
+    let p = g.params;
+    g.kh * g.kw > 1
+        && p.stride == [g.kh, g.kw]
+        && p.padding == [0, 0]
+        && p.dilation == [1, 1]
+        && g.h_in == g.h_out * g.kh
+        && g.w_in == g.w_out * g.kw
+}
+
+/// Index of the split count in the conv2d parameter block (after the 16 geometry words).
+const CONV_SPLIT_SLOT: usize = 16;
+
+/// The 16 geometry words shared by conv2d.wgsl and depthwise.wgsl (`last`: groups, or has_bias for
+/// depthwise) and 4 more for the gemm split count.
+fn conv_params(g: &Conv2dGeometry, last: usize) -> Result<Vec<u32>> {
+    let p = g.params;
+    [
+        g.batch,
+        g.c_in,
+        g.h_in,
+        g.w_in,
+        g.c_out,
+        g.kh,
+        g.kw,
+        g.h_out,
+        g.w_out,
+        p.stride[0],
+        p.stride[1],
+        p.padding[0],
+        p.padding[1],
+        p.dilation[0],
+        p.dilation[1],
+        last,
+        1,
+        0,
+        0,
+        0,
+    ]
+    .iter()
+    .map(|&v| u32_of("a convolution size", v))
+    .collect()
+}

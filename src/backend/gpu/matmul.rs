@@ -1,0 +1,106 @@
+//! Launchers of the shared tiled GEMM (gemm.wgsl): its split-K planning, and batched matmul on it
+//! (matmul.wgsl). The convolutions in `conv.rs` run on the same GEMM.
+
+use super::runtime::{u32_of, Bindings, GpuBuffer};
+use super::shaders::ShaderVariant;
+use super::GpuBackend;
+use crate::backend::{MatmulSpec, Storage};
+use crate::error::Result;
+
+impl GpuBackend {
+    /// How many ranges of K a GEMM with `tiles` output tiles is split into: enough workgroups to fill the
+    /// device, each keeping at least 256 of K, and the partial results at most 16 M floats.
+    fn k_splits(&self, tiles: usize, k: usize, out_len: usize) -> usize {
+        if tiles >= self.min_parallel_workgroups {
+            return 1;
+        }
+        self.min_parallel_workgroups
+            .div_ceil(tiles.max(1))
+            .min(k / 256)
+            .min((16 << 20) / out_len.max(1))
+            .clamp(1, 64)
+    }
+
+    /// Runs the gemm kernel of `variant` (batch × M × N outputs, reduction length K) into a new buffer of
+    /// `out_len` floats, splitting K when there are few output tiles; `params[split_slot]` receives the
+    /// split count. Split partial results are summed by the reduce kernel.
+    pub(super) fn gemm(
+        &self,
+        variant: &ShaderVariant,
+        mut params: Vec<u32>,
+        split_slot: usize,
+        inputs: &[Option<&wgpu::Buffer>],
+        out_len: usize,
+        [batch, m, n, k]: [usize; 4],
+    ) -> Result<GpuBuffer> {
+        let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
+        let splits = self.k_splits(tiles, k, out_len);
+        params[split_slot] = splits as u32;
+        let out = self.alloc(out_len)?;
+        if splits == 1 {
+            self.launch(
+                variant,
+                "gemm",
+                &params,
+                Bindings::new(inputs, &[out.raw()]),
+                tiles as u64,
+            )?;
+            return Ok(out);
+        }
+        let partial = self.alloc(splits * out_len)?;
+        self.launch(
+            variant,
+            "gemm",
+            &params,
+            Bindings::new(inputs, &[partial.raw()]),
+            (tiles * splits) as u64,
+        )?;
+        self.sum_chunks(&partial, &out, splits, out_len)?;
+        Ok(out)
+    }
+
+    pub(super) fn launch_matmul(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+    ) -> Result<Storage> {
+        let (a, b) = (self.buf(a)?, self.buf(b)?);
+        let mut spec = *spec;
+        // A shared right operand with contiguous, untransposed left matrices is one product of
+        // (batch·m) × k rows: e.g. a linear layer on (N, H, W, C) would otherwise run N·H GEMMs of W rows,
+        // mostly empty 64-row tiles.
+        if spec.batch > 1
+            && spec.b_batch_stride == 0
+            && !spec.trans_a
+            && spec.a_batch_stride == spec.m * spec.k
+        {
+            spec.m *= spec.batch;
+            spec.batch = 1;
+        }
+        let spec = &spec;
+        let MatmulSpec { batch, m, k, n, .. } = *spec;
+        let params = [
+            batch,
+            m,
+            n,
+            k,
+            spec.a_batch_stride,
+            spec.b_batch_stride,
+            0,
+            0,
+        ]
+        .iter()
+        .map(|&v| u32_of("a matmul size", v))
+        .collect::<Result<Vec<u32>>>()?;
+        let out = self.gemm(
+            &ShaderVariant::matmul(spec.trans_a, spec.trans_b),
+            params,
+            6,
+            &[Some(a.raw()), Some(b.raw())],
+            batch * m * n,
+            [batch, m, n, k],
+        )?;
+        Ok(Self::wrap(out))
+    }
+}
