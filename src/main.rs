@@ -5,7 +5,14 @@
 use clap::{Args, Parser, Subcommand};
 use liera::data::embedded::{embedded_fashion_mnist, embedded_mnist, load_dir};
 use liera::data::Splits;
-use liera::job::{self, AdapterOptions, CompareOptions, Method, RunOptions, IMAGE_SIZE};
+use liera::data::images::{BadImages, Preprocess};
+use liera::data::Examples;
+use liera::job::data::{
+    load_for_inference, load_task, load_test, read_data_config, resolve_model, resolve_preprocess,
+    write_data_config, LoadOptions, ModelFlags, PreprocessFlags,
+};
+use liera::job::vtab::{vtab, VtabOptions};
+use liera::job::{self, AdapterOptions, CompareOptions, Method, RunOptions, TaskData, IMAGE_SIZE};
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::train::evaluate;
 use liera::{Device, Error, Result};
@@ -50,8 +57,81 @@ enum Command {
     Eval(EvalArgs),
     /// Merge an adapter into its base weights and write the merged model.
     Merge(MergeArgs),
+    /// Print the top classes of images under fine-tuned weights (and adapter).
+    Predict(PredictArgs),
+    /// Run the VTAB-1k protocol over every task folder of a root and write the table.
+    Vtab(VtabArgs),
     /// Measure matmul, convolution and training-step speed on the chosen device.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera predict --weights convnextv2_atto/ photo.jpg\n  liera predict --weights convnextv2_atto/ --adapter runs/lie cat.png dog.jpg --top 3"
+)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Weights: a safetensors file or a timm model folder (config.json + model.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// A fine-tuned adapter folder to apply first (its data_config.json names the classes).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// The images (PNG or JPEG).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  liera vtab --root ~/vtab-1k --weights convnextv2_base/ --methods lora,liera\n  liera vtab --root ~/vtab-1k --weights convnextv2_atto/ --tasks cifar,dtd --steps 500 --out runs/vtab\n  liera vtab ... (the same flags again)    # continues a killed run where it stopped"
+)]
+struct VtabArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// The VTAB-1k root: one folder per task with train800.txt, val200.txt, train800val200.txt, test.txt.
+    #[arg(long)]
+    root: PathBuf,
+    /// Weights: a safetensors file or a timm model folder (config.json + model.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Comma-separated methods (rows of the table).
+    #[arg(long, default_value = "lora,liera")]
+    methods: String,
+    /// Comma-separated task folder names to run (default: every task under --root).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Training steps of every run (default: 100 epochs of 1,000 images, as in the literature).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// One learning rate for every method and task (no tuning on val200).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Comma-separated learning rates to try on val200 (default: each method's ladder).
+    #[arg(long, value_delimiter = ',')]
+    lr_grid: Option<Vec<f32>>,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    /// Checkpoint every final run this many steps (a killed run resumes there).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Output folder (default: a new folder under runs/; give the same one to resume).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,26 +149,105 @@ struct BenchArgs {
 
 #[derive(Args, Debug, Clone)]
 struct ModelArgs {
-    /// ConvNeXt preset: micro (the main job's), atto, femto, pico, nano, tiny; convnextv2_* for v2.
-    #[arg(long, default_value = "micro")]
-    preset: String,
-    /// Input channels of the network: 1 for the grey images, 3 to use RGB weights such as timm's (the grey
-    /// image is repeated into each channel).
-    #[arg(long, default_value_t = 1)]
-    in_chans: usize,
+    /// ConvNeXt preset: convnext_{atto,femto,pico,nano,tiny,small,base,large},
+    /// convnextv2_{atto,femto,pico,nano,tiny,base,large,huge}, or micro (the main job's, the default on IDX
+    /// data). With real weights the architecture is read off the file; a preset that contradicts it is an
+    /// error.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Input channels of the network: 1 for grey images (the default on IDX data), 3 for RGB (the default
+    /// for image folders, and what timm's weights take; grey IDX images are repeated into each channel).
+    #[arg(long)]
+    in_chans: Option<usize>,
 }
 
 impl ModelArgs {
+    /// The architecture for the IDX path: --preset (micro) with --in-chans (1).
     fn config(&self, classes: usize) -> Result<ConvNeXtConfig> {
-        if !(self.in_chans == 1 || self.in_chans == 3) {
+        let in_chans = self.in_chans.unwrap_or(1);
+        if !(in_chans == 1 || in_chans == 3) {
             return Err(Error::invalid(
                 "liera",
-                format!("--in-chans must be 1 or 3, got {}", self.in_chans),
+                format!("--in-chans must be 1 or 3, got {in_chans}"),
             ));
         }
-        Ok(ConvNeXtConfig::preset(&self.preset)?
-            .with_in_chans(self.in_chans)
-            .with_classes(classes))
+        Ok(
+            ConvNeXtConfig::preset(self.preset.as_deref().unwrap_or("micro"))?
+                .with_in_chans(in_chans)
+                .with_classes(classes),
+        )
+    }
+
+    /// Channels of the IDX path's images.
+    fn idx_channels(&self) -> usize {
+        self.in_chans.unwrap_or(1)
+    }
+
+    fn flags(&self) -> ModelFlags {
+        ModelFlags {
+            preset: self.preset.clone(),
+            in_chans: self.in_chans,
+        }
+    }
+}
+
+/// How image files are read and preprocessed (image folders and VTAB-1k task folders).
+#[derive(Args, Debug, Clone)]
+struct ImageArgs {
+    /// A named preprocessing instead of the weights' config: `vtab` (resize straight to 224×224, bicubic,
+    /// ImageNet mean/std; the literature's VTAB-1k protocol) or `imagenet` (timm's defaults at 224).
+    #[arg(long)]
+    preprocess: Option<String>,
+    /// Input side length (overrides the weights' input_size).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Fraction of the resized image the evaluation crop keeps (timm's crop_pct).
+    #[arg(long)]
+    crop_pct: Option<f64>,
+    /// How the evaluation transform resizes: center (shorter side, keep aspect) or squash.
+    #[arg(long)]
+    crop_mode: Option<String>,
+    /// Resampling filter: bicubic, bilinear or nearest (antialiased like PIL).
+    #[arg(long)]
+    interpolation: Option<String>,
+    /// Per-channel mean, comma-separated (e.g. 0.485,0.456,0.406).
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Train on random-resized crops with horizontal flips (timm's training transform) instead of the
+    /// evaluation transform.
+    #[arg(long)]
+    augment: bool,
+    /// Leave unreadable images out (counted in one warning) instead of stopping with an error.
+    #[arg(long)]
+    skip_bad_images: bool,
+}
+
+impl ImageArgs {
+    fn flags(&self) -> PreprocessFlags {
+        PreprocessFlags {
+            preset: self.preprocess.clone(),
+            size: self.size,
+            crop_pct: self.crop_pct,
+            crop_mode: self.crop_mode.clone(),
+            interpolation: self.interpolation.clone(),
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            augment: self.augment,
+        }
+    }
+    fn load_options(&self, preprocess: Preprocess, quiet: bool) -> LoadOptions {
+        LoadOptions {
+            preprocess,
+            bad_images: if self.skip_bad_images {
+                BadImages::Skip
+            } else {
+                BadImages::Fail
+            },
+            progress: !quiet,
+        }
     }
 }
 
@@ -243,7 +402,8 @@ struct FinetuneArgs {
     train: TrainArgs,
     #[command(flatten)]
     adapter: AdapterArgs,
-    /// Pretrained weights (liera's or a timm ConvNeXt safetensors file with 1 input channel).
+    /// Pretrained weights: a safetensors file (liera's or timm's) or a timm model folder (config.json +
+    /// model.safetensors).
     #[arg(long)]
     weights: PathBuf,
     /// full, linear, lora, liera (exact) or liera_first_order.
@@ -252,7 +412,14 @@ struct FinetuneArgs {
     /// A folder with the four IDX files of the target task (default: the embedded Fashion-MNIST subset).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Training images per class.
+    /// A task folder of images: ImageFolder (class folders, with train/ and val/ or test/ when present) or
+    /// a VTAB-1k task (train800val200.txt, test.txt); IDX files work too. The weights may be a timm model
+    /// folder; preprocessing follows its config.
+    #[arg(long, conflicts_with = "data_dir")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Training images per class (IDX data).
     #[arg(long, default_value_t = 100)]
     per_class: usize,
     /// Output folder for the adapter (or the model, for full and linear).
@@ -276,6 +443,15 @@ struct EvalArgs {
     /// A folder with the test IDX files (default: the embedded Fashion-MNIST test set).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A task folder of images (ImageFolder: val/ or test/; VTAB-1k: test.txt) to score instead.
+    #[arg(long, conflicts_with_all = ["data_dir", "mnist"])]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Score a freshly initialised head when the data's class count differs from the classifier's
+    /// (otherwise that is an error).
+    #[arg(long)]
+    allow_new_head: bool,
     /// Evaluate on the embedded MNIST test set instead.
     #[arg(long)]
     mnist: bool,
@@ -339,6 +515,21 @@ fn run(cli: Cli) -> Result<()> {
             Method::parse(&a.method)?;
         }
         Command::Pretrain(a) => check_train_args(&a.train)?,
+        Command::Vtab(a) => {
+            check_adapter_args(&a.adapter)?;
+            check_positive("--batch-size", a.batch_size as f64)?;
+            if let Some(s) = a.steps {
+                check_positive("--steps", s as f64)?;
+            }
+            if let Some(lr) = a.lr {
+                check_positive("--lr", lr as f64)?;
+            }
+            for lr in a.lr_grid.iter().flatten() {
+                check_positive("--lr-grid", *lr as f64)?;
+            }
+            parse_methods(&a.methods)?;
+        }
+        Command::Predict(a) => check_positive("--top", a.top as f64)?,
         Command::Eval(_) | Command::Merge(_) | Command::Bench(_) => {}
     }
     let device = job::select_device(&common.device)?;
@@ -346,8 +537,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => run_compare(a, &common, &device),
         Command::Pretrain(a) => run_pretrain(a, &common, &device),
         Command::Finetune(a) => run_finetune(a, &common, &device),
-        Command::Eval(a) => run_eval(a, &device),
+        Command::Eval(a) => run_eval(a, &common, &device),
         Command::Merge(a) => run_merge(a, &device),
+        Command::Predict(a) => run_predict(a, &common, &device),
+        Command::Vtab(a) => run_vtab(a, &common, &device),
         Command::Bench(a) => run_bench(a, &device),
     }
 }
@@ -468,7 +661,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
     let methods = parse_methods(&a.methods)?;
     let seeds = seed_range(common.seed, a.seeds)?;
     let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?
-        .with_channels(a.model.in_chans)?;
+        .with_channels(a.model.idx_channels())?;
     let target = target_data(
         a.data_dir
             .as_ref()
@@ -477,7 +670,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
         a.per_class,
         common.seed,
     )?
-    .with_channels(a.model.in_chans)?;
+    .with_channels(a.model.idx_channels())?;
     let out = out_dir(a.out, "compare");
     let opts = CompareOptions {
         config: a.model.config(source.train.classes)?,
@@ -508,7 +701,7 @@ fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
 }
 
 fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()> {
-    let data = source_data(a.data_dir.as_deref())?.with_channels(a.model.in_chans)?;
+    let data = source_data(a.data_dir.as_deref())?.with_channels(a.model.idx_channels())?;
     let mut opts = default_pretrain_options(
         common,
         a.train.steps.unwrap_or(400),
@@ -537,10 +730,16 @@ fn run_pretrain(a: PretrainArgs, common: &Common, device: &Device) -> Result<()>
     Ok(())
 }
 
-fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()> {
+fn run_finetune(mut a: FinetuneArgs, common: &Common, device: &Device) -> Result<()> {
+    if let Some(dir) = a.data.clone() {
+        if liera::data::detect(&dir)? != liera::data::Layout::Idx {
+            return run_finetune_images(a, &dir, common, device);
+        }
+        a.data_dir = Some(dir);
+    }
     let method = Method::parse(&a.method)?;
     let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?
-        .with_channels(a.model.in_chans)?;
+        .with_channels(a.model.idx_channels())?;
     let mut opts = default_finetune_options(
         common,
         a.train.steps.unwrap_or(300),
@@ -576,6 +775,184 @@ fn run_finetune(a: FinetuneArgs, common: &Common, device: &Device) -> Result<()>
     Ok(())
 }
 
+fn run_finetune_images(a: FinetuneArgs, dir: &Path, common: &Common, device: &Device) -> Result<()> {
+    let method = Method::parse(&a.method)?;
+    let model = resolve_model(&a.weights, &a.model.flags())?;
+    let preprocess = resolve_preprocess(&model, &a.images.flags())?;
+    let task = load_task(
+        dir,
+        ("train800val200.txt", "test.txt"),
+        &a.images.load_options(preprocess.clone(), common.quiet),
+    )?;
+    let mut opts = default_finetune_options(
+        common,
+        a.train.steps.unwrap_or(300),
+        a.train.batch_size.unwrap_or(32),
+    );
+    opts.augment_shift = 0;
+    opts.lr = a.train.lr.unwrap_or(method.default_lr());
+    opts.weight_decay = a.train.weight_decay.unwrap_or(opts.weight_decay);
+    let out = a
+        .train
+        .out_dir(a.out, &format!("finetune-{}", method.name()));
+    let config = model.config.clone().with_classes(task.train.classes());
+    let r = job::finetune(
+        &config,
+        &model.weights,
+        &TaskData {
+            train: &task.train,
+            test: &task.test,
+        },
+        method,
+        &a.adapter.options(),
+        &opts,
+        device,
+        Some(&out),
+        &a.train.checkpointing(&out),
+    )?;
+    write_data_config(&out, task.train.class_names(), &preprocess)?;
+    println!(
+        "{}: trainable {} of {} parameters, test accuracy {:.2}% ({} images), {:.1}s ({:.1} img/s); saved to {}",
+        r.method,
+        r.trainable,
+        r.total,
+        100.0 * r.eval.accuracy,
+        r.eval.examples,
+        r.seconds,
+        r.images_per_second,
+        out.display()
+    );
+    Ok(())
+}
+
+/// The preprocessing for evaluating or predicting with `adapter` (or fine-tuned weights): what it was
+/// fine-tuned with (its data_config.json), else the weights' config; flags on top either way.
+fn inference_preprocess(
+    model: &liera::io::PretrainedModel,
+    adapter: Option<&Path>,
+    images: &ImageArgs,
+) -> Result<(Preprocess, Option<Vec<String>>)> {
+    let dir = adapter.map(Path::to_path_buf).or_else(|| {
+        model
+            .weights
+            .parent()
+            .filter(|d| d.join(job::data::DATA_CONFIG_FILE).is_file())
+            .map(Path::to_path_buf)
+    });
+    let data_cfg = match dir {
+        Some(d) => read_data_config(&d)?,
+        None => None,
+    };
+    let mut model = model.clone();
+    if let Some(c) = &data_cfg {
+        model.pretrained_cfg = Some(c.pretrained_cfg.clone());
+    }
+    let mut flags = images.flags();
+    flags.augment = false;
+    let pre = resolve_preprocess(&model, &flags)?;
+    let names = data_cfg
+        .map(|c| c.label_names)
+        .or(model.label_names.clone());
+    Ok((pre, names))
+}
+
+fn run_predict(a: PredictArgs, common: &Common, device: &Device) -> Result<()> {
+    let model = resolve_model(&a.weights, &a.model.flags())?;
+    let (pre, names) = inference_preprocess(&model, a.adapter.as_deref(), &a.images)?;
+    let net = load_for_inference(&model, a.adapter.as_deref(), None, false, device)?;
+    let _ = common;
+    for file in &a.files {
+        let img = liera::data::decode_file(file, pre.channels)?;
+        let input = pre.eval_transform(&img)?;
+        let mut x = vec![0f32; pre.channels * pre.size * pre.size];
+        liera::data::transform::normalize_into(&input, &pre.mean, &pre.std, &mut x)?;
+        let logits = liera::no_grad(|| {
+            let t = liera::Tensor::from_slice(&x, vec![1, pre.channels, pre.size, pre.size], device)?;
+            liera::nn::Classifier::forward(&net, &t, false)?.to_vec()
+        })?;
+        let probs = softmax(&logits);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        println!("{}", file.display());
+        for &k in order.iter().take(a.top) {
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(k).cloned())
+                .unwrap_or_else(|| format!("class {k}"));
+            println!("  {:6.2}%  {name}", 100.0 * probs[k]);
+        }
+    }
+    Ok(())
+}
+
+/// Softmax in f64 (stable: shifted by the largest logit).
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+fn run_vtab(a: VtabArgs, common: &Common, device: &Device) -> Result<()> {
+    let methods = parse_methods(&a.methods)?;
+    let model = resolve_model(&a.weights, &a.model.flags())?;
+    let mut flags = a.images.flags();
+    if flags.preset.is_none() && !a.images_given() {
+        flags.preset = Some("vtab".into());
+    }
+    let preprocess = resolve_preprocess(&model, &flags)?;
+    // 100 epochs of train800val200 (1,000 images), as in the literature.
+    let steps = a
+        .steps
+        .unwrap_or_else(|| (100 * 1000u64).div_ceil(a.batch_size as u64));
+    let out = out_dir(a.out.clone(), "vtab");
+    let opts = VtabOptions {
+        root: a.root.clone(),
+        tasks: a.tasks.clone(),
+        model,
+        load: a.images.load_options(preprocess, common.quiet),
+        methods,
+        adapter: a.adapter.options(),
+        run: RunOptions {
+            steps,
+            batch_size: a.batch_size,
+            lr: 1e-3,
+            weight_decay: a.weight_decay,
+            warmup: (steps / 10).min(200),
+            seed: common.seed,
+            augment_shift: 0,
+            log_every: 5,
+            progress: !common.quiet,
+        },
+        lr: a.lr,
+        lr_grid: a.lr_grid.clone(),
+        checkpoint_every: a.checkpoint_every,
+        out: out.clone(),
+    };
+    let table = vtab(&opts, device, &mut |line| eprintln!("{line}"))?;
+    println!("\n{}", table.markdown());
+    println!(
+        "report: {}  csv: {}  plot: {}",
+        out.join("report.md").display(),
+        out.join("results.csv").display(),
+        out.join("plot.svg").display()
+    );
+    Ok(())
+}
+
+impl VtabArgs {
+    /// Whether any preprocessing flag was given (then the weights' config is the base, not the preset).
+    fn images_given(&self) -> bool {
+        let i = &self.images;
+        i.size.is_some()
+            || i.crop_pct.is_some()
+            || i.crop_mode.is_some()
+            || i.interpolation.is_some()
+            || i.mean.is_some()
+            || i.std.is_some()
+    }
+}
+
 fn build_model(
     model: &ModelArgs,
     weights: &Path,
@@ -599,7 +976,34 @@ fn build_model(
     Ok(net)
 }
 
-fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
+fn run_eval_images(a: &EvalArgs, dir: &Path, common: &Common, device: &Device) -> Result<()> {
+    let model = resolve_model(&a.weights, &a.model.flags())?;
+    let (pre, _) = inference_preprocess(&model, a.adapter.as_deref(), &a.images)?;
+    let test = load_test(dir, &a.images.load_options(pre, common.quiet))?;
+    let net = load_for_inference(
+        &model,
+        a.adapter.as_deref(),
+        Some(test.classes()),
+        a.allow_new_head,
+        device,
+    )?;
+    let e = evaluate(&net, device, liera::data::batch::Sequential::new(&test, 64)?)?;
+    println!(
+        "test accuracy {:.2}%  mean cross-entropy {:.4}  ({} images)",
+        100.0 * e.accuracy,
+        e.loss,
+        e.examples
+    );
+    Ok(())
+}
+
+fn run_eval(mut a: EvalArgs, common: &Common, device: &Device) -> Result<()> {
+    if let Some(dir) = a.data.clone() {
+        if liera::data::detect(&dir)? != liera::data::Layout::Idx {
+            return run_eval_images(&a, &dir, common, device);
+        }
+        a.data_dir = Some(dir);
+    }
     let net = build_model(&a.model, &a.weights, a.adapter.as_deref(), device)?;
     let test = if a.mnist {
         source_data(None)?.test
@@ -609,7 +1013,7 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
             None => embedded_fashion_mnist()?.pad_to(IMAGE_SIZE)?.test,
         }
     }
-    .with_channels(a.model.in_chans)?;
+    .with_channels(a.model.idx_channels())?;
     let e = evaluate(
         &net,
         device,

@@ -80,7 +80,7 @@ fn model_keys(m: &ConvNeXt) -> Vec<(String, Vec<usize>)> {
 #[test]
 fn presets_match_timm_names_shapes_and_counts() {
     let dev = Device::cpu();
-    let cases: [(&str, usize); 11] = [
+    let cases: [(&str, usize); 12] = [
         ("convnext_atto", 3_695_520),
         ("convnext_femto", 5_217_784),
         ("convnext_pico", 9_045_672),

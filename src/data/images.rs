@@ -253,6 +253,9 @@ pub struct ImageSet {
     residency: Residency,
     /// The kept images (Memory), in list order.
     images: Vec<Image>,
+    /// Whether the kept images are the evaluation transform's output (loaded without augmentation) rather
+    /// than the decoded images.
+    transformed: bool,
     labels: Vec<usize>,
     /// Images left out as unreadable (with [`BadImages::Skip`]).
     pub skipped: Vec<String>,
@@ -346,6 +349,7 @@ impl ImageSet {
                 items,
                 class_names: list.class_names,
             },
+            transformed: !preprocess.augment,
             preprocess,
             residency,
             images,
@@ -388,6 +392,7 @@ impl ImageSet {
                 class_names: self.list.class_names.clone(),
             },
             preprocess: self.preprocess.clone(),
+            transformed: self.transformed,
             residency: self.residency,
             images: if self.residency == Residency::Memory {
                 indices.iter().map(|&i| self.images[i].clone()).collect()
@@ -428,9 +433,8 @@ impl ImageSet {
         };
         match (self.preprocess.augment, seed) {
             (true, Some(s)) => self.preprocess.train_transform(img, &mut SplitMix64::new(s)),
-            (true, None) => self.preprocess.eval_transform(img),
-            (false, _) if self.residency == Residency::Stream => self.preprocess.eval_transform(img),
-            (false, _) => Ok(img.clone()),
+            _ if self.transformed && self.residency == Residency::Memory => Ok(img.clone()),
+            _ => self.preprocess.eval_transform(img),
         }
     }
 }
@@ -481,7 +485,7 @@ impl Examples for ImageSet {
             .zip(indices.par_iter().zip(seeds.par_iter()))
             .try_for_each(|(out, (&i, &seed))| {
                 let (mean, std) = (&self.preprocess.mean, &self.preprocess.std);
-                if self.residency == Residency::Memory && !self.preprocess.augment {
+                if self.residency == Residency::Memory && self.transformed {
                     // Already transformed: normalise in place of a copy.
                     return transform::normalize_into(&self.images[i], mean, std, out);
                 }

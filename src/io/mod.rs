@@ -5,9 +5,11 @@
 //! disk, then renamed over the target, so a crash never leaves a half-written checkpoint in its place.
 
 mod model;
+pub mod model_folder;
 mod safetensors;
 
 pub use model::{load_model, save_model, LoadNotes};
+pub use model_folder::{open_pretrained, PretrainedCfg, PretrainedModel};
 pub use safetensors::{
     read_safetensors, read_safetensors_bytes, read_safetensors_metadata, write_safetensors,
     write_safetensors_host, HostTensor,

@@ -3,7 +3,9 @@
 //! - [`run`]: the checkpoint-aware training run ([`train_and_evaluate`]) with prefetched batches;
 //! - [`pretrain`](mod@pretrain): pretraining on a source task and its cache;
 //! - [`compare`](mod@compare): the comparison of all methods that `cargo run --release` runs by default;
-//! - [`checkpoint`], [`bench`] and the comparison report.
+//! - [`data`]: pretrained weights with their architecture and preprocessing, and image tasks;
+//! - [`vtab`](mod@vtab): the VTAB-1k protocol over a folder of tasks;
+//! - [`checkpoint`], [`bench`](mod@bench) and the comparison report.
 //!
 //! Everything here is library code so that tests can run a shortened comparison; the command in
 //! `src/main.rs` only parses flags and prints.
@@ -11,10 +13,12 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;
+pub mod data;
 pub mod method;
 pub mod pretrain;
 mod report;
 pub mod run;
+pub mod vtab;
 
 pub use checkpoint::{Checkpointing, CHECKPOINT_FILE};
 pub use compare::{compare, tune_learning_rate, CompareOptions};

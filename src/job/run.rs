@@ -240,7 +240,7 @@ pub fn train_and_evaluate(
         start,
         &mut || {
             consumed.set(consumed.get() + 1);
-            queue.next()
+            queue.next_batch()
         },
         &mut |log| {
             bar.set_position(log.step);
@@ -317,7 +317,7 @@ pub fn train_and_evaluate(
 }
 
 /// How many batches the producer thread may draw ahead of the training step.
-const PREFETCH_BATCHES: usize = 2;
+pub const PREFETCH_BATCHES: usize = 2;
 
 /// The consumer side of [`with_prefetch`]: the next batch of the stream.
 pub struct Prefetched {
@@ -327,7 +327,7 @@ pub struct Prefetched {
 impl Prefetched {
     /// The next batch, in stream order (an error if the producer stopped early, which it only does on an
     /// error it has already sent).
-    pub fn next(&mut self) -> Result<Batch> {
+    pub fn next_batch(&mut self) -> Result<Batch> {
         self.rx
             .recv()
             .unwrap_or_else(|_| Err(Error::invalid("train", "the batch producer stopped")))

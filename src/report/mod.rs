@@ -2,4 +2,4 @@
 
 mod plot;
 
-pub use plot::{write_comparison_plot, MethodCurve};
+pub use plot::{write_comparison_plot, write_grouped_bars, BarSeries, MethodCurve};

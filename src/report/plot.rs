@@ -125,3 +125,79 @@ pub fn write_comparison_plot(path: &Path, title: &str, methods: &[MethodCurve]) 
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// One series of a grouped bar chart: a name (legend) and one value per group (`None`: not measured).
+#[derive(Clone, Debug)]
+pub struct BarSeries {
+    /// The legend entry.
+    pub name: String,
+    /// A value per group, in percent.
+    pub values: Vec<Option<f64>>,
+}
+
+/// Writes a grouped bar chart (one group per label, one bar per series, values in percent) to `path` (SVG):
+/// the VTAB-1k table as a picture.
+pub fn write_grouped_bars(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[BarSeries],
+) -> Result<()> {
+    let width = (120 + 28 * groups.len() * series.len().max(1)).clamp(700, 2400) as u32;
+    let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| plot_err(path, e))?;
+    let g = groups.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .margin(10)
+        .x_label_area_size(60)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..g as f64, 0f64..105f64)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("top-1 accuracy (%)")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let s = series.len().max(1) as f64;
+    let bar = 0.8 / s;
+    for (i, one) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let rects: Vec<_> = one
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(gi, v)| v.map(|v| (gi, v)))
+            .map(|(gi, v)| {
+                let x0 = gi as f64 + 0.1 + i as f64 * bar;
+                Rectangle::new([(x0, 0.0), (x0 + bar * 0.95, v)], color.filled())
+            })
+            .collect();
+        chart
+            .draw_series(rects)
+            .map_err(|e| plot_err(path, e))?
+            .label(one.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    for (gi, label) in groups.iter().enumerate() {
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (gi as f64 + 0.1, -5.0),
+                ("sans-serif", 11),
+            )))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
