@@ -6,10 +6,10 @@
 mod common;
 
 use common::Rng;
+use liera::nn::Classifier;
 use liera::nn::{Adaptable, Conv2d, ConvNeXt, ConvNeXtConfig, InitRng, Linear, Module, Param};
 use liera::optim::{AdamW, Optimizer};
 use liera::peft::{self, Adapter, AdapterKind, PeftConfig};
-use liera::nn::Classifier;
 use liera::{no_grad, Conv2dParams, Device, Tensor};
 
 const KINDS: [AdapterKind; 3] = [
@@ -131,7 +131,7 @@ fn attach(layer: &mut TestLayer, kind: AdapterKind, rank: usize, alpha: f32, see
         w.device(),
     )
     .unwrap();
-    *l.adapter_mut() = Some(a);
+    *l.adapter_mut() = Some(Box::new(a));
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn adapted_kernel_equals_base_at_init_for_every_kind() {
             let before = layer.forward(&x).to_vec().unwrap();
             attach(&mut layer, kind, 2, 4.0, 7);
             let l = layer.adaptable();
-            let adapted = l.adapter().unwrap().adapt(l.weight().tensor()).unwrap();
+            let adapted = Adapter::of(l).unwrap().adapt(l.weight().tensor()).unwrap();
             // B = 0 ⇒ ΔW = 0 exactly ⇒ W ⊙ exp(0) = W, W + W ⊙ 0 = W, W + 0 = W, bit for bit.
             assert_eq!(
                 adapted.to_vec().unwrap(),
@@ -233,7 +233,7 @@ fn tape_gradients_of_a_and_b_equal_the_closed_forms() {
             // Make B nonzero (small, so exp(ΔW) stays O(1)); otherwise ∂A = Bᵀ M would be trivially 0.
             let bvals = f32s(&rng.vec(rows * rank, -0.3, 0.3));
             let (a_t, b_t) = {
-                let ad = layer.adaptable().adapter().unwrap();
+                let ad = Adapter::of(layer.adaptable()).unwrap();
                 ad.b.tensor()
                     .assign(&Tensor::from_slice(&bvals, [rows, rank], &dev).unwrap())
                     .unwrap();
@@ -268,7 +268,7 @@ fn tape_gradients_of_a_and_b_equal_the_closed_forms() {
                 .collect();
             let engine_adapted = {
                 let l = layer.adaptable();
-                no_grad(|| l.adapter().unwrap().adapt(l.weight().tensor())).unwrap()
+                no_grad(|| Adapter::of(l).unwrap().adapt(l.weight().tensor())).unwrap()
             };
             assert_close(
                 &format!("{name} {kind:?} W'"),
@@ -333,7 +333,7 @@ fn input(dev: &Device, seed: u64) -> Tensor {
 fn randomise_b(model: &ConvNeXt, seed: u64, scale: f64) {
     let mut rng = Rng::new(seed);
     model.visit_adaptable("", &mut |_, layer| {
-        if let Some(a) = layer.adapter() {
+        if let Some(a) = Adapter::of(layer) {
             let b = a.b.tensor();
             let v = f32s(&rng.vec(b.numel(), -scale, scale));
             b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap())
@@ -478,7 +478,7 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical_under_adamw() {
             }
         }
         model.visit_adaptable("", &mut |path, layer| {
-            if let Some(a) = layer.adapter() {
+            if let Some(a) = Adapter::of(layer) {
                 assert!(
                     a.b.tensor().to_vec().unwrap().iter().any(|&v| v != 0.0),
                     "{path}: B did not move"
@@ -769,9 +769,9 @@ fn adapter_misuse_is_an_error_and_changes_nothing() {
     let first = "stages.0.blocks.0.conv_dw";
     {
         let layer = &mut model.stages[0].blocks[0].conv_dw;
-        let mut a = layer.adapter.take().unwrap();
+        let a = layer.adapter.as_deref_mut().unwrap();
+        let a = a.downcast_mut::<Adapter>().unwrap();
         a.merge_into(first, &mut layer.weight).unwrap();
-        layer.adapter = Some(a);
     }
     let before = weights(&model);
     let err = peft::merge(&mut model).unwrap_err().to_string();

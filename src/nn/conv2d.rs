@@ -1,10 +1,10 @@
 //! 2-D convolution layer (NCHW input, OIHW weight (Cout, Cin/g, kh, kw)) with an optional bias and an optional
-//! PEFT adapter on the weight; any stride, padding, dilation and groups (depthwise: g = Cin = Cout).
+//! adapter ([`WeightReparam`]) on the weight; any stride, padding, dilation and groups (depthwise:
+//! g = Cin = Cout).
 
-use super::{InitRng, Param};
+use super::{InitRng, Param, WeightReparam};
 use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::peft::Adapter;
 use crate::shape::Conv2dParams;
 use crate::tensor::Tensor;
 
@@ -17,8 +17,8 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, dilation and groups.
     pub params: Conv2dParams,
-    /// A PEFT adapter reparameterising `weight`, if attached.
-    pub adapter: Option<Adapter>,
+    /// An adapter reparameterising `weight`, if attached.
+    pub adapter: Option<Box<dyn WeightReparam>>,
 }
 
 impl Conv2d {

@@ -15,7 +15,8 @@
 //! last-axis LayerNorm and Linear layers with weights (4C, C), and permutes back.
 
 use super::{
-    join, Adaptable, Classifier, Conv2d, DropPath, Grn, InitRng, LayerNorm, LayerNorm2d, Linear, Module, Param,
+    join, Adaptable, Classifier, Conv2d, DropPath, Grn, InitRng, LayerNorm, LayerNorm2d, Linear,
+    Module, Param,
 };
 use crate::backend::Device;
 use crate::error::{Error, Result};

@@ -1,10 +1,9 @@
-//! Fully connected layer y = x·W'ᵀ + b on the last axis, W (out, in); W' = W, or the adapted weight when a
-//! PEFT adapter is attached (see [`crate::peft::Adapter`]).
+//! Fully connected layer y = x·W'ᵀ + b on the last axis, W (out, in); W' = W, or the adapted weight when an
+//! adapter ([`WeightReparam`]) is attached.
 
-use super::{InitRng, Param};
+use super::{InitRng, Param, WeightReparam};
 use crate::backend::Device;
 use crate::error::Result;
-use crate::peft::Adapter;
 use crate::tensor::Tensor;
 
 /// A linear layer with an optional bias and an optional adapter.
@@ -14,8 +13,8 @@ pub struct Linear {
     pub weight: Param,
     /// The bias (out), if any.
     pub bias: Option<Param>,
-    /// A PEFT adapter reparameterising `weight`, if attached.
-    pub adapter: Option<Adapter>,
+    /// An adapter reparameterising `weight`, if attached.
+    pub adapter: Option<Box<dyn WeightReparam>>,
 }
 
 impl Linear {

@@ -3,6 +3,8 @@
 //!
 //! - [`Param`]: a parameter slot that can be frozen, unfrozen and replaced.
 //! - [`Module`]: walks the parameters (`visit`) and the layers an adapter may wrap (`visit_adaptable`).
+//! - [`WeightReparam`]: the seam through which an adapter reparameterises an [`Adaptable`] layer's weight
+//!   (W ↦ W′); nn only calls it, the adapters themselves live in a layer above.
 //! - Layers: [`Linear`], [`Conv2d`], [`LayerNorm2d`] (channels-first), [`LayerNorm`] (last axis), [`Grn`],
 //!   [`DropPath`]; the network: [`ConvNeXt`] (v1 and v2) with presets in [`ConvNeXtConfig`].
 
@@ -24,9 +26,10 @@ pub use linear::Linear;
 pub use norm::{LayerNorm, LayerNorm2d};
 pub use param::Param;
 
-use crate::peft::Adapter;
 use crate::error::Result;
 use crate::tensor::Tensor;
+use std::any::Any;
+use std::fmt;
 
 /// `prefix.name`, or `name` at the root.
 pub fn join(prefix: &str, name: &str) -> String {
@@ -37,27 +40,51 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A layer whose weight a PEFT adapter can reparameterise: [`Conv2d`] (any groups) and [`Linear`]. The weight
-/// is viewed as the matrix (rows, cols) = (`shape[0]`, `numel / shape[0]`), i.e. (Cout, Cin/g·kh·kw) for a
-/// convolution and (out, in) for a linear layer.
+/// A reparameterisation W ↦ W′ of an [`Adaptable`] layer's weight (an adapter): the layer's forward uses
+/// [`WeightReparam::effective_weight`] in place of W, and [`Module::named_parameters`] lists the
+/// reparameterisation's own parameters after the base ones. Whoever attaches one gets its concrete type
+/// back with `downcast_ref` / `downcast_mut` on `dyn WeightReparam` (merging, saving and reporting need
+/// more than this seam offers).
+pub trait WeightReparam: Any + fmt::Debug + Send + Sync {
+    /// The weight the forward uses, given the base weight W (recorded on the tape when it trains).
+    fn effective_weight(&self, w: &Tensor) -> Result<Tensor>;
+    /// Calls `f(path, param)` for every parameter of its own, named under the layer's path `layer`.
+    fn visit(&self, layer: &str, f: &mut dyn FnMut(&str, &Param));
+}
+
+impl dyn WeightReparam {
+    /// The reparameterisation as a `T`, if it is one.
+    pub fn downcast_ref<T: WeightReparam>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref()
+    }
+    /// The reparameterisation as a `T`, mutably, if it is one.
+    pub fn downcast_mut<T: WeightReparam>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut()
+    }
+}
+
+/// A layer whose weight a [`WeightReparam`] (an adapter) can reparameterise: [`Conv2d`] (any groups) and
+/// [`Linear`]. The weight is viewed as the matrix (rows, cols) = (`shape[0]`, `numel / shape[0]`), i.e.
+/// (Cout, Cin/g·kh·kw) for a convolution and (out, in) for a linear layer.
 pub trait Adaptable {
     /// The base weight.
     fn weight(&self) -> &Param;
     /// The base weight, mutably (merge writes the adapted kernel here).
     fn weight_mut(&mut self) -> &mut Param;
     /// The adapter, if one is attached.
-    fn adapter(&self) -> Option<&Adapter>;
-    /// The adapter slot (peft attaches and removes adapters here).
-    fn adapter_mut(&mut self) -> &mut Option<Adapter>;
+    fn adapter(&self) -> Option<&dyn WeightReparam>;
+    /// The adapter slot (adapters are attached and removed here).
+    fn adapter_mut(&mut self) -> &mut Option<Box<dyn WeightReparam>>;
 }
 
 /// The plumbing shared by the layers an adapter can wrap (a struct with `weight: Param`,
-/// `bias: Option<Param>` and `adapter: Option<Adapter>`): `effective_weight` (W, or W′ with an active
-/// adapter), the [`Module`] walk over `weight` and `bias` in timm's names, and [`Adaptable`].
+/// `bias: Option<Param>` and `adapter: Option<Box<dyn WeightReparam>>`): `effective_weight` (W, or W′ with
+/// an adapter), the [`Module`] walk over `weight` and `bias` in timm's names, and [`Adaptable`].
 macro_rules! adaptable_layer {
     ($layer:ty) => {
         impl $layer {
-            /// The weight the forward uses: W, or W′ with an active adapter.
+            /// The weight the forward uses: W, or the adapter's W′ (see
+            /// [`WeightReparam::effective_weight`](crate::nn::WeightReparam::effective_weight)).
             pub fn effective_weight(&self) -> $crate::error::Result<$crate::tensor::Tensor> {
                 match &self.adapter {
                     Some(a) => a.effective_weight(self.weight.tensor()),
@@ -102,10 +129,10 @@ macro_rules! adaptable_layer {
             fn weight_mut(&mut self) -> &mut $crate::nn::Param {
                 &mut self.weight
             }
-            fn adapter(&self) -> Option<&$crate::peft::Adapter> {
-                self.adapter.as_ref()
+            fn adapter(&self) -> Option<&dyn $crate::nn::WeightReparam> {
+                self.adapter.as_deref()
             }
-            fn adapter_mut(&mut self) -> &mut Option<$crate::peft::Adapter> {
+            fn adapter_mut(&mut self) -> &mut Option<Box<dyn $crate::nn::WeightReparam>> {
                 &mut self.adapter
             }
         }
@@ -131,7 +158,7 @@ pub trait Module {
     fn visit_adaptable_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut dyn Adaptable)) {
     }
 
-    /// Every parameter, base and adapter factors (`<layer>.lora_A.weight`, `<layer>.lora_B.weight`), by path.
+    /// Every parameter by path: the base ones, then each adapter's (e.g. `<layer>.lora_A.weight`).
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         self.visit("", &mut |path, p| {

@@ -35,7 +35,7 @@
 
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
-use crate::nn::{join, InitRng, Param};
+use crate::nn::{join, Adaptable, InitRng, Param, WeightReparam};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -173,6 +173,12 @@ impl Adapter {
         self.merged.is_some()
     }
 
+    /// The adapter attached to `layer`, if it has one (and it is an [`Adapter`], not another
+    /// [`WeightReparam`]).
+    pub fn of(layer: &(impl Adaptable + ?Sized)) -> Option<&Adapter> {
+        layer.adapter()?.downcast_ref()
+    }
+
     /// ΔW = s·B·A, reshaped to `shape` (the kernel's).
     pub fn delta(&self, shape: &Shape) -> Result<Tensor> {
         self.b
@@ -230,21 +236,6 @@ impl Adapter {
         }
     }
 
-    /// The kernel a layer's forward uses: W' while active, the (already merged) stored weight while merged.
-    pub fn effective_weight(&self, w: &Tensor) -> Result<Tensor> {
-        if self.is_merged() {
-            Ok(w.clone())
-        } else {
-            self.adapt(w)
-        }
-    }
-
-    /// Calls `f` on `<layer>.lora_A.weight` and `<layer>.lora_B.weight` (PEFT's names).
-    pub fn visit(&self, layer: &str, f: &mut dyn FnMut(&str, &Param)) {
-        f(&join(layer, "lora_A.weight"), &self.a);
-        f(&join(layer, "lora_B.weight"), &self.b);
-    }
-
     /// Merges into `weight`: writes W' (computed once, without the tape) and keeps W for unmerge; freezes the
     /// factors while merged. Errors if already merged.
     pub fn merge_into(&mut self, layer: &str, weight: &mut Param) -> Result<()> {
@@ -281,5 +272,23 @@ impl Adapter {
     /// The number of exactly-zero entries of `w` (a readback): under LieRA these cannot move.
     pub fn zero_entries(w: &Tensor) -> Result<usize> {
         Ok(w.to_vec()?.iter().filter(|v| **v == 0.0).count())
+    }
+}
+
+/// How a layer's forward and parameter walk see an attached adapter.
+impl WeightReparam for Adapter {
+    /// The kernel a layer's forward uses: W' while active, the (already merged) stored weight while merged.
+    fn effective_weight(&self, w: &Tensor) -> Result<Tensor> {
+        if self.is_merged() {
+            Ok(w.clone())
+        } else {
+            self.adapt(w)
+        }
+    }
+
+    /// Calls `f` on `<layer>.lora_A.weight` and `<layer>.lora_B.weight` (PEFT's names).
+    fn visit(&self, layer: &str, f: &mut dyn FnMut(&str, &Param)) {
+        f(&join(layer, "lora_A.weight"), &self.a);
+        f(&join(layer, "lora_B.weight"), &self.b);
     }
 }

@@ -1,6 +1,10 @@
 //! Parameter-efficient fine-tuning: LoRA, LieRA (exact) and LieRA first-order adapters on the Conv2d (any
 //! groups, depthwise included) and Linear layers of a [`Module`].
 //!
+//! An [`Adapter`] is nn's [`WeightReparam`](crate::nn::WeightReparam): the layers hold it behind that seam
+//! and only ask it for W′ and its parameters; everything here gets the concrete adapter back with
+//! [`Adapter::of`] (other reparameterisations are left alone, but no adapter is attached over one).
+//!
 //! - [`Adapter`] (in `adapter.rs`): the math of W' = W ⊙ exp(s·B·A) and its relatives, with the derivation.
 //! - [`apply`]: freezes the model, attaches adapters to the layers matched by [`PeftConfig::target_modules`],
 //!   and unfreezes [`PeftConfig::modules_to_save`]; frozen weights are constant leaves (no gradient buffer).
@@ -21,7 +25,7 @@ pub use save::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_
 
 use crate::error::{Error, Result};
 use crate::nn::init::{seed_for, InitRng};
-use crate::nn::Module;
+use crate::nn::{Module, Param};
 
 /// Applies `cfg` to `model`: validates it, freezes every base parameter, attaches a fresh adapter (B = 0, so
 /// the network's function is unchanged) to every matched layer, and unfreezes the saved modules. Returns the
@@ -141,7 +145,7 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
     let mut adapters: std::collections::HashMap<String, Adapter> = adapters.into_iter().collect();
     model.visit_adaptable_mut("", &mut |path, layer| {
         if let Some(a) = adapters.remove(path) {
-            *layer.adapter_mut() = Some(a);
+            *layer.adapter_mut() = Some(Box::new(a));
         }
     });
     if let Some(path) = adapters.keys().next() {
@@ -165,11 +169,11 @@ fn for_each_adapter(
     model: &mut dyn Module,
     op: &'static str,
     refuse: Option<bool>,
-    f: &mut dyn FnMut(&str, &mut Adapter, &mut crate::nn::Param) -> Result<()>,
+    f: &mut dyn FnMut(&str, &mut Adapter, &mut Param) -> Result<()>,
 ) -> Result<usize> {
     let (mut n, mut wrong) = (0, None);
     model.visit_adaptable("", &mut |path, layer| {
-        if let Some(a) = layer.adapter() {
+        if let Some(a) = Adapter::of(layer) {
             n += 1;
             if Some(a.is_merged()) == refuse && wrong.is_none() {
                 wrong = Some(path.to_string());
@@ -192,11 +196,16 @@ fn for_each_adapter(
     }
     let mut result = Ok(());
     model.visit_adaptable_mut("", &mut |path, layer| {
-        if result.is_ok() {
-            if let Some(mut a) = layer.adapter_mut().take() {
-                result = f(path, &mut a, layer.weight_mut());
-                *layer.adapter_mut() = Some(a);
+        if result.is_ok() && Adapter::of(layer).is_some() {
+            // Taken out of its slot for the call, so that `f` can borrow the weight mutably beside it.
+            let mut slot = layer.adapter_mut().take();
+            if let Some(a) = slot
+                .as_deref_mut()
+                .and_then(|r| r.downcast_mut::<Adapter>())
+            {
+                result = f(path, a, layer.weight_mut());
             }
+            *layer.adapter_mut() = slot;
         }
     });
     result.map(|()| n)
@@ -231,7 +240,10 @@ pub fn merge_and_unload(model: &mut dyn Module) -> Result<usize> {
     // Every adapter is merged now: drop them.
     let mut n = 0;
     model.visit_adaptable_mut("", &mut |_, layer| {
-        n += usize::from(layer.adapter_mut().take().is_some());
+        if Adapter::of(layer).is_some() {
+            *layer.adapter_mut() = None;
+            n += 1;
+        }
     });
     Ok(n)
 }

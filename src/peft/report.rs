@@ -42,7 +42,7 @@ pub fn trainable_report(model: &dyn Module) -> Result<TrainableReport> {
     let mut adapter_params = 0;
     let mut err = Ok(());
     model.visit_adaptable("", &mut |path, layer| {
-        let Some(a) = layer.adapter() else { return };
+        let Some(a) = Adapter::of(layer) else { return };
         adapter_params += a.num_parameters();
         let w = layer.weight().tensor();
         let zero_entries = match a.kind() {

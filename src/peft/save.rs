@@ -7,6 +7,7 @@
 //! (r, Cin/g, kh, kw) and B as (Cout, r, 1, 1), liera's own layout. Either way they are the same matrices as
 //! the (r, Cin/g·kh·kw) and (Cout, r) factors of the forward.
 
+use super::adapter::Adapter;
 use super::config::PeftConfig;
 use crate::error::{Error, Result};
 use crate::io::{atomic_write, read_safetensors, write_safetensors, HostTensor};
@@ -39,7 +40,7 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
     let mut mismatch = Vec::new();
     model.visit_adaptable("", &mut |path, layer| {
         let targeted = cfg.targets(path);
-        match layer.adapter() {
+        match Adapter::of(layer) {
             Some(_) if !targeted => mismatch.push(format!("{path} is adapted but not a target")),
             None if targeted => mismatch.push(format!("{path} is a target but has no adapter")),
             Some(a) if (a.kind(), a.rank(), a.alpha()) != (cfg.method, cfg.r, cfg.alpha) => {
@@ -69,7 +70,7 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut err = Ok(());
     model.visit_adaptable("", &mut |path, layer| {
-        let Some(a) = layer.adapter() else { return };
+        let Some(a) = Adapter::of(layer) else { return };
         let (sa, sb) = stored_shapes(layer.weight().shape().dims(), a.rank());
         match (a.a.tensor().reshape(sa), a.b.tensor().reshape(sb)) {
             (Ok(ta), Ok(tb)) => {
@@ -180,7 +181,7 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
             .and_then(|v| p.tensor().assign(&v));
     };
     model.visit_adaptable("", &mut |path, layer| {
-        if let Some(a) = layer.adapter() {
+        if let Some(a) = Adapter::of(layer) {
             set(format!("{PREFIX}{path}.lora_A.weight"), &a.a);
             set(format!("{PREFIX}{path}.lora_B.weight"), &a.b);
         }
