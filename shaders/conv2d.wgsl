@@ -17,31 +17,10 @@
 // A patch entry X̃[(c, p, q), (n, oh, ow)] = x[n, c, oh·s_h − pad_h + p·dil_h, ow·s_w − pad_w + q·dil_w]
 // (0 in the padding).
 
-struct Params {
-    batch: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    kh: u32,
-    kw: u32,
-    h_out: u32,
-    w_out: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    groups: u32,
-    // K splits (see gemm.wgsl); split s writes its partial result at s·(output length).
-    splits: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// The parameter block `ConvParams` (the geometry, groups, splits, has_bias, chunk) is generated from the
+// Rust struct of the same name (src/backend/gpu/shaders.rs) and added to this module by the host.
 
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> params: ConvParams;
 // mode 0: weight, input, bias; mode 1: weight, dy; mode 2: dy, input.
 @group(0) @binding(1) var<storage, read> a_src: array<f32>;
 @group(0) @binding(2) var<storage, read> b_src: array<f32>;

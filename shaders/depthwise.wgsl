@@ -10,26 +10,10 @@
 //                                   (c, p, q) alone give enough threads).
 // The valid tap (or output) ranges are computed up front, so the inner loops carry no bounds tests.
 
-struct Params {
-    batch: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    kh: u32,
-    kw: u32,
-    h_out: u32,
-    w_out: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    has_bias: u32,
-}
+// The parameter block `ConvParams` (the geometry, groups, splits, has_bias, chunk) is generated from the
+// Rust struct of the same name (src/backend/gpu/shaders.rs) and added to this module by the host.
 
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> params: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dy_in: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
@@ -139,8 +123,8 @@ fn dw_input_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    // Thread per (image chunk, c, p, q); `has_bias` carries the images per chunk here.
-    let chunk = params.has_bias;
+    // Thread per (image chunk, c, p, q).
+    let chunk = params.chunk;
     let taps = params.kh * params.kw;
     let i = linear_workgroup(wg, nwg) * 256u + lid;
     let per_chunk = params.c_out * taps;

@@ -1,12 +1,17 @@
 // elementwise.wgsl — kernels: fill, unary, binary (one thread per output element).
 //
 // fill:   y[i] = value
-// unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP:
-//         0 exp, 1 ln, 2 −x, 3 √x, 4 GELU(x) = x/2·(1 + erf(x/√2)), 5 x + c, 6 c·x, 7 x^c
+// unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP, one of
+//         OP_EXP, OP_LOG (ln), OP_NEG, OP_SQRT, OP_GELU (x/2·(1 + erf(x/√2))), OP_ADD_SCALAR (x + c),
+//         OP_MUL_SCALAR (c·x), OP_POW_SCALAR (x^c)
 // binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 8 merged output
-//         dimensions (stride 0 on broadcast axes); OP: 16 a+b, 17 a−b, 18 a·b, 19 a/b,
-//         20 a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x); with the scalar c (the adapters' fused weights):
-//         21 a + c·b, 22 a·exp(c·b), 23 a·(1 + c·b), 24 c·a·b.
+//         dimensions (stride 0 on broadcast axes); OP: OP_ADD, OP_SUB, OP_MUL, OP_DIV,
+//         OP_GELU_BACKWARD (a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x)); with the scalar c (the adapters'
+//         fused weights): OP_ADD_SCALED (a + c·b), OP_MUL_EXP_SCALED (a·exp(c·b)),
+//         OP_MUL_AFFINE_SCALED (a·(1 + c·b)), OP_MUL_SCALED (c·a·b).
+// The OP_* constants are generated from the Rust op tables (UnaryOp, BinaryOp in src/backend/mod.rs, via
+// src/backend/op_codes.rs) and added to this module by the host: each is its enum variant's name in
+// SCREAMING_SNAKE_CASE, and cases name them, never a bare number.
 // erf is Abramowitz & Stegun 7.1.26, the same formula as the CPU backend, so both agree to rounding.
 
 struct Params {
@@ -63,29 +68,29 @@ fn powf(x: f32, c: f32) -> f32 {
 
 fn unary_fn(x: f32, c: f32) -> f32 {
     switch OP {
-        case 0u: { return exp(x); }
-        case 1u: { return log(x); }
-        case 2u: { return -x; }
-        case 3u: { return sqrt(x); }
-        case 4u: { return gelu(x); }
-        case 5u: { return x + c; }
-        case 6u: { return c * x; }
-        case 7u: { return powf(x, c); }
+        case OP_EXP: { return exp(x); }
+        case OP_LOG: { return log(x); }
+        case OP_NEG: { return -x; }
+        case OP_SQRT: { return sqrt(x); }
+        case OP_GELU: { return gelu(x); }
+        case OP_ADD_SCALAR: { return x + c; }
+        case OP_MUL_SCALAR: { return c * x; }
+        case OP_POW_SCALAR: { return powf(x, c); }
         default: { return x; }
     }
 }
 
 fn binary_fn(u: f32, v: f32, c: f32) -> f32 {
     switch OP {
-        case 16u: { return u + v; }
-        case 17u: { return u - v; }
-        case 18u: { return u * v; }
-        case 19u: { return u / v; }
-        case 20u: { return u * gelu_derivative(v); }
-        case 21u: { return u + c * v; }
-        case 22u: { return u * exp(c * v); }
-        case 23u: { return u * (1.0 + c * v); }
-        case 24u: { return c * u * v; }
+        case OP_ADD: { return u + v; }
+        case OP_SUB: { return u - v; }
+        case OP_MUL: { return u * v; }
+        case OP_DIV: { return u / v; }
+        case OP_GELU_BACKWARD: { return u * gelu_derivative(v); }
+        case OP_ADD_SCALED: { return u + c * v; }
+        case OP_MUL_EXP_SCALED: { return u * exp(c * v); }
+        case OP_MUL_AFFINE_SCALED: { return u * (1.0 + c * v); }
+        case OP_MUL_SCALED: { return c * u * v; }
         default: { return u; }
     }
 }

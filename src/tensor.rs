@@ -1,13 +1,44 @@
 //! [`Tensor`]: a shape, a storage handle on a device, and (when it was computed from tensors that require
-//! gradients) the tape node that produced it.
+//! gradients) the tape [`Node`] that produced it.
+//!
+//! This is the recording half of autodiff: [`Tensor::from_op`] records a node while recording is on
+//! ([`is_grad_enabled`]). The reverse pass over those nodes (`Tensor::backward`, `Grads`, `Tape`,
+//! `no_grad`) lives in `crate::autodiff`, a layer above, which this module does not import.
 
-use crate::autodiff::{self, BackwardFn, Node};
 use crate::backend::{Device, Storage};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// A backward rule: ∂L/∂output in, ∂L/∂input for each input out (`None`: no gradient for that input).
+pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// One entry of the tape: how a tensor was computed.
+pub struct Node {
+    /// The op's name, as printed on the tape.
+    pub op: &'static str,
+    /// The op's tensor inputs, in order.
+    pub inputs: Vec<Tensor>,
+    /// The backward rule.
+    pub backward: BackwardFn,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// True unless recording is switched off on this thread (inside `crate::autodiff::no_grad`).
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Switches recording on this thread on or off and returns the previous setting (`no_grad` restores it).
+pub(crate) fn set_grad_enabled(enabled: bool) -> bool {
+    GRAD_ENABLED.with(|g| g.replace(enabled))
+}
 
 /// A tensor's identity: unique, and increasing in creation order (so sorting by id sorts the tape).
 pub type TensorId = u64;
@@ -139,7 +170,7 @@ impl Tensor {
             .first()
             .map(|t| t.device().clone())
             .unwrap_or_else(Device::cpu);
-        let track = autodiff::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        let track = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
         let node = track.then(|| {
             let backward: BackwardFn = Box::new(backward);
             Arc::new(Node {

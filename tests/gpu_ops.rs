@@ -110,8 +110,8 @@ const BINARY_OPS: [BinaryOp; 9] = [
     BinaryOp::Div,
     BinaryOp::GeluBackward,
     BinaryOp::AddScaled(-0.75),
-    BinaryOp::ExpMul(1.25),
-    BinaryOp::AffineMul(0.5),
+    BinaryOp::MulExpScaled(1.25),
+    BinaryOp::MulAffineScaled(0.5),
     BinaryOp::MulScaled(-1.5),
 ];
 

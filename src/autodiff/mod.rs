@@ -1,8 +1,9 @@
 //! Reverse-mode automatic differentiation over a tape.
 //!
-//! Every op whose inputs require gradients records a [`Node`]: its name, its inputs (which also keeps the
-//! values its backward rule needs alive) and its backward rule. Tensor ids grow in creation order, so the
-//! nodes reachable from a loss, sorted by id, are exactly the Wengert list (tape) of that computation;
+//! Recording lives one layer down, in [`crate::tensor`] (which does not import this module): every op whose
+//! inputs require gradients records a [`Node`]: its name, its inputs (which also keeps the values its
+//! backward rule needs alive) and its backward rule. Tensor ids grow in creation order, so the nodes
+//! reachable from a loss, sorted by id, are exactly the Wengert list (tape) of that computation;
 //! [`Tensor::backward`] walks it once in reverse, handing each node ∂L/∂output and accumulating the ∂L/∂input
 //! it returns (a tensor used twice receives the sum of both contributions).
 //!
@@ -10,43 +11,31 @@
 //! ([`no_grad`]), so a composite op needs no hand-written backward. Leaves that do not require gradients
 //! (frozen weights, data) are never given a gradient buffer.
 
+use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, TensorId};
-use std::cell::Cell;
+use crate::shape::merge_broadcast_dims;
+use crate::tensor::{self, Tensor, TensorId};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-/// A backward rule: ∂L/∂output in, ∂L/∂input for each input out (`None`: no gradient for that input).
-pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+pub use crate::tensor::is_grad_enabled;
 
-/// One entry of the tape.
-pub struct Node {
-    /// The op's name, as printed on the tape.
-    pub op: &'static str,
-    /// The op's tensor inputs, in order.
-    pub inputs: Vec<Tensor>,
-    /// The backward rule.
-    pub backward: BackwardFn,
-}
+/// One entry of the tape (defined with [`Tensor`], which records it; named here too, beside the pass that
+/// walks it).
+pub type Node = tensor::Node;
 
-thread_local! {
-    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
-}
-
-/// True unless inside [`no_grad`].
-pub fn is_grad_enabled() -> bool {
-    GRAD_ENABLED.with(|g| g.get())
-}
+/// A backward rule: ∂L/∂output in, ∂L/∂input for each input out (defined with [`Tensor`]; named here too).
+pub type BackwardFn = tensor::BackwardFn;
 
 /// Runs `f` without recording anything on the tape (evaluation, optimizer updates, backward rules).
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
+            tensor::set_grad_enabled(self.0);
         }
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    let _restore = Restore(tensor::set_grad_enabled(false));
     f()
 }
 
@@ -89,6 +78,18 @@ impl Grads {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// `a + b` for two gradients of one shape: a constant, computed on the backend directly (the reverse pass
+/// runs below `crate::ops` and records nothing anyway).
+fn accumulate(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.check_device("backward", b)?;
+    let layout = merge_broadcast_dims("backward", a.shape(), b.shape(), a.shape())?;
+    let sum = a
+        .device()
+        .backend()
+        .binary(BinaryOp::Add, &a.storage(), &b.storage(), &layout)?;
+    Ok(Tensor::from_storage(sum, a.shape().clone(), a.device()))
 }
 
 /// All tensors with history reachable from `root`, in creation order (the tape of `root`).
@@ -186,7 +187,7 @@ impl Tensor {
                         ));
                     }
                     let total = match grads.remove(&input.id()) {
-                        Some(prev) => prev.add(&gi)?,
+                        Some(prev) => accumulate(&prev, &gi)?,
                         None => gi,
                     };
                     grads.insert(input.id(), total);

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod op_codes;
 
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -30,48 +31,53 @@ impl fmt::Debug for Storage {
     }
 }
 
-/// Elementwise operations of one operand (`y = f(x)`), some with a scalar parameter.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnaryOp {
-    /// y = exp(x)
-    Exp,
-    /// y = ln(x)
-    Log,
-    /// y = −x
-    Neg,
-    /// y = √x
-    Sqrt,
-    /// y = x·Φ(x) = x/2·(1 + erf(x/√2)) (exact GELU)
-    Gelu,
-    /// y = x + c
-    AddScalar(f32),
-    /// y = c·x
-    MulScalar(f32),
-    /// y = x^c
-    PowScalar(f32),
+op_codes::elementwise_ops! {
+    /// Elementwise operations of one operand (`y = f(x)`), some with a scalar parameter. Each variant's
+    /// op code is also the WGSL constant `OP_<NAME>` of elementwise.wgsl (see [`op_codes`]).
+    pub enum UnaryOp {
+        /// y = exp(x)
+        Exp = 0,
+        /// y = ln(x)
+        Log = 1,
+        /// y = −x
+        Neg = 2,
+        /// y = √x
+        Sqrt = 3,
+        /// y = x·Φ(x) = x/2·(1 + erf(x/√2)) (exact GELU)
+        Gelu = 4,
+        /// y = x + c
+        AddScalar(f32) = 5,
+        /// y = c·x
+        MulScalar(f32) = 6,
+        /// y = x^c
+        PowScalar(f32) = 7,
+    }
 }
 
-/// Elementwise operations of two operands with broadcasting (`y = f(a, b)`), some with a scalar c.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum BinaryOp {
-    /// a + b
-    Add,
-    /// a − b
-    Sub,
-    /// a · b
-    Mul,
-    /// a / b
-    Div,
-    /// a · GELU′(b): the GELU backward with a = ∂L/∂y and b = x. GELU′(x) = Φ(x) + x·φ(x).
-    GeluBackward,
-    /// a + c·b (LoRA's W + s·BA in one pass).
-    AddScaled(f32),
-    /// a · exp(c·b) (LieRA's W ⊙ exp(s·BA) in one pass).
-    ExpMul(f32),
-    /// a · (1 + c·b) (first-order LieRA's W + W ⊙ s·BA in one pass).
-    AffineMul(f32),
-    /// c · a · b (the adapters' backward s·(G ⊙ W′), s·(G ⊙ W)).
-    MulScaled(f32),
+op_codes::elementwise_ops! {
+    /// Elementwise operations of two operands with broadcasting (`y = f(a, b)`), some with a scalar c.
+    /// Each variant's op code is also the WGSL constant `OP_<NAME>` of elementwise.wgsl (see
+    /// [`op_codes`]).
+    pub enum BinaryOp {
+        /// a + b
+        Add = 16,
+        /// a − b
+        Sub = 17,
+        /// a · b
+        Mul = 18,
+        /// a / b
+        Div = 19,
+        /// a · GELU′(b): the GELU backward with a = ∂L/∂y and b = x. GELU′(x) = Φ(x) + x·φ(x).
+        GeluBackward = 20,
+        /// a + c·b (LoRA's W + s·BA in one pass; `Tensor::add_scaled`).
+        AddScaled(f32) = 21,
+        /// a · exp(c·b) (LieRA's W ⊙ exp(s·BA) in one pass; `Tensor::mul_exp_scaled`).
+        MulExpScaled(f32) = 22,
+        /// a · (1 + c·b) (first-order LieRA's W + W ⊙ s·BA in one pass; `Tensor::mul_affine_scaled`).
+        MulAffineScaled(f32) = 23,
+        /// c · a · b (the adapters' backward s·(G ⊙ W′), s·(G ⊙ W)).
+        MulScaled(f32) = 24,
+    }
 }
 
 impl BinaryOp {
@@ -79,8 +85,8 @@ impl BinaryOp {
     pub fn scalar(self) -> f32 {
         match self {
             BinaryOp::AddScaled(c)
-            | BinaryOp::ExpMul(c)
-            | BinaryOp::AffineMul(c)
+            | BinaryOp::MulExpScaled(c)
+            | BinaryOp::MulAffineScaled(c)
             | BinaryOp::MulScaled(c) => c,
             _ => 0.0,
         }

@@ -12,8 +12,8 @@
 //! (LoRA, LieRA and first-order LieRA; see `peft/adapter.rs`.) ∂P of the exact form reuses the forward's
 //! output y = W′, which is why LieRA's backward costs no exp. W and P must have the same shape (no
 //! broadcasting: these are weights, not activations). The kernels are [`BinaryOp::AddScaled`],
-//! [`BinaryOp::ExpMul`], [`BinaryOp::AffineMul`] and [`BinaryOp::MulScaled`]; each gradient is only computed
-//! for an input that requires one (W is frozen under an adapter).
+//! [`BinaryOp::MulExpScaled`], [`BinaryOp::MulAffineScaled`] and [`BinaryOp::MulScaled`]; each gradient is
+//! only computed for an input that requires one (W is frozen under an adapter).
 
 use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
@@ -62,7 +62,7 @@ impl Tensor {
             self,
             p,
             s,
-            BinaryOp::ExpMul(s),
+            BinaryOp::MulExpScaled(s),
             Operand::Output,
         )
     }
@@ -75,7 +75,7 @@ impl Tensor {
             self,
             p,
             s,
-            BinaryOp::AffineMul(s),
+            BinaryOp::MulAffineScaled(s),
             Operand::Kernel,
         )
     }

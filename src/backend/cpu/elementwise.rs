@@ -157,8 +157,8 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
         BinaryOp::Div => map_binary(a, b, layout, |x, y| x / y),
         BinaryOp::GeluBackward => map_binary(a, b, layout, |g, x| g * gelu_derivative(x)),
         BinaryOp::AddScaled(c) => map_binary(a, b, layout, move |x, y| x + c * y),
-        BinaryOp::ExpMul(c) => map_binary(a, b, layout, move |x, y| x * exp(c * y)),
-        BinaryOp::AffineMul(c) => map_binary(a, b, layout, move |x, y| x * (1.0 + c * y)),
+        BinaryOp::MulExpScaled(c) => map_binary(a, b, layout, move |x, y| x * exp(c * y)),
+        BinaryOp::MulAffineScaled(c) => map_binary(a, b, layout, move |x, y| x * (1.0 + c * y)),
         BinaryOp::MulScaled(c) => map_binary(a, b, layout, move |x, y| c * x * y),
     }
 }

@@ -2,7 +2,7 @@
 //! (gemm.wgsl + conv2d.wgsl), depthwise ones as direct kernels (depthwise.wgsl).
 
 use super::runtime::{u32_of, Bindings, WG};
-use super::shaders::{Family, ShaderVariant};
+use super::shaders::{ConvParams, Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::Storage;
 use crate::error::Result;
@@ -25,7 +25,7 @@ impl GpuBackend {
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_forward",
-                &conv_params(g, bias.is_some() as usize)?,
+                &conv_params(g, bias.is_some())?.words(),
                 Bindings::new(&inputs, &[out.raw()]),
                 n_out,
             )?;
@@ -34,7 +34,7 @@ impl GpuBackend {
         // Per group: M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw.
         let out = self.gemm(
             &ShaderVariant::conv2d(0, bias.is_some(), is_pointwise(g)),
-            conv_params(g, g.params.groups)?,
+            conv_params(g, bias.is_some())?.words(),
             CONV_SPLIT_SLOT,
             &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
             n_out,
@@ -61,7 +61,7 @@ impl GpuBackend {
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_input_grad",
-                &conv_params(g, 0)?,
+                &conv_params(g, false)?.words(),
                 Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
                 n_in,
             )?;
@@ -71,7 +71,7 @@ impl GpuBackend {
             // Per group: M = (C_in/g)·kh·kw, N = batch·H_out·W_out, K = C_out/g; every pixel stored once.
             let out = self.gemm(
                 &ShaderVariant::conv2d(3, false, false),
-                conv_params(g, g.params.groups)?,
+                conv_params(g, false)?.words(),
                 CONV_SPLIT_SLOT,
                 &[Some(w.raw()), Some(dy.raw())],
                 n_in,
@@ -87,7 +87,7 @@ impl GpuBackend {
         // Per group: M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw.
         let out = self.gemm(
             &ShaderVariant::conv2d(1, false, is_pointwise(g)),
-            conv_params(g, g.params.groups)?,
+            conv_params(g, false)?.words(),
             CONV_SPLIT_SLOT,
             &[Some(w.raw()), Some(dy.raw())],
             n_in,
@@ -125,7 +125,11 @@ impl GpuBackend {
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_weight_grad",
-                &conv_params(g, chunk)?,
+                &ConvParams {
+                    chunk: u32_of("a convolution size", chunk)?,
+                    ..conv_params(g, false)?
+                }
+                .words(),
                 Bindings::new(
                     &[Some(x.raw()), Some(dy.raw())],
                     &[partial.as_ref().unwrap_or(&out).raw()],
@@ -140,7 +144,7 @@ impl GpuBackend {
         // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
         let out = self.gemm(
             &ShaderVariant::conv2d(2, false, is_pointwise(g)),
-            conv_params(g, g.params.groups)?,
+            conv_params(g, false)?.words(),
             CONV_SPLIT_SLOT,
             &[Some(dy.raw()), Some(x.raw())],
             n_w,
@@ -172,36 +176,34 @@ fn is_patchify(g: &Conv2dGeometry) -> bool {
         && g.w_in == g.w_out * g.kw
 }
 
-/// Index of the split count in the conv2d parameter block (after the 16 geometry words).
-const CONV_SPLIT_SLOT: usize = 16;
+/// Index of the split count in the conv2d parameter block (its word offset in [`ConvParams`]).
+const CONV_SPLIT_SLOT: usize = std::mem::offset_of!(ConvParams, splits) / 4;
 
-/// The 16 geometry words shared by conv2d.wgsl and depthwise.wgsl (`last`: groups, or has_bias for
-/// depthwise) and 4 more for the gemm split count.
-fn conv_params(g: &Conv2dGeometry, last: usize) -> Result<Vec<u32>> {
+/// The parameter block of a convolution kernel (conv2d.wgsl or depthwise.wgsl): the geometry, groups,
+/// one K split (the gemm sets the real count) and `has_bias`; `chunk` is 0 (only dw_weight_grad sets it).
+fn conv_params(g: &Conv2dGeometry, has_bias: bool) -> Result<ConvParams> {
     let p = g.params;
-    [
-        g.batch,
-        g.c_in,
-        g.h_in,
-        g.w_in,
-        g.c_out,
-        g.kh,
-        g.kw,
-        g.h_out,
-        g.w_out,
-        p.stride[0],
-        p.stride[1],
-        p.padding[0],
-        p.padding[1],
-        p.dilation[0],
-        p.dilation[1],
-        last,
-        1,
-        0,
-        0,
-        0,
-    ]
-    .iter()
-    .map(|&v| u32_of("a convolution size", v))
-    .collect()
+    let size = |v: usize| u32_of("a convolution size", v);
+    Ok(ConvParams {
+        batch: size(g.batch)?,
+        c_in: size(g.c_in)?,
+        h_in: size(g.h_in)?,
+        w_in: size(g.w_in)?,
+        c_out: size(g.c_out)?,
+        kh: size(g.kh)?,
+        kw: size(g.kw)?,
+        h_out: size(g.h_out)?,
+        w_out: size(g.w_out)?,
+        stride_h: size(p.stride[0])?,
+        stride_w: size(p.stride[1])?,
+        pad_h: size(p.padding[0])?,
+        pad_w: size(p.padding[1])?,
+        dil_h: size(p.dilation[0])?,
+        dil_w: size(p.dilation[1])?,
+        groups: size(p.groups)?,
+        splits: 1,
+        has_bias: has_bias.into(),
+        chunk: 0,
+        _pad: 0,
+    })
 }

@@ -1,7 +1,7 @@
 //! Launchers of the elementwise kernels (elementwise.wgsl): fill, unary and broadcasting binary ops.
 
 use super::runtime::{pack8, u32_of, Bindings};
-use super::shaders::{op_code, ShaderVariant};
+use super::shaders::ShaderVariant;
 use super::GpuBackend;
 use crate::backend::{Backend, BinaryOp, Storage, UnaryOp};
 use crate::error::{Error, Result};
@@ -10,8 +10,9 @@ use crate::shape::BroadcastLayout;
 impl GpuBackend {
     pub(super) fn launch_fill(&self, len: usize, value: f32) -> Result<Storage> {
         let out = self.alloc(len)?;
+        // `fill` ignores OP; it shares the module of the first unary op.
         self.launch_elements(
-            &ShaderVariant::elementwise(0),
+            &ShaderVariant::elementwise(UnaryOp::Exp.name()),
             "fill",
             &[u32_of("length", len)?, 0, value.to_bits(), 0],
             Bindings::new(&[], &[out.raw()]),
@@ -28,7 +29,7 @@ impl GpuBackend {
             _ => 0.0,
         };
         self.launch_elements(
-            &ShaderVariant::elementwise(op_code::unary(op)),
+            &ShaderVariant::elementwise(op.name()),
             "unary",
             &[u32_of("length", len)?, 0, c.to_bits(), 0],
             Bindings::new(&[Some(x.raw())], &[out.raw()]),
@@ -63,7 +64,7 @@ impl GpuBackend {
         params.extend(pack8(&layout.a_strides)?);
         params.extend(pack8(&layout.b_strides)?);
         self.launch_elements(
-            &ShaderVariant::elementwise(op_code::binary(op)),
+            &ShaderVariant::elementwise(op.name()),
             "binary",
             &params,
             Bindings::new(&[Some(a.raw()), Some(b.raw())], &[out.raw()]),

@@ -1,10 +1,15 @@
 //! The WGSL sources and every specialisation the launchers use.
 //!
 //! A kernel's module is a list of files (common helpers, an optional shared core such as the tiled GEMM,
-//! the family's own file) followed by a few `const` declarations (the specialisation, e.g. the elementwise
-//! op or the matmul transposes). The constants go at the end, so line numbers inside each file are
-//! unchanged; [`ShaderVariant::locate`] maps a line of the assembled source back to (file, line). The naga
-//! test validates exactly the sources listed by [`all_variants`].
+//! the family's own file), then WGSL generated from Rust so that host and shader share one definition
+//! ([`Family::prelude`]: the elementwise op-code constants `OP_<VARIANT>` from `backend/op_codes.rs`, the
+//! [`ConvParams`] struct of the convolutions), then a few `const` declarations (the specialisation, e.g. the
+//! elementwise op or the matmul transposes). WGSL declarations may come in any order, so the generated
+//! text goes after the files and line numbers inside each file are unchanged; [`ShaderVariant::locate`]
+//! maps a line of the assembled source back to (file, line). The naga test validates exactly the sources
+//! listed by [`all_variants`], assembled by the [`ShaderVariant::source`] the runtime compiles.
+
+use crate::backend::op_codes;
 
 /// One WGSL file, by name and text.
 pub type ShaderFile = (&'static str, &'static str);
@@ -78,40 +83,113 @@ impl Family {
             Family::Optim => &[COMMON, OPTIM],
         }
     }
+
+    /// WGSL generated from Rust for this family's module (empty for most): the op-code constants
+    /// (`const OP_EXP: u32 = 0u;` ..., see `backend/op_codes.rs`) for the elementwise family, the
+    /// [`ConvParams`] struct for the convolutions.
+    pub fn prelude(self) -> String {
+        match self {
+            Family::Elementwise => op_codes::wgsl_constants(),
+            Family::Conv2d | Family::Depthwise => ConvParams::wgsl(),
+            _ => String::new(),
+        }
+    }
 }
 
-/// Op codes of the elementwise specialisation constant `OP` (see elementwise.wgsl).
-pub mod op_code {
-    use crate::backend::{BinaryOp, UnaryOp};
-    /// The `OP` code of a unary op (0–7).
-    pub fn unary(op: UnaryOp) -> u32 {
-        match op {
-            UnaryOp::Exp => 0,
-            UnaryOp::Log => 1,
-            UnaryOp::Neg => 2,
-            UnaryOp::Sqrt => 3,
-            UnaryOp::Gelu => 4,
-            UnaryOp::AddScalar(_) => 5,
-            UnaryOp::MulScalar(_) => 6,
-            UnaryOp::PowScalar(_) => 7,
+/// Declares a uniform parameter block of u32 fields once for host and WGSL: a `#[repr(C)]` Rust struct
+/// (bytemuck `Pod`, so `words()` is its memory, field by field in order), `FIELDS` (the names in that
+/// order) and `wgsl()`, the same fields in the same order as a WGSL `struct` of the same name, with each
+/// field's doc comment as a WGSL comment.
+macro_rules! wgsl_params {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $Name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident,
+            )*
         }
-    }
-    /// The `OP` code of a binary op (16–24).
-    pub fn binary(op: BinaryOp) -> u32 {
-        match op {
-            BinaryOp::Add => 16,
-            BinaryOp::Sub => 17,
-            BinaryOp::Mul => 18,
-            BinaryOp::Div => 19,
-            BinaryOp::GeluBackward => 20,
-            BinaryOp::AddScaled(_) => 21,
-            BinaryOp::ExpMul(_) => 22,
-            BinaryOp::AffineMul(_) => 23,
-            BinaryOp::MulScaled(_) => 24,
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $Name {
+            $(
+                $(#[doc = $doc])*
+                pub $field: u32,
+            )*
         }
+
+        impl $Name {
+            /// The field names in memory order.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// The words the host uploads: the fields in order.
+            pub fn words(&self) -> Vec<u32> {
+                bytemuck::cast_slice(std::slice::from_ref(self)).to_vec()
+            }
+
+            /// The WGSL declaration of this struct (same name, same fields, same order).
+            pub fn wgsl() -> String {
+                let mut s = format!("struct {} {{\n", stringify!($Name));
+                $(
+                    $(s.push_str(&format!("    //{}\n", $doc));)*
+                    s.push_str(concat!("    ", stringify!($field), ": u32,\n"));
+                )*
+                s.push_str("}\n");
+                s
+            }
+        }
+    };
+}
+
+wgsl_params! {
+    /// The parameter block of the convolution kernels, shared by conv2d.wgsl and depthwise.wgsl (whose
+    /// `params` is a `ConvParams`); filled by `conv.rs`. Sizes of the geometry (`Conv2dGeometry`), then the
+    /// per-kernel words.
+    pub struct ConvParams {
+        /// Images N.
+        batch,
+        /// Input channels.
+        c_in,
+        /// Input height.
+        h_in,
+        /// Input width.
+        w_in,
+        /// Output channels.
+        c_out,
+        /// Kernel height.
+        kh,
+        /// Kernel width.
+        kw,
+        /// Output height.
+        h_out,
+        /// Output width.
+        w_out,
+        /// Vertical stride.
+        stride_h,
+        /// Horizontal stride.
+        stride_w,
+        /// Zero rows above (and below) the input.
+        pad_h,
+        /// Zero columns left (and right) of the input.
+        pad_w,
+        /// Vertical dilation.
+        dil_h,
+        /// Horizontal dilation.
+        dil_w,
+        /// Channel groups (C_in for a depthwise convolution).
+        groups,
+        /// K splits of the implicit GEMM (see gemm.wgsl); split s writes its partial result at
+        /// s·(output length).
+        splits,
+        /// 1 when a bias is bound (read by dw_forward; conv2d uses its HAS_BIAS constant instead).
+        has_bias,
+        /// Images per chunk of dw_weight_grad (each chunk's partial sums are added by the host).
+        chunk,
+        /// Pads the block to a multiple of 16 bytes.
+        _pad,
     }
-    /// Every code the launchers use.
-    pub const ALL: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23, 24];
 }
 
 /// A family with its specialisation constants: one shader module.
@@ -131,9 +209,13 @@ impl ShaderVariant {
             defines: defines.into(),
         }
     }
-    /// The elementwise module for op code `op`.
-    pub fn elementwise(op: u32) -> Self {
-        Self::new(Family::Elementwise, format!("const OP: u32 = {op}u;\n"))
+    /// The elementwise module for the op variant named `op` (e.g. `"MulExpScaled"`, see
+    /// [`UnaryOp::name`](crate::backend::UnaryOp::name)): `OP` is its generated op-code constant.
+    pub fn elementwise(op: &str) -> Self {
+        Self::new(
+            Family::Elementwise,
+            format!("const OP: u32 = {};\n", op_codes::wgsl_name(op)),
+        )
     }
     /// The matmul module for the given transposes.
     pub fn matmul(trans_a: bool, trans_b: bool) -> Self {
@@ -170,39 +252,66 @@ impl ShaderVariant {
             .collect();
         format!("{:?} [{}]", self.family, consts.join(", "))
     }
-    /// The assembled WGSL source.
-    pub fn source(&self) -> String {
-        let mut s = String::new();
-        for (_, text) in self.family.files() {
-            s.push_str(text);
-            if !text.ends_with('\n') {
-                s.push('\n');
-            }
+    /// The parts of [`ShaderVariant::source`] in order, by name: the family's files, then (each under a
+    /// one-line `//` header) the generated prelude, if any, and the specialisation constants.
+    fn parts(&self) -> Vec<(&'static str, String)> {
+        let mut parts: Vec<(&'static str, String)> = self
+            .family
+            .files()
+            .iter()
+            .map(|&(name, text)| {
+                let mut text = text.to_string();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                (name, text)
+            })
+            .collect();
+        let prelude = self.family.prelude();
+        if !prelude.is_empty() {
+            parts.push((
+                GENERATED,
+                format!("// generated from Rust (see Family::prelude)\n{prelude}"),
+            ));
         }
-        s.push_str("// specialisation\n");
-        s.push_str(&self.defines);
-        s
+        parts.push((
+            SPECIALISATION,
+            format!("// specialisation\n{}", self.defines),
+        ));
+        parts
     }
-    /// Maps a 1-based line of [`ShaderVariant::source`] to (file, line in that file); the specialisation
-    /// constants count from 1 after their `// specialisation` header (which is line 0).
+    /// The assembled WGSL source: the files, the generated prelude and the specialisation constants. This
+    /// is what the runtime compiles (and what the naga test validates).
+    pub fn source(&self) -> String {
+        self.parts().into_iter().map(|(_, text)| text).collect()
+    }
+    /// Maps a 1-based line of [`ShaderVariant::source`] to (file, line in that file); the generated
+    /// prelude (`"<generated prelude>"`) and the specialisation constants (`"<specialisation constants>"`)
+    /// count from 1 after their header line (which is line 0).
     pub fn locate(&self, line: usize) -> (&'static str, usize) {
         let mut start = 1;
-        for (name, text) in self.family.files() {
+        for (name, text) in self.parts() {
             let lines = text.lines().count();
-            if line < start + lines {
-                return (name, line - start + 1);
+            let header = usize::from(name == GENERATED || name == SPECIALISATION);
+            // Past the end (naga's end-of-input) counts as the last part's.
+            if line < start + lines || name == SPECIALISATION {
+                return (name, (line + 1).saturating_sub(start + header));
             }
             start += lines;
         }
-        ("<specialisation constants>", line - start)
+        unreachable!("the specialisation part is always last")
     }
 }
 
+/// The name [`ShaderVariant::locate`] gives the generated prelude.
+const GENERATED: &str = "<generated prelude>";
+/// The name [`ShaderVariant::locate`] gives the specialisation constants.
+const SPECIALISATION: &str = "<specialisation constants>";
+
 /// Every module the backend can build: all families with every specialisation a launcher requests.
 pub fn all_variants() -> Vec<ShaderVariant> {
-    let mut v: Vec<ShaderVariant> = op_code::ALL
-        .iter()
-        .map(|&op| ShaderVariant::elementwise(op))
+    let mut v: Vec<ShaderVariant> = op_codes::all()
+        .map(|op| ShaderVariant::elementwise(op.name))
         .collect();
     for ta in [false, true] {
         for tb in [false, true] {
