@@ -1,8 +1,23 @@
 //! liera: fine-tune convolutional networks with the Lie-group adapter (LieRA, W' = W ⊙ exp(ΔW)) on a
 //! reverse-mode autodiff engine of its own, with WGSL (wgpu) and rayon CPU kernels.
 //!
-//! Layers, bottom up: [`backend`] (the kernel contract and its CPU implementation), [`tensor`] and
-//! [`autodiff`] (tensors and the tape), [`ops`] (one file per differentiable operation, with its math).
+//! Modules depend one way, bottom up; each imports only from those before it ([`error`] and [`shape`] are
+//! used throughout):
+//!
+//! 1. [`backend`]: the kernel contract ([`backend::Backend`]) and its rayon CPU and WGSL (wgpu) kernels; it
+//!    sees flat f32 buffers, never tensors.
+//! 2. [`tensor`]: [`Tensor`] and the recording of the tape: [`Tensor::from_op`] stores each op's node
+//!    (inputs and backward rule) while recording is on.
+//! 3. [`autodiff`]: the reverse pass over that tape (`Tensor::backward`, [`Grads`], [`Tape`], [`no_grad`]).
+//! 4. [`ops`]: one file per differentiable operation, with its math, as methods on [`Tensor`].
+//! 5. [`nn`]: layers and ConvNeXt as [`nn::Module`]s with timm's parameter names, and the seam an adapter
+//!    plugs into ([`nn::WeightReparam`] on an [`nn::Adaptable`] layer).
+//! 6. [`io`] (safetensors and model files), then [`peft`] (LoRA and LieRA adapters; its adapter files go
+//!    through `io`); [`data`] (datasets, image decoding and transforms, batching) beside them.
+//! 7. [`optim`]: optimizers, schedules and gradient clipping.
+//! 8. [`train`]: the training loop and evaluation.
+//! 9. [`job`]: the jobs behind the `liera` command (pretrain, fine-tune, compare, VTAB), writing plots through
+//!    [`report`]; `main.rs` parses the command line and calls them.
 //!
 //! ```
 //! use liera::{Device, Tensor};
