@@ -346,6 +346,11 @@ pub fn vtab(opts: &VtabOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
                 r.eval.examples,
                 r.seconds
             ));
+            super::data::write_data_config(
+                &run_dir,
+                final_sets.train.class_names(),
+                &opts.load.preprocess,
+            )?;
             state.results.entry(task.clone()).or_default().insert(
                 method.name().to_string(),
                 FinalResult {
