@@ -5,6 +5,9 @@
 //!   uninterrupted run with the same seed;
 //! - a diverging run stops with the step number and leaves its last good checkpoint intact and loadable.
 
+mod common;
+
+use common::temp::TempDir;
 use liera::data::idx::write_idx;
 use liera::io::{read_safetensors, save_model, write_safetensors_host, HostTensor};
 use liera::job::checkpoint::read_checkpoint;
@@ -12,39 +15,9 @@ use liera::nn::{ConvNeXt, ConvNeXtConfig};
 use liera::Device;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_liera");
-
-/// A fresh empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "liera-cli-test-{}-{tag}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn liera_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -256,7 +229,7 @@ fn idx_dir(dir: &TempDir, tweak: impl FnOnce(&mut [Vec<u8>; 4])) -> PathBuf {
     for (name, bytes) in names.iter().zip(&files) {
         dir.write(name, bytes);
     }
-    dir.0.clone()
+    dir.root().to_path_buf()
 }
 
 #[test]

@@ -5,8 +5,10 @@
 
 #[path = "common/alloc.rs"]
 mod alloc;
+mod common;
 
 use alloc::largest_allocation;
+use common::temp::TempDir;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use liera::data::idx::{self, parse_idx, read_idx_file, write_idx, MAX_IDX_BYTES};
@@ -16,8 +18,7 @@ use liera::data::{
 };
 use proptest::prelude::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 /// Asserts `r` is an error whose message contains every one of `needles`.
 fn assert_err<T: std::fmt::Debug>(r: liera::Result<T>, needles: &[&str]) {
@@ -44,32 +45,6 @@ fn tiny_idx(n: usize, classes: usize) -> (Vec<u8>, Vec<u8>) {
         write_idx(&[n, 4, 3], &pixels).unwrap(),
         write_idx(&[n], &labels).unwrap(),
     )
-}
-
-/// A fresh empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "liera-data-test-{}-{tag}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Writes a complete four-file dataset (train: `n_train`, test: `n_test` tiny images) into `dir`.
@@ -231,8 +206,8 @@ fn gzip_and_plain_idx_read_identically() {
     let (plain_dir, gz_dir) = (TempDir::new("plain"), TempDir::new("gz"));
     write_dataset(&plain_dir, 20, 10, false);
     write_dataset(&gz_dir, 20, 10, true);
-    let a = load_dir(&plain_dir.0).unwrap();
-    let b = load_dir(&gz_dir.0).unwrap();
+    let a = load_dir(plain_dir.root()).unwrap();
+    let b = load_dir(gz_dir.root()).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.train.dims(), [20, 1, 4, 3]);
     assert_eq!(a.test.len(), 10);
@@ -328,7 +303,7 @@ fn image_label_count_mismatch_is_named() {
     let (_, labels) = tiny_idx(19, 10);
     dir.write("train-labels-idx1-ubyte", &labels);
     assert_err(
-        load_dir(&dir.0),
+        load_dir(dir.root()),
         &[
             "train-images-idx3-ubyte",
             "count mismatch",
@@ -351,9 +326,9 @@ fn out_of_range_labels_are_named() {
 fn a_directory_with_a_missing_or_wrong_file_is_named() {
     let dir = TempDir::new("missing");
     write_dataset(&dir, 20, 10, true);
-    std::fs::remove_file(dir.0.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    std::fs::remove_file(dir.path("t10k-labels-idx1-ubyte.gz")).unwrap();
     assert_err(
-        load_dir(&dir.0),
+        load_dir(dir.root()),
         &[
             "missing test labels file",
             "t10k-labels-idx1-ubyte",
@@ -364,7 +339,7 @@ fn a_directory_with_a_missing_or_wrong_file_is_named() {
     let (images, _) = tiny_idx(10, 10);
     dir.write("t10k-labels-idx1-ubyte", &images);
     assert_err(
-        load_dir(&dir.0),
+        load_dir(dir.root()),
         &["t10k-labels-idx1-ubyte", "expected a labels file"],
     );
     // Not a directory at all.
@@ -382,12 +357,12 @@ fn a_directory_with_a_missing_or_wrong_file_is_named() {
             "idx1"
         };
         std::fs::rename(
-            dotted.0.join(format!("{stem}-{idx}-ubyte")),
-            dotted.0.join(format!("{stem}.{idx}-ubyte")),
+            dotted.path(&format!("{stem}-{idx}-ubyte")),
+            dotted.path(&format!("{stem}.{idx}-ubyte")),
         )
         .unwrap();
     }
-    assert_eq!(load_dir(&dotted.0).unwrap().train.len(), 20);
+    assert_eq!(load_dir(dotted.root()).unwrap().train.len(), 20);
 }
 
 #[test]

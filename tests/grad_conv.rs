@@ -22,62 +22,12 @@ struct ConvCase {
     bias: bool,
 }
 
-impl ConvCase {
-    fn out_hw(&self) -> (usize, usize) {
-        let p = self.params;
-        let span_h = p.dilation[0] * (self.kh - 1) + 1;
-        let span_w = p.dilation[1] * (self.kw - 1) + 1;
-        (
-            (self.h + 2 * p.padding[0] - span_h) / p.stride[0] + 1,
-            (self.w + 2 * p.padding[1] - span_w) / p.stride[1] + 1,
-        )
-    }
-}
-
-/// y[n, o, i, j] = b[o] + Σ_{c in o's group, p, q} x[n, c, i·s + p·d − pad, j·s + q·d − pad] · w[o, c', p, q].
+/// y[n, o, i, j] = b[o] + Σ_{c in o's group, p, q} x[n, c, i·s + p·d − pad, j·s + q·d − pad] · w[o, c', p, q],
+/// as the f64 loops of `common::reference::conv2d`.
 fn reference(case: &ConvCase, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
-    let ConvCase {
-        n,
-        c,
-        h,
-        w: wd,
-        o,
-        kh,
-        kw,
-        params: p,
-        ..
-    } = *case;
-    let (ho, wo) = case.out_hw();
-    let (cg, og) = (c / p.groups, o / p.groups);
-    let mut y = vec![0.0; n * o * ho * wo];
-    for b_i in 0..n {
-        for oc in 0..o {
-            let grp = oc / og;
-            for i in 0..ho {
-                for j in 0..wo {
-                    let mut acc = b.map_or(0.0, |b| b[oc]);
-                    for ci in 0..cg {
-                        let cin = grp * cg + ci;
-                        for kp in 0..kh {
-                            for kq in 0..kw {
-                                let ih = (i * p.stride[0] + kp * p.dilation[0]) as isize
-                                    - p.padding[0] as isize;
-                                let jw = (j * p.stride[1] + kq * p.dilation[1]) as isize
-                                    - p.padding[1] as isize;
-                                if ih < 0 || jw < 0 || ih >= h as isize || jw >= wd as isize {
-                                    continue;
-                                }
-                                acc += x[((b_i * c + cin) * h + ih as usize) * wd + jw as usize]
-                                    * w[((oc * cg + ci) * kh + kp) * kw + kq];
-                            }
-                        }
-                    }
-                    y[((b_i * o + oc) * ho + i) * wo + j] = acc;
-                }
-            }
-        }
-    }
-    y
+    let x_dims = [case.n, case.c, case.h, case.w];
+    let w_dims = [case.o, case.c / case.params.groups, case.kh, case.kw];
+    common::reference::conv2d(x, x_dims, w, w_dims, b, case.params).0
 }
 
 /// Random valid cases: groups from {1, 2, 3, depthwise}, each pair (h, w) etc. independent.

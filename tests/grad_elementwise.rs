@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::reference::gelu64;
 use common::{check_gradients, devices, input, unravel, Rng, TOL};
 use liera::Tensor;
 use proptest::prelude::*;
@@ -68,26 +69,6 @@ fn reference_binary(
             f(a[flat(&idx, &pa)], b[flat(&idx, &pb)])
         })
         .collect()
-}
-
-fn erf64(x: f64) -> f64 {
-    // Maclaurin series, converges quickly for the |x| < 4 used here (terms shrink once n > x²).
-    let mut sum = 0.0f64;
-    let mut term = x;
-    let mut n = 0.0;
-    while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 5.0 {
-        sum += term / (2.0 * n + 1.0);
-        n += 1.0;
-        term *= -x * x / n;
-        if n > 200.0 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
-fn gelu64(x: f64) -> f64 {
-    0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2))
 }
 
 proptest! {

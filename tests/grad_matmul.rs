@@ -3,49 +3,9 @@
 
 mod common;
 
+use common::reference::batched_matmul;
 use common::{check_gradients, devices, input, Rng, TOL};
 use proptest::prelude::*;
-
-/// Reference op(A)·op(B) for batches; `a_batched`/`b_batched` say whether each operand has the batch axis.
-#[allow(clippy::too_many_arguments)]
-fn reference(
-    a: &[f64],
-    b: &[f64],
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    ta: bool,
-    tb: bool,
-    a_batched: bool,
-    b_batched: bool,
-) -> Vec<f64> {
-    let mut out = vec![0.0; batch * m * n];
-    for bi in 0..batch {
-        let ao = if a_batched { bi * m * k } else { 0 };
-        let bo = if b_batched { bi * k * n } else { 0 };
-        for i in 0..m {
-            for j in 0..n {
-                out[bi * m * n + i * n + j] = (0..k)
-                    .map(|p| {
-                        let av = if ta {
-                            a[ao + p * m + i]
-                        } else {
-                            a[ao + i * k + p]
-                        };
-                        let bv = if tb {
-                            b[bo + j * k + p]
-                        } else {
-                            b[bo + p * n + j]
-                        };
-                        av * bv
-                    })
-                    .sum();
-            }
-        }
-    }
-    out
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
@@ -63,7 +23,7 @@ proptest! {
         let inputs = [input(rng.vec(a_shape.iter().product(), -1.0, 1.0), &a_shape), input(rng.vec(b_shape.iter().product(), -1.0, 1.0), &b_shape)];
         for dev in devices() {
             check_gradients(&dev, &inputs, |t| t[0].matmul_t(&t[1], ta, tb),
-                |v| reference(&v[0], &v[1], batch, m, k, n, ta, tb, a_batched, b_batched), TOL)
+                |v| batched_matmul(&v[0], &v[1], batch, m, k, n, ta, tb, a_batched, b_batched), TOL)
                 .map_err(|e| TestCaseError::fail(format!("{a_shape:?}{} x {b_shape:?}{}: {e}", if ta {"T"} else {""}, if tb {"T"} else {""})))?;
         }
     }

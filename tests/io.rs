@@ -2,32 +2,14 @@
 //! missing or extra key, wrong shape, unsupported dtype, truncated or corrupt bytes) is an error that names
 //! the problem; a different class count replaces the head and says so.
 
+mod common;
+
+use common::temp::TempDir;
 use liera::io::{load_model, read_safetensors, save_model, write_safetensors};
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::{Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
-
-/// This process's scratch folder, removed when the test process exits (the tests share it, running in
-/// parallel, so none of them may remove it).
-fn scratch() -> PathBuf {
-    std::env::temp_dir().join(format!("liera-io-{}", std::process::id()))
-}
-
-extern "C" fn remove_scratch() {
-    let _ = std::fs::remove_dir_all(scratch());
-}
-
-fn temp(name: &str) -> PathBuf {
-    static CLEANUP: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registers a plain function with no captured state, once.
-    CLEANUP.call_once(|| unsafe {
-        libc::atexit(remove_scratch);
-    });
-    let d = scratch();
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
 
 fn cfg() -> ConvNeXtConfig {
     ConvNeXtConfig {
@@ -71,16 +53,15 @@ fn load_save_load_round_trip_is_bit_exact() {
     let dev = Device::cpu();
     let a = ConvNeXt::new(cfg().with_seed(1), &dev).unwrap();
     // Its own directory, so other tests' in-flight temporary files cannot show up in the check below.
-    let dir = temp("round-trip");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p1 = dir.join("round1.safetensors");
+    let dir = TempDir::new("io-round-trip");
+    let p1 = dir.path("round1.safetensors");
     save_model(&a, &p1).unwrap();
     let mut b = ConvNeXt::new(cfg().with_seed(2), &dev).unwrap();
     assert_ne!(state(&a), state(&b));
     let notes = load_model(&mut b, &p1).unwrap();
     assert!(notes.is_empty(), "{notes:?}");
     assert_eq!(state(&a), state(&b));
-    let p2 = dir.join("round2.safetensors");
+    let p2 = dir.path("round2.safetensors");
     save_model(&b, &p2).unwrap();
     assert_eq!(
         std::fs::read(&p1).unwrap(),
@@ -93,7 +74,7 @@ fn load_save_load_round_trip_is_bit_exact() {
     let after: Vec<u64> = named(&b).iter().map(|(_, t)| t.id()).collect();
     assert_eq!(before, after);
     // The atomic writer leaves no temporary file behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+    let leftovers: Vec<_> = std::fs::read_dir(dir.root())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
@@ -101,15 +82,16 @@ fn load_save_load_round_trip_is_bit_exact() {
     assert!(leftovers.is_empty());
 }
 
-/// Writes `m`'s state with `edit` applied to the list of (name, tensor).
+/// Writes `m`'s state with `edit` applied to the list of (name, tensor) to `name` in `dir`.
 fn write_edited(
     m: &dyn Module,
+    dir: &TempDir,
     name: &str,
     edit: impl FnOnce(&mut Vec<(String, Tensor)>),
 ) -> PathBuf {
     let mut t = named(m);
     edit(&mut t);
-    let p = temp(name);
+    let p = dir.path(name);
     write_safetensors(&p, &t, None).unwrap();
     p
 }
@@ -120,8 +102,9 @@ fn key_and_shape_problems_are_named() {
     let src = ConvNeXt::new(cfg(), &dev).unwrap();
     let mut m = ConvNeXt::new(cfg().with_seed(5), &dev).unwrap();
     let untouched = state(&m);
+    let dir = TempDir::new("io-keys");
 
-    let p = write_edited(&src, "renamed.safetensors", |t| {
+    let p = write_edited(&src, &dir, "renamed.safetensors", |t| {
         let i = t
             .iter()
             .position(|(n, _)| n == "stages.1.blocks.0.conv_dw.weight")
@@ -138,14 +121,14 @@ fn key_and_shape_problems_are_named() {
         "{e}"
     );
 
-    let p = write_edited(&src, "missing.safetensors", |t| {
+    let p = write_edited(&src, &dir, "missing.safetensors", |t| {
         t.retain(|(n, _)| n != "stem.1.bias")
     });
     let e = load_err(&mut m, &p);
     assert!(e.contains("missing key `stem.1.bias`"), "{e}");
     assert!(!e.contains("unexpected"), "{e}");
 
-    let p = write_edited(&src, "extra.safetensors", |t| {
+    let p = write_edited(&src, &dir, "extra.safetensors", |t| {
         t.push((
             "stages.1.blocks.2.gamma".into(),
             Tensor::zeros([16], &dev).unwrap(),
@@ -157,7 +140,7 @@ fn key_and_shape_problems_are_named() {
         "{e}"
     );
 
-    let p = write_edited(&src, "shape.safetensors", |t| {
+    let p = write_edited(&src, &dir, "shape.safetensors", |t| {
         let i = t
             .iter()
             .position(|(n, _)| n == "stages.1.downsample.1.weight")
@@ -180,19 +163,25 @@ fn key_and_shape_problems_are_named() {
     );
 }
 
-fn raw_file(name: &str, tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) -> PathBuf {
+fn raw_file(
+    dir: &TempDir,
+    name: &str,
+    tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>,
+) -> PathBuf {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    let p = temp(name);
+    let p = dir.path(name);
     std::fs::write(&p, safetensors::serialize(views, None).unwrap()).unwrap();
     p
 }
 
 #[test]
 fn dtypes_other_than_f32_are_errors_or_exact_conversions() {
+    let dir = TempDir::new("io-dtypes");
     let p = raw_file(
+        &dir,
         "f64.safetensors",
         vec![("stem.0.weight", Dtype::F64, vec![2], vec![0u8; 16])],
     );
@@ -202,6 +191,7 @@ fn dtypes_other_than_f32_are_errors_or_exact_conversions() {
         "{e}"
     );
     let p = raw_file(
+        &dir,
         "i32.safetensors",
         vec![("x", Dtype::I32, vec![1], vec![0u8; 4])],
     );
@@ -219,6 +209,7 @@ fn dtypes_other_than_f32_are_errors_or_exact_conversions() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let p = raw_file(
+        &dir,
         "half.safetensors",
         vec![
             ("a", Dtype::F16, vec![4], f16),
@@ -234,12 +225,13 @@ fn dtypes_other_than_f32_are_errors_or_exact_conversions() {
 fn truncated_and_corrupt_files_are_errors_not_panics() {
     let dev = Device::cpu();
     let m = ConvNeXt::new(cfg(), &dev).unwrap();
-    let good = temp("good.safetensors");
+    let dir = TempDir::new("io-corrupt");
+    let good = dir.path("good.safetensors");
     save_model(&m, &good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let mut target = ConvNeXt::new(cfg(), &dev).unwrap();
     for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
-        let p = temp("cut.safetensors");
+        let p = dir.path("cut.safetensors");
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let e = load_err(&mut target, &p);
         assert!(
@@ -249,14 +241,14 @@ fn truncated_and_corrupt_files_are_errors_not_panics() {
     }
     let mut garbage = bytes.clone();
     garbage[8..40].copy_from_slice(&[b'#'; 32]); // corrupt the JSON header
-    let p = temp("garbage.safetensors");
+    let p = dir.path("garbage.safetensors");
     std::fs::write(&p, &garbage).unwrap();
     assert!(load_err(&mut target, &p).contains("not a valid safetensors file"));
     let mut huge = bytes;
     huge[..8].copy_from_slice(&u64::MAX.to_le_bytes()); // absurd header length
     std::fs::write(&p, &huge).unwrap();
     assert!(load_err(&mut target, &p).contains("not a valid safetensors file"));
-    let missing = temp("does-not-exist.safetensors");
+    let missing = dir.path("does-not-exist.safetensors");
     assert!(load_err(&mut target, &missing).contains("does-not-exist.safetensors"));
     let e = save_model(&m, Path::new("/nonexistent-dir/x.safetensors"))
         .unwrap_err()
@@ -268,7 +260,8 @@ fn truncated_and_corrupt_files_are_errors_not_panics() {
 fn another_class_count_replaces_the_head_and_says_so() {
     let dev = Device::cpu();
     let pretrained = ConvNeXt::new(cfg().with_classes(1000).with_seed(1), &dev).unwrap();
-    let p = temp("head.safetensors");
+    let dir = TempDir::new("io-head");
+    let p = dir.path("head.safetensors");
     save_model(&pretrained, &p).unwrap();
     let mut m = ConvNeXt::new(cfg().with_classes(10).with_seed(2), &dev).unwrap();
     let head_before = m.head.fc.weight.tensor().to_vec().unwrap();
@@ -310,7 +303,8 @@ fn linear_and_conv_mlp_layouts_convert_with_a_note() {
         &dev,
     )
     .unwrap();
-    let p = temp("linear-mlp.safetensors");
+    let dir = TempDir::new("io-mlp-layouts");
+    let p = dir.path("linear-mlp.safetensors");
     save_model(&linear, &p).unwrap();
     let mut conv = ConvNeXt::new(
         ConvNeXtConfig {

@@ -1,14 +1,16 @@
 //! ConvNeXt tests: every preset's parameter names and shapes equal timm's (generated here independently from
 //! timm's architecture description), parameter counts match the known totals, and the gradient of a tiny v1
 //! and v2 network (both MLP layouts) with respect to every parameter and the input matches central finite
-//! differences of a plain f64 reference forward written in this file.
+//! differences of a plain f64 reference forward written in this file (on the convolution and erf shared in
+//! `tests/common/reference.rs`).
 
 mod common;
 
+use common::reference;
 use common::{check_gradients, input, Input, Rng, Tol};
-use liera::nn::{ConvNeXt, ConvNeXtConfig, DropPath, Module, Param};
 use liera::nn::Classifier;
-use liera::{no_grad, Device, Tensor};
+use liera::nn::{ConvNeXt, ConvNeXtConfig, DropPath, Module, Param};
+use liera::{no_grad, Conv2dParams, Device, Tensor};
 use std::collections::HashMap;
 
 /// timm's state-dict keys and shapes for a ConvNeXt config, spelled out from `timm/models/convnext.py`.
@@ -205,43 +207,15 @@ struct T {
     v: Vec<f64>,
 }
 
+/// Convolution with a bias, equal stride and padding on both axes (no dilation): the shared reference.
 fn conv(x: &T, w: &[f64], wd: &[usize], b: &[f64], stride: usize, pad: usize, groups: usize) -> T {
-    let (n, c, h, wi) = (x.d[0], x.d[1], x.d[2], x.d[3]);
-    let (o, cg, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
-    assert_eq!(cg * groups, c);
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (wi + 2 * pad - kw) / stride + 1;
-    let og = o / groups;
-    let mut y = vec![0.0; n * o * ho * wo];
-    for ni in 0..n {
-        for oc in 0..o {
-            let g = oc / og;
-            for i in 0..ho {
-                for j in 0..wo {
-                    let mut s = b[oc];
-                    for cc in 0..cg {
-                        let ci = g * cg + cc;
-                        for p in 0..kh {
-                            for q in 0..kw {
-                                let hh = (i * stride + p) as isize - pad as isize;
-                                let ww = (j * stride + q) as isize - pad as isize;
-                                if hh < 0 || ww < 0 || hh >= h as isize || ww >= wi as isize {
-                                    continue;
-                                }
-                                let xv = x.v[((ni * c + ci) * h + hh as usize) * wi + ww as usize];
-                                s += xv * w[((oc * cg + cc) * kh + p) * kw + q];
-                            }
-                        }
-                    }
-                    y[((ni * o + oc) * ho + i) * wo + j] = s;
-                }
-            }
-        }
-    }
-    T {
-        d: vec![n, o, ho, wo],
-        v: y,
-    }
+    let p = Conv2dParams::default()
+        .stride(stride)
+        .padding(pad)
+        .groups(groups);
+    let xd = [x.d[0], x.d[1], x.d[2], x.d[3]];
+    let (v, d) = reference::conv2d(&x.v, xd, w, [wd[0], wd[1], wd[2], wd[3]], Some(b), p);
+    T { d: d.to_vec(), v }
 }
 
 /// Layer norm over axis 1 of (N, C, rest…), ε = 1e-6.
@@ -266,27 +240,8 @@ fn ln_channels(x: &T, g: &[f64], b: &[f64]) -> T {
     }
 }
 
-fn erf64(x: f64) -> f64 {
-    // Maclaurin series; converges fast for the |x| < 6 seen here (terms shrink once n > x²).
-    let mut sum = 0.0f64;
-    let mut term = x;
-    let mut n = 0.0;
-    while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 5.0 {
-        sum += term / (2.0 * n + 1.0);
-        n += 1.0;
-        term *= -x * x / n;
-        if n > 300.0 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
 fn gelu(x: &T) -> T {
-    let v =
-        x.v.iter()
-            .map(|&z| 0.5 * z * (1.0 + erf64(z / std::f64::consts::SQRT_2)))
-            .collect();
+    let v = x.v.iter().copied().map(reference::gelu64).collect();
     T { d: x.d.clone(), v }
 }
 

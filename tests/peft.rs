@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::reference::matmul;
+use common::temp::TempDir;
 use common::Rng;
 use liera::nn::Classifier;
 use liera::nn::{Adaptable, Conv2d, ConvNeXt, ConvNeXtConfig, InitRng, Linear, Module, Param};
@@ -182,23 +184,6 @@ fn a_is_kaiming_uniform_and_b_is_zero() {
     // Spread over the interval, not collapsed: the max |A| is close to the bound.
     assert!(va.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.8 * bound);
     assert_eq!(a.scale(), 2.0);
-}
-
-/// Row-major (m×k)·(k×n) in f64, with optional transposes given as strides.
-fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f64> {
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0.0;
-            for l in 0..k {
-                let av = if ta { a[l * m + i] } else { a[i * k + l] };
-                let bv = if tb { b[j * k + l] } else { b[l * n + j] };
-                s += av * bv;
-            }
-            c[i * n + j] = s;
-        }
-    }
-    c
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
@@ -641,12 +626,6 @@ fn invalid_configurations_are_named_errors_and_leave_the_model_unchanged() {
         .contains("unknown adapter method `dora`"));
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("liera-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 #[test]
 fn adapter_save_load_round_trip_and_shape_errors() {
     let dev = Device::cpu();
@@ -662,7 +641,8 @@ fn adapter_save_load_round_trip_and_shape_errors() {
             .unwrap()
             .to_vec()
             .unwrap();
-        let dir = temp_dir(&format!("adapter-{}", kind.name()));
+        let tmp = TempDir::new(&format!("adapter-{}", kind.name()));
+        let dir = tmp.path("adapter");
         peft::save_adapter(&model, &cfg, &dir).unwrap();
         let names = liera::io::read_safetensors(&dir.join(peft::ADAPTER_WEIGHTS_FILE)).unwrap();
         let keys: Vec<&str> = names.iter().map(|(k, _)| k.as_str()).collect();
@@ -728,7 +708,6 @@ fn adapter_save_load_round_trip_and_shape_errors() {
             .named_parameters()
             .iter()
             .all(|(n, t)| t.requires_grad() && !n.contains("lora_")));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -739,7 +718,8 @@ fn adapter_misuse_is_an_error_and_changes_nothing() {
     let mut model = ConvNeXt::new(small(false, false), &dev).unwrap();
     let cfg = PeftConfig::new(AdapterKind::Liera, 2, 4.0, TARGETS).with_seed(3);
     peft::apply(&mut model, &cfg).unwrap();
-    let dir = temp_dir("adapter-misuse");
+    let tmp = TempDir::new("adapter-misuse");
+    let dir = tmp.path("adapter");
 
     // A config that does not describe the adapters would write a file that cannot be loaded back.
     let other_rank = PeftConfig::new(AdapterKind::Liera, 3, 4.0, TARGETS);
@@ -787,7 +767,6 @@ fn adapter_misuse_is_an_error_and_changes_nothing() {
         before,
         "a refused unmerge changed a weight"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// End to end through the shared training loop: adapters + head on a fixed random batch; the loss falls

@@ -1,10 +1,14 @@
-//! Shared test support: a deterministic RNG and the gradient checker.
+//! Shared test support: a deterministic RNG and the gradient checker; f64 reference ops ([`reference`]) and
+//! scratch directories ([`temp`]).
 //!
 //! The checker compares an op's analytic gradient (from the engine's tape, in f32) with central finite
-//! differences of a *plain f64 reference implementation* of the same op written in the test. Because the
-//! differences are taken in f64 on an independent implementation, a wrong forward kernel, a wrong backward
-//! rule and a wrong tape walk all show up as mismatches.
+//! differences of a *plain f64 reference implementation* of the same op (written in the test, or shared in
+//! [`reference`]). Because the differences are taken in f64 on an independent implementation, a wrong
+//! forward kernel, a wrong backward rule and a wrong tape walk all show up as mismatches.
 #![allow(dead_code)]
+
+pub mod reference;
+pub mod temp;
 
 use liera::{Device, Tensor};
 
