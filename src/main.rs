@@ -4,9 +4,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use liera::data::embedded::{embedded_fashion_mnist, embedded_mnist, load_dir};
-use liera::data::Splits;
 use liera::data::images::{BadImages, Preprocess};
 use liera::data::Examples;
+use liera::data::Splits;
 use liera::job::data::{
     load_for_inference, load_task, load_test, read_data_config, resolve_model, resolve_preprocess,
     write_data_config, LoadOptions, ModelFlags, PreprocessFlags,
@@ -142,6 +142,22 @@ struct BenchArgs {
     /// Fewer repetitions and smaller sizes (a smoke test of the figures).
     #[arg(long)]
     quick: bool,
+    /// Instead of the suite: training steps of this preset (e.g. convnextv2_base), with their time, peak
+    /// memory and memory per image.
+    #[arg(long)]
+    step: Option<String>,
+    /// With --step: the methods stepped (full, lora, liera, liera_first_order).
+    #[arg(long, default_value = "full,lora,liera")]
+    kinds: String,
+    /// With --step: images per step.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// With --step: the RGB input side.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// With --step: timed steps after the first, which measures memory (at least 1).
+    #[arg(long, default_value_t = 2)]
+    reps: usize,
     /// Print the results as JSON (for machines) instead of a table.
     #[arg(long)]
     json: bool,
@@ -775,7 +791,12 @@ fn run_finetune(mut a: FinetuneArgs, common: &Common, device: &Device) -> Result
     Ok(())
 }
 
-fn run_finetune_images(a: FinetuneArgs, dir: &Path, common: &Common, device: &Device) -> Result<()> {
+fn run_finetune_images(
+    a: FinetuneArgs,
+    dir: &Path,
+    common: &Common,
+    device: &Device,
+) -> Result<()> {
     let method = Method::parse(&a.method)?;
     let model = resolve_model(&a.weights, &a.model.flags())?;
     let preprocess = resolve_preprocess(&model, &a.images.flags())?;
@@ -867,7 +888,8 @@ fn run_predict(a: PredictArgs, common: &Common, device: &Device) -> Result<()> {
         let mut x = vec![0f32; pre.channels * pre.size * pre.size];
         liera::data::transform::normalize_into(&input, &pre.mean, &pre.std, &mut x)?;
         let logits = liera::no_grad(|| {
-            let t = liera::Tensor::from_slice(&x, vec![1, pre.channels, pre.size, pre.size], device)?;
+            let t =
+                liera::Tensor::from_slice(&x, vec![1, pre.channels, pre.size, pre.size], device)?;
             liera::nn::Classifier::forward(&net, &t, false)?.to_vec()
         })?;
         let probs = softmax(&logits);
@@ -987,7 +1009,11 @@ fn run_eval_images(a: &EvalArgs, dir: &Path, common: &Common, device: &Device) -
         a.allow_new_head,
         device,
     )?;
-    let e = evaluate(&net, device, liera::data::batch::Sequential::new(&test, 64)?)?;
+    let e = evaluate(
+        &net,
+        device,
+        liera::data::batch::Sequential::new(&test, 64)?,
+    )?;
     println!(
         "test accuracy {:.2}%  mean cross-entropy {:.4}  ({} images)",
         100.0 * e.accuracy,
@@ -1041,7 +1067,34 @@ fn run_merge(a: MergeArgs, device: &Device) -> Result<()> {
 }
 
 fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
-    let results = liera::job::bench::suite(device, a.quick)?;
+    let results = match &a.step {
+        None => liera::job::bench::suite(device, a.quick)?,
+        Some(preset) => {
+            use liera::job::bench::StepKind;
+            let kinds = parse_methods(&a.kinds)?
+                .into_iter()
+                .map(|m| match m {
+                    Method::Full => Ok(StepKind::Full),
+                    Method::Adapter(k) => Ok(StepKind::Adapter(k)),
+                    Method::LinearProbe => Err(Error::invalid(
+                        "liera",
+                        "--kinds: the step benchmark has full and the adapter kinds, not linear",
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            check_positive("--batch", a.batch as f64)?;
+            check_positive("--size", a.size as f64)?;
+            liera::job::bench::training_steps_at(
+                device,
+                &ConvNeXtConfig::preset(preset)?,
+                preset,
+                &kinds,
+                a.batch,
+                [3, a.size],
+                a.reps,
+            )?
+        }
+    };
     let peak = liera::job::bench::peak_memory_bytes();
     if a.json {
         let doc = serde_json::json!({
@@ -1056,18 +1109,27 @@ fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
         );
         return Ok(());
     }
-    println!("device: {}", device.name());
     println!(
-        "{:<58} {:>10} {:>10} {:>10}",
-        "benchmark", "median ms", "GFLOP/s", "images/s"
+        "device: {}  threads: {}",
+        device.name(),
+        rayon::current_num_threads()
     );
+    println!(
+        "{:<66} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "benchmark", "median ms", "GFLOP/s", "images/s", "peak MiB", "MiB/image"
+    );
+    let mib = |b: f64| b / (1u64 << 20) as f64;
     for r in &results {
         println!(
-            "{:<58} {:>10.3} {:>10} {:>10}",
+            "{:<66} {:>10.3} {:>9} {:>9} {:>9} {:>10}",
             r.name,
             1e3 * r.median_s,
             r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
-            r.images_per_s.map_or("-".into(), |i| format!("{i:.0}"))
+            r.images_per_s.map_or("-".into(), |i| format!("{i:.1}")),
+            r.peak_rss_bytes
+                .map_or("-".into(), |p| format!("{:.0}", mib(p as f64))),
+            r.step_bytes_per_image
+                .map_or("-".into(), |p| format!("{:.1}", mib(p)))
         );
     }
     if let Some(p) = peak {

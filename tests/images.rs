@@ -54,7 +54,11 @@ fn fashion(classes: usize, n: usize, skip: usize) -> Vec<(Vec<u8>, usize)> {
                 .image(i)
                 .unwrap()
                 .iter()
-                .map(|&v| ((v * norm.std + norm.mean) * 255.0).round().clamp(0.0, 255.0) as u8)
+                .map(|&v| {
+                    ((v * norm.std + norm.mean) * 255.0)
+                        .round()
+                        .clamp(0.0, 255.0) as u8
+                })
                 .collect();
             out.push((px, c));
         }
@@ -103,7 +107,13 @@ fn write_image_folder(root: &Path, images: &[(Vec<u8>, usize)]) {
         let (w, h) = [(32, 32), (40, 36), (36, 44)][i % 3];
         let rgb = colour(grey, *label, w, h);
         if i % 2 == 0 {
-            write_png(&dir.join(format!("{i}.png")), &rgb, w, h, ExtendedColorType::Rgb8);
+            write_png(
+                &dir.join(format!("{i}.png")),
+                &rgb,
+                w,
+                h,
+                ExtendedColorType::Rgb8,
+            );
         } else {
             write_jpeg(&dir.join(format!("{i}.jpg")), &rgb, w, h);
         }
@@ -197,7 +207,10 @@ fn png_decodes_exactly_in_every_colour_type() {
         enc.set_color(png::ColorType::Indexed);
         enc.set_depth(png::BitDepth::Eight);
         enc.set_palette(palette.clone());
-        enc.write_header().unwrap().write_image_data(&indices).unwrap();
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&indices)
+            .unwrap();
     }
     let want: Vec<u8> = indices
         .iter()
@@ -234,26 +247,52 @@ fn bad_image_files_are_named_errors() {
     let s = Scratch::new("bad");
     let (grey, label) = &fashion(1, 1, 0)[0];
     let good = s.path().join("good.png");
-    write_png(&good, &colour(grey, *label, 28, 28), 28, 28, ExtendedColorType::Rgb8);
+    write_png(
+        &good,
+        &colour(grey, *label, 28, 28),
+        28,
+        28,
+        ExtendedColorType::Rgb8,
+    );
     let bytes = std::fs::read(&good).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("truncated.png", bytes[..bytes.len() / 2].to_vec(), "corrupt or truncated PNG"),
-        ("garbage.png", {
-            let mut b = bytes.clone();
-            for v in b.iter_mut().skip(40).take(60) {
-                *v ^= 0x5A;
-            }
-            b
-        }, "corrupt or truncated PNG"),
-        ("anim.png", b"GIF89a\x01\x00\x01\x00".to_vec(), "unsupported format"),
+        (
+            "truncated.png",
+            bytes[..bytes.len() / 2].to_vec(),
+            "corrupt or truncated PNG",
+        ),
+        (
+            "garbage.png",
+            {
+                let mut b = bytes.clone();
+                for v in b.iter_mut().skip(40).take(60) {
+                    *v ^= 0x5A;
+                }
+                b
+            },
+            "corrupt or truncated PNG",
+        ),
+        (
+            "anim.png",
+            b"GIF89a\x01\x00\x01\x00".to_vec(),
+            "unsupported format",
+        ),
         ("empty.jpg", Vec::new(), "empty"),
-        ("cut.jpg", vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16], "corrupt or truncated JPEG"),
+        (
+            "cut.jpg",
+            vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16],
+            "corrupt or truncated JPEG",
+        ),
         // A PNG whose header claims 0×0 pixels.
-        ("zero.png", {
-            let mut b = bytes.clone();
-            b[16..24].copy_from_slice(&[0; 8]);
-            b
-        }, ""),
+        (
+            "zero.png",
+            {
+                let mut b = bytes.clone();
+                b[16..24].copy_from_slice(&[0; 8]);
+                b
+            },
+            "",
+        ),
     ];
     for (name, content, phrase) in cases {
         let p = s.path().join(name);
@@ -291,13 +330,19 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
     // Lists and IDX files in one folder: refused, saying both.
     std::fs::write(task.join("t10k-images-idx3-ubyte.gz"), b"x").unwrap();
     let e = err_text(layout::detect(&task));
-    assert!(e.contains("ambiguous") && e.contains("VTAB-1k lists") && e.contains("IDX"), "{e}");
+    assert!(
+        e.contains("ambiguous") && e.contains("VTAB-1k lists") && e.contains("IDX"),
+        "{e}"
+    );
     // Nothing recognisable: says what is there.
     let other = s.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"x").unwrap();
     let e = err_text(layout::detect(&other));
-    assert!(e.contains("no known layout") && e.contains("notes.txt"), "{e}");
+    assert!(
+        e.contains("no known layout") && e.contains("notes.txt"),
+        "{e}"
+    );
     // An empty class folder.
     std::fs::create_dir_all(flat.join("class_9")).unwrap();
     let e = err_text(layout::image_folder(&flat, None));
@@ -306,7 +351,10 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
     std::fs::remove_dir_all(flat.join("class_9")).unwrap();
     write_image_folder(&split.join("val"), &fashion(3, 1, 0)[2..]);
     let e = err_text(load_task(&split, ("", ""), &load_options(32, false)));
-    assert!(e.contains("class_2") && e.contains("training split does not have"), "{e}");
+    assert!(
+        e.contains("class_2") && e.contains("training split does not have"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -320,17 +368,36 @@ fn list_errors_name_the_file_and_line() {
     let first = good.lines().next().unwrap().to_string();
     let path = first.rsplit_once(' ').unwrap().0.to_string();
     let cases = [
-        (format!("{first}\n{path} cat\n"), ":2", "not a non-negative integer"),
-        (format!("{first}\n{path} -1\n"), ":2", "not a non-negative integer"),
-        (format!("\n{first}\nimages/nothere.png 1\n"), ":3", "does not exist"),
+        (
+            format!("{first}\n{path} cat\n"),
+            ":2",
+            "not a non-negative integer",
+        ),
+        (
+            format!("{first}\n{path} -1\n"),
+            ":2",
+            "not a non-negative integer",
+        ),
+        (
+            format!("\n{first}\nimages/nothere.png 1\n"),
+            ":3",
+            "does not exist",
+        ),
         (format!("{first}\n{path} 99999999\n"), ":2", "out of range"),
-        (format!("{first}\nimages/only_a_path.png\n"), ":2", "is not `<path> <label>`"),
+        (
+            format!("{first}\nimages/only_a_path.png\n"),
+            ":2",
+            "is not `<path> <label>`",
+        ),
         (String::new(), "test.txt", "no entries"),
     ];
     for (text, at, phrase) in cases {
         std::fs::write(&list, &text).unwrap();
         let e = err_text(layout::read_list(&list));
-        assert!(e.contains(&format!("test.txt{at}")) || at == "test.txt", "{text:?}: {e}");
+        assert!(
+            e.contains(&format!("test.txt{at}")) || at == "test.txt",
+            "{text:?}: {e}"
+        );
         assert!(e.contains(phrase), "{text:?}: {e}");
     }
 }
@@ -389,7 +456,8 @@ fn image_set_batches_are_the_pipeline_and_augmentation_is_seeded() {
     assert_eq!(batch.labels, vec![1, 0]);
     // Image 3 by hand: decode, resize the shorter side to ⌊24 / 0.875⌋ = 27, centre-crop 24, normalise.
     let img = decode_file(&list.items[3].path, 3).unwrap();
-    let resized = liera::data::transform::resize_shorter(&img, 27, Interpolation::Bilinear).unwrap();
+    let resized =
+        liera::data::transform::resize_shorter(&img, 27, Interpolation::Bilinear).unwrap();
     let cropped = liera::data::transform::center_crop(&resized, 24, 24).unwrap();
     let mut want = vec![0f32; 3 * 24 * 24];
     normalize_into(&cropped, &pre.mean, &pre.std, &mut want).unwrap();
@@ -408,9 +476,15 @@ fn image_set_batches_are_the_pipeline_and_augmentation_is_seeded() {
         false,
     )
     .unwrap();
-    let a = aug.gather(&[0, 1, 2], Some(&mut SplitMix64::new(5))).unwrap();
-    let b = aug.gather(&[0, 1, 2], Some(&mut SplitMix64::new(5))).unwrap();
-    let c = aug.gather(&[0, 1, 2], Some(&mut SplitMix64::new(6))).unwrap();
+    let a = aug
+        .gather(&[0, 1, 2], Some(&mut SplitMix64::new(5)))
+        .unwrap();
+    let b = aug
+        .gather(&[0, 1, 2], Some(&mut SplitMix64::new(5)))
+        .unwrap();
+    let c = aug
+        .gather(&[0, 1, 2], Some(&mut SplitMix64::new(6)))
+        .unwrap();
     assert_eq!(a.images, b.images);
     assert_ne!(a.images, c.images);
     assert_eq!(
@@ -421,7 +495,12 @@ fn image_set_batches_are_the_pipeline_and_augmentation_is_seeded() {
 }
 
 /// A timm-layout model folder: `model.safetensors` with random weights of `config` and a `config.json`.
-fn write_model_folder(dir: &Path, config: &ConvNeXtConfig, architecture: &str, cfg: serde_json::Value) {
+fn write_model_folder(
+    dir: &Path,
+    config: &ConvNeXtConfig,
+    architecture: &str,
+    cfg: serde_json::Value,
+) {
     std::fs::create_dir_all(dir).unwrap();
     let model = ConvNeXt::new(config.clone(), &Device::cpu()).unwrap();
     save_model(&model, &dir.join("model.safetensors")).unwrap();
@@ -437,7 +516,9 @@ fn write_model_folder(dir: &Path, config: &ConvNeXtConfig, architecture: &str, c
 fn a_timm_model_folder_gives_architecture_and_preprocessing() {
     let s = Scratch::new("folder");
     let dir = s.path().join("convnextv2_atto");
-    let cfg = ConvNeXtConfig::preset("convnextv2_atto").unwrap().with_classes(7);
+    let cfg = ConvNeXtConfig::preset("convnextv2_atto")
+        .unwrap()
+        .with_classes(7);
     write_model_folder(
         &dir,
         &cfg,
@@ -449,11 +530,23 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
         }),
     );
     let model = resolve_model(&dir, &ModelFlags::default()).unwrap();
-    assert_eq!(model.config, ConvNeXtConfig { seed: 0, ..cfg.clone() });
+    assert_eq!(
+        model.config,
+        ConvNeXtConfig {
+            seed: 0,
+            ..cfg.clone()
+        }
+    );
     assert_eq!(model.architecture.as_deref(), Some("convnextv2_atto"));
     let pre = resolve_preprocess(&model, &Default::default()).unwrap();
     assert_eq!(
-        (pre.size, pre.crop_pct, pre.interpolation, pre.mean.clone(), pre.channels),
+        (
+            pre.size,
+            pre.crop_pct,
+            pre.interpolation,
+            pre.mean.clone(),
+            pre.channels
+        ),
         (160, 0.95, Interpolation::Bilinear, vec![0.5; 3], 3)
     );
     // A flag overrides the file's preprocessing...
@@ -470,7 +563,10 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
             in_chans: None,
         },
     ));
-    assert!(e.contains("--preset convnext_atto") && e.contains("convnextv2_atto"), "{e}");
+    assert!(
+        e.contains("--preset convnext_atto") && e.contains("convnextv2_atto"),
+        "{e}"
+    );
     let e = err_text(resolve_model(
         &dir,
         &ModelFlags {
@@ -478,18 +574,27 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
             in_chans: Some(1),
         },
     ));
-    assert!(e.contains("--in-chans 1") && e.contains("3 channels"), "{e}");
+    assert!(
+        e.contains("--in-chans 1") && e.contains("3 channels"),
+        "{e}"
+    );
     // A config whose architecture contradicts the weights.
     let bad = s.path().join("bad");
     write_model_folder(&bad, &cfg, "convnext_femto", serde_json::json!({}));
     let e = err_text(resolve_model(&bad, &ModelFlags::default()));
-    assert!(e.contains("convnext_femto") && e.contains("contradicts"), "{e}");
+    assert!(
+        e.contains("convnext_femto") && e.contains("contradicts"),
+        "{e}"
+    );
     // A folder without safetensors.
     let empty = s.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("pytorch_model.bin"), b"x").unwrap();
     let e = err_text(resolve_model(&empty, &ModelFlags::default()));
-    assert!(e.contains("model.safetensors") && e.contains("pytorch_model.bin"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -595,21 +700,65 @@ fn finetune_eval_and_predict_run_on_an_image_folder() {
         ft.to_str().unwrap(),
     );
     let o = liera(&[
-        "finetune", "--weights", b, "--data", d, "--method", "liera", "--steps", "8", "--batch-size",
-        "6", "--out", f, "--quiet",
+        "finetune",
+        "--weights",
+        b,
+        "--data",
+        d,
+        "--method",
+        "liera",
+        "--steps",
+        "8",
+        "--batch-size",
+        "6",
+        "--out",
+        f,
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("data: ImageFolder in") && t.contains("18 training and 6 test images"), "{t}");
-    for file in ["adapter_model.safetensors", "adapter_config.json", "data_config.json"] {
+    assert!(
+        t.contains("data: ImageFolder in") && t.contains("18 training and 6 test images"),
+        "{t}"
+    );
+    for file in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "data_config.json",
+    ] {
         assert!(ft.join(file).is_file(), "{file} missing");
     }
-    let o = liera(&["eval", "--weights", b, "--adapter", f, "--data", d, "--quiet"]);
-    assert!(o.status.success() && text(&o).contains("(6 images)"), "{}", text(&o));
+    let o = liera(&[
+        "eval",
+        "--weights",
+        b,
+        "--adapter",
+        f,
+        "--data",
+        d,
+        "--quiet",
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("(6 images)"),
+        "{}",
+        text(&o)
+    );
     // The base weights' 10-class head does not score 3 classes, unless asked.
     let o = liera(&["eval", "--weights", b, "--data", d, "--quiet"]);
-    assert!(!o.status.success() && text(&o).contains("--allow-new-head"), "{}", text(&o));
-    let o = liera(&["eval", "--weights", b, "--data", d, "--allow-new-head", "--quiet"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--allow-new-head"),
+        "{}",
+        text(&o)
+    );
+    let o = liera(&[
+        "eval",
+        "--weights",
+        b,
+        "--data",
+        d,
+        "--allow-new-head",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     // Predict names the classes from the adapter's data config.
     let image = std::fs::read_dir(data.join("val").join("class_1"))
@@ -618,14 +767,36 @@ fn finetune_eval_and_predict_run_on_an_image_folder() {
         .unwrap()
         .unwrap()
         .path();
-    let o = liera(&["predict", "--weights", b, "--adapter", f, "--top", "3", image.to_str().unwrap()]);
+    let o = liera(&[
+        "predict",
+        "--weights",
+        b,
+        "--adapter",
+        f,
+        "--top",
+        "3",
+        image.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let listed: Vec<&str> = t.lines().filter(|l| l.contains("%  class_")).collect();
     assert_eq!(listed.len(), 3, "{t}");
     // A contradicting flag is an error naming both values.
-    let o = liera(&["finetune", "--weights", b, "--data", d, "--preset", "convnext_atto", "--quiet"]);
-    assert!(!o.status.success() && text(&o).contains("--preset convnext_atto"), "{}", text(&o));
+    let o = liera(&[
+        "finetune",
+        "--weights",
+        b,
+        "--data",
+        d,
+        "--preset",
+        "convnext_atto",
+        "--quiet",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("--preset convnext_atto"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -638,9 +809,24 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
     let out = s.path().join("run");
     let args = |out: &Path, steps: &str| -> Vec<String> {
         [
-            "vtab", "--root", root.to_str().unwrap(), "--weights", base.to_str().unwrap(), "--methods",
-            "lora,liera", "--steps", steps, "--batch-size", "6", "--lr-grid", "0.001,0.01", "--size", "32",
-            "--out", out.to_str().unwrap(), "--quiet",
+            "vtab",
+            "--root",
+            root.to_str().unwrap(),
+            "--weights",
+            base.to_str().unwrap(),
+            "--methods",
+            "lora,liera",
+            "--steps",
+            steps,
+            "--batch-size",
+            "6",
+            "--lr-grid",
+            "0.001,0.01",
+            "--size",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -657,7 +843,10 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("resuming the run"), "{t}");
-    assert!(!t.contains("alpha            lora"), "alpha was run again: {t}");
+    assert!(
+        !t.contains("alpha            lora"),
+        "alpha was run again: {t}"
+    );
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows[0], "method,alpha,beta,mean");
@@ -666,7 +855,10 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
         let cells: Vec<f64> = row.split(',').skip(1).map(|c| c.parse().unwrap()).collect();
         assert_eq!(cells.len(), 3, "{row}");
         assert!(cells.iter().all(|c| (0.0..=100.0).contains(c)), "{row}");
-        assert!((cells[2] - (cells[0] + cells[1]) / 2.0).abs() < 0.01, "{row}");
+        assert!(
+            (cells[2] - (cells[0] + cells[1]) / 2.0).abs() < 0.01,
+            "{row}"
+        );
     }
     // The first task's results were kept, not recomputed.
     let state: serde_json::Value =
@@ -678,7 +870,11 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
     // Other settings in the same folder: refused, naming what changed.
     let o = run(args(&out, "7"));
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("other settings") && text(&o).contains("steps=7"), "{}", text(&o));
+    assert!(
+        text(&o).contains("other settings") && text(&o).contains("steps=7"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -690,9 +886,26 @@ fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
     vtab_root(&root, &["alpha"]);
     let args = |out: &Path| -> Vec<String> {
         [
-            "vtab", "--root", root.to_str().unwrap(), "--weights", base.to_str().unwrap(), "--methods",
-            "liera", "--steps", "400", "--batch-size", "6", "--lr", "0.01", "--size", "32",
-            "--checkpoint-every", "20", "--out", out.to_str().unwrap(), "--quiet",
+            "vtab",
+            "--root",
+            root.to_str().unwrap(),
+            "--weights",
+            base.to_str().unwrap(),
+            "--methods",
+            "liera",
+            "--steps",
+            "400",
+            "--batch-size",
+            "6",
+            "--lr",
+            "0.01",
+            "--size",
+            "32",
+            "--checkpoint-every",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -734,7 +947,8 @@ fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
     );
     let acc = |dir: &Path| {
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+                .unwrap();
         v["results"]["alpha"]["liera"]["accuracy"].as_f64().unwrap()
     };
     assert_eq!(acc(&whole), acc(&killed));

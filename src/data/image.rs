@@ -152,13 +152,12 @@ fn to_8bit(image: DynamicImage) -> Eight {
         DynamicImage::ImageLumaA8(g) => Eight::Grey(drop_alpha(g.as_raw(), 2, 1)),
         DynamicImage::ImageRgb8(c) => Eight::Rgb(c.into_raw()),
         DynamicImage::ImageRgba8(c) => Eight::Rgb(drop_alpha(c.as_raw(), 4, 3)),
-        DynamicImage::ImageLuma16(g) => Eight::Grey(g.as_raw().iter().map(|&v| narrow(v)).collect()),
-        DynamicImage::ImageLumaA16(g) => Eight::Grey(
-            g.as_raw()
-                .chunks_exact(2)
-                .map(|p| narrow(p[0]))
-                .collect(),
-        ),
+        DynamicImage::ImageLuma16(g) => {
+            Eight::Grey(g.as_raw().iter().map(|&v| narrow(v)).collect())
+        }
+        DynamicImage::ImageLumaA16(g) => {
+            Eight::Grey(g.as_raw().chunks_exact(2).map(|p| narrow(p[0])).collect())
+        }
         DynamicImage::ImageRgb16(c) => Eight::Rgb(c.as_raw().iter().map(|&v| narrow(v)).collect()),
         DynamicImage::ImageRgba16(c) => Eight::Rgb(
             c.as_raw()

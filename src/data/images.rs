@@ -132,7 +132,10 @@ impl Preprocess {
             return bad("the input size must be positive".into());
         }
         if self.channels != 1 && self.channels != 3 {
-            return bad(format!("images have 1 or 3 channels, not {}", self.channels));
+            return bad(format!(
+                "images have 1 or 3 channels, not {}",
+                self.channels
+            ));
         }
         if !(self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
             return bad(format!("crop_pct must be in (0, 1], got {}", self.crop_pct));
@@ -305,12 +308,13 @@ impl ImageSet {
             return Err(Error::invalid("data", format!("{label}: no images")));
         }
         let per_image = preprocess.size * preprocess.size * preprocess.channels;
-        let residency =
-            if !preprocess.augment && list.items.len().saturating_mul(per_image) > memory_budget() {
-                Residency::Stream
-            } else {
-                Residency::Memory
-            };
+        let residency = if !preprocess.augment
+            && list.items.len().saturating_mul(per_image) > memory_budget()
+        {
+            Residency::Stream
+        } else {
+            Residency::Memory
+        };
         let bar = progress(list.items.len(), label, show_progress);
         let decoded: Vec<Result<Option<Image>>> = list
             .items
@@ -340,7 +344,10 @@ impl ImageSet {
         if items.is_empty() {
             return Err(Error::invalid(
                 "data",
-                format!("{label}: every image was unreadable ({} skipped)", skipped.len()),
+                format!(
+                    "{label}: every image was unreadable ({} skipped)",
+                    skipped.len()
+                ),
             ));
         }
         let labels = items.iter().map(|i| i.label).collect();
@@ -388,7 +395,10 @@ impl ImageSet {
         }
         Ok(ImageSet {
             list: ImageList {
-                items: indices.iter().map(|&i| self.list.items[i].clone()).collect(),
+                items: indices
+                    .iter()
+                    .map(|&i| self.list.items[i].clone())
+                    .collect(),
                 class_names: self.list.class_names.clone(),
             },
             preprocess: self.preprocess.clone(),
@@ -432,7 +442,9 @@ impl ImageSet {
             }
         };
         match (self.preprocess.augment, seed) {
-            (true, Some(s)) => self.preprocess.train_transform(img, &mut SplitMix64::new(s)),
+            (true, Some(s)) => self
+                .preprocess
+                .train_transform(img, &mut SplitMix64::new(s)),
             _ if self.transformed && self.residency == Residency::Memory => Ok(img.clone()),
             _ => self.preprocess.eval_transform(img),
         }
@@ -461,7 +473,11 @@ impl Examples for ImageSet {
         self.list.classes()
     }
     fn image_dims(&self) -> [usize; 3] {
-        [self.preprocess.channels, self.preprocess.size, self.preprocess.size]
+        [
+            self.preprocess.channels,
+            self.preprocess.size,
+            self.preprocess.size,
+        ]
     }
     fn gather(&self, indices: &[usize], augment: Option<&mut SplitMix64>) -> Result<Batch> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.labels.len()) {

@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 /// The image files an [`ImageFolder`](Layout::ImageFolder) class folder may hold.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 /// The list files of a VTAB-1k task folder.
-pub const VTAB_LISTS: [&str; 4] = ["train800.txt", "val200.txt", "train800val200.txt", "test.txt"];
+pub const VTAB_LISTS: [&str; 4] = [
+    "train800.txt",
+    "val200.txt",
+    "train800val200.txt",
+    "test.txt",
+];
 /// Largest label a list may give (a guard against a column of file sizes read as labels).
 pub const MAX_LABEL: usize = 1 << 16;
 
@@ -279,15 +284,11 @@ pub fn read_list(list: &Path) -> Result<Vec<ListedImage>> {
             msg,
         };
         let Some((rel, label)) = line.rsplit_once(char::is_whitespace) else {
-            return Err(bad(format!(
-                "`{line}` is not `<path> <label>`"
-            )));
+            return Err(bad(format!("`{line}` is not `<path> <label>`")));
         };
-        let label: usize = label.parse().map_err(|_| {
-            bad(format!(
-                "label `{label}` is not a non-negative integer"
-            ))
-        })?;
+        let label: usize = label
+            .parse()
+            .map_err(|_| bad(format!("label `{label}` is not a non-negative integer")))?;
         if label > MAX_LABEL {
             return Err(bad(format!(
                 "label {label} is out of range (above {MAX_LABEL})"

@@ -72,9 +72,13 @@ pub fn open_pretrained(path: &Path) -> Result<PretrainedModel> {
     let (weights, config_path) = if path.is_dir() {
         let w = path.join(MODEL_FILE);
         if !w.is_file() {
-            let other = ["pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pt"]
-                .iter()
-                .find(|f| path.join(f).is_file());
+            let other = [
+                "pytorch_model.bin",
+                "open_clip_pytorch_model.bin",
+                "model.pt",
+            ]
+            .iter()
+            .find(|f| path.join(f).is_file());
             return Err(Error::invalid(
                 "weights",
                 format!(
@@ -171,8 +175,9 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize
     let mut f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let file_len = f.metadata().map_err(|e| io_error(path, e))?.len();
     let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad("not a valid safetensors file: shorter than its 8-byte header length".into()))?;
+    f.read_exact(&mut len).map_err(|_| {
+        bad("not a valid safetensors file: shorter than its 8-byte header length".into())
+    })?;
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 || n + 8 > file_len {
         return Err(bad(format!(
@@ -186,8 +191,12 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize
     struct Entry {
         shape: Vec<usize>,
     }
-    let table: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("not a valid safetensors file: header is not JSON: {e}")))?;
+    let table: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| {
+            bad(format!(
+                "not a valid safetensors file: header is not JSON: {e}"
+            ))
+        })?;
     table
         .into_iter()
         .filter(|(k, _)| k != "__metadata__")
@@ -201,14 +210,18 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize
 
 /// The ConvNeXt whose timm state dict has these keys and shapes (see [`crate::nn::ConvNeXt`]), or what is
 /// missing.
-pub fn infer_convnext(shapes: &BTreeMap<String, Vec<usize>>) -> std::result::Result<ConvNeXtConfig, String> {
+pub fn infer_convnext(
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> std::result::Result<ConvNeXtConfig, String> {
     let get = |k: &str| shapes.get(k);
     let stem = get("stem.0.weight").ok_or(
         "no `stem.0.weight`: not a timm ConvNeXt checkpoint (keys such as stem.0.weight, \
          stages.0.blocks.0.conv_dw.weight, head.fc.weight)",
     )?;
     if stem.len() != 4 {
-        return Err(format!("stem.0.weight has shape {stem:?}, not (C, in_chans, 4, 4)"));
+        return Err(format!(
+            "stem.0.weight has shape {stem:?}, not (C, in_chans, 4, 4)"
+        ));
     }
     let in_chans = stem[1];
     let mut dims = Vec::new();
@@ -232,7 +245,9 @@ pub fn infer_convnext(shapes: &BTreeMap<String, Vec<usize>>) -> std::result::Res
     let gamma = get("stages.0.blocks.0.gamma").is_some();
     let head = get("head.fc.weight").ok_or("no `head.fc.weight` (the classifier)")?;
     if head.len() != 2 {
-        return Err(format!("head.fc.weight has shape {head:?}, not (classes, features)"));
+        return Err(format!(
+            "head.fc.weight has shape {head:?}, not (classes, features)"
+        ));
     }
     Ok(ConvNeXtConfig {
         in_chans,

@@ -5,17 +5,17 @@
 
 use crate::backend::Device;
 use crate::error::Result;
+use crate::nn::Classifier;
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use crate::optim::{AdamW, Optimizer};
 use crate::peft::{self, AdapterKind, PeftConfig};
 use crate::shape::{Conv2dGeometry, Conv2dParams};
 use crate::tensor::Tensor;
-use crate::nn::Classifier;
 use serde::Serialize;
 use std::time::Instant;
 
 /// One measured figure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct BenchResult {
     /// What was measured ("matmul 1024×1024×1024", "atto step liera r8", ...).
     pub name: String,
@@ -25,8 +25,13 @@ pub struct BenchResult {
     pub reps: usize,
     /// Floating-point work rate (GFLOP/s), where the FLOP count is known.
     pub gflops: Option<f64>,
-    /// Images per second, for training steps.
+    /// Images per second, for training steps and the input pipeline.
     pub images_per_s: Option<f64>,
+    /// Peak resident memory of the process while this figure was measured (Linux), where measured.
+    pub peak_rss_bytes: Option<u64>,
+    /// Memory a training step adds per image of its batch (activations, gradients; the peak during one
+    /// step minus the resident memory before it, over the batch size), where measured.
+    pub step_bytes_per_image: Option<f64>,
 }
 
 /// Median of `reps` timings of `f` after one warm-up call.
@@ -79,6 +84,7 @@ pub fn matmul(
                 reps: reps.max(1),
                 gflops: Some(2.0 * (m * k * n) as f64 / t / 1e9),
                 images_per_s: None,
+                ..Default::default()
             })
         })
         .collect()
@@ -138,6 +144,7 @@ pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<Ben
                 reps: reps.max(1),
                 gflops: Some(flops / t / 1e9),
                 images_per_s: None,
+                ..Default::default()
             });
         }
     }
@@ -163,8 +170,14 @@ struct StepRunner {
 }
 
 impl StepRunner {
-    fn new(device: &Device, config: &ConvNeXtConfig, kind: StepKind, batch: usize) -> Result<Self> {
-        let mut model = ConvNeXt::new(config.clone().with_in_chans(1).with_classes(10), device)?;
+    fn new(
+        device: &Device,
+        config: &ConvNeXtConfig,
+        kind: StepKind,
+        batch: usize,
+        [c, size]: [usize; 2],
+    ) -> Result<Self> {
+        let mut model = ConvNeXt::new(config.clone().with_in_chans(c).with_classes(10), device)?;
         if let StepKind::Adapter(k) = kind {
             let cfg = PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2")
                 .with_modules_to_save("head.fc");
@@ -174,34 +187,40 @@ impl StepRunner {
             params: model.trainable_parameters(),
             model,
             opt: AdamW::new(0.9, 0.999, 1e-8, 0.05)?,
-            x: Tensor::from_slice(&ramp(batch * 32 * 32, 113), [batch, 1, 32, 32], device)?,
+            x: Tensor::from_slice(
+                &ramp(batch * c * size * size, 113),
+                [batch, c, size, size],
+                device,
+            )?,
             labels: (0..batch).map(|i| i % 10).collect(),
         })
     }
-    /// Forward, backward, AdamW update and the loss readback (which also waits for a GPU); seconds.
+    /// Forward, backward, gradient clipping, AdamW update and the loss readback (which also waits for a
+    /// GPU), as a training step of `liera finetune` does them; seconds.
     fn step(&mut self) -> Result<f64> {
         let t = Instant::now();
         let loss = self
             .model
             .forward(&self.x, true)?
             .cross_entropy(&self.labels)?;
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        crate::optim::clip_grad_norm(&self.params, &mut grads, 5.0)?;
         self.opt.step(&self.params, &grads, 1e-4)?;
         loss.to_scalar()?;
         Ok(t.elapsed().as_secs_f64())
     }
 }
 
-fn step_name(label: &str, kind: StepKind, batch: usize) -> String {
+fn step_name(label: &str, kind: StepKind, batch: usize, [c, size]: [usize; 2]) -> String {
     let what = match kind {
         StepKind::Full => "full".to_string(),
         StepKind::Adapter(k) => format!("{} r8", k.name()),
     };
-    format!("{label} training step ({what}, batch {batch})")
+    format!("{label} {c}×{size}×{size} step ({what}, batch {batch})")
 }
 
-/// Median time of one training step (forward, backward, AdamW update, loss readback) of `config` at
-/// `batch` images of 1×32×32 and 10 classes.
+/// Median time of one training step (forward, backward, clipping, AdamW update, loss readback) of
+/// `config` at `batch` images of 1×32×32 and 10 classes.
 pub fn training_step(
     device: &Device,
     config: &ConvNeXtConfig,
@@ -213,8 +232,7 @@ pub fn training_step(
     Ok(training_steps(device, config, label, &[kind], batch, reps)?.remove(0))
 }
 
-/// Like [`training_step`] for several kinds, timed interleaved (one step of each kind per round), so that
-/// a change in machine load between kinds does not bias their ratio (LieRA vs LoRA).
+/// [`training_steps`] at 1×32×32 (the embedded data's input).
 pub fn training_steps(
     device: &Device,
     config: &ConvNeXtConfig,
@@ -223,14 +241,38 @@ pub fn training_steps(
     batch: usize,
     reps: usize,
 ) -> Result<Vec<BenchResult>> {
-    let mut runners = kinds
-        .iter()
-        .map(|&k| StepRunner::new(device, config, k, batch))
-        .collect::<Result<Vec<_>>>()?;
-    let mut times = vec![Vec::with_capacity(reps); kinds.len()];
-    for r in &mut runners {
-        r.step()?; // warm-up
+    training_steps_at(device, config, label, kinds, batch, [1, 32], reps)
+}
+
+/// Training steps of several kinds at `batch` images of `[channels, size]`, timed interleaved (one step
+/// of each kind per round), so that a change in machine load between kinds does not bias their ratio
+/// (LieRA vs LoRA). Each kind's first (warm-up) step also measures its memory: the peak resident memory
+/// during that step, and what the step adds per image over the memory held before it.
+pub fn training_steps_at(
+    device: &Device,
+    config: &ConvNeXtConfig,
+    label: &str,
+    kinds: &[StepKind],
+    batch: usize,
+    input: [usize; 2],
+    reps: usize,
+) -> Result<Vec<BenchResult>> {
+    let mut runners = Vec::with_capacity(kinds.len());
+    let mut memory = Vec::with_capacity(kinds.len());
+    for &k in kinds {
+        let mut r = StepRunner::new(device, config, k, batch, input)?;
+        reset_peak_memory();
+        let before = current_rss_bytes();
+        r.step()?; // warm-up, and the memory of one step
+        let peak = peak_memory_bytes();
+        memory.push((
+            peak,
+            peak.zip(before)
+                .map(|(p, b)| p.saturating_sub(b) as f64 / batch as f64),
+        ));
+        runners.push(r);
     }
+    let mut times = vec![Vec::with_capacity(reps); kinds.len()];
     for _ in 0..reps.max(1) {
         for (r, t) in runners.iter_mut().zip(&mut times) {
             t.push(r.step()?);
@@ -239,15 +281,19 @@ pub fn training_steps(
     Ok(kinds
         .iter()
         .zip(times)
-        .map(|(&kind, t)| {
+        .zip(memory)
+        .map(|((&kind, t), (peak, per_image))| {
             let reps = t.len();
             let median = median(t);
             BenchResult {
-                name: step_name(label, kind, batch),
+                name: step_name(label, kind, batch, input),
+                peak_rss_bytes: peak,
+                step_bytes_per_image: per_image,
                 median_s: median,
                 reps,
                 gflops: None,
                 images_per_s: Some(batch as f64 / median),
+                ..Default::default()
             }
         })
         .collect())
@@ -284,13 +330,157 @@ pub fn suite(device: &Device, quick: bool) -> Result<Vec<BenchResult>> {
         64,
         2 * reps,
     )?);
+    // RGB at 224: what fine-tuning pretrained weights on photos costs.
+    let (batch, size) = if quick { (4, 64) } else { (32, 224) };
+    out.extend(training_steps_at(
+        device,
+        &atto,
+        "convnext_atto",
+        &kinds[..3],
+        batch,
+        [3, size],
+        if quick { 1 } else { 3 },
+    )?);
+    out.extend(input_pipeline(
+        if quick { 8 } else { 64 },
+        if quick { 1 } else { 3 },
+    )?);
     Ok(out)
 }
 
-/// Peak resident memory of this process in bytes (Linux: VmHWM), if known.
-pub fn peak_memory_bytes() -> Option<u64> {
+/// The input pipeline at 224×224 on `count` synthetic photos (JPEG, 500×375, quality 90, written to a
+/// scratch folder and removed after): decoding plus the VTAB resize (what loading a task costs per image),
+/// assembling a normalised batch of 32 from kept pixels (an evaluation batch), and a batch of 32 random
+/// resized crops with flips (an augmented training batch). Each is images per second on all threads.
+pub fn input_pipeline(count: usize, reps: usize) -> Result<Vec<BenchResult>> {
+    use crate::data::images::{BadImages, ImageSet, Preprocess};
+    use crate::data::layout::{ImageList, ListedImage};
+    use crate::data::{Examples, SplitMix64};
+    let dir = std::env::temp_dir().join(format!("liera-bench-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| crate::io::io_error(&dir, e))?;
+    let result = (|| {
+        let (w, h) = (500u32, 375u32);
+        let mut rng = SplitMix64::new(11);
+        let mut items = Vec::with_capacity(count);
+        for i in 0..count {
+            // Smooth gradients with noise: compresses like a photo, not like a flat test card.
+            let pixels: Vec<u8> = (0..w * h)
+                .flat_map(|p| {
+                    let (x, y) = (p % w, p / w);
+                    let n = (rng.next_u64() % 24) as u32;
+                    [
+                        ((x * 255 / w + n + i as u32 * 7) % 256) as u8,
+                        ((y * 255 / h + n) % 256) as u8,
+                        (((x + y) * 255 / (w + h) + n) % 256) as u8,
+                    ]
+                })
+                .collect();
+            let mut bytes = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+                .encode(&pixels, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(|e| crate::error::Error::invalid("bench", e.to_string()))?;
+            let path = dir.join(format!("{i}.jpg"));
+            crate::io::atomic_write(&path, &bytes)?;
+            items.push(ListedImage {
+                origin: path.display().to_string(),
+                path,
+                label: i % 10,
+            });
+        }
+        let list = ImageList {
+            items,
+            class_names: (0..10).map(|c| c.to_string()).collect(),
+        };
+        let mut set = None;
+        let load = time_median(reps, || {
+            set = Some(ImageSet::load(
+                list.clone(),
+                Preprocess::vtab(),
+                BadImages::Fail,
+                "bench",
+                false,
+            )?);
+            Ok(())
+        })?;
+        let set = set.expect("loaded at least once");
+        let batch: Vec<usize> = (0..32).map(|i| i % count).collect();
+        let eval = time_median(reps, || set.gather(&batch, None).map(|_| ()))?;
+        let augmented = ImageSet::load(
+            list.clone(),
+            Preprocess {
+                augment: true,
+                ..Preprocess::imagenet(224)
+            },
+            BadImages::Fail,
+            "bench",
+            false,
+        )?;
+        let mut rng = SplitMix64::new(3);
+        let train = time_median(reps, || {
+            augmented.gather(&batch, Some(&mut rng)).map(|_| ())
+        })?;
+        let figure = |name: String, seconds: f64, images: usize| BenchResult {
+            name,
+            median_s: seconds,
+            reps: reps.max(1),
+            images_per_s: Some(images as f64 / seconds),
+            ..Default::default()
+        };
+        Ok(vec![
+            figure(
+                format!("input: decode JPEG 500×375 + resize to 224×224 ({count} images)"),
+                load,
+                count,
+            ),
+            figure(
+                "input: normalised batch of 32 at 224 from memory".into(),
+                eval,
+                32,
+            ),
+            figure(
+                "input: augmented batch of 32 at 224 (random resized crop + flip)".into(),
+                train,
+                32,
+            ),
+        ])
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A `/proc/self/status` field in bytes (Linux), if known.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident memory of this process in bytes (Linux: VmHWM, since the start or the last
+/// [`reset_peak_memory`]), if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now, in bytes (Linux: VmRSS), if known.
+pub fn current_rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// Restarts the peak-memory count from the current resident memory (Linux: writing 5 to
+/// `/proc/self/clear_refs`), after handing freed heap pages back to the system (glibc's `malloc_trim`),
+/// so that the memory an earlier measurement freed is not counted as held; does nothing where that is not
+/// possible.
+pub fn reset_peak_memory() {
+    release_free_heap();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Returns the allocator's free pages to the system, so resident memory is what is live.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds unused; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

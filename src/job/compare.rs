@@ -301,4 +301,3 @@ pub fn compare(
     )?;
     Ok(report)
 }
-

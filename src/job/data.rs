@@ -193,9 +193,9 @@ pub fn task_lists(dir: &Path, vtab_lists: (&str, &str)) -> Result<(Layout, Image
             return Err(Error::invalid(
                 "data",
                 format!(
-                    "{} holds IDX files: images of this layout go through --data-dir on the IDX path",
-                    dir.display()
-                ),
+                "{} holds IDX files: images of this layout go through --data-dir on the IDX path",
+                dir.display()
+            ),
             ))
         }
         Layout::VtabLists => {
@@ -387,10 +387,12 @@ pub fn read_data_config(dir: &Path) -> Result<Option<DataConfig>> {
         path: path.display().to_string(),
         source,
     })?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::Format {
-        path: path.display().to_string(),
-        msg: format!("not a liera data config: {e}"),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            msg: format!("not a liera data config: {e}"),
+        })
 }
 
 /// Loads only the evaluation split of a task folder (`test.txt` of a VTAB-1k task, `val/` or `test/` of
@@ -436,8 +438,14 @@ pub fn load_for_inference(
     device: &crate::backend::Device,
 ) -> Result<crate::nn::ConvNeXt> {
     let (head, source) = match adapter.map(adapter_head_classes).transpose()?.flatten() {
-        Some(k) => (k, format!("the adapter {}", adapter.expect("given").display())),
-        None => (model.config.num_classes, model.weights.display().to_string()),
+        Some(k) => (
+            k,
+            format!("the adapter {}", adapter.expect("given").display()),
+        ),
+        None => (
+            model.config.num_classes,
+            model.weights.display().to_string(),
+        ),
     };
     let classes = match data_classes {
         Some(k) if k != head && !allow_new_head => {

@@ -53,4 +53,3 @@ pub fn pretrain_checkpoint_path(
     key.bytes().for_each(|b| h.mix(b as u64));
     cache_dir.join(format!("pretrain-{}.safetensors", h.hex()))
 }
-

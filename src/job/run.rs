@@ -2,7 +2,8 @@
 //! the run loop with its progress bar, prefetching of batches, checkpoint writing and resume.
 
 use super::checkpoint::{
-    read_checkpoint, write_checkpoint, CheckpointMeta, Checkpointing, RunSettings, CHECKPOINT_VERSION,
+    read_checkpoint, write_checkpoint, CheckpointMeta, Checkpointing, RunSettings,
+    CHECKPOINT_VERSION,
 };
 use crate::autodiff::Grads;
 use crate::backend::Device;
@@ -150,7 +151,10 @@ pub fn train_and_evaluate(
     device: &Device,
     ckpt: &Checkpointing,
 ) -> Result<RunResult> {
-    let TaskData { train: train_set, test } = *data;
+    let TaskData {
+        train: train_set,
+        test,
+    } = *data;
     opts.check()?;
     let kind = if label == "pretrain" {
         label.to_string()
@@ -232,50 +236,50 @@ pub fn train_and_evaluate(
     let mut last_written = start;
     let logs = with_prefetch(batcher, opts.steps - start, |queue| {
         train(
-        model,
-        &params,
-        &mut SharedOptimizer(&optimizer),
-        device,
-        &train_opts,
-        start,
-        &mut || {
-            consumed.set(consumed.get() + 1);
-            queue.next_batch()
-        },
-        &mut |log| {
-            bar.set_position(log.step);
-            bar.set_message(format!(
-                "loss {:.4}  {:.0} img/s",
-                log.loss,
-                (log.step - start) as f64 * batch as f64 / log.elapsed.max(1e-9)
-            ));
-            // Only here, right after a finite loss was read back, is a checkpoint written.
-            let Some(path) = &ckpt.path else {
-                return Ok(());
-            };
-            let due =
-                log.step == opts.steps || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
-            if due {
-                let meta = CheckpointMeta {
-                    step: log.step,
-                    data_position: consumed.get(),
-                    optimizer_steps: optimizer.borrow().steps(),
-                    drop_path_position: log.step,
-                    loss: log.loss,
-                    ..run_meta.clone()
+            model,
+            &params,
+            &mut SharedOptimizer(&optimizer),
+            device,
+            &train_opts,
+            start,
+            &mut || {
+                consumed.set(consumed.get() + 1);
+                queue.next_batch()
+            },
+            &mut |log| {
+                bar.set_position(log.step);
+                bar.set_message(format!(
+                    "loss {:.4}  {:.0} img/s",
+                    log.loss,
+                    (log.step - start) as f64 * batch as f64 / log.elapsed.max(1e-9)
+                ));
+                // Only here, right after a finite loss was read back, is a checkpoint written.
+                let Some(path) = &ckpt.path else {
+                    return Ok(());
                 };
-                write_checkpoint(
-                    path,
-                    &meta,
-                    &model.named_parameters(),
-                    &optimizer.borrow().state(),
-                )?;
-                last_written = log.step;
-                last_good = Some((path.clone(), log.step));
-            }
-            Ok(())
-        },
-    )
+                let due = log.step == opts.steps
+                    || (ckpt.every > 0 && log.step - last_written >= ckpt.every);
+                if due {
+                    let meta = CheckpointMeta {
+                        step: log.step,
+                        data_position: consumed.get(),
+                        optimizer_steps: optimizer.borrow().steps(),
+                        drop_path_position: log.step,
+                        loss: log.loss,
+                        ..run_meta.clone()
+                    };
+                    write_checkpoint(
+                        path,
+                        &meta,
+                        &model.named_parameters(),
+                        &optimizer.borrow().state(),
+                    )?;
+                    last_written = log.step;
+                    last_good = Some((path.clone(), log.step));
+                }
+                Ok(())
+            },
+        )
     });
     bar.finish_and_clear();
     // Say where the run can be resumed from (with a lower learning rate, say).
@@ -356,4 +360,3 @@ pub fn with_prefetch<T>(
         f(&mut Prefetched { rx })
     })
 }
-

@@ -302,9 +302,17 @@ pub fn vtab(opts: &VtabOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             }
             let lr = match (opts.lr, &tuning_sets) {
                 (Some(lr), _) => lr,
-                (None, Some(sets)) => {
-                    tune_on_val(opts, task, *method, &sets.train, &sets.test, &mut state, &state_path, device, log)?
-                }
+                (None, Some(sets)) => tune_on_val(
+                    opts,
+                    task,
+                    *method,
+                    &sets.train,
+                    &sets.test,
+                    &mut state,
+                    &state_path,
+                    device,
+                    log,
+                )?,
                 (None, None) => method.default_lr(),
             };
             let run_dir = opts.out.join(task).join(method.name());
@@ -326,7 +334,11 @@ pub fn vtab(opts: &VtabOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
                 ..opts.run.clone()
             };
             let r = finetune(
-                &opts.model.config.clone().with_classes(final_sets.train.classes()),
+                &opts
+                    .model
+                    .config
+                    .clone()
+                    .with_classes(final_sets.train.classes()),
                 &opts.model.weights,
                 &TaskData {
                     train: &final_sets.train,
@@ -498,6 +510,11 @@ fn write_outputs(opts: &VtabOptions, tasks: &[String], state: &VtabState) -> Res
             }
         })
         .collect();
-    write_grouped_bars(&opts.out.join("plot.svg"), "VTAB-1k top-1", &groups, &series)?;
+    write_grouped_bars(
+        &opts.out.join("plot.svg"),
+        "VTAB-1k top-1",
+        &groups,
+        &series,
+    )?;
     Ok(table)
 }
