@@ -2,6 +2,9 @@
 //! colour type exactly, JPEG within its error), the three data layouts and their errors, the preprocessed
 //! image set, timm-layout model folders, and a short fine-tune through an image folder.
 
+mod common;
+
+use common::temp::TempDir;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
@@ -14,28 +17,7 @@ use liera::job::data::{load_task, resolve_model, resolve_preprocess, LoadOptions
 use liera::job::{finetune, AdapterOptions, Checkpointing, Method, RunOptions, TaskData};
 use liera::nn::{ConvNeXt, ConvNeXtConfig};
 use liera::Device;
-use std::path::{Path, PathBuf};
-
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("liera-images-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::path::Path;
 
 /// `n` Fashion-MNIST training images of each of the first `classes` classes as 8-bit 28×28 grey pixels
 /// (recovered exactly from the embedded set's normalised values), with their labels.
@@ -146,7 +128,7 @@ fn err_text<T: std::fmt::Debug>(r: liera::Result<T>) -> String {
 
 #[test]
 fn png_decodes_exactly_in_every_colour_type() {
-    let s = Scratch::new("png");
+    let s = TempDir::new("png");
     let (w, h) = (5, 3);
     let grey: Vec<u8> = (0..w * h).map(|i| (i * 17) as u8).collect();
     let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
@@ -156,12 +138,12 @@ fn png_decodes_exactly_in_every_colour_type() {
     let as_rgb = |g: &[u8]| g.iter().flat_map(|&v| [v, v, v]).collect::<Vec<u8>>();
 
     // Grey: repeated into three channels, kept as is for one.
-    let p = s.path().join("grey.png");
+    let p = s.root().join("grey.png");
     write_png(&p, &grey, w, h, ExtendedColorType::L8);
     assert_eq!(decode_file(&p, 3).unwrap().pixels, as_rgb(&grey));
     assert_eq!(decode_file(&p, 1).unwrap().pixels, grey);
     // RGB, and its PIL luma for a one-channel network.
-    let p = s.path().join("rgb.png");
+    let p = s.root().join("rgb.png");
     write_png(&p, &rgb, w, h, ExtendedColorType::Rgb8);
     let img = decode_file(&p, 3).unwrap();
     assert_eq!((img.width, img.height, img.channels), (w, h, 3));
@@ -176,31 +158,31 @@ fn png_decodes_exactly_in_every_colour_type() {
         .enumerate()
         .flat_map(|(i, c)| [c[0], c[1], c[2], (i * 40 % 256) as u8])
         .collect();
-    let p = s.path().join("rgba.png");
+    let p = s.root().join("rgba.png");
     write_png(&p, &rgba, w, h, ExtendedColorType::Rgba8);
     assert_eq!(decode_file(&p, 3).unwrap().pixels, rgb);
     let la: Vec<u8> = grey.iter().flat_map(|&g| [g, 255 - g]).collect();
-    let p = s.path().join("la.png");
+    let p = s.root().join("la.png");
     write_png(&p, &la, w, h, ExtendedColorType::La8);
     assert_eq!(decode_file(&p, 3).unwrap().pixels, as_rgb(&grey));
     // 16-bit: round(v·255/65535).
     let deep: Vec<u16> = (0..w * h * 3).map(|i| (i * 4099 % 65536) as u16).collect();
     // The encoder takes 16-bit samples in native byte order (it writes them big-endian).
     let bytes: Vec<u8> = deep.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let p = s.path().join("rgb16.png");
+    let p = s.root().join("rgb16.png");
     write_png(&p, &bytes, w, h, ExtendedColorType::Rgb16);
     let want: Vec<u8> = deep
         .iter()
         .map(|&v| ((v as u32 * 255 + 32767) / 65535) as u8)
         .collect();
     assert_eq!(decode_file(&p, 3).unwrap().pixels, want);
-    let p = s.path().join("grey16.png");
+    let p = s.root().join("grey16.png");
     write_png(&p, &bytes[..w * h * 2], w, h, ExtendedColorType::L16);
     assert_eq!(decode_file(&p, 3).unwrap().pixels, as_rgb(&want[..w * h]));
     // Palette: looked up.
     let palette: Vec<u8> = vec![255, 0, 0, 0, 128, 0, 10, 20, 30];
     let indices: Vec<u8> = (0..w * h).map(|i| (i % 3) as u8).collect();
-    let p = s.path().join("palette.png");
+    let p = s.root().join("palette.png");
     {
         let f = std::fs::File::create(&p).unwrap();
         let mut enc = png::Encoder::new(f, w as u32, h as u32);
@@ -221,11 +203,11 @@ fn png_decodes_exactly_in_every_colour_type() {
 
 #[test]
 fn jpeg_decodes_within_jpeg_error() {
-    let s = Scratch::new("jpeg");
+    let s = TempDir::new("jpeg");
     let (grey, label) = &fashion(1, 1, 0)[0];
     let (w, h) = (40, 36);
     let rgb = colour(grey, *label, w, h);
-    let p = s.path().join("x.jpg");
+    let p = s.root().join("x.jpg");
     write_jpeg(&p, &rgb, w, h);
     let img = decode_file(&p, 3).unwrap();
     assert_eq!((img.width, img.height), (w, h));
@@ -244,9 +226,9 @@ fn jpeg_decodes_within_jpeg_error() {
 
 #[test]
 fn bad_image_files_are_named_errors() {
-    let s = Scratch::new("bad");
+    let s = TempDir::new("bad");
     let (grey, label) = &fashion(1, 1, 0)[0];
-    let good = s.path().join("good.png");
+    let good = s.root().join("good.png");
     write_png(
         &good,
         &colour(grey, *label, 28, 28),
@@ -295,35 +277,35 @@ fn bad_image_files_are_named_errors() {
         ),
     ];
     for (name, content, phrase) in cases {
-        let p = s.path().join(name);
+        let p = s.root().join(name);
         std::fs::write(&p, content).unwrap();
         let e = err_text(decode_file(&p, 3));
         assert!(e.contains(name), "{name}: {e}");
         assert!(e.contains(phrase), "{name}: {e}");
     }
-    let e = err_text(decode_file(&s.path().join("missing.png"), 3));
+    let e = err_text(decode_file(&s.root().join("missing.png"), 3));
     assert!(e.contains("missing.png"), "{e}");
 }
 
 #[test]
 fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
-    let s = Scratch::new("layouts");
+    let s = TempDir::new("layouts");
     let imgs = fashion(2, 2, 0);
     // ImageFolder, flat and with train/ + val/.
-    let flat = s.path().join("flat");
+    let flat = s.root().join("flat");
     write_image_folder(&flat, &imgs);
     assert_eq!(layout::detect(&flat).unwrap(), Layout::ImageFolder);
-    let split = s.path().join("split");
+    let split = s.root().join("split");
     write_image_folder(&split.join("train"), &imgs);
     write_image_folder(&split.join("val"), &imgs[..1]);
     assert_eq!(layout::detect(&split).unwrap(), Layout::ImageFolder);
     // VTAB lists.
-    let task = s.path().join("task");
+    let task = s.root().join("task");
     write_list(&task, "train800val200.txt", &imgs);
     write_list(&task, "test.txt", &imgs);
     assert_eq!(layout::detect(&task).unwrap(), Layout::VtabLists);
     // IDX.
-    let idx = s.path().join("idx");
+    let idx = s.root().join("idx");
     std::fs::create_dir_all(&idx).unwrap();
     std::fs::write(idx.join("train-images-idx3-ubyte"), b"x").unwrap();
     assert_eq!(layout::detect(&idx).unwrap(), Layout::Idx);
@@ -335,7 +317,7 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
         "{e}"
     );
     // Nothing recognisable: says what is there.
-    let other = s.path().join("other");
+    let other = s.root().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"x").unwrap();
     let e = err_text(layout::detect(&other));
@@ -359,9 +341,9 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
 
 #[test]
 fn list_errors_name_the_file_and_line() {
-    let s = Scratch::new("lists");
+    let s = TempDir::new("lists");
     let imgs = fashion(2, 1, 0);
-    let task = s.path().join("task");
+    let task = s.root().join("task");
     write_list(&task, "test.txt", &imgs);
     let list = task.join("test.txt");
     let good = std::fs::read_to_string(&list).unwrap();
@@ -418,8 +400,8 @@ fn load_options(size: usize, augment: bool) -> LoadOptions {
 
 #[test]
 fn bad_images_stop_loading_or_are_skipped_and_counted() {
-    let s = Scratch::new("skip");
-    let root = s.path().join("folder");
+    let s = TempDir::new("skip");
+    let root = s.root().join("folder");
     write_image_folder(&root, &fashion(2, 3, 0));
     let bad = root.join("class_1").join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
@@ -440,8 +422,8 @@ fn bad_images_stop_loading_or_are_skipped_and_counted() {
 
 #[test]
 fn image_set_batches_are_the_pipeline_and_augmentation_is_seeded() {
-    let s = Scratch::new("set");
-    let root = s.path().join("folder");
+    let s = TempDir::new("set");
+    let root = s.root().join("folder");
     write_image_folder(&root, &fashion(2, 2, 0));
     let (list, _) = layout::image_folder(&root, None).unwrap();
     let pre = Preprocess {
@@ -514,8 +496,8 @@ fn write_model_folder(
 
 #[test]
 fn a_timm_model_folder_gives_architecture_and_preprocessing() {
-    let s = Scratch::new("folder");
-    let dir = s.path().join("convnextv2_atto");
+    let s = TempDir::new("folder");
+    let dir = s.root().join("convnextv2_atto");
     let cfg = ConvNeXtConfig::preset("convnextv2_atto")
         .unwrap()
         .with_classes(7);
@@ -579,7 +561,7 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
         "{e}"
     );
     // A config whose architecture contradicts the weights.
-    let bad = s.path().join("bad");
+    let bad = s.root().join("bad");
     write_model_folder(&bad, &cfg, "convnext_femto", serde_json::json!({}));
     let e = err_text(resolve_model(&bad, &ModelFlags::default()));
     assert!(
@@ -587,7 +569,7 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
         "{e}"
     );
     // A folder without safetensors.
-    let empty = s.path().join("empty");
+    let empty = s.root().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("pytorch_model.bin"), b"x").unwrap();
     let e = err_text(resolve_model(&empty, &ModelFlags::default()));
@@ -599,12 +581,12 @@ fn a_timm_model_folder_gives_architecture_and_preprocessing() {
 
 #[test]
 fn a_short_finetune_through_an_image_folder_beats_chance() {
-    let s = Scratch::new("finetune");
-    let root = s.path().join("data");
+    let s = TempDir::new("finetune");
+    let root = s.root().join("data");
     let classes = 4;
     write_image_folder(&root.join("train"), &fashion(classes, 40, 0));
     write_image_folder(&root.join("val"), &fashion(classes, 25, 40));
-    let weights = s.path().join("base");
+    let weights = s.root().join("base");
     let config = ConvNeXtConfig::micro().with_in_chans(3).with_seed(3);
     write_model_folder(&weights, &config, "micro", serde_json::json!({}));
     let model = resolve_model(&weights, &ModelFlags::default()).unwrap();
@@ -687,13 +669,13 @@ fn vtab_root(root: &Path, names: &[&str]) {
 
 #[test]
 fn finetune_eval_and_predict_run_on_an_image_folder() {
-    let s = Scratch::new("cli");
-    let base = s.path().join("base");
+    let s = TempDir::new("cli");
+    let base = s.root().join("base");
     small_model_folder(&base);
-    let data = s.path().join("data");
+    let data = s.root().join("data");
     write_image_folder(&data.join("train"), &fashion(3, 6, 0));
     write_image_folder(&data.join("val"), &fashion(3, 2, 6));
-    let ft = s.path().join("ft");
+    let ft = s.root().join("ft");
     let (b, d, f) = (
         base.to_str().unwrap(),
         data.to_str().unwrap(),
@@ -801,12 +783,12 @@ fn finetune_eval_and_predict_run_on_an_image_folder() {
 
 #[test]
 fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
-    let s = Scratch::new("vtab");
-    let base = s.path().join("base");
+    let s = TempDir::new("vtab");
+    let base = s.root().join("base");
     small_model_folder(&base);
-    let root = s.path().join("vtab");
+    let root = s.root().join("vtab");
     vtab_root(&root, &["alpha", "beta"]);
-    let out = s.path().join("run");
+    let out = s.root().join("run");
     let args = |out: &Path, steps: &str| -> Vec<String> {
         [
             "vtab",
@@ -879,10 +861,10 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
 
 #[test]
 fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
-    let s = Scratch::new("vtab-kill");
-    let base = s.path().join("base");
+    let s = TempDir::new("vtab-kill");
+    let base = s.root().join("base");
     small_model_folder(&base);
-    let root = s.path().join("vtab");
+    let root = s.root().join("vtab");
     vtab_root(&root, &["alpha"]);
     let args = |out: &Path| -> Vec<String> {
         [
@@ -911,11 +893,11 @@ fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
         .map(|s| s.to_string())
         .collect()
     };
-    let whole = s.path().join("whole");
+    let whole = s.root().join("whole");
     let o = liera(&args(&whole).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
 
-    let killed = s.path().join("killed");
+    let killed = s.root().join("killed");
     let mut child = std::process::Command::new(BIN)
         .args(args(&killed))
         .env("LIERA_DEVICE", "cpu")
