@@ -19,6 +19,7 @@ fn run_options(steps: u64, lr: f32) -> RunOptions {
         augment_shift: 1,
         log_every: 5,
         progress: false,
+        grad_checkpointing: false,
     }
 }
 

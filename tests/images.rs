@@ -602,6 +602,7 @@ fn a_short_finetune_through_an_image_folder_beats_chance() {
         augment_shift: 0,
         log_every: 10,
         progress: false,
+        grad_checkpointing: false,
     };
     let r = finetune(
         &model.config.clone().with_classes(classes),

@@ -39,6 +39,19 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with recording switched on, whatever the caller's mode: how a backward rule recomputes a
+/// forward whose graph it needs (see [`crate::ops::checkpoint`]).
+pub fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            tensor::set_grad_enabled(self.0);
+        }
+    }
+    let _restore = Restore(tensor::set_grad_enabled(true));
+    f()
+}
+
 /// Gradients of a loss with respect to the leaves that require them, keyed by tensor.
 #[derive(Default)]
 pub struct Grads {

@@ -176,8 +176,10 @@ impl StepRunner {
         kind: StepKind,
         batch: usize,
         [c, size]: [usize; 2],
+        grad_checkpointing: bool,
     ) -> Result<Self> {
         let mut model = ConvNeXt::new(config.clone().with_in_chans(c).with_classes(10), device)?;
+        model.set_grad_checkpointing(grad_checkpointing);
         if let StepKind::Adapter(k) = kind {
             let cfg = PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2")
                 .with_modules_to_save("head.fc");
@@ -241,12 +243,12 @@ pub fn training_steps(
     batch: usize,
     reps: usize,
 ) -> Result<Vec<BenchResult>> {
-    training_steps_at(device, config, label, kinds, batch, [1, 32], reps)
+    training_steps_at(device, config, label, kinds, batch, [1, 32], reps, false)
 }
 
 /// Training steps of several kinds at `batch` images of `[channels, size]`, timed interleaved (one step
 /// of each kind per round), so that a change in machine load between kinds does not bias their ratio
-/// (LieRA vs LoRA). Each kind's first (warm-up) step also measures its memory: the peak resident memory
+/// (LieRA vs LoRA), optionally with every block checkpointed. Each kind's first (warm-up) step also measures its memory: the peak resident memory
 /// during that step, and what the step adds per image over the memory held before it.
 pub fn training_steps_at(
     device: &Device,
@@ -256,11 +258,12 @@ pub fn training_steps_at(
     batch: usize,
     input: [usize; 2],
     reps: usize,
+    grad_checkpointing: bool,
 ) -> Result<Vec<BenchResult>> {
     let mut runners = Vec::with_capacity(kinds.len());
     let mut memory = Vec::with_capacity(kinds.len());
     for &k in kinds {
-        let mut r = StepRunner::new(device, config, k, batch, input)?;
+        let mut r = StepRunner::new(device, config, k, batch, input, grad_checkpointing)?;
         reset_peak_memory();
         let before = current_rss_bytes();
         r.step()?; // warm-up, and the memory of one step
@@ -286,7 +289,11 @@ pub fn training_steps_at(
             let reps = t.len();
             let median = median(t);
             BenchResult {
-                name: step_name(label, kind, batch, input),
+                name: format!(
+                    "{}{}",
+                    step_name(label, kind, batch, input),
+                    if grad_checkpointing { " checkpointed" } else { "" }
+                ),
                 peak_rss_bytes: peak,
                 step_bytes_per_image: per_image,
                 median_s: median,
@@ -340,6 +347,7 @@ pub fn suite(device: &Device, quick: bool) -> Result<Vec<BenchResult>> {
         batch,
         [3, size],
         if quick { 1 } else { 3 },
+        false,
     )?);
     out.extend(input_pipeline(
         if quick { 8 } else { 64 },

@@ -153,7 +153,7 @@ pub fn finetune(
     save_dir: Option<&Path>,
     ckpt: &Checkpointing,
 ) -> Result<RunResult> {
-    let (model, _, peft_cfg) = prepare_finetune(
+    let (mut model, _, peft_cfg) = prepare_finetune(
         config,
         base,
         data.train.classes(),
@@ -162,6 +162,7 @@ pub fn finetune(
         opts.seed,
         device,
     )?;
+    model.set_grad_checkpointing(opts.grad_checkpointing);
     let result = train_and_evaluate(&model, method.name(), data, opts, device, ckpt)?;
     if let Some(dir) = save_dir {
         match &peft_cfg {

@@ -20,7 +20,8 @@ pub fn pretrain(
     checkpoint: &Path,
     ckpt: &Checkpointing,
 ) -> Result<RunResult> {
-    let model = ConvNeXt::new(config.with_seed(opts.seed), device)?;
+    let mut model = ConvNeXt::new(config.with_seed(opts.seed), device)?;
+    model.set_grad_checkpointing(opts.grad_checkpointing);
     let result = train_and_evaluate(&model, "pretrain", &data.into(), opts, device, ckpt)?;
     if let Some(dir) = checkpoint.parent() {
         create_dir(dir)?;

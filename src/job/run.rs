@@ -60,6 +60,9 @@ pub struct RunOptions {
     pub log_every: u64,
     /// Show progress bars (on stderr).
     pub progress: bool,
+    /// Recompute each block's intermediates in the backward pass instead of keeping them (less memory,
+    /// one more forward; the same results): [`crate::nn::ConvNeXt::set_grad_checkpointing`].
+    pub grad_checkpointing: bool,
 }
 
 impl RunOptions {

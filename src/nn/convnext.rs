@@ -21,7 +21,9 @@ use super::{
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::shape::Conv2dParams;
+use crate::ops::checkpoint::checkpoint;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 use super::norm::CONVNEXT_LN_EPS;
 
@@ -238,17 +240,21 @@ impl Pointwise {
             Pointwise::Linear(Linear::new(c_in, c_out, true, rng, dev)?)
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Pointwise::Conv(c) => c.forward(x),
-            Pointwise::Linear(l) => l.forward(x),
-        }
-    }
     fn module(&self) -> &dyn Module {
         match self {
             Pointwise::Conv(c) => c,
             Pointwise::Linear(l) => l,
         }
+    }
+    /// Appends the (effective) weight and the bias, the order [`BranchLayout::branch`] reads them in.
+    fn push_params(&self, p: &mut Vec<Tensor>) -> Result<()> {
+        let (w, b) = match self {
+            Pointwise::Conv(c) => (c.effective_weight()?, &c.bias),
+            Pointwise::Linear(l) => (l.effective_weight()?, &l.bias),
+        };
+        p.push(w);
+        p.extend(b.as_ref().map(|b| b.tensor().clone()));
+        Ok(())
     }
     fn module_mut(&mut self) -> &mut dyn Module {
         match self {
@@ -267,16 +273,6 @@ pub struct Mlp {
     pub grn: Option<Grn>,
     /// Projection 4C → C.
     pub fc2: Pointwise,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.fc1.forward(x)?.gelu()?;
-        if let Some(grn) = &self.grn {
-            h = grn.forward(&h)?;
-        }
-        self.fc2.forward(&h)
-    }
 }
 
 impl Module for Mlp {
@@ -345,6 +341,9 @@ pub struct Block {
     pub gamma: Option<Param>,
     /// Stochastic depth on the residual branch.
     pub drop_path: DropPath,
+    /// Recompute the branch in the backward pass instead of keeping its intermediates (activation
+    /// checkpointing; see [`ConvNeXt::set_grad_checkpointing`]).
+    pub checkpoint: bool,
 }
 
 impl Block {
@@ -380,27 +379,135 @@ impl Block {
             mlp: Mlp { fc1, grn, fc2 },
             gamma,
             drop_path: DropPath::new(drop, rng.next_u64())?,
+            checkpoint: false,
         })
     }
 
-    /// x + drop_path(γ ⊙ mlp(norm(conv_dw(x)))), NCHW in and out.
+    /// x + drop_path(γ ⊙ mlp(norm(conv_dw(x)))), NCHW in and out. With [`Block::checkpoint`] on (and in
+    /// training), the branch's intermediates are not kept: the backward pass recomputes them
+    /// ([`crate::ops::checkpoint`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.conv_dw.forward(x)?;
-        let h = match &self.norm {
-            BlockNorm::Channels(n) => self.mlp.forward(&n.forward(&h)?)?,
-            BlockNorm::Last(n) => {
-                // NCHW → NHWC so the norm and the Linear layers act on the channel axis, then back.
-                let nhwc = h.permute(&[0, 2, 3, 1])?;
-                self.mlp
-                    .forward(&n.forward(&nhwc)?)?
-                    .permute(&[0, 3, 1, 2])?
-            }
-        };
-        let h = match &self.gamma {
-            Some(g) => h.mul(&g.tensor().reshape([1, g.numel(), 1, 1])?)?,
-            None => h,
+        let layout = self.layout();
+        let params = self.branch_params()?;
+        let h = if self.checkpoint && train {
+            let mut inputs = Vec::with_capacity(params.len() + 1);
+            inputs.push(x.clone());
+            inputs.extend(params);
+            checkpoint(
+                &inputs,
+                Arc::new(move |t: &[Tensor]| layout.branch(&t[0], &t[1..])),
+            )?
+        } else {
+            layout.branch(x, &params)?
         };
         self.drop_path.forward(&h, train)?.add(x)
+    }
+
+    /// The shape of the residual branch: which layers exist and how they are configured.
+    fn layout(&self) -> BranchLayout {
+        let pointwise = |p: &Pointwise| match p {
+            Pointwise::Conv(c) => (Some(c.params), c.bias.is_some()),
+            Pointwise::Linear(l) => (None, l.bias.is_some()),
+        };
+        BranchLayout {
+            dw: self.conv_dw.params,
+            dw_bias: self.conv_dw.bias.is_some(),
+            norm_eps: match &self.norm {
+                BlockNorm::Channels(n) => n.eps,
+                BlockNorm::Last(n) => n.eps,
+            },
+            channels_first: matches!(self.norm, BlockNorm::Channels(_)),
+            fc1: pointwise(&self.mlp.fc1),
+            grn: self.mlp.grn.as_ref().map(|g| (g.eps, g.channels_last)),
+            fc2: pointwise(&self.mlp.fc2),
+            gamma: self.gamma.is_some(),
+        }
+    }
+
+    /// The tensors the branch reads, in [`BranchLayout::branch`]'s order, with every adapted weight
+    /// materialised (W′ = the adapter's reparameterisation of W, recorded on the tape as usual).
+    fn branch_params(&self) -> Result<Vec<Tensor>> {
+        let mut p = vec![self.conv_dw.effective_weight()?];
+        p.extend(self.conv_dw.bias.as_ref().map(|b| b.tensor().clone()));
+        let (w, b) = match &self.norm {
+            BlockNorm::Channels(n) => (&n.weight, &n.bias),
+            BlockNorm::Last(n) => (&n.weight, &n.bias),
+        };
+        p.extend([w.tensor().clone(), b.tensor().clone()]);
+        self.mlp.fc1.push_params(&mut p)?;
+        if let Some(g) = &self.mlp.grn {
+            p.extend([g.weight.tensor().clone(), g.bias.tensor().clone()]);
+        }
+        self.mlp.fc2.push_params(&mut p)?;
+        p.extend(self.gamma.as_ref().map(|g| g.tensor().clone()));
+        Ok(p)
+    }
+}
+
+/// What a block's residual branch consists of, as plain data, so the branch can be run again from its
+/// tensors alone (by a checkpoint's backward pass).
+#[derive(Clone, Copy, Debug)]
+struct BranchLayout {
+    dw: Conv2dParams,
+    dw_bias: bool,
+    norm_eps: f32,
+    /// LayerNorm2d and 1×1 convolutions on NCHW (conv MLP), or NHWC with LayerNorm and Linear.
+    channels_first: bool,
+    /// The pointwise layer's conv parameters (None: Linear) and whether it has a bias.
+    fc1: (Option<Conv2dParams>, bool),
+    /// GRN's (eps, channels_last), v2 only.
+    grn: Option<(f32, bool)>,
+    fc2: (Option<Conv2dParams>, bool),
+    gamma: bool,
+}
+
+impl BranchLayout {
+    /// γ ⊙ fc2(GRN?(GELU(fc1(norm(conv_dw(x)))))), reading the parameters from `p` in
+    /// [`Block::branch_params`]'s order.
+    fn branch(&self, x: &Tensor, p: &[Tensor]) -> Result<Tensor> {
+        let mut it = p.iter();
+        let mut next = || {
+            it.next().ok_or_else(|| {
+                Error::invalid("ConvNeXt block", "fewer parameters than the block's layout")
+            })
+        };
+        let w = next()?;
+        let b = if self.dw_bias { Some(next()?) } else { None };
+        let h = x.conv2d(w, b, self.dw)?;
+        let (nw, nb) = (next()?, next()?);
+        let h = if self.channels_first {
+            h.layer_norm_channels(Some(nw), Some(nb), self.norm_eps)?
+        } else {
+            // NCHW → NHWC so the norm and the Linear layers act on the channel axis (back below).
+            h.permute(&[0, 2, 3, 1])?
+                .layer_norm_last(Some(nw), Some(nb), self.norm_eps)?
+        };
+        fn pointwise<'a>(
+            h: &Tensor,
+            (conv, bias): (Option<Conv2dParams>, bool),
+            next: &mut impl FnMut() -> Result<&'a Tensor>,
+        ) -> Result<Tensor> {
+            let w = next()?;
+            let b = if bias { Some(next()?) } else { None };
+            match conv {
+                Some(params) => h.conv2d(w, b, params),
+                None => h.linear(w, b),
+            }
+        }
+        let mut h = pointwise(&h, self.fc1, &mut next)?.gelu()?;
+        if let Some((eps, channels_last)) = self.grn {
+            let (gw, gb) = (next()?, next()?);
+            h = h.grn(gw, gb, eps, channels_last)?;
+        }
+        let mut h = pointwise(&h, self.fc2, &mut next)?;
+        if !self.channels_first {
+            h = h.permute(&[0, 3, 1, 2])?;
+        }
+        if self.gamma {
+            let g = next()?;
+            h = h.mul(&g.reshape([1, g.numel(), 1, 1])?)?;
+        }
+        Ok(h)
     }
 }
 
@@ -531,6 +638,17 @@ impl ConvNeXt {
         for stage in &self.stages {
             for block in &stage.blocks {
                 block.drop_path.seek(steps);
+            }
+        }
+    }
+    /// Turns activation checkpointing of every block on or off (timm's `set_grad_checkpointing`): in
+    /// training, a block keeps only its input and parameters and recomputes its intermediates in the
+    /// backward pass, which cuts the memory of a step to about a block's worth per image for one more
+    /// forward pass. Results are the same either way.
+    pub fn set_grad_checkpointing(&mut self, on: bool) {
+        for stage in &mut self.stages {
+            for block in &mut stage.blocks {
+                block.checkpoint = on;
             }
         }
     }

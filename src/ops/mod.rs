@@ -5,6 +5,7 @@
 //! Ops are methods on [`Tensor`]: `a.add(&b)?`, `x.conv2d(&w, Some(&b), params)?`, ...
 
 pub mod binary;
+pub mod checkpoint;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod exp;
