@@ -6,10 +6,10 @@
 //! `cargo run --release --example lie_adapt [preset]` (preset: micro (default), atto, femto, ..., or
 //! convnextv2_atto; images are 1×32×32, 10 classes).
 
+use liera::nn::Classifier;
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::optim::{AdamW, Optimizer};
 use liera::peft::{self, AdapterKind, PeftConfig};
-use liera::nn::Classifier;
 use liera::{no_grad, Device, Result, Tensor};
 
 fn main() {

@@ -9,9 +9,9 @@
 mod common;
 
 use common::gpu_device;
+use liera::nn::Classifier;
 use liera::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use liera::peft::{self, AdapterKind, PeftConfig};
-use liera::nn::Classifier;
 use liera::{Device, Tensor};
 
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) {

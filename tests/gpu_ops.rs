@@ -746,8 +746,8 @@ fn convnext_step(
     adapter: Option<liera::peft::AdapterKind>,
     dev: &Device,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
-    use liera::nn::{ConvNeXt, Module};
     use liera::nn::Classifier;
+    use liera::nn::{ConvNeXt, Module};
     let mut model = ConvNeXt::new(config.clone(), dev).unwrap();
     if let Some(kind) = adapter {
         let cfg = liera::peft::PeftConfig::new(kind, 4, 4.0, "conv_dw,mlp.fc1,mlp.fc2");

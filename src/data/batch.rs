@@ -7,8 +7,8 @@
 //! as if the earlier batches had been drawn.
 
 use super::{Dataset, Examples};
-use crate::error::{Error, Result};
 use crate::backend::Device;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a tiny, fast, statistically solid generator, enough for shuffling
