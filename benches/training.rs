@@ -1,4 +1,4 @@
-//! Convolution and training-step benchmarks (SPEC §6): the conv layers of ConvNeXt-atto (forward, input
+//! Convolution and training-step benchmarks: the conv layers of ConvNeXt-atto (forward, input
 //! gradient, weight gradient) and the whole atto training step with AdamW at batch 64 on 1×32×32 images,
 //! trained in full and with LoRA / LieRA / LieRA first-order adapters at rank 8. Runs on the CPU and, when
 //! a GPU adapter exists, on it too. Run with `cargo bench --bench training`.

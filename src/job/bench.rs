@@ -154,7 +154,7 @@ pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<Ben
 /// What a benchmarked training step trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepKind {
-    /// Every parameter (the SPEC §6 reference step).
+    /// Every parameter.
     Full,
     /// Adapters of `kind` at rank 8 on conv_dw, mlp.fc1, mlp.fc2 plus the head.
     Adapter(AdapterKind),
