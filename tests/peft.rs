@@ -1,4 +1,4 @@
-//! Adapter tests (SPEC §2, §4): the adapted kernel equals the base at init for every kind; the tape's
+//! Adapter tests: the adapted kernel equals the base at init for every kind; the tape's
 //! gradients for A and B equal the closed forms; merge equals the adapted forward; unmerge restores the base
 //! bit-exactly; frozen parameters get no gradient and never change; trainable counts are exact; bad
 //! configurations are errors that name the problem.
@@ -198,7 +198,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
     }
 }
 
-/// SPEC §2: with G = ∂L/∂W', M = s·(G ⊙ W') (exact), s·(G ⊙ W) (first order), s·G (LoRA), and in the matrix
+/// With G = ∂L/∂W', M = s·(G ⊙ W') (exact), s·(G ⊙ W) (first order), s·G (LoRA), and in the matrix
 /// view ∂L/∂B = M Aᵀ, ∂L/∂A = Bᵀ M. G itself comes from the tape of the same layer op run on W' as a leaf.
 ///
 /// Tolerance: both sides are f32 sums of at most a few hundred products of O(1) terms (unit roundoff 6e-8),
@@ -645,31 +645,25 @@ fn adapter_save_load_round_trip_and_shape_errors() {
         let dir = tmp.path("adapter");
         peft::save_adapter(&model, &cfg, &dir).unwrap();
         let names = liera::io::read_safetensors(&dir.join(peft::ADAPTER_WEIGHTS_FILE)).unwrap();
+        // PEFT's names: LoRA (and liera's exact LieRA) `lora_A.weight`, first order as PEFT's HiRA `hira_A`.
+        let (ka, kb) = match kind {
+            AdapterKind::LieraFirstOrder => ("hira_A", "hira_B"),
+            _ => ("lora_A.weight", "lora_B.weight"),
+        };
+        let key = |layer: &str, k: &str| format!("base_model.model.{layer}.{k}");
         let keys: Vec<&str> = names.iter().map(|(k, _)| k.as_str()).collect();
         assert!(
-            keys.contains(&"base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"),
+            keys.contains(&key("stages.0.blocks.0.conv_dw", ka).as_str()),
             "{keys:?}"
         );
-        assert!(keys.contains(&"base_model.model.stages.1.blocks.0.mlp.fc2.lora_B.weight"));
+        assert!(keys.contains(&key("stages.1.blocks.0.mlp.fc2", kb).as_str()));
         assert!(keys.contains(&"base_model.model.head.fc.weight"));
         // PEFT's conv layout: A (r, Cin/g, kh, kw), B (Cout, r, 1, 1); Linear: A (r, in), B (out, r).
-        let shape = |k: &str| names.iter().find(|(n, _)| n == k).unwrap().1.shape.clone();
-        assert_eq!(
-            shape("base_model.model.stages.0.blocks.0.conv_dw.lora_A.weight"),
-            [2, 1, 7, 7]
-        );
-        assert_eq!(
-            shape("base_model.model.stages.0.blocks.0.conv_dw.lora_B.weight"),
-            [8, 2, 1, 1]
-        );
-        assert_eq!(
-            shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_A.weight"),
-            [2, 8]
-        );
-        assert_eq!(
-            shape("base_model.model.stages.0.blocks.0.mlp.fc1.lora_B.weight"),
-            [32, 2]
-        );
+        let shape = |k: String| names.iter().find(|(n, _)| *n == k).unwrap().1.shape.clone();
+        assert_eq!(shape(key("stages.0.blocks.0.conv_dw", ka)), [2, 1, 7, 7]);
+        assert_eq!(shape(key("stages.0.blocks.0.conv_dw", kb)), [8, 2, 1, 1]);
+        assert_eq!(shape(key("stages.0.blocks.0.mlp.fc1", ka)), [2, 8]);
+        assert_eq!(shape(key("stages.0.blocks.0.mlp.fc1", kb)), [32, 2]);
 
         // A fresh base (same seed: same base weights) with the adapter loaded computes the same function.
         let mut fresh = ConvNeXt::new(small(false, false), &dev).unwrap();
@@ -701,7 +695,10 @@ fn adapter_save_load_round_trip_and_shape_errors() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("key `base_model.model.stages.1.blocks.0.conv_dw.lora_B.weight` has shape [16, 2, 1, 1] in the file, the model needs [24, 2, 1, 1]"),
+            err.contains(&format!(
+                "key `{}` has shape [16, 2, 1, 1] in the file, the model needs [24, 2, 1, 1]",
+                key("stages.1.blocks.0.conv_dw", kb)
+            )),
             "{err}"
         );
         assert!(other

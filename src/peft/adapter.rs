@@ -15,7 +15,7 @@
 //!
 //! ```text
 //!   ΔW = s · B A,   B ∈ R^{rows×r} (init 0),   A ∈ R^{r×cols} (init kaiming-uniform(a = √5):
-//!                   U(−1/√cols, 1/√cols)),     s = α / r
+//!                   U(−1/√cols, 1/√cols)),     s = α / r   (rsLoRA: α / √r)
 //! ```
 //! so W' = W exactly at step 0 for every kind.
 //!
@@ -90,6 +90,8 @@ pub struct Adapter {
     kind: AdapterKind,
     rank: usize,
     alpha: f32,
+    /// rsLoRA's s = α/√r instead of α/r.
+    rslora: bool,
     /// A: (r, cols).
     pub a: Param,
     /// B: (rows, r).
@@ -142,10 +144,17 @@ impl Adapter {
             kind,
             rank,
             alpha,
+            rslora: false,
             a,
             b,
             merged: None,
         })
+    }
+
+    /// The same adapter with rsLoRA's scale s = α/√r (`on`) or the usual α/r.
+    pub fn with_rslora(mut self, on: bool) -> Self {
+        self.rslora = on;
+        self
     }
 
     /// The adapter's kind.
@@ -160,9 +169,17 @@ impl Adapter {
     pub fn alpha(&self) -> f32 {
         self.alpha
     }
-    /// s = α / r.
+    /// True if the scale is rsLoRA's α/√r.
+    pub fn rslora(&self) -> bool {
+        self.rslora
+    }
+    /// s = α / r, or α / √r with rsLoRA.
     pub fn scale(&self) -> f32 {
-        self.alpha / self.rank as f32
+        if self.rslora {
+            (self.alpha as f64 / (self.rank as f64).sqrt()) as f32
+        } else {
+            self.alpha / self.rank as f32
+        }
     }
     /// Scalars in A and B: r·(rows + cols).
     pub fn num_parameters(&self) -> usize {

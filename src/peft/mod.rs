@@ -10,16 +10,19 @@
 //!   and unfreezes [`PeftConfig::modules_to_save`]; frozen weights are constant leaves (no gradient buffer).
 //! - [`merge`] / [`unmerge`] / [`merge_and_unload`]: materialise W' once (exact), restore W bit-exactly.
 //! - [`trainable_report`]: trainable parameters per layer and in total, and zero entries of LieRA kernels.
-//! - [`save_adapter`] / [`load_adapter`]: PEFT-style safetensors keys plus a JSON config.
+//! - [`save_adapter`] / [`load_adapter`]: adapter folders in Hugging Face PEFT's format (LoRA as `LORA`,
+//!   first-order LieRA as PEFT's `HIRA`, exact LieRA as liera's own `LIERA`), readable by
+//!   `PeftModel.from_pretrained`; PEFT's own LoRA and HiRA folders and liera's earlier format read back.
 
 mod adapter;
 mod config;
+mod regex;
 mod report;
 mod save;
 pub mod target;
 
 pub use adapter::{matrix_view, Adapter, AdapterKind};
-pub use config::PeftConfig;
+pub use config::{PeftConfig, FORMAT_VERSION};
 pub use report::{trainable_report, LayerReport, TrainableReport};
 pub use save::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 
@@ -135,7 +138,7 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
             &mut rng,
             w.device(),
         ) {
-            Ok(a) => adapters.push((path.to_string(), a)),
+            Ok(a) => adapters.push((path.to_string(), a.with_rslora(cfg.use_rslora))),
             Err(e) => built = Err(e),
         }
     });
