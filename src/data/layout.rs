@@ -133,6 +133,22 @@ pub fn detect(dir: &Path) -> Result<Layout> {
         .map(|l| l.to_string())
         .collect();
     let idx = has_idx(dir);
+    let tasks: Vec<String> = dirs
+        .iter()
+        .filter(|d| VTAB_LISTS.iter().any(|l| d.join(l).is_file()))
+        .map(|d| file_name(d))
+        .collect();
+    if lists.is_empty() && !tasks.is_empty() {
+        return Err(Error::invalid(
+            "data",
+            format!(
+                "{} is a folder of VTAB-1k tasks ({}), not one task: point --data at one of them, or run                  them all with `liera vtab --root {}`",
+                dir.display(),
+                tasks.join(", "),
+                dir.display()
+            ),
+        ));
+    }
     let folders = !dirs.is_empty()
         && !lists.iter().any(|l| l.starts_with("train"))
         && (dirs.iter().any(|d| file_name(d) == "train")
@@ -348,11 +364,17 @@ pub fn vtab_tasks(root: &Path) -> Result<Vec<PathBuf>> {
         .filter(|d| d.join("train800val200.txt").is_file() && d.join("test.txt").is_file())
         .collect();
     if tasks.is_empty() {
+        let itself = root.join("train800val200.txt").is_file();
         return Err(Error::invalid(
             "vtab",
             format!(
-                "{} has no VTAB-1k task folders (subfolders with train800val200.txt and test.txt)",
-                root.display()
+                "{} has no VTAB-1k task folders (subfolders with train800val200.txt and test.txt){}",
+                root.display(),
+                if itself {
+                    "; it is a task itself: give its parent folder as --root (and --tasks to pick it)"
+                } else {
+                    ""
+                }
             ),
         ));
     }

@@ -250,6 +250,7 @@ pub fn training_steps(
 /// of each kind per round), so that a change in machine load between kinds does not bias their ratio
 /// (LieRA vs LoRA), optionally with every block checkpointed. Each kind's first (warm-up) step also measures its memory: the peak resident memory
 /// during that step, and what the step adds per image over the memory held before it.
+#[allow(clippy::too_many_arguments)]
 pub fn training_steps_at(
     device: &Device,
     config: &ConvNeXtConfig,
@@ -292,7 +293,11 @@ pub fn training_steps_at(
                 name: format!(
                     "{}{}",
                     step_name(label, kind, batch, input),
-                    if grad_checkpointing { " checkpointed" } else { "" }
+                    if grad_checkpointing {
+                        " checkpointed"
+                    } else {
+                        ""
+                    }
                 ),
                 peak_rss_bytes: peak,
                 step_bytes_per_image: per_image,
@@ -300,7 +305,6 @@ pub fn training_steps_at(
                 reps,
                 gflops: None,
                 images_per_s: Some(batch as f64 / median),
-                ..Default::default()
             }
         })
         .collect())
