@@ -1,6 +1,7 @@
 //! The rayon CPU backend: every kernel of the contract on host memory, parallel over outer loops.
 
 mod conv;
+mod depthwise;
 mod elementwise;
 mod matmul;
 mod norm;

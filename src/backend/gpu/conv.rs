@@ -1,7 +1,7 @@
 //! Launchers of the convolution kernels: dense and grouped conv2d and its gradients as implicit GEMMs
 //! (gemm.wgsl + conv2d.wgsl), depthwise ones as direct kernels (depthwise.wgsl).
 
-use super::runtime::{u32_of, Bindings, WG};
+use super::dispatch::{u32_of, Bindings, WG};
 use super::shaders::{ConvParams, Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::Storage;

@@ -1,6 +1,6 @@
 //! Launchers of the elementwise kernels (elementwise.wgsl): fill, unary and broadcasting binary ops.
 
-use super::runtime::{pack8, u32_of, Bindings};
+use super::dispatch::{pack8, u32_of, Bindings};
 use super::shaders::ShaderVariant;
 use super::GpuBackend;
 use crate::backend::{Backend, BinaryOp, Storage, UnaryOp};

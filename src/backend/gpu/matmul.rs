@@ -1,7 +1,8 @@
 //! Launchers of the shared tiled GEMM (gemm.wgsl): its split-K planning, and batched matmul on it
 //! (matmul.wgsl). The convolutions in `conv.rs` run on the same GEMM.
 
-use super::runtime::{u32_of, Bindings, GpuBuffer};
+use super::dispatch::{u32_of, Bindings};
+use super::runtime::GpuBuffer;
 use super::shaders::ShaderVariant;
 use super::GpuBackend;
 use crate::backend::{MatmulSpec, Storage};

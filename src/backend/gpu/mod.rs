@@ -28,6 +28,7 @@
 //! below forwards to them.
 
 mod conv;
+mod dispatch;
 mod elementwise;
 mod matmul;
 mod norm;
@@ -45,7 +46,8 @@ use super::{
 };
 use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
-use runtime::{BufferPool, Pending};
+use dispatch::Pending;
+use runtime::BufferPool;
 use shaders::ShaderVariant;
 use std::collections::HashMap;
 use std::fmt;

@@ -1,6 +1,6 @@
 //! Launcher of the fused AdamW update (optim.wgsl).
 
-use super::runtime::{u32_of, Bindings};
+use super::dispatch::{u32_of, Bindings};
 use super::shaders::{Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::{AdamWStep, Storage};

@@ -1,6 +1,7 @@
 //! Launchers of the reduce kernels (reduce.wgsl): sums over an axis, chunk sums and permutes.
 
-use super::runtime::{pack8, u32_of, Bindings, GpuBuffer};
+use super::dispatch::{pack8, u32_of, Bindings};
+use super::runtime::GpuBuffer;
 use super::shaders::{Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::{AxisLayout, Backend, Storage};

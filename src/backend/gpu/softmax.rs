@@ -1,6 +1,6 @@
 //! Launchers of the log-softmax kernels (softmax.wgsl), forward and backward.
 
-use super::runtime::{u32_of, workgroup_per_position, Bindings};
+use super::dispatch::{u32_of, workgroup_per_position, Bindings};
 use super::shaders::{Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::{AxisLayout, Storage};

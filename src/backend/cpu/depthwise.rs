@@ -1,0 +1,477 @@
+//! CPU depthwise convolution kernels (one channel per group, ConvNeXt's 7×7 `conv_dw`): forward, input
+//! gradient and weight gradient, called by the entry points of `conv.rs` (math in `ops/conv2d.rs`; the
+//! GPU counterpart is `shaders/depthwise.wgsl`).
+//!
+//! Three paths per direction: direct loops per channel plane for any stride, whose inner loop walks a
+//! contiguous output row with the valid column range worked out once so no bounds test sits in it; for
+//! stride 1, a zero-padded copy of each plane followed by bounds-free row axpys (or dot products); and for
+//! small planes, a channels-last layout whose inner loop runs over channels.
+
+use super::conv::{for_each_tap_row, in_col};
+use crate::shape::Conv2dGeometry;
+use rayon::prelude::*;
+
+/// Depthwise forward into a zeroed `y` (bias not added): channels-last for small planes, the padded-plane
+/// path for stride 1, the direct loops otherwise.
+pub(super) fn depthwise_conv2d(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
+    if g.w_out < SMALL_PLANE {
+        depthwise_channels_last(x, w, y, g, Direction::Forward);
+    } else if g.params.stride == [1, 1] {
+        depthwise_forward_unit_stride(x, w, y, g);
+    } else {
+        depthwise_forward(x, w, y, g);
+    }
+}
+
+/// Depthwise input gradient into a zeroed `dx`, by the same choice of path as [`depthwise_conv2d`].
+pub(super) fn depthwise_conv2d_input_grad(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    g: &Conv2dGeometry,
+) {
+    if g.w_out < SMALL_PLANE {
+        depthwise_channels_last(dy, w, dx, g, Direction::InputGrad);
+    } else if g.params.stride == [1, 1] {
+        depthwise_input_grad_unit_stride(dy, w, dx, g);
+    } else {
+        depthwise_input_grad(dy, w, dx, g);
+    }
+}
+
+/// Depthwise weight gradient, by the same choice of path as [`depthwise_conv2d`].
+pub(super) fn depthwise_conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    if g.w_out < SMALL_PLANE {
+        depthwise_weight_grad_channels_last(x, dy, g)
+    } else if g.params.stride == [1, 1] {
+        depthwise_weight_grad_unit_stride(x, dy, g)
+    } else {
+        depthwise_weight_grad(x, dy, g)
+    }
+}
+
+/// Depthwise forward: one (n, c) plane per task, taps outermost so the inner loop is a strided axpy.
+fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let sw = g.params.stride[1];
+    y.par_chunks_mut(hw_out)
+        .enumerate()
+        .for_each(|(plane_idx, y_plane)| {
+            let c = plane_idx % g.c_out;
+            let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
+            let w_c = &w[c * taps..(c + 1) * taps];
+            for (pq, &wv) in w_c.iter().enumerate() {
+                for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
+                    let src = &x_plane[ih * g.w_in..(ih + 1) * g.w_in];
+                    let dst = &mut y_plane[i * g.w_out..(i + 1) * g.w_out];
+                    if sw == 1 {
+                        let s0 = in_col(j0, 1, off_w);
+                        for (o, &v) in dst[j0..j1].iter_mut().zip(&src[s0..s0 + (j1 - j0)]) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        for j in j0..j1 {
+                            dst[j] += wv * src[in_col(j, sw, off_w)];
+                        }
+                    }
+                });
+            }
+        });
+}
+
+/// Depthwise input gradient: the forward's reads become scatter-adds into the same plane.
+fn depthwise_input_grad(dy: &[f32], w: &[f32], dx: &mut [f32], g: &Conv2dGeometry) {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let sw = g.params.stride[1];
+    dx.par_chunks_mut(hw_in)
+        .enumerate()
+        .for_each(|(plane_idx, dx_plane)| {
+            let c = plane_idx % g.c_in;
+            let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
+            let w_c = &w[c * taps..(c + 1) * taps];
+            for (pq, &wv) in w_c.iter().enumerate() {
+                for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
+                    let src = &dy_plane[i * g.w_out..(i + 1) * g.w_out];
+                    let dst = &mut dx_plane[ih * g.w_in..(ih + 1) * g.w_in];
+                    if sw == 1 {
+                        let d0 = in_col(j0, 1, off_w);
+                        for (o, &v) in dst[d0..d0 + (j1 - j0)].iter_mut().zip(&src[j0..j1]) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        for j in j0..j1 {
+                            dst[in_col(j, sw, off_w)] += wv * src[j];
+                        }
+                    }
+                });
+            }
+        });
+}
+
+/// Depthwise weight gradient: one channel per task, summing over the batch inside.
+fn depthwise_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let sw = g.params.stride[1];
+    let mut dw = vec![0.0f32; g.c_out * taps];
+    dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
+        for n in 0..g.batch {
+            let plane_idx = n * g.c_out + c;
+            let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
+            let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
+            for (pq, acc) in dw_c.iter_mut().enumerate() {
+                let mut sum = 0.0f32;
+                for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
+                    let xs = &x_plane[ih * g.w_in..(ih + 1) * g.w_in];
+                    let ds = &dy_plane[i * g.w_out..(i + 1) * g.w_out];
+                    if sw == 1 {
+                        let s0 = in_col(j0, 1, off_w);
+                        sum += ds[j0..j1]
+                            .iter()
+                            .zip(&xs[s0..s0 + (j1 - j0)])
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>();
+                    } else {
+                        for j in j0..j1 {
+                            sum += ds[j] * xs[in_col(j, sw, off_w)];
+                        }
+                    }
+                });
+                *acc += sum;
+            }
+        }
+    });
+    dw
+}
+
+// Depthwise convolutions with stride 1 (every ConvNeXt block): each plane is first copied into a
+// zero-padded buffer, after which every tap reads a plain window and the inner loop is a bounds-free axpy
+// (or dot product) over an output row. Small planes (8×8, 4×4) are where this matters: the generic loops
+// above spend more time on range arithmetic than on arithmetic.
+
+/// Copies `plane` (h×w) into `buf` (rows×cols, zeroed) with its (0, 0) at (top, left); offsets may be
+/// negative (then the plane's leading rows or columns are cut off).
+#[allow(clippy::too_many_arguments)]
+fn pad_plane(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    buf: &mut Vec<f32>,
+    rows: usize,
+    cols: usize,
+    top: isize,
+    left: isize,
+) {
+    buf.clear();
+    buf.resize(rows * cols, 0.0);
+    for r in 0..h {
+        let u = r as isize + top;
+        if u < 0 || u >= rows as isize {
+            continue;
+        }
+        // Columns v = c + left must lie in [0, cols).
+        let c0 = (-left).max(0) as usize;
+        let c1 = ((cols as isize - left).min(w as isize)).max(0) as usize;
+        if c0 >= c1 {
+            continue;
+        }
+        let v0 = (c0 as isize + left) as usize;
+        buf[u as usize * cols + v0..u as usize * cols + v0 + (c1 - c0)]
+            .copy_from_slice(&plane[r * w + c0..r * w + c1]);
+    }
+}
+
+/// out (ho×wo) += Σ_{p,q} k[p·kw + q] · src[i + p·dh][j + q·dw] over a padded source of width `src_w`.
+#[allow(clippy::too_many_arguments)]
+fn correlate_plane(
+    src: &[f32],
+    src_w: usize,
+    k: &[f32],
+    kh: usize,
+    kw: usize,
+    dil: [usize; 2],
+    out: &mut [f32],
+    wo: usize,
+) {
+    for (i, orow) in out.chunks_exact_mut(wo).enumerate() {
+        for p in 0..kh {
+            let srow = &src[(i + p * dil[0]) * src_w..];
+            for q in 0..kw {
+                let wv = k[p * kw + q];
+                let s = &srow[q * dil[1]..q * dil[1] + wo];
+                for (o, &v) in orow.iter_mut().zip(s) {
+                    *o += wv * v;
+                }
+            }
+        }
+    }
+}
+
+/// The padded input buffer's size for stride 1: (H + 2·pad_h) × (W + 2·pad_w).
+fn padded_input_dims(g: &Conv2dGeometry) -> (usize, usize) {
+    (
+        g.h_in + 2 * g.params.padding[0],
+        g.w_in + 2 * g.params.padding[1],
+    )
+}
+
+fn depthwise_forward_unit_stride(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let (rows, cols) = padded_input_dims(g);
+    let p = g.params;
+    y.par_chunks_mut(hw_out)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (plane_idx, y_plane)| {
+            let c = plane_idx % g.c_out;
+            let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
+            pad_plane(
+                x_plane,
+                g.h_in,
+                g.w_in,
+                buf,
+                rows,
+                cols,
+                p.padding[0] as isize,
+                p.padding[1] as isize,
+            );
+            correlate_plane(
+                buf,
+                cols,
+                &w[c * taps..(c + 1) * taps],
+                g.kh,
+                g.kw,
+                p.dilation,
+                y_plane,
+                g.w_out,
+            );
+        });
+}
+
+/// ∂x[h][w] = Σ_{p,q} dy[h + pad − p·d][w + pad − q·d]·k[p][q]: a correlation of dy, padded by
+/// (k − 1)·d − pad, with the kernel flipped in both directions.
+fn depthwise_input_grad_unit_stride(dy: &[f32], w: &[f32], dx: &mut [f32], g: &Conv2dGeometry) {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let p = g.params;
+    let top = ((g.kh - 1) * p.dilation[0]) as isize - p.padding[0] as isize;
+    let left = ((g.kw - 1) * p.dilation[1]) as isize - p.padding[1] as isize;
+    let rows = g.h_in + (g.kh - 1) * p.dilation[0];
+    let cols = g.w_in + (g.kw - 1) * p.dilation[1];
+    dx.par_chunks_mut(hw_in).enumerate().for_each_init(
+        || (Vec::new(), vec![0.0f32; taps]),
+        |(buf, flipped), (plane_idx, dx_plane)| {
+            let c = plane_idx % g.c_in;
+            for (f, &v) in flipped.iter_mut().rev().zip(&w[c * taps..(c + 1) * taps]) {
+                *f = v;
+            }
+            let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
+            pad_plane(dy_plane, g.h_out, g.w_out, buf, rows, cols, top, left);
+            correlate_plane(buf, cols, flipped, g.kh, g.kw, p.dilation, dx_plane, g.w_in);
+        },
+    );
+}
+
+/// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task.
+fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let (rows, cols) = padded_input_dims(g);
+    let p = g.params;
+    let mut dw = vec![0.0f32; g.c_out * taps];
+    dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
+        let mut buf = Vec::new();
+        for n in 0..g.batch {
+            let plane_idx = n * g.c_out + c;
+            let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
+            let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
+            pad_plane(
+                x_plane,
+                g.h_in,
+                g.w_in,
+                &mut buf,
+                rows,
+                cols,
+                p.padding[0] as isize,
+                p.padding[1] as isize,
+            );
+            for (pq, acc) in dw_c.iter_mut().enumerate() {
+                let (kp, kq) = (pq / g.kw, pq % g.kw);
+                let mut sum = 0.0f32;
+                for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
+                    let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
+                    sum += drow
+                        .iter()
+                        .zip(&buf[start..start + g.w_out])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+                }
+                *acc += sum;
+            }
+        }
+    });
+    dw
+}
+
+// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
+// 4×4 down to 1×1) run channels-last: each image is transposed to (pixel, channel), so the inner loop runs
+// over channels (tens to hundreds, full vectors) instead of over a handful of pixels, and only the taps
+// that land inside the image are visited (a 7×7 kernel on a 1×1 plane with padding 3 has one such tap).
+
+/// Output rows shorter than this take the channels-last path.
+const SMALL_PLANE: usize = 16;
+
+/// Which of the two per-image depthwise products to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// y[i, j, c] = Σ_taps w[c, p, q]·x[i·s + p·d − pad, j·s + q·d − pad, c]
+    Forward,
+    /// dx[i·s + p·d − pad, j·s + q·d − pad, c] += w[c, p, q]·dy[i, j, c]
+    InputGrad,
+}
+
+/// (C, HW) → (HW, C) for one image.
+fn to_channels_last(plane: &[f32], c: usize, hw: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(c * hw, 0.0);
+    for ch in 0..c {
+        for (px, &v) in plane[ch * hw..(ch + 1) * hw].iter().enumerate() {
+            out[px * c + ch] = v;
+        }
+    }
+}
+
+/// (HW, C) → (C, HW) for one image.
+fn to_channels_first(cl: &[f32], c: usize, hw: usize, out: &mut [f32]) {
+    for ch in 0..c {
+        for (px, o) in out[ch * hw..(ch + 1) * hw].iter_mut().enumerate() {
+            *o = cl[px * c + ch];
+        }
+    }
+}
+
+/// The taps (p, q) and input position (ih, jw) read by output pixel (i, j), skipping padding.
+fn for_each_valid_tap(g: &Conv2dGeometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
+    let p = g.params;
+    for kp in 0..g.kh {
+        let ih = (i * p.stride[0] + kp * p.dilation[0]) as isize - p.padding[0] as isize;
+        if ih < 0 || ih >= g.h_in as isize {
+            continue;
+        }
+        for kq in 0..g.kw {
+            let jw = (j * p.stride[1] + kq * p.dilation[1]) as isize - p.padding[1] as isize;
+            if jw < 0 || jw >= g.w_in as isize {
+                continue;
+            }
+            f(kp * g.kw + kq, ih as usize * g.w_in + jw as usize);
+        }
+    }
+}
+
+/// The weights as (tap, channel), so a tap's weights for all channels are one contiguous row.
+fn taps_by_channel(w: &[f32], c: usize, taps: usize) -> Vec<f32> {
+    let mut wt = vec![0.0f32; taps * c];
+    for ch in 0..c {
+        for t in 0..taps {
+            wt[t * c + ch] = w[ch * taps + t];
+        }
+    }
+    wt
+}
+
+/// Forward (src = x, dst = y) or input gradient (src = dy, dst = dx) of a depthwise convolution,
+/// channels-last per image.
+fn depthwise_channels_last(
+    src: &[f32],
+    w: &[f32],
+    dst: &mut [f32],
+    g: &Conv2dGeometry,
+    dir: Direction,
+) {
+    let c = g.c_in;
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let wt = taps_by_channel(w, c, taps);
+    let (src_hw, dst_hw) = match dir {
+        Direction::Forward => (hw_in, hw_out),
+        Direction::InputGrad => (hw_out, hw_in),
+    };
+    dst.par_chunks_mut(c * dst_hw).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(src_cl, dst_cl), (n, dst_img)| {
+            to_channels_last(
+                &src[n * c * src_hw..(n + 1) * c * src_hw],
+                c,
+                src_hw,
+                src_cl,
+            );
+            dst_cl.clear();
+            dst_cl.resize(c * dst_hw, 0.0);
+            for i in 0..g.h_out {
+                for j in 0..g.w_out {
+                    let out_px = i * g.w_out + j;
+                    for_each_valid_tap(g, i, j, |t, in_px| {
+                        let wrow = &wt[t * c..(t + 1) * c];
+                        let (from, to) = match dir {
+                            Direction::Forward => (in_px, out_px),
+                            Direction::InputGrad => (out_px, in_px),
+                        };
+                        let s = &src_cl[from * c..(from + 1) * c];
+                        let d = &mut dst_cl[to * c..(to + 1) * c];
+                        for ((o, &v), &wv) in d.iter_mut().zip(s).zip(wrow) {
+                            *o += wv * v;
+                        }
+                    });
+                }
+            }
+            to_channels_first(dst_cl, c, dst_hw, dst_img);
+        },
+    );
+}
+
+/// Weight gradient channels-last: dw[c, p, q] = Σ_n Σ_{i,j} dy[n, i, j, c]·x[n, ih, jw, c], accumulated per
+/// image into (tap, channel) rows. The batch is cut into a fixed number of chunks whose partial sums are
+/// added in chunk order, so the result does not depend on how rayon schedules the chunks (a resumed run
+/// must reproduce an uninterrupted one bit for bit).
+fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    const CHUNKS: usize = 8;
+    let c = g.c_in;
+    let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
+    let per_chunk = g.batch.div_ceil(CHUNKS);
+    let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0.0f32; taps * c];
+            let (mut x_cl, mut dy_cl) = (Vec::new(), Vec::new());
+            for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch) {
+                to_channels_last(&x[n * c * hw_in..(n + 1) * c * hw_in], c, hw_in, &mut x_cl);
+                to_channels_last(
+                    &dy[n * c * hw_out..(n + 1) * c * hw_out],
+                    c,
+                    hw_out,
+                    &mut dy_cl,
+                );
+                for i in 0..g.h_out {
+                    for j in 0..g.w_out {
+                        let d = &dy_cl[(i * g.w_out + j) * c..(i * g.w_out + j + 1) * c];
+                        for_each_valid_tap(g, i, j, |t, in_px| {
+                            let xs = &x_cl[in_px * c..(in_px + 1) * c];
+                            for ((a, &dv), &xv) in acc[t * c..(t + 1) * c].iter_mut().zip(d).zip(xs)
+                            {
+                                *a += dv * xv;
+                            }
+                        });
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut per_tap = vec![0.0f32; taps * c];
+    for part in &partials {
+        per_tap.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    // (tap, channel) → (channel, tap), the OIHW layout of a depthwise weight.
+    let mut dw = vec![0.0f32; c * taps];
+    for t in 0..taps {
+        for ch in 0..c {
+            dw[ch * taps + t] = per_tap[t * c + ch];
+        }
+    }
+    dw
+}
