@@ -7,6 +7,7 @@
 //! forward kernel, a wrong backward rule and a wrong tape walk all show up as mismatches.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod reference;
 pub mod temp;
 
