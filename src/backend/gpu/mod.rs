@@ -22,8 +22,9 @@
 //!   output only for long axes with few outputs, otherwise a thread each. `LIERA_GPU_PROFILE=1` times
 //!   every kernel (see [`GpuBackend::profile_report`]).
 //!
-//! Layout: `runtime.rs` holds the device, buffers, batching and dispatch helpers; each kernel family's
-//! launchers live in a file named like its shader and its CPU counterpart (`elementwise.rs`,
+//! Layout: `runtime.rs` holds the device and buffers, `dispatch.rs` the batching and dispatch helpers;
+//! each kernel family's launchers live in a file named like its shader and its CPU counterpart
+//! (`elementwise.rs`,
 //! `reduce.rs`, `matmul.rs`, `conv.rs`, `norm.rs`, `softmax.rs`, `optim.rs`), and the [`Backend`] impl
 //! below forwards to them.
 
