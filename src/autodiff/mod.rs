@@ -29,26 +29,24 @@ pub type BackwardFn = tensor::BackwardFn;
 
 /// Runs `f` without recording anything on the tape (evaluation, optimizer updates, backward rules).
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            tensor::set_grad_enabled(self.0);
-        }
-    }
-    let _restore = Restore(tensor::set_grad_enabled(false));
-    f()
+    with_recording(false, f)
 }
 
 /// Runs `f` with recording switched on, whatever the caller's mode: how a backward rule recomputes a
 /// forward whose graph it needs (see [`crate::ops::checkpoint`]).
 pub fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_recording(true, f)
+}
+
+/// Runs `f` with recording set to `on`, restoring the caller's mode afterwards (also on a panic).
+fn with_recording<R>(on: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             tensor::set_grad_enabled(self.0);
         }
     }
-    let _restore = Restore(tensor::set_grad_enabled(true));
+    let _restore = Restore(tensor::set_grad_enabled(on));
     f()
 }
 

@@ -369,13 +369,7 @@ fn build_model(
     }
     if let Some(dir) = adapter {
         let cfg = liera::peft::load_adapter(&mut net, dir)?;
-        eprintln!(
-            "adapter: {} r={} α={} on {}",
-            cfg.method.name(),
-            cfg.r,
-            cfg.alpha,
-            cfg.target_modules.join(",")
-        );
+        eprintln!("adapter: {}", cfg.describe());
     }
     Ok(net)
 }

@@ -19,6 +19,24 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// The JSON file at `path` parsed as `T`, or `None` if there is no file; a file that does not parse is an
+/// error naming it and saying it is not `what`.
+pub fn read_json_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            msg: format!("not {what}: {e}"),
+        })
+}
+
 /// An `Error::Io` for `path`.
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io {

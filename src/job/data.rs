@@ -379,20 +379,7 @@ pub fn write_data_config(dir: &Path, label_names: &[String], p: &Preprocess) -> 
 
 /// Reads [`DATA_CONFIG_FILE`] from `dir` if it is there.
 pub fn read_data_config(dir: &Path) -> Result<Option<DataConfig>> {
-    let path = dir.join(DATA_CONFIG_FILE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Format {
-            path: path.display().to_string(),
-            msg: format!("not a liera data config: {e}"),
-        })
+    crate::io::read_json_file(&dir.join(DATA_CONFIG_FILE), "a liera data config")
 }
 
 /// Loads only the evaluation split of a task folder (`test.txt` of a VTAB-1k task, `val/` or `test/` of
@@ -480,13 +467,7 @@ pub fn load_for_inference(
             ));
         }
         let cfg = crate::peft::load_adapter(&mut net, dir)?;
-        eprintln!(
-            "adapter: {} r={} α={} on {}",
-            cfg.method.name(),
-            cfg.r,
-            cfg.alpha,
-            cfg.target_modules.join(",")
-        );
+        eprintln!("adapter: {}", cfg.describe());
     }
     Ok(net)
 }

@@ -87,19 +87,7 @@ pub struct VtabState {
 
 impl VtabState {
     fn read(path: &Path) -> Result<Option<VtabState>> {
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::Format {
-                path: path.display().to_string(),
-                msg: format!("not a liera vtab state file: {e}"),
-            })
+        crate::io::read_json_file(path, "a liera vtab state file")
     }
     fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self).expect("the state serialises");

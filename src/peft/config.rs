@@ -110,6 +110,17 @@ impl PeftConfig {
         let r = self.r as f64;
         self.alpha as f64 / if self.use_rslora { r.sqrt() } else { r }
     }
+    /// "liera r=8 α=8 on conv_dw,mlp.fc1,mlp.fc2": what a command prints when it loads an adapter.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} r={} α={} on {}",
+            self.method.name(),
+            self.r,
+            self.alpha,
+            self.target_modules.join(",")
+        )
+    }
+
     /// Checks what can be checked without a model: r ≥ 1, α > 0, at least one target, regex patterns compile.
     pub fn validate(&self) -> Result<()> {
         if self.r == 0 {
