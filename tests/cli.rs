@@ -803,3 +803,30 @@ fn a_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     // And it can be resumed with a sane learning rate.
     assert_ok(&liera(&pretrain_args(&out_s, "60", &["--resume", &out_s])));
 }
+
+/// Scoring weights whose classifier has another class count than the data's is an error unless
+/// `--allow-new-head`, which then scores a fresh head.
+#[test]
+fn eval_refuses_a_head_of_another_class_count_unless_allowed() {
+    let dir = TempDir::new("new-head");
+    let path = dir.path("five.safetensors");
+    let net = ConvNeXt::new(ConvNeXtConfig::micro().with_classes(5), &Device::cpu()).unwrap();
+    save_model(&net, &path).unwrap();
+    let w = path.to_str().unwrap();
+    let out = liera(&["eval", "--weights", w, "--device", "cpu", "--quiet"]);
+    assert_fails(
+        &out,
+        &["does not have the data's 10 classes", "--allow-new-head"],
+    );
+    let out = liera(&[
+        "eval",
+        "--weights",
+        w,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--allow-new-head",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("test accuracy"));
+}

@@ -12,7 +12,7 @@ use liera::data::Splits;
 use liera::job::{self, CompareOptions, Method, RunOptions, IMAGE_SIZE};
 use liera::nn::{ConvNeXt, Module};
 use liera::train::evaluate;
-use liera::{Device, Result};
+use liera::{Device, Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
@@ -362,16 +362,21 @@ fn build_model(
     weights: &Path,
     adapter: Option<&Path>,
     device: &Device,
-) -> Result<ConvNeXt> {
+) -> Result<(ConvNeXt, bool)> {
     let mut net = ConvNeXt::new(model.config(10)?, device)?;
-    for note in liera::io::load_model(&mut net, weights)? {
+    let notes = liera::io::load_model(&mut net, weights)?;
+    // The file's classifier has another class count: the model kept a fresh head.
+    let new_head = notes.iter().any(|n| n.starts_with("head.fc.weight"));
+    for note in notes {
         eprintln!("note: {note}");
     }
+    let mut head_restored = false;
     if let Some(dir) = adapter {
+        head_restored = liera::job::data::adapter_head_classes(dir)?.is_some();
         let cfg = liera::peft::load_adapter(&mut net, dir)?;
         eprintln!("adapter: {}", cfg.describe());
     }
-    Ok(net)
+    Ok((net, new_head && !head_restored))
 }
 
 pub(crate) fn run_eval(mut a: EvalArgs, common: &Common, device: &Device) -> Result<()> {
@@ -381,7 +386,17 @@ pub(crate) fn run_eval(mut a: EvalArgs, common: &Common, device: &Device) -> Res
         }
         a.data_dir = Some(dir);
     }
-    let net = build_model(&a.model, &a.weights, a.adapter.as_deref(), device)?;
+    let (net, new_head) = build_model(&a.model, &a.weights, a.adapter.as_deref(), device)?;
+    if new_head && !a.allow_new_head {
+        return Err(Error::invalid(
+            "eval",
+            format!(
+                "the classifier of {} does not have the data's 10 classes; pass --allow-new-head to score a \
+                 freshly initialised head (chance accuracy)",
+                a.weights.display()
+            ),
+        ));
+    }
     let test = if a.mnist {
         source_data(None)?.test
     } else {
@@ -406,7 +421,7 @@ pub(crate) fn run_eval(mut a: EvalArgs, common: &Common, device: &Device) -> Res
 }
 
 pub(crate) fn run_merge(a: MergeArgs, device: &Device) -> Result<()> {
-    let mut net = build_model(&a.model, &a.weights, Some(&a.adapter), device)?;
+    let (mut net, _) = build_model(&a.model, &a.weights, Some(&a.adapter), device)?;
     let merged = liera::peft::merge_and_unload(&mut net)?;
     liera::io::save_model(&net, &a.out)?;
     println!(
