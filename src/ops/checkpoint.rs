@@ -47,10 +47,7 @@ pub fn checkpoint(inputs: &[Tensor], f: Recompute) -> Result<Tensor> {
                 .collect();
             let y = enable_grad(|| f(&leaves))?;
             let grads = y.backward_with(g)?;
-            Ok(leaves
-                .iter()
-                .map(|l| grads.get(l).cloned())
-                .collect())
+            Ok(leaves.iter().map(|l| grads.get(l).cloned()).collect())
         },
     ))
 }
