@@ -221,6 +221,16 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
         e.contains("no known layout") && e.contains("notes.txt"),
         "{e}"
     );
+    // A folder of VTAB-1k tasks is not one task, and one task is not a root of tasks.
+    let root = s.root().join("root");
+    write_list(&root.join("cifar"), "train800val200.txt", &imgs);
+    write_list(&root.join("cifar"), "test.txt", &imgs);
+    let e = err_text(layout::detect(&root));
+    assert!(e.contains("folder of VTAB-1k tasks (cifar)") && e.contains("liera vtab --root"), "{e}");
+    std::fs::remove_file(task.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let e = err_text(layout::vtab_tasks(&task));
+    assert!(e.contains("it is a task itself"), "{e}");
+    assert_eq!(layout::vtab_tasks(&root).unwrap(), vec![root.join("cifar")]);
     // An empty class folder.
     std::fs::create_dir_all(flat.join("class_9")).unwrap();
     let e = err_text(layout::image_folder(&flat, None));
