@@ -226,7 +226,10 @@ fn layouts_are_detected_and_ambiguous_or_unknown_folders_refused() {
     write_list(&root.join("cifar"), "train800val200.txt", &imgs);
     write_list(&root.join("cifar"), "test.txt", &imgs);
     let e = err_text(layout::detect(&root));
-    assert!(e.contains("folder of VTAB-1k tasks (cifar)") && e.contains("liera vtab --root"), "{e}");
+    assert!(
+        e.contains("folder of VTAB-1k tasks (cifar)") && e.contains("liera vtab --root"),
+        "{e}"
+    );
     std::fs::remove_file(task.join("t10k-images-idx3-ubyte.gz")).unwrap();
     let e = err_text(layout::vtab_tasks(&task));
     assert!(e.contains("it is a task itself"), "{e}");
