@@ -53,6 +53,49 @@ fn vtab_root(root: &Path, names: &[&str]) {
     }
 }
 
+/// A micro model folder and a VTAB-1k root of `tasks` in a scratch folder, and the `liera vtab` flags that
+/// run them at 32×32 with batch 6.
+struct VtabFixture {
+    base: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl VtabFixture {
+    fn new(s: &TempDir, tasks: &[&str]) -> VtabFixture {
+        let fx = VtabFixture {
+            base: s.root().join("base"),
+            root: s.root().join("vtab"),
+        };
+        small_model_folder(&fx.base);
+        vtab_root(&fx.root, tasks);
+        fx
+    }
+
+    /// `vtab` with the shared flags, output into `out`, then `extra`.
+    fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
+        let (root, base, out) = (
+            self.root.to_str().unwrap(),
+            self.base.to_str().unwrap(),
+            out.to_str().unwrap(),
+        );
+        let shared = [
+            "vtab",
+            "--root",
+            root,
+            "--weights",
+            base,
+            "--batch-size",
+            "6",
+            "--size",
+            "32",
+            "--out",
+            out,
+            "--quiet",
+        ];
+        shared.iter().chain(extra).map(|s| s.to_string()).collect()
+    }
+}
+
 #[test]
 fn finetune_eval_and_predict_run_on_an_image_folder() {
     let s = TempDir::new("cli");
@@ -170,35 +213,20 @@ fn finetune_eval_and_predict_run_on_an_image_folder() {
 #[test]
 fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
     let s = TempDir::new("vtab");
-    let base = s.root().join("base");
-    small_model_folder(&base);
-    let root = s.root().join("vtab");
-    vtab_root(&root, &["alpha", "beta"]);
+    let fx = VtabFixture::new(&s, &["alpha", "beta"]);
     let out = s.root().join("run");
-    let args = |out: &Path, steps: &str| -> Vec<String> {
-        [
-            "vtab",
-            "--root",
-            root.to_str().unwrap(),
-            "--weights",
-            base.to_str().unwrap(),
-            "--methods",
-            "lora,liera",
-            "--steps",
-            steps,
-            "--batch-size",
-            "6",
-            "--lr-grid",
-            "0.001,0.01",
-            "--size",
-            "32",
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let args = |out: &Path, steps: &str| {
+        fx.args(
+            out,
+            &[
+                "--methods",
+                "lora,liera",
+                "--steps",
+                steps,
+                "--lr-grid",
+                "0.001,0.01",
+            ],
+        )
     };
     let run = |a: Vec<String>| liera(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     // Only the first task, then all: the second run continues with what is missing.
@@ -248,36 +276,21 @@ fn vtab_writes_the_table_resumes_and_refuses_other_settings() {
 #[test]
 fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
     let s = TempDir::new("vtab-kill");
-    let base = s.root().join("base");
-    small_model_folder(&base);
-    let root = s.root().join("vtab");
-    vtab_root(&root, &["alpha"]);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "vtab",
-            "--root",
-            root.to_str().unwrap(),
-            "--weights",
-            base.to_str().unwrap(),
-            "--methods",
-            "liera",
-            "--steps",
-            "400",
-            "--batch-size",
-            "6",
-            "--lr",
-            "0.01",
-            "--size",
-            "32",
-            "--checkpoint-every",
-            "20",
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let fx = VtabFixture::new(&s, &["alpha"]);
+    let args = |out: &Path| {
+        fx.args(
+            out,
+            &[
+                "--methods",
+                "liera",
+                "--steps",
+                "400",
+                "--lr",
+                "0.01",
+                "--checkpoint-every",
+                "20",
+            ],
+        )
     };
     let whole = s.root().join("whole");
     let o = liera(&args(&whole).iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -292,13 +305,12 @@ fn a_killed_vtab_run_resumes_at_its_step_to_the_same_adapter() {
         .spawn()
         .unwrap();
     let ckpt = killed.join("alpha/liera/checkpoint.safetensors");
-    let began = std::time::Instant::now();
+    // Wait for the first checkpoint; the loop ends either way, because a run that ends first fails here.
     while !ckpt.is_file() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before its first checkpoint"
         );
-        assert!(began.elapsed().as_secs() < 300, "no checkpoint appeared");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL: nothing runs after it.
