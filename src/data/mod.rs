@@ -73,6 +73,49 @@ pub trait Examples: Sync {
     }
 }
 
+/// Indices of `k` examples of every class of `labels` (each below `classes`), by a seeded shuffle within
+/// each class, and of the rest (both in ascending order); every class must keep at least `min_left`
+/// examples beyond the `k`. The stratified selection behind [`Dataset::take_per_class`],
+/// [`Dataset::hold_out_per_class`] and the held-out split of an image folder.
+pub fn per_class_indices(
+    labels: &[usize],
+    classes: usize,
+    op: &'static str,
+    k: usize,
+    min_left: usize,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class
+            .get_mut(l)
+            .ok_or_else(|| {
+                Error::invalid(op, format!("label {l} of example {i} is not below {classes}"))
+            })?
+            .push(i);
+    }
+    let needed = k.saturating_add(min_left);
+    let mut rng = SplitMix64::new(seed);
+    let (mut chosen, mut rest) = (Vec::new(), Vec::new());
+    for (class, mut members) in by_class.into_iter().enumerate() {
+        if members.len() < needed {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "class {class} has {} examples; taking {k} needs at least {needed}",
+                    members.len(),
+                ),
+            ));
+        }
+        rng.shuffle(&mut members);
+        chosen.extend_from_slice(&members[..k]);
+        rest.extend_from_slice(&members[k..]);
+    }
+    chosen.sort_unstable();
+    rest.sort_unstable();
+    Ok((chosen, rest))
+}
+
 /// A 64-bit FNV-1a hash: short, stable across runs and platforms (unlike `std`'s hasher), enough to name a
 /// cache entry or fingerprint a dataset.
 #[derive(Clone, Debug)]
@@ -359,8 +402,7 @@ impl Dataset {
         Ok((self.subset(&rest)?, self.subset(&held)?))
     }
 
-    /// Indices of `k` examples of every class, by a seeded shuffle within each class, and of the rest (both
-    /// in ascending order); every class must keep at least `min_left` examples beyond the `k`.
+    /// [`per_class_indices`] over this dataset's labels.
     fn per_class_indices(
         &self,
         op: &'static str,
@@ -368,38 +410,7 @@ impl Dataset {
         min_left: usize,
         seed: u64,
     ) -> Result<(Vec<usize>, Vec<usize>)> {
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes];
-        for (i, &l) in self.labels.iter().enumerate() {
-            by_class
-                .get_mut(l)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        op,
-                        format!("label {l} of example {i} is not below {}", self.classes),
-                    )
-                })?
-                .push(i);
-        }
-        let needed = k.saturating_add(min_left);
-        let mut rng = SplitMix64::new(seed);
-        let (mut chosen, mut rest) = (Vec::new(), Vec::new());
-        for (class, mut members) in by_class.into_iter().enumerate() {
-            if members.len() < needed {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "class {class} has {} examples; taking {k} needs at least {needed}",
-                        members.len(),
-                    ),
-                ));
-            }
-            rng.shuffle(&mut members);
-            chosen.extend_from_slice(&members[..k]);
-            rest.extend_from_slice(&members[k..]);
-        }
-        chosen.sort_unstable();
-        rest.sort_unstable();
-        Ok((chosen, rest))
+        per_class_indices(&self.labels, self.classes, op, k, min_left, seed)
     }
 
     /// The images zero-padded (in pixel space: filled with the normalised value of a black pixel) to

@@ -282,7 +282,16 @@ pub fn load_task(dir: &Path, vtab: (&str, &str), opts: &LoadOptions) -> Result<I
             ));
         }
         let k = (smallest / 10).max(1);
-        let (rest, held) = hold_out(&train, k, 0x5A11D)?;
+        // Every class has at least 2k images (k ≤ smallest / 10, at least 1), so at least k stay.
+        let (held, rest) = crate::data::per_class_indices(
+            train.labels(),
+            train.classes(),
+            "data",
+            k,
+            1,
+            0x5A11D,
+        )?;
+        let (rest, held) = (train.subset(&rest)?, train.subset(&held)?);
         eprintln!(
             "data: no val/ or test/ folder: holding out {k} image(s) per class ({} in all) for evaluation",
             held.len()
@@ -321,25 +330,6 @@ pub fn load_task(dir: &Path, vtab: (&str, &str), opts: &LoadOptions) -> Result<I
         train,
         test,
     })
-}
-
-/// Splits `k` images of every class off `set` (seeded), returning (the rest, the held-out images).
-fn hold_out(set: &ImageSet, k: usize, seed: u64) -> Result<(ImageSet, ImageSet)> {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.classes()];
-    for (i, &l) in set.labels().iter().enumerate() {
-        by_class[l].push(i);
-    }
-    let mut rng = crate::data::SplitMix64::new(seed);
-    let (mut held, mut rest) = (Vec::new(), Vec::new());
-    for mut members in by_class {
-        rng.shuffle(&mut members);
-        let k = k.min(members.len().saturating_sub(1));
-        held.extend_from_slice(&members[..k]);
-        rest.extend_from_slice(&members[k..]);
-    }
-    held.sort_unstable();
-    rest.sort_unstable();
-    Ok((set.subset(&rest)?, set.subset(&held)?))
 }
 
 /// The file beside a fine-tuned adapter or model that says how its inputs were preprocessed and what its
