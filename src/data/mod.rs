@@ -90,7 +90,10 @@ pub fn per_class_indices(
         by_class
             .get_mut(l)
             .ok_or_else(|| {
-                Error::invalid(op, format!("label {l} of example {i} is not below {classes}"))
+                Error::invalid(
+                    op,
+                    format!("label {l} of example {i} is not below {classes}"),
+                )
             })?
             .push(i);
     }
