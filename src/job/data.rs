@@ -283,14 +283,8 @@ pub fn load_task(dir: &Path, vtab: (&str, &str), opts: &LoadOptions) -> Result<I
         }
         let k = (smallest / 10).max(1);
         // Every class has at least 2k images (k ≤ smallest / 10, at least 1), so at least k stay.
-        let (held, rest) = crate::data::per_class_indices(
-            train.labels(),
-            train.classes(),
-            "data",
-            k,
-            1,
-            0x5A11D,
-        )?;
+        let (held, rest) =
+            crate::data::per_class_indices(train.labels(), train.classes(), "data", k, 1, 0x5A11D)?;
         let (rest, held) = (train.subset(&rest)?, train.subset(&held)?);
         eprintln!(
             "data: no val/ or test/ folder: holding out {k} image(s) per class ({} in all) for evaluation",
