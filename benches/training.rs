@@ -5,7 +5,7 @@
 
 use liera::job::bench::{conv_layers, matmul, training_steps, BenchResult, StepKind};
 use liera::nn::ConvNeXtConfig;
-use liera::peft::AdapterKind;
+use liera::peft::{AdapterKind, DeltaKind};
 use liera::Device;
 
 fn print(device: &Device, results: &[BenchResult]) {
@@ -31,9 +31,9 @@ fn run(device: &Device, reps: usize) -> liera::Result<()> {
     let atto = ConvNeXtConfig::atto();
     let kinds = [
         StepKind::Full,
-        StepKind::Adapter(AdapterKind::Lora),
-        StepKind::Adapter(AdapterKind::Liera),
-        StepKind::Adapter(AdapterKind::LieraFirstOrder),
+        StepKind::Adapter(AdapterKind::Lora, DeltaKind::Lora),
+        StepKind::Adapter(AdapterKind::Liera, DeltaKind::Lora),
+        StepKind::Adapter(AdapterKind::LieraFirstOrder, DeltaKind::Lora),
     ];
     // Interleaved, so the LieRA/LoRA ratio is not biased by load changing between them.
     let steps = training_steps(device, &atto, "convnext_atto", &kinds, 64, 2 * reps)?;

@@ -55,11 +55,11 @@ fn main() -> Result<()> {
         let adapter = Adapter::new(kind, "demo", &shape, 1, 1.0, &mut InitRng::new(0), &dev)?;
         // A fresh adapter has B = 0 (so W' = W); give it the shared "trained" factors.
         adapter
-            .b
+            .b()
             .tensor()
             .assign(&Tensor::from_slice(&B, [2, 1], &dev)?)?;
         adapter
-            .a
+            .a()
             .tensor()
             .assign(&Tensor::from_slice(&A, [1, 9], &dev)?)?;
         if results.is_empty() {

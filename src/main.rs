@@ -5,9 +5,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::args::{
-    check_adapter_args, check_positive, check_train_args, parse_methods, seed_range, Common,
-};
+use cli::args::{check_adapter_args, check_positive, check_train_args, seed_range, Common};
 use cli::bench::{run_bench, BenchArgs};
 use cli::idx::{
     run_compare, run_eval, run_finetune, run_merge, run_pretrain, CompareArgs, EvalArgs,
@@ -81,14 +79,14 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(lr) = a.lr {
                 check_positive("--lr", lr as f64)?;
             }
-            parse_methods(&a.methods)?;
+            a.adapter.methods(&a.methods)?;
             seed_range(common.seed, a.seeds)?;
         }
         Command::Finetune(a) => {
             check_adapter_args(&a.adapter)?;
             check_train_args(&a.train)?;
             check_positive("--per-class", a.per_class as f64)?;
-            Method::parse(&a.method)?;
+            a.adapter.method(Method::parse(&a.method)?, true)?;
         }
         Command::Pretrain(a) => check_train_args(&a.train)?,
         Command::Vtab(a) => {
@@ -103,7 +101,7 @@ fn run(cli: Cli) -> Result<()> {
             for lr in a.lr_grid.iter().flatten() {
                 check_positive("--lr-grid", *lr as f64)?;
             }
-            parse_methods(&a.methods)?;
+            a.adapter.methods(&a.methods)?;
         }
         Command::Predict(a) => check_positive("--top", a.top as f64)?,
         Command::Eval(_) | Command::Merge(_) | Command::Bench(_) => {}

@@ -147,7 +147,7 @@ fn learning_rates_are_tuned_on_a_validation_split() {
         pretrain: run_options(20, 2e-3),
         finetune: run_options(10, 1e-3),
         adapter: AdapterOptions::default(),
-        methods: vec![Method::Adapter(liera::peft::AdapterKind::Liera)],
+        methods: vec![Method::lora(liera::peft::AdapterKind::Liera)],
         seeds: vec![0],
         lr_override: None,
         tune_lr: true,
@@ -157,7 +157,7 @@ fn learning_rates_are_tuned_on_a_validation_split() {
         out: dir.join("out"),
     };
     let report = job::compare(&source, &target, &opts, &Device::cpu(), &mut |_| {}).unwrap();
-    let grid = Method::Adapter(liera::peft::AdapterKind::Liera).lr_grid();
+    let grid = Method::lora(liera::peft::AdapterKind::Liera).lr_grid();
     assert_eq!(report.lr_scores.len(), 1);
     assert_eq!(report.lr_scores[0].1.len(), grid.len());
     let (best_lr, best_acc) = report.lr_scores[0].1.iter().fold(

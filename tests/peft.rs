@@ -175,11 +175,11 @@ fn a_is_kaiming_uniform_and_b_is_zero() {
         &dev,
     )
     .unwrap();
-    assert_eq!(a.a.shape().dims(), [4, 49]);
-    assert_eq!(a.b.shape().dims(), [16, 4]);
-    assert!(a.b.tensor().to_vec().unwrap().iter().all(|&v| v == 0.0));
+    assert_eq!(a.a().shape().dims(), [4, 49]);
+    assert_eq!(a.b().shape().dims(), [16, 4]);
+    assert!(a.b().tensor().to_vec().unwrap().iter().all(|&v| v == 0.0));
     let bound = 1.0 / 49f32.sqrt();
-    let va = a.a.tensor().to_vec().unwrap();
+    let va = a.a().tensor().to_vec().unwrap();
     assert!(va.iter().all(|v| v.abs() <= bound));
     // Spread over the interval, not collapsed: the max |A| is close to the bound.
     assert!(va.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.8 * bound);
@@ -219,10 +219,11 @@ fn tape_gradients_of_a_and_b_equal_the_closed_forms() {
             let bvals = f32s(&rng.vec(rows * rank, -0.3, 0.3));
             let (a_t, b_t) = {
                 let ad = Adapter::of(layer.adaptable()).unwrap();
-                ad.b.tensor()
+                ad.b()
+                    .tensor()
                     .assign(&Tensor::from_slice(&bvals, [rows, rank], &dev).unwrap())
                     .unwrap();
-                (ad.a.tensor().clone(), ad.b.tensor().clone())
+                (ad.a().tensor().clone(), ad.b().tensor().clone())
             };
             let y = layer.forward(&x);
             let r = Tensor::from_slice(
@@ -319,7 +320,7 @@ fn randomise_b(model: &ConvNeXt, seed: u64, scale: f64) {
     let mut rng = Rng::new(seed);
     model.visit_adaptable("", &mut |_, layer| {
         if let Some(a) = Adapter::of(layer) {
-            let b = a.b.tensor();
+            let b = a.b().tensor();
             let v = f32s(&rng.vec(b.numel(), -scale, scale));
             b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap())
                 .unwrap();
@@ -465,7 +466,7 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical_under_adamw() {
         model.visit_adaptable("", &mut |path, layer| {
             if let Some(a) = Adapter::of(layer) {
                 assert!(
-                    a.b.tensor().to_vec().unwrap().iter().any(|&v| v != 0.0),
+                    a.b().tensor().to_vec().unwrap().iter().any(|&v| v != 0.0),
                     "{path}: B did not move"
                 );
             }

@@ -252,7 +252,7 @@ fn randomise_b(model: &ConvNeXt, seed: u64) {
     let mut rng = Rng::new(seed);
     model.visit_adaptable("", &mut |_, layer| {
         if let Some(a) = Adapter::of(layer) {
-            let b = a.b.tensor();
+            let b = a.b().tensor();
             let v: Vec<f32> = rng
                 .vec(b.numel(), -0.3, 0.3)
                 .iter()
@@ -487,11 +487,11 @@ fn adapters_in_the_earlier_liera_format_still_load() {
                 };
                 tensors.push((
                     format!("base_model.model.{path}.lora_A.weight"),
-                    a.a.tensor().reshape(sa).unwrap(),
+                    a.a().tensor().reshape(sa).unwrap(),
                 ));
                 tensors.push((
                     format!("base_model.model.{path}.lora_B.weight"),
-                    a.b.tensor().reshape(sb).unwrap(),
+                    a.b().tensor().reshape(sb).unwrap(),
                 ));
             }
         });

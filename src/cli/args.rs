@@ -6,6 +6,7 @@ use liera::data::images::{BadImages, Preprocess};
 use liera::job::data::{LoadOptions, ModelFlags, PreprocessFlags};
 use liera::job::{self, AdapterOptions, Method};
 use liera::nn::ConvNeXtConfig;
+use liera::peft::DeltaKind;
 use liera::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -188,9 +189,44 @@ pub(crate) struct AdapterArgs {
     /// Comma-separated module-path patterns of the layers to adapt.
     #[arg(long, default_value = "conv_dw,mlp.fc1,mlp.fc2")]
     pub(crate) target: String,
+    /// The matrix PEFT method that generates ΔW for the adapter methods: lora (ΔW = s·BA), loha
+    /// (s·(B₁A₁)⊙(B₂A₂)) or lokr (s·kron(C, BA)). `--method liera --delta loha` is LoHa lifted to the Lie
+    /// group; `--method lora --delta loha` is plain LoHa.
+    #[arg(long)]
+    pub(crate) delta: Option<String>,
 }
 
 impl AdapterArgs {
+    /// `method` with `--delta` applied: an adapter method gets that generator; `full` or `linear` is an
+    /// error when it is the one method asked for (`single`), and left as it is in a list.
+    pub(crate) fn method(&self, method: Method, single: bool) -> Result<Method> {
+        let Some(delta) = &self.delta else {
+            return Ok(method);
+        };
+        let delta = DeltaKind::parse(delta.trim())
+            .map_err(|e| Error::invalid("liera", format!("--delta: {e}")))?;
+        match method {
+            Method::Adapter(..) => method.with_delta(delta),
+            _ if single => method.with_delta(delta),
+            _ => Ok(method),
+        }
+    }
+    /// A `--methods` list with `--delta` applied to its adapter methods, still with none twice.
+    pub(crate) fn methods(&self, list: &str) -> Result<Vec<Method>> {
+        let methods = parse_methods(list)?
+            .into_iter()
+            .map(|m| self.method(m, false))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, m) in methods.iter().enumerate() {
+            if methods[..i].contains(m) {
+                return Err(Error::invalid(
+                    "liera",
+                    format!("--methods with --delta lists `{}` twice", m.name()),
+                ));
+            }
+        }
+        Ok(methods)
+    }
     pub(crate) fn options(&self) -> AdapterOptions {
         AdapterOptions {
             rank: self.rank,

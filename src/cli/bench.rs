@@ -48,7 +48,7 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
                 .into_iter()
                 .map(|m| match m {
                     Method::Full => Ok(StepKind::Full),
-                    Method::Adapter(k) => Ok(StepKind::Adapter(k)),
+                    Method::Adapter(k, d) => Ok(StepKind::Adapter(k, d)),
                     Method::LinearProbe => Err(Error::invalid(
                         "liera",
                         "--kinds: the step benchmark has full and the adapter kinds, not linear",

@@ -2,9 +2,7 @@
 //! IDX files): compare (the main job), pretrain, finetune and eval (which hand image folders to
 //! [`super::images`]), and merge.
 
-use super::args::{
-    out_dir, parse_methods, seed_range, AdapterArgs, Common, ImageArgs, ModelArgs, TrainArgs,
-};
+use super::args::{out_dir, seed_range, AdapterArgs, Common, ImageArgs, ModelArgs, TrainArgs};
 use super::images::{run_eval_images, run_finetune_images};
 use clap::Args;
 use liera::data::embedded::{embedded_fashion_mnist, embedded_mnist, load_dir};
@@ -238,7 +236,7 @@ fn cache_dir(given: Option<PathBuf>) -> PathBuf {
 }
 
 pub(crate) fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> Result<()> {
-    let methods = parse_methods(&a.methods)?;
+    let methods = a.adapter.methods(&a.methods)?;
     let seeds = seed_range(common.seed, a.seeds)?;
     let source = source_data(a.data_dir.as_ref().map(|d| d.join("mnist")).as_deref())?
         .with_channels(a.model.idx_channels())?;
@@ -318,7 +316,7 @@ pub(crate) fn run_finetune(mut a: FinetuneArgs, common: &Common, device: &Device
         }
         a.data_dir = Some(dir);
     }
-    let method = Method::parse(&a.method)?;
+    let method = a.adapter.method(Method::parse(&a.method)?, true)?;
     let data = target_data(a.data_dir.as_deref(), a.per_class, common.seed)?
         .with_channels(a.model.idx_channels())?;
     let mut opts = default_finetune_options(

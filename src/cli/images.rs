@@ -1,7 +1,7 @@
 //! The subcommands on image files: finetune and eval on an image folder or a VTAB-1k task folder (reached
 //! through `--data`), predict, and the VTAB-1k protocol over a root of task folders (vtab).
 
-use super::args::{out_dir, parse_methods, AdapterArgs, Common, ImageArgs, ModelArgs};
+use super::args::{out_dir, AdapterArgs, Common, ImageArgs, ModelArgs};
 use super::idx::{default_finetune_options, EvalArgs, FinetuneArgs};
 use clap::Args;
 use liera::data::images::Preprocess;
@@ -95,7 +95,7 @@ pub(crate) fn run_finetune_images(
     common: &Common,
     device: &Device,
 ) -> Result<()> {
-    let method = Method::parse(&a.method)?;
+    let method = a.adapter.method(Method::parse(&a.method)?, true)?;
     let model = resolve_model(&a.weights, &a.model.flags())?;
     let preprocess = resolve_preprocess(&model, &a.images.flags())?;
     let task = load_task(
@@ -245,7 +245,7 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 pub(crate) fn run_vtab(a: VtabArgs, common: &Common, device: &Device) -> Result<()> {
-    let methods = parse_methods(&a.methods)?;
+    let methods = a.adapter.methods(&a.methods)?;
     let model = resolve_model(&a.weights, &a.model.flags())?;
     let mut flags = a.images.flags();
     if flags.preset.is_none() && !a.images_given() {

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::nn::Classifier;
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
 use crate::optim::{AdamW, Optimizer};
-use crate::peft::{self, AdapterKind, PeftConfig};
+use crate::peft::{self, adapter_method_name, AdapterKind, DeltaKind, PeftConfig};
 use crate::shape::{Conv2dGeometry, Conv2dParams};
 use crate::tensor::Tensor;
 use serde::Serialize;
@@ -156,8 +156,8 @@ pub fn conv_layers(device: &Device, batch: usize, reps: usize) -> Result<Vec<Ben
 pub enum StepKind {
     /// Every parameter.
     Full,
-    /// Adapters of `kind` at rank 8 on conv_dw, mlp.fc1, mlp.fc2 plus the head.
-    Adapter(AdapterKind),
+    /// Adapters of a composition and generator at rank 8 on conv_dw, mlp.fc1, mlp.fc2 plus the head.
+    Adapter(AdapterKind, DeltaKind),
 }
 
 /// A prepared training step: a model of one [`StepKind`], its optimizer and a fixed batch.
@@ -180,8 +180,9 @@ impl StepRunner {
     ) -> Result<Self> {
         let mut model = ConvNeXt::new(config.clone().with_in_chans(c).with_classes(10), device)?;
         model.set_grad_checkpointing(grad_checkpointing);
-        if let StepKind::Adapter(k) = kind {
+        if let StepKind::Adapter(k, d) = kind {
             let cfg = PeftConfig::new(k, 8, 8.0, "conv_dw,mlp.fc1,mlp.fc2")
+                .with_delta(d)
                 .with_modules_to_save("head.fc");
             peft::apply(&mut model, &cfg)?;
         }
@@ -216,7 +217,7 @@ impl StepRunner {
 fn step_name(label: &str, kind: StepKind, batch: usize, [c, size]: [usize; 2]) -> String {
     let what = match kind {
         StepKind::Full => "full".to_string(),
-        StepKind::Adapter(k) => format!("{} r8", k.name()),
+        StepKind::Adapter(k, d) => format!("{} r8", adapter_method_name(k, d)),
     };
     format!("{label} {c}×{size}×{size} step ({what}, batch {batch})")
 }
@@ -329,9 +330,9 @@ pub fn suite(device: &Device, quick: bool) -> Result<Vec<BenchResult>> {
     let atto = ConvNeXtConfig::atto();
     let kinds = [
         StepKind::Full,
-        StepKind::Adapter(AdapterKind::Lora),
-        StepKind::Adapter(AdapterKind::Liera),
-        StepKind::Adapter(AdapterKind::LieraFirstOrder),
+        StepKind::Adapter(AdapterKind::Lora, DeltaKind::Lora),
+        StepKind::Adapter(AdapterKind::Liera, DeltaKind::Lora),
+        StepKind::Adapter(AdapterKind::LieraFirstOrder, DeltaKind::Lora),
     ];
     out.extend(training_steps(
         device,

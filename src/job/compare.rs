@@ -241,7 +241,7 @@ pub fn compare(
                 .out
                 .join("adapters")
                 .join(format!("{}-seed{seed}", method.name()));
-            let save = matches!(method, Method::Adapter(_)).then_some(save_dir.as_path());
+            let save = matches!(method, Method::Adapter(..)).then_some(save_dir.as_path());
             let r = finetune(
                 &opts.config,
                 &checkpoint,

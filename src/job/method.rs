@@ -8,7 +8,10 @@ use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::{load_model, save_model};
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
-use crate::peft::{self, AdapterKind, PeftConfig, TrainableReport};
+use crate::peft::{
+    self, adapter_method_name, parse_adapter_method, AdapterKind, DeltaKind, PeftConfig,
+    TrainableReport,
+};
 use std::path::Path;
 
 /// How to fine-tune.
@@ -18,8 +21,8 @@ pub enum Method {
     Full,
     /// Only the new classifier (head.fc) trains.
     LinearProbe,
-    /// Adapters on the target layers (plus the new classifier).
-    Adapter(AdapterKind),
+    /// Adapters on the target layers (plus the new classifier): a composition with a generator of ΔW.
+    Adapter(AdapterKind, DeltaKind),
 }
 
 impl Method {
@@ -27,31 +30,65 @@ impl Method {
     pub const ALL: [Method; 5] = [
         Method::Full,
         Method::LinearProbe,
-        Method::Adapter(AdapterKind::Lora),
-        Method::Adapter(AdapterKind::Liera),
-        Method::Adapter(AdapterKind::LieraFirstOrder),
+        Method::Adapter(AdapterKind::Lora, DeltaKind::Lora),
+        Method::Adapter(AdapterKind::Liera, DeltaKind::Lora),
+        Method::Adapter(AdapterKind::LieraFirstOrder, DeltaKind::Lora),
     ];
+    /// A LoRA-generated adapter method.
+    pub fn lora(kind: AdapterKind) -> Method {
+        Method::Adapter(kind, DeltaKind::Lora)
+    }
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Method::Full => "full",
             Method::LinearProbe => "linear",
-            Method::Adapter(k) => k.name(),
+            Method::Adapter(k, d) => adapter_method_name(k, d),
         }
     }
-    /// Parses a method name (`full`, `linear`, `lora`, `liera`, `liera_first_order`).
+    /// Parses a method name: `full`, `linear`, or an adapter (`lora`, `liera`, `liera_first_order`, and
+    /// with another generator `loha`, `lokr`, `liera_loha`, `liera_first_order_lokr`, …).
     pub fn parse(s: &str) -> Result<Method> {
         match s {
             "full" => Ok(Method::Full),
             "linear" | "linear_probe" => Ok(Method::LinearProbe),
-            other => AdapterKind::parse(other).map(Method::Adapter).map_err(|_| {
-                Error::invalid(
-                    "method",
-                    format!(
-                        "unknown method `{other}` (known: full, linear, lora, liera, liera_first_order)"
-                    ),
-                )
-            }),
+            other => parse_adapter_method(other)
+                .map(|(k, d)| Method::Adapter(k, d))
+                .map_err(|_| {
+                    Error::invalid(
+                        "method",
+                        format!(
+                            "unknown method `{other}` (known: full, linear, lora, liera, liera_first_order, \
+                             and with LoHa or LoKr generating ΔW: loha, lokr, liera_loha, liera_lokr, \
+                             liera_first_order_loha, liera_first_order_lokr)"
+                        ),
+                    )
+                }),
+        }
+    }
+    /// `self` with its generator replaced by `delta` (the `--delta` flag): an error for a method without
+    /// adapters, or one whose name already chose another generator.
+    pub fn with_delta(self, delta: DeltaKind) -> Result<Method> {
+        match self {
+            Method::Adapter(k, DeltaKind::Lora) => Ok(Method::Adapter(k, delta)),
+            Method::Adapter(_, d) if d == delta => Ok(self),
+            Method::Adapter(_, d) => Err(Error::invalid(
+                "method",
+                format!(
+                    "--delta {} contradicts method `{}`, which generates ΔW with {}",
+                    delta.name(),
+                    self.name(),
+                    d.name()
+                ),
+            )),
+            _ => Err(Error::invalid(
+                "method",
+                format!(
+                    "--delta {} needs an adapter method, not `{}`",
+                    delta.name(),
+                    self.name()
+                ),
+            )),
         }
     }
     /// Candidate peak learning rates for the tuning: a ladder of factors 2 to 3. LieRA changes each weight
@@ -61,7 +98,7 @@ impl Method {
         match self {
             Method::Full => vec![1e-3, 3e-3, 1e-2],
             Method::LinearProbe => vec![1e-2, 3e-2, 1e-1],
-            Method::Adapter(_) => vec![5e-3, 1e-2, 2e-2, 5e-2, 1e-1],
+            Method::Adapter(..) => vec![5e-3, 1e-2, 2e-2, 5e-2, 1e-1],
         }
     }
     /// The default peak learning rate: adapters and a lone head take larger steps than full fine-tuning,
@@ -70,7 +107,7 @@ impl Method {
         match self {
             Method::Full => 1e-3,
             Method::LinearProbe => 1e-2,
-            Method::Adapter(_) => 5e-3,
+            Method::Adapter(..) => 5e-3,
         }
     }
 }
@@ -126,8 +163,9 @@ pub fn prepare_finetune(
             });
             None
         }
-        Method::Adapter(kind) => {
+        Method::Adapter(kind, delta) => {
             let cfg = PeftConfig::new(kind, adapter.rank, adapter.alpha, &adapter.targets)
+                .with_delta(delta)
                 .with_modules_to_save("head.fc")
                 .with_seed(seed);
             peft::apply(&mut model, &cfg)?;

@@ -4,16 +4,21 @@
 //! | liera method        | `peft_type` | weight keys (`base_model.model.<layer>.` + …) | PEFT loads it |
 //! |---------------------|-------------|-----------------------------------------------|---------------|
 //! | `lora`              | `LORA`      | `lora_A.weight`, `lora_B.weight`              | yes           |
+//! | `loha`              | `LOHA`      | `hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b` | yes      |
+//! | `lokr`              | `LOKR`      | `lokr_w1`, and `lokr_w2` or `lokr_w2_a`, `lokr_w2_b` | yes    |
 //! | `liera_first_order` | `HIRA`      | `hira_A`, `hira_B` (B holds s·B: HiRA has no α) | yes         |
-//! | `liera` (exact)     | `LIERA`     | `lora_A.weight`, `lora_B.weight`              | no: liera's own type |
+//! | `liera` (exact), and every other Lie form (`liera_loha`, `liera_first_order_lokr`, …) | `LIERA` | the generator's keys as above (`lora_A.weight`, … for LoRA) | no: liera's own type |
+//!
+//! LoHa and LoKr are written with PEFT's defaults (`use_effective_conv2d: false`, `decompose_both: false`),
+//! the only forms liera reads; their α is PEFT's `alpha`.
 //!
 //! ```json
 //! { "peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": false,
 //!   "target_modules": "stages\\.\\d+\\.blocks\\.\\d+\\.mlp\\.fc1|stages\\.\\d+\\.blocks\\.\\d+\\.mlp\\.fc2",
 //!   "modules_to_save": ["head.fc"], "bias": "none", "fan_in_fan_out": false, "lora_dropout": 0.0,
 //!   "init_lora_weights": true, "inference_mode": true, "task_type": null, ...,
-//!   "liera": { "format_version": 2, "method": "lora", "r": 8, "alpha": 16, "use_rslora": false,
-//!              "target_modules": ["mlp.fc1", "mlp.fc2"], "modules_to_save": ["head.fc"], "seed": 0 } }
+//!   "liera": { "format_version": 3, "method": "lora", "delta": "lora", "decompose_factor": -1, "r": 8,
+//!              "alpha": 16, "use_rslora": false, "target_modules": ["mlp.fc1", "mlp.fc2"], "modules_to_save": ["head.fc"], "seed": 0 } }
 //! ```
 //! `target_modules` is a regex that `re.fullmatch`es exactly the adapted module paths; `modules_to_save` lists
 //! the modules whose parameters are saved. liera's own record sits under `liera`, a key PEFT drops (with a
@@ -23,11 +28,11 @@
 //! B (Cout, r, 1, 1)) under the same type, and PEFT stops on them with its own message.
 //!
 //! Reading accepts, besides this: the format before it (liera's [`PeftConfig`] as JSON, `lora_A`/`lora_B`
-//! keys for every method), and configs written by PEFT: `LORA` (rsLoRA's s = α/√r included) and `HIRA`
-//! (read as first-order LieRA with α = r, s = 1), with `target_modules` as a list or a regex. PEFT options
+//! keys for every method), and configs written by PEFT: `LORA` (rsLoRA's s = α/√r included), `LOHA`, `LOKR`
+//! (any `decompose_factor`) and `HIRA` (read as first-order LieRA with α = r, s = 1), with `target_modules` as a list or a regex. PEFT options
 //! liera cannot reproduce (DoRA, bias training, per-layer ranks, excluded modules, …) are errors naming them.
 
-use super::adapter::AdapterKind;
+use super::adapter::{adapter_method_name, AdapterKind, AdapterSpec, DeltaKind};
 use super::target::{check_pattern, parse_patterns, regex_escape, REGEX_PREFIX};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -36,9 +41,12 @@ use serde_json::{json, Map, Value};
 /// What to adapt and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeftConfig {
-    /// `lora`, `liera` (exact, the default) or `liera_first_order`.
+    /// How ΔW composes with W: `lora` (additive), `liera` (exact, the default) or `liera_first_order`.
     pub method: AdapterKind,
-    /// Rank r of ΔW = s·B·A.
+    /// The generator of ΔW: `lora` (the default), `loha` or `lokr`.
+    #[serde(default)]
+    pub delta: DeltaKind,
+    /// Rank r of the generator.
     pub r: usize,
     /// α (the scale s is α/r, or α/√r with [`PeftConfig::use_rslora`]).
     pub alpha: f32,
@@ -53,9 +61,16 @@ pub struct PeftConfig {
     /// rsLoRA's scale s = α/√r instead of α/r.
     #[serde(default)]
     pub use_rslora: bool,
+    /// LoKr's `decompose_factor` (−1: split each dimension nearest its square root).
+    #[serde(default = "nearest_root")]
+    pub decompose_factor: i64,
     /// The base model the adapter was trained on (PEFT's `base_model_name_or_path`), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model_name_or_path: Option<String>,
+}
+
+fn nearest_root() -> i64 {
+    -1
 }
 
 impl PeftConfig {
@@ -63,13 +78,35 @@ impl PeftConfig {
     pub fn new(method: AdapterKind, r: usize, alpha: f32, targets: &str) -> PeftConfig {
         PeftConfig {
             method,
+            delta: DeltaKind::Lora,
             r,
             alpha,
             target_modules: parse_patterns(targets),
             modules_to_save: Vec::new(),
             seed: 0,
             use_rslora: false,
+            decompose_factor: -1,
             base_model_name_or_path: None,
+        }
+    }
+    /// Sets the generator of ΔW.
+    pub fn with_delta(mut self, delta: DeltaKind) -> Self {
+        self.delta = delta;
+        self
+    }
+    /// The composition and generator's name (`liera`, `loha`, `liera_lokr`, …).
+    pub fn method_name(&self) -> &'static str {
+        adapter_method_name(self.method, self.delta)
+    }
+    /// What every adapter of this config is built from.
+    pub fn spec(&self) -> AdapterSpec {
+        AdapterSpec {
+            kind: self.method,
+            delta: self.delta,
+            rank: self.r,
+            alpha: self.alpha,
+            rslora: self.use_rslora,
+            decompose_factor: self.decompose_factor,
         }
     }
     /// True if the parameter at `path` is one of `modules_to_save` (trained fully and saved with the
@@ -114,7 +151,7 @@ impl PeftConfig {
     pub fn describe(&self) -> String {
         format!(
             "{} r={} α={} on {}",
-            self.method.name(),
+            self.method_name(),
             self.r,
             self.alpha,
             self.target_modules.join(",")
@@ -135,6 +172,24 @@ impl PeftConfig {
         if self.target_modules.is_empty() {
             return Err(Error::invalid("peft", "no target modules given"));
         }
+        if self.use_rslora && self.delta != DeltaKind::Lora {
+            return Err(Error::invalid(
+                "peft",
+                format!(
+                    "rsLoRA scaling (α/√r) applies to LoRA only, not {}",
+                    self.delta.name()
+                ),
+            ));
+        }
+        if self.decompose_factor == 0 || self.decompose_factor < -1 {
+            return Err(Error::invalid(
+                "peft",
+                format!(
+                    "LoKr's decompose_factor must be positive or -1, got {}",
+                    self.decompose_factor
+                ),
+            ));
+        }
         for p in self.target_modules.iter().chain(&self.modules_to_save) {
             check_pattern(p).map_err(|e| Error::invalid("peft", e))?;
         }
@@ -142,22 +197,37 @@ impl PeftConfig {
     }
 }
 
-/// The version of the config format written under the `liera` key (1 was liera's bare [`PeftConfig`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// The version of the config format written under the `liera` key (1 was liera's bare [`PeftConfig`]; 3
+/// added the generator `delta` and `decompose_factor`).
+pub const FORMAT_VERSION: u32 = 3;
 
-/// How an adapter file stores the factors.
+/// How an adapter file stores the factors, beyond [`crate::peft::factor_specs`]' names and shapes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Layout {
-    /// The key suffix of A (`lora_A.weight` or `hira_A`).
-    pub a_key: &'static str,
-    /// The key suffix of B.
-    pub b_key: &'static str,
+    /// LoRA's A and B are stored as PEFT's HiRA keys `hira_A`, `hira_B`.
+    pub hira_keys: bool,
     /// The stored B is this times liera's B (HiRA has no scale: s is folded into B).
     pub b_factor: f64,
 }
 
-const LORA_KEYS: (&str, &str) = ("lora_A.weight", "lora_B.weight");
-const HIRA_KEYS: (&str, &str) = ("hira_A", "hira_B");
+impl Layout {
+    /// The key suffix (after `<layer>.`) under which the factor named `name` is stored.
+    pub fn key(&self, name: &'static str) -> &'static str {
+        match (self.hira_keys, name) {
+            (true, "lora_A.weight") => "hira_A",
+            (true, "lora_B.weight") => "hira_B",
+            _ => name,
+        }
+    }
+    /// The factor by which the stored values of factor `name` exceed liera's.
+    pub fn factor(&self, name: &str) -> f64 {
+        if name == "lora_B.weight" {
+            self.b_factor
+        } else {
+            1.0
+        }
+    }
+}
 
 /// An `adapter_config.json` as read: the config, how the weights are stored, and where liera's own record
 /// restored the patterns, PEFT's selections (targets, saved modules), which must agree with them on the model.
@@ -170,24 +240,25 @@ pub(crate) struct FileConfig {
     pub from_peft: bool,
 }
 
-fn peft_type(kind: AdapterKind) -> &'static str {
-    match kind {
-        AdapterKind::Lora => "LORA",
-        AdapterKind::LieraFirstOrder => "HIRA",
-        AdapterKind::Liera => "LIERA",
+/// The PEFT type a composition with a generator is written as: PEFT's own where PEFT has the method.
+fn peft_type(kind: AdapterKind, delta: DeltaKind) -> &'static str {
+    match (kind, delta) {
+        (AdapterKind::Lora, DeltaKind::Lora) => "LORA",
+        (AdapterKind::Lora, DeltaKind::Loha) => "LOHA",
+        (AdapterKind::Lora, DeltaKind::Lokr) => "LOKR",
+        (AdapterKind::LieraFirstOrder, DeltaKind::Lora) => "HIRA",
+        _ => "LIERA",
     }
 }
 
-pub(crate) fn layout(kind: AdapterKind, cfg: &PeftConfig) -> Layout {
-    match kind {
-        AdapterKind::LieraFirstOrder => Layout {
-            a_key: HIRA_KEYS.0,
-            b_key: HIRA_KEYS.1,
+pub(crate) fn layout(cfg: &PeftConfig) -> Layout {
+    match (cfg.method, cfg.delta) {
+        (AdapterKind::LieraFirstOrder, DeltaKind::Lora) => Layout {
+            hira_keys: true,
             b_factor: cfg.scale(),
         },
         _ => Layout {
-            a_key: LORA_KEYS.0,
-            b_key: LORA_KEYS.1,
+            hira_keys: false,
             b_factor: 1.0,
         },
     }
@@ -206,7 +277,7 @@ fn alpha_json(alpha: f32) -> Value {
 /// parameters are those of the modules `save_modules`.
 pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[String]) -> Value {
     let mut v = json!({
-        "peft_type": peft_type(cfg.method),
+        "peft_type": peft_type(cfg.method, cfg.delta),
         "task_type": null,
         "base_model_name_or_path": cfg.base_model_name_or_path,
         "revision": null,
@@ -222,6 +293,8 @@ pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[Stri
         "liera": {
             "format_version": FORMAT_VERSION,
             "method": cfg.method,
+            "delta": cfg.delta,
+            "decompose_factor": cfg.decompose_factor,
             "r": cfg.r,
             "alpha": alpha_json(cfg.alpha),
             "use_rslora": cfg.use_rslora,
@@ -230,12 +303,20 @@ pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[Stri
             "seed": cfg.seed,
         },
     });
-    let extra = match cfg.method {
-        AdapterKind::LieraFirstOrder => json!({
+    let lycoris = json!({
+        "alpha": alpha_json(cfg.alpha),
+        "rank_dropout": 0.0,
+        "module_dropout": 0.0,
+        "use_effective_conv2d": false,
+        "init_weights": true,
+        "alpha_pattern": {},
+    });
+    let extra = match (cfg.method, cfg.delta) {
+        (AdapterKind::LieraFirstOrder, DeltaKind::Lora) => json!({
             "hira_dropout": 0.0,
             "init_weights": true,
         }),
-        AdapterKind::Lora | AdapterKind::Liera => json!({
+        (_, DeltaKind::Lora) => json!({
             "lora_alpha": alpha_json(cfg.alpha),
             "lora_dropout": 0.0,
             "use_rslora": cfg.use_rslora,
@@ -245,6 +326,15 @@ pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[Stri
             "init_lora_weights": true,
             "alpha_pattern": {},
         }),
+        (_, DeltaKind::Loha) => lycoris,
+        (_, DeltaKind::Lokr) => {
+            let mut v = lycoris;
+            let map = v.as_object_mut().expect("an object");
+            map.insert("decompose_both".into(), json!(false));
+            map.insert("decompose_factor".into(), json!(cfg.decompose_factor));
+            map.insert("rank_dropout_scale".into(), json!(false));
+            v
+        }
     };
     let map = v.as_object_mut().expect("an object");
     map.extend(extra.as_object().expect("an object").clone());
@@ -268,6 +358,8 @@ const UNSUPPORTED: &[&str] = &[
     "use_qalora",
     "use_bdlora",
     "arrow_config",
+    "use_effective_conv2d",
+    "decompose_both",
 ];
 
 fn is_default(v: &Value) -> bool {
@@ -302,8 +394,7 @@ pub(crate) fn parse(text: &str) -> std::result::Result<FileConfig, String> {
         return Ok(FileConfig {
             cfg,
             layout: Layout {
-                a_key: LORA_KEYS.0,
-                b_key: LORA_KEYS.1,
+                hira_keys: false,
                 b_factor: 1.0,
             },
             peft_selection: None,
@@ -317,13 +408,16 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
     let ty = obj["peft_type"]
         .as_str()
         .ok_or("`peft_type` is not a string")?;
-    let method = match ty {
-        "LORA" => AdapterKind::Lora,
-        "HIRA" => AdapterKind::LieraFirstOrder,
-        "LIERA" => AdapterKind::Liera,
+    // LIERA's composition and generator come from liera's record below; LoRA-generated exact LieRA until then.
+    let (method, delta) = match ty {
+        "LORA" => (AdapterKind::Lora, DeltaKind::Lora),
+        "LOHA" => (AdapterKind::Lora, DeltaKind::Loha),
+        "LOKR" => (AdapterKind::Lora, DeltaKind::Lokr),
+        "HIRA" => (AdapterKind::LieraFirstOrder, DeltaKind::Lora),
+        "LIERA" => (AdapterKind::Liera, DeltaKind::Lora),
         other => {
             return Err(format!(
-                "peft_type `{other}` is not one liera reads (LORA, HIRA, and liera's own LIERA)"
+                "peft_type `{other}` is not one liera reads (LORA, LOHA, LOKR, HIRA, and liera's own LIERA)"
             ))
         }
     };
@@ -347,13 +441,24 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
         None | Some(Value::Null) => false,
         Some(v) => v.as_bool().ok_or("`use_rslora` is not a boolean")?,
     };
-    let alpha = match method {
+    let alpha = match ty {
         // HiRA has no scale: W' = W + W ⊙ (B A), which is first-order LieRA with s = α/r = 1.
-        AdapterKind::LieraFirstOrder => r as f32,
-        _ => obj
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or("`lora_alpha` is missing or not a number")? as f32,
+        "HIRA" => r as f32,
+        // LoHa and LoKr name it `alpha`; LoRA (and LIERA's LoRA form) `lora_alpha`.
+        _ => {
+            let key = if obj.contains_key("lora_alpha") {
+                "lora_alpha"
+            } else {
+                "alpha"
+            };
+            obj.get(key)
+                .and_then(Value::as_f64)
+                .ok_or(format!("`{key}` is missing or not a number"))? as f32
+        }
+    };
+    let decompose_factor = match obj.get("decompose_factor") {
+        None | Some(Value::Null) => -1,
+        Some(v) => v.as_i64().ok_or("`decompose_factor` is not an integer")?,
     };
     let target_modules = match obj.get("target_modules") {
         Some(Value::String(s)) if s == "all-linear" => {
@@ -390,19 +495,28 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
         .map(String::from);
     let peft_cfg = PeftConfig {
         method,
+        delta,
         r,
         alpha,
         target_modules,
         modules_to_save,
         seed: 0,
         use_rslora,
+        decompose_factor,
         base_model_name_or_path,
     };
 
     let Some(own) = obj.get("liera") else {
+        if ty == "LIERA" {
+            return Err(
+                "peft_type `LIERA` without liera's record (the `liera` key) does not say its composition \
+                 and generator"
+                    .into(),
+            );
+        }
         let layout = Layout {
             b_factor: 1.0,
-            ..layout(method, &peft_cfg)
+            ..layout(&peft_cfg)
         };
         return Ok(FileConfig {
             cfg: peft_cfg,
@@ -417,6 +531,10 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
     struct Own {
         format_version: u32,
         method: AdapterKind,
+        #[serde(default)]
+        delta: DeltaKind,
+        #[serde(default = "nearest_root")]
+        decompose_factor: i64,
         r: usize,
         alpha: f32,
         #[serde(default)]
@@ -441,24 +559,36 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
              to read it as a plain PEFT adapter"
         )
     };
-    if own.method != method {
+    if peft_type(own.method, own.delta) != ty {
         return Err(edited(
             "peft_type",
             ty.into(),
-            format!("{} ({})", own.method.name(), peft_type(own.method)),
+            format!(
+                "{} ({})",
+                adapter_method_name(own.method, own.delta),
+                peft_type(own.method, own.delta)
+            ),
         ));
     }
+    if obj.contains_key("decompose_factor") && own.decompose_factor != decompose_factor {
+        return Err(edited(
+            "decompose_factor",
+            decompose_factor.to_string(),
+            own.decompose_factor.to_string(),
+        ));
+    }
+    let method = own.method;
     if own.r != r {
         return Err(edited("r", r.to_string(), own.r.to_string()));
     }
-    if own.use_rslora != use_rslora && method != AdapterKind::LieraFirstOrder {
+    if own.use_rslora != use_rslora && ty != "HIRA" {
         return Err(edited(
             "use_rslora",
             use_rslora.to_string(),
             own.use_rslora.to_string(),
         ));
     }
-    if method != AdapterKind::LieraFirstOrder && own.alpha != alpha {
+    if ty != "HIRA" && own.alpha != alpha {
         return Err(edited(
             "lora_alpha",
             alpha.to_string(),
@@ -467,16 +597,18 @@ fn parse_peft(obj: &Map<String, Value>) -> std::result::Result<FileConfig, Strin
     }
     let cfg = PeftConfig {
         method,
+        delta: own.delta,
         r,
         alpha: own.alpha,
         target_modules: own.target_modules,
         modules_to_save: own.modules_to_save,
         seed: own.seed,
         use_rslora: own.use_rslora,
+        decompose_factor: own.decompose_factor,
         base_model_name_or_path: peft_cfg.base_model_name_or_path,
     };
     Ok(FileConfig {
-        layout: layout(method, &cfg),
+        layout: layout(&cfg),
         cfg,
         peft_selection: Some((peft_cfg.target_modules, peft_cfg.modules_to_save)),
         from_peft: false,

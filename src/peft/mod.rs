@@ -21,7 +21,10 @@ mod report;
 mod save;
 pub mod target;
 
-pub use adapter::{matrix_view, Adapter, AdapterKind};
+pub use adapter::{
+    adapter_method_name, factor_specs, kron, lokr_factorization, matrix_view, parse_adapter_method,
+    Adapter, AdapterKind, AdapterSpec, DeltaKind, FactorSpec,
+};
 pub use config::{PeftConfig, FORMAT_VERSION};
 pub use report::{trainable_report, LayerReport, TrainableReport};
 pub use save::{load_adapter, save_adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
@@ -129,16 +132,8 @@ pub fn apply(model: &mut dyn Module, cfg: &PeftConfig) -> Result<TrainableReport
         }
         let w = layer.weight().tensor();
         let mut rng = InitRng::new(seed_for(cfg.seed, path));
-        match Adapter::new(
-            cfg.method,
-            path,
-            w.shape(),
-            cfg.r,
-            cfg.alpha,
-            &mut rng,
-            w.device(),
-        ) {
-            Ok(a) => adapters.push((path.to_string(), a.with_rslora(cfg.use_rslora))),
+        match Adapter::build(cfg.spec(), path, w.shape(), &mut rng, w.device()) {
+            Ok(a) => adapters.push((path.to_string(), a)),
             Err(e) => built = Err(e),
         }
     });

@@ -2,7 +2,7 @@
 //! for LieRA the number of zero entries of W, which W ⊙ exp(ΔW) can never move) and one row per fully trained
 //! parameter, with totals.
 
-use super::adapter::{matrix_view, Adapter, AdapterKind};
+use super::adapter::{adapter_method_name, matrix_view, Adapter};
 use crate::error::Result;
 use crate::nn::Module;
 use crate::shape::Shape;
@@ -45,9 +45,9 @@ pub fn trainable_report(model: &dyn Module) -> Result<TrainableReport> {
         let Some(a) = Adapter::of(layer) else { return };
         adapter_params += a.num_parameters();
         let w = layer.weight().tensor();
-        let zero_entries = match a.kind() {
-            AdapterKind::Lora => None,
-            _ => match Adapter::zero_entries(w) {
+        let zero_entries = match a.kind().is_lie() {
+            false => None,
+            true => match Adapter::zero_entries(w) {
                 Ok(z) => Some(z),
                 Err(e) => {
                     err = Err(e);
@@ -55,11 +55,10 @@ pub fn trainable_report(model: &dyn Module) -> Result<TrainableReport> {
                 }
             },
         };
-        let trainable = if a.a.is_trainable() { a.a.numel() } else { 0 }
-            + if a.b.is_trainable() { a.b.numel() } else { 0 };
+        let trainable = a.num_trainable();
         rows.push(LayerReport {
             path: path.to_string(),
-            method: a.kind().name().to_string(),
+            method: adapter_method_name(a.kind(), a.delta_kind()).to_string(),
             shape: w.shape().clone(),
             rank: a.rank(),
             trainable,

@@ -2,16 +2,17 @@
 //! `adapter_config.json` (PEFT's schema, see [`crate::peft::PeftConfig`]'s module for the mapping of the
 //! methods to PEFT types).
 //!
-//! Keys: `base_model.model.<layer>.lora_A.weight` and `.lora_B.weight` (LoRA, exact LieRA), or
-//! `base_model.model.<layer>.hira_A` and `.hira_B` (first-order LieRA, written as PEFT's HiRA with s folded
-//! into B), for every adapted layer, and `base_model.model.<param>` for every parameter of `modules_to_save`
+//! Keys: `base_model.model.<layer>.<factor>` with PEFT's factor names ([`crate::peft::factor_specs`]):
+//! `lora_A.weight` and `lora_B.weight` for LoRA-generated adapters, except first-order LieRA, written as
+//! PEFT's HiRA (`hira_A`, `hira_B`, with s folded into B); `hada_w1_a`, … for LoHa; `lokr_w1`, … for LoKr;
+//! for every adapted layer, and `base_model.model.<param>` for every parameter of `modules_to_save`
 //! (e.g. the new `head.fc`), as PEFT names them. Shapes follow PEFT for a Linear (A (r, in), B (out, r)) and a
 //! dense convolution (A (r, Cin, kh, kw), B (Cout, r, 1, 1)); a grouped or depthwise convolution, which
 //! PEFT's conv LoRA does not adapt as a kernel update, stores A as (r, Cin/g, kh, kw) and B as
 //! (Cout, r, 1, 1), liera's own layout. Either way they are the same matrices as the (r, Cin/g·kh·kw) and
 //! (Cout, r) factors of the forward.
 
-use super::adapter::Adapter;
+use super::adapter::{adapter_method_name, factor_specs, Adapter};
 use super::config::{self, PeftConfig};
 use super::target::{exact_regex, matches, matches_param, REGEX_PREFIX};
 use crate::error::{Error, Result};
@@ -27,16 +28,6 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 
 const PREFIX: &str = "base_model.model.";
-
-/// PEFT's stored shapes of A and B for a kernel of shape `w`.
-fn stored_shapes(w: &[usize], r: usize) -> (Vec<usize>, Vec<usize>) {
-    if w.len() == 4 {
-        (vec![r, w[1], w[2], w[3]], vec![w[0], r, 1, 1])
-    } else {
-        let cols = w.iter().skip(1).product();
-        (vec![r, cols], vec![w[0], r])
-    }
-}
 
 /// Every module path of `model`: each adaptable layer and every dotted prefix of a parameter path.
 fn module_paths(model: &dyn Module) -> BTreeSet<String> {
@@ -78,17 +69,15 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
         match Adapter::of(layer) {
             Some(_) if !targeted => mismatch.push(format!("{path} is adapted but not a target")),
             None if targeted => mismatch.push(format!("{path} is a target but has no adapter")),
-            Some(a)
-                if (a.kind(), a.rank(), a.alpha(), a.rslora())
-                    != (cfg.method, cfg.r, cfg.alpha, cfg.use_rslora) =>
-            {
+            Some(a) if a.spec() != cfg.spec() => {
+                let spec = a.spec();
                 mismatch.push(format!(
                     "{path} has a {} adapter of rank {} and alpha {}{}, the config says {} r={} alpha={}{}",
-                    a.kind().name(),
-                    a.rank(),
-                    a.alpha(),
-                    if a.rslora() { " (rsLoRA)" } else { "" },
-                    cfg.method.name(),
+                    adapter_method_name(spec.kind, spec.delta),
+                    spec.rank,
+                    spec.alpha,
+                    if spec.rslora { " (rsLoRA)" } else { "" },
+                    cfg.method_name(),
                     cfg.r,
                     cfg.alpha,
                     if cfg.use_rslora { " (rsLoRA)" } else { "" },
@@ -125,7 +114,7 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
             format!("internal error: the target regex `{target_regex}` misselects `{m}`"),
         ));
     }
-    let layout = config::layout(cfg.method, cfg);
+    let layout = config::layout(cfg);
 
     std::fs::create_dir_all(dir).map_err(|e| crate::io::io_error(dir, e))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -135,17 +124,15 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
         if err.is_err() {
             return;
         }
-        let (sa, sb) = stored_shapes(layer.weight().shape().dims(), a.rank());
-        let pair = a.a.tensor().reshape(sa).and_then(|ta| {
-            let tb = scaled(&a.b.tensor().reshape(sb)?, layout.b_factor)?;
-            Ok((ta.detach(), tb))
-        });
-        match pair {
-            Ok((ta, tb)) => {
-                tensors.push((format!("{PREFIX}{path}.{}", layout.a_key), ta));
-                tensors.push((format!("{PREFIX}{path}.{}", layout.b_key), tb));
+        for (spec, p) in a.factors() {
+            match p
+                .tensor()
+                .reshape(spec.stored.clone())
+                .and_then(|t| scaled(&t, layout.factor(spec.name)))
+            {
+                Ok(t) => tensors.push((format!("{PREFIX}{path}.{}", layout.key(spec.name)), t)),
+                Err(e) => err = Err(e),
             }
-            Err(e) => err = Err(e),
         }
     });
     err?;
@@ -168,9 +155,9 @@ pub fn save_adapter(model: &dyn Module, cfg: &PeftConfig, dir: &Path) -> Result<
     atomic_write(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
 
-/// Reads an adapter directory written by [`save_adapter`], by an earlier liera, or by PEFT (LoRA or HiRA),
-/// and applies it to `model` (a base model without adapters): attaches the adapters, loads A, B and the saved
-/// modules, freezes the rest. Every key and shape is checked against the model first; a mismatch is an error
+/// Reads an adapter directory written by [`save_adapter`], by an earlier liera, or by PEFT (LoRA, LoHa, LoKr
+/// or HiRA), and applies it to `model` (a base model without adapters): attaches the adapters, loads their
+/// factors and the saved modules, freezes the rest. Every key and shape is checked against the model first; a mismatch is an error
 /// naming the key and both shapes, and leaves the model unchanged. Returns the config.
 pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
     let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
@@ -237,16 +224,28 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
     // The keys and stored shapes this config implies for this model.
     let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut a_keys: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut spec_error = None;
     model.visit_adaptable("", &mut |path, layer| {
-        if cfg.targets(path) {
-            let w = layer.weight().shape().dims().to_vec();
-            let (sa, sb) = stored_shapes(&w, cfg.r);
-            let ka = format!("{PREFIX}{path}.{}", layout.a_key);
-            expected.insert(ka.clone(), sa);
-            expected.insert(format!("{PREFIX}{path}.{}", layout.b_key), sb);
-            a_keys.insert(ka, w);
+        if !cfg.targets(path) || spec_error.is_some() {
+            return;
+        }
+        let w = layer.weight().shape();
+        match factor_specs(cfg.delta, path, w, cfg.r, cfg.decompose_factor) {
+            Ok(specs) => {
+                for spec in specs {
+                    let key = format!("{PREFIX}{path}.{}", layout.key(spec.name));
+                    if spec.name == "lora_A.weight" {
+                        a_keys.insert(key.clone(), w.dims().to_vec());
+                    }
+                    expected.insert(key, spec.stored);
+                }
+            }
+            Err(e) => spec_error = Some(e),
         }
     });
+    if let Some(e) = spec_error {
+        return Err(e);
+    }
     model.visit("", &mut |path, p| {
         if cfg.saves(path) {
             expected.insert(format!("{PREFIX}{path}"), p.shape().dims().to_vec());
@@ -319,12 +318,13 @@ pub fn load_adapter(model: &mut dyn Module, dir: &Path) -> Result<PeftConfig> {
     };
     model.visit_adaptable("", &mut |path, layer| {
         if let Some(a) = Adapter::of(layer) {
-            set(format!("{PREFIX}{path}.{}", layout.a_key), &a.a, 1.0);
-            set(
-                format!("{PREFIX}{path}.{}", layout.b_key),
-                &a.b,
-                layout.b_factor,
-            );
+            for (spec, p) in a.factors() {
+                set(
+                    format!("{PREFIX}{path}.{}", layout.key(spec.name)),
+                    p,
+                    layout.factor(spec.name),
+                );
+            }
         }
     });
     model.visit("", &mut |path, p| {
