@@ -17,7 +17,7 @@ use common::temp::TempDir;
 use common::Rng;
 use liera::io::{load_model, open_pretrained, read_safetensors, save_model, HostTensor};
 use liera::nn::{Classifier, ConvNeXt, Module};
-use liera::peft::{self, Adapter, AdapterKind, PeftConfig};
+use liera::peft::{self, Adapter, AdapterKind, DeltaKind, PeftConfig};
 use liera::{no_grad, Device, Tensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -144,26 +144,40 @@ fn timm_checkpoints_load_and_give_timm_logits() {
 }
 
 #[test]
-fn peft_lora_and_hira_adapters_load_and_merge_to_peft_weights() {
+fn peft_lora_hira_loha_and_lokr_adapters_load_and_merge_to_peft_weights() {
     let dev = Device::cpu();
+    let mut seen = 0;
     for variant in VARIANTS {
-        for name in ["lora", "hira"] {
+        for name in ["lora", "hira", "loha", "lokr", "loha_dw", "lokr_dw"] {
             let what = format!("{variant}/{name}");
             let dir = fixtures().join(variant).join(name);
+            if name.ends_with("_dw") && !dir.exists() {
+                continue; // the depthwise cases exist for one variant each
+            }
+            seen += 1;
             let json = read_json(&dir.join(peft::ADAPTER_CONFIG_FILE));
             let mut model = base(variant, &dev);
             let cfg =
                 peft::load_adapter(&mut model, &dir).unwrap_or_else(|e| panic!("{what}: {e}"));
             let r = json["r"].as_u64().unwrap() as usize;
             assert_eq!(cfg.r, r, "{what}");
-            if name == "lora" {
-                assert_eq!(cfg.method, AdapterKind::Lora, "{what}");
-                assert_eq!(cfg.alpha as f64, json["lora_alpha"].as_f64().unwrap());
-                assert_eq!(cfg.use_rslora, json["use_rslora"].as_bool().unwrap());
-            } else {
-                // HiRA: W + W ⊙ (B A), first-order LieRA with s = α/r = 1.
-                assert_eq!(cfg.method, AdapterKind::LieraFirstOrder, "{what}");
-                assert_eq!(cfg.alpha, r as f32, "{what}");
+            match &name[..4] {
+                "lora" => {
+                    assert_eq!(cfg.method, AdapterKind::Lora, "{what}");
+                    assert_eq!(cfg.alpha as f64, json["lora_alpha"].as_f64().unwrap());
+                    assert_eq!(cfg.use_rslora, json["use_rslora"].as_bool().unwrap());
+                }
+                "hira" => {
+                    // HiRA: W + W ⊙ (B A), first-order LieRA with s = α/r = 1.
+                    assert_eq!(cfg.method, AdapterKind::LieraFirstOrder, "{what}");
+                    assert_eq!(cfg.alpha, r as f32, "{what}");
+                }
+                generator => {
+                    // LoHa and LoKr: additive, with PEFT's `alpha`.
+                    assert_eq!(cfg.method, AdapterKind::Lora, "{what}");
+                    assert_eq!(cfg.delta, DeltaKind::parse(generator).unwrap(), "{what}");
+                    assert_eq!(cfg.alpha as f64, json["alpha"].as_f64().unwrap(), "{what}");
+                }
             }
             // A list stays a list of names; a regex becomes a `re:` pattern.
             match &json["target_modules"] {
@@ -191,6 +205,7 @@ fn peft_lora_and_hira_adapters_load_and_merge_to_peft_weights() {
             assert_weights(&what, &model, &expected);
         }
     }
+    assert_eq!(seen, 4 * 4 + 2, "every fixture case ran");
 }
 
 /// rsLoRA's scale matters: read with the usual α/r, the same file merges to other weights.
@@ -247,19 +262,24 @@ fn peft_lora_on_a_depthwise_conv_is_refused_with_the_reason() {
         .all(|(_, t)| t.requires_grad()));
 }
 
-/// Gives every adapter a random nonzero B.
+/// Gives every adapter factor that is all zero (LoRA's B, LoHa's hada_w2_b, LoKr's lokr_w1) random values.
 fn randomise_b(model: &ConvNeXt, seed: u64) {
     let mut rng = Rng::new(seed);
     model.visit_adaptable("", &mut |_, layer| {
         if let Some(a) = Adapter::of(layer) {
-            let b = a.b().tensor();
-            let v: Vec<f32> = rng
-                .vec(b.numel(), -0.3, 0.3)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap())
-                .unwrap();
+            for (_, p) in a.factors() {
+                let b = p.tensor();
+                if b.to_vec().unwrap().iter().any(|&v| v != 0.0) {
+                    continue;
+                }
+                let v: Vec<f32> = rng
+                    .vec(b.numel(), -0.3, 0.3)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                b.assign(&Tensor::from_slice(&v, b.shape().clone(), b.device()).unwrap())
+                    .unwrap();
+            }
         }
     });
 }
@@ -321,6 +341,46 @@ fn liera_cases() -> Vec<(&'static str, &'static str, PeftConfig, &'static str)> 
             mk(AdapterKind::LieraFirstOrder, 2, 4.0, "conv_dw"),
             "refuse",
         ),
+        // LoHa and LoKr: PEFT's own types when additive, depthwise included (PEFT adapts those kernels).
+        (
+            "loha_v1_conv",
+            "v1_conv",
+            mk(AdapterKind::Lora, 2, 3.0, "conv_dw,mlp.fc1,stem.0").with_delta(DeltaKind::Loha),
+            "load",
+        ),
+        (
+            "loha_v2_linear",
+            "v2_linear",
+            mk(AdapterKind::Lora, 3, 2.0, "mlp.fc1,mlp.fc2,downsample.1")
+                .with_delta(DeltaKind::Loha),
+            "load",
+        ),
+        (
+            "lokr_v1_linear",
+            "v1_linear",
+            mk(AdapterKind::Lora, 1, 2.0, "mlp.fc1,mlp.fc2,conv_dw").with_delta(DeltaKind::Lokr),
+            "load",
+        ),
+        (
+            "lokr_v2_conv",
+            "v2_conv",
+            mk(AdapterKind::Lora, 4, 4.0, "stem.0,mlp.fc2,downsample.1")
+                .with_delta(DeltaKind::Lokr),
+            "load",
+        ),
+        // Lie forms of LoHa and LoKr: liera's own LIERA type.
+        (
+            "liera_loha_v2_conv",
+            "v2_conv",
+            mk(AdapterKind::Liera, 2, 3.0, "conv_dw,mlp.fc1").with_delta(DeltaKind::Loha),
+            "refuse",
+        ),
+        (
+            "liera_first_order_lokr_v1_conv",
+            "v1_conv",
+            mk(AdapterKind::LieraFirstOrder, 2, 3.0, "mlp.fc1,mlp.fc2").with_delta(DeltaKind::Lokr),
+            "refuse",
+        ),
     ]
 }
 
@@ -340,24 +400,41 @@ fn liera_adapters_are_written_in_peft_schema_and_round_trip() {
 
         // PEFT's schema.
         let json = read_json(&dir.join(peft::ADAPTER_CONFIG_FILE));
-        let ty = match cfg.method {
-            AdapterKind::Lora => "LORA",
-            AdapterKind::LieraFirstOrder => "HIRA",
-            AdapterKind::Liera => "LIERA",
+        let ty = match (cfg.method, cfg.delta) {
+            (AdapterKind::Lora, DeltaKind::Lora) => "LORA",
+            (AdapterKind::Lora, DeltaKind::Loha) => "LOHA",
+            (AdapterKind::Lora, DeltaKind::Lokr) => "LOKR",
+            (AdapterKind::LieraFirstOrder, DeltaKind::Lora) => "HIRA",
+            _ => "LIERA",
         };
         assert_eq!(json["peft_type"], ty, "{case}");
         assert_eq!(json["r"], cfg.r, "{case}");
         assert_eq!(json["task_type"], Value::Null, "{case}");
-        assert_eq!(json["fan_in_fan_out"], false, "{case}");
+        if cfg.delta == DeltaKind::Lora {
+            assert_eq!(json["fan_in_fan_out"], false, "{case}");
+        } else {
+            assert!(
+                json.get("fan_in_fan_out").is_none(),
+                "{case}: not a LoHa/LoKr key"
+            );
+        }
         assert_eq!(json["inference_mode"], true, "{case}");
         assert_eq!(json["liera"]["method"], cfg.method.name(), "{case}");
         assert_eq!(json["liera"]["seed"], cfg.seed, "{case}");
         assert_eq!(json["liera"]["format_version"], peft::FORMAT_VERSION);
-        if cfg.method == AdapterKind::LieraFirstOrder {
+        if ty == "HIRA" {
             assert!(
                 json.get("lora_alpha").is_none(),
                 "{case}: HiRA has no alpha"
             );
+        } else if cfg.delta != DeltaKind::Lora {
+            // LoHa and LoKr: PEFT's `alpha`, and the defaults liera computes with.
+            assert_eq!(json["alpha"].as_f64().unwrap(), cfg.alpha as f64, "{case}");
+            assert_eq!(json["use_effective_conv2d"], false, "{case}");
+            if cfg.delta == DeltaKind::Lokr {
+                assert_eq!(json["decompose_both"], false, "{case}");
+                assert_eq!(json["decompose_factor"], -1, "{case}");
+            }
         } else {
             assert_eq!(
                 json["lora_alpha"].as_f64().unwrap(),
@@ -385,27 +462,37 @@ fn liera_adapters_are_written_in_peft_schema_and_round_trip() {
             n += Adapter::of(layer).is_some() as usize;
         });
         let keys = host(&dir.join(peft::ADAPTER_WEIGHTS_FILE));
-        let (ka, kb) = if cfg.method == AdapterKind::LieraFirstOrder {
-            ("hira_A", "hira_B")
-        } else {
-            ("lora_A.weight", "lora_B.weight")
-        };
-        let saved_params = if cfg.modules_to_save.is_empty() { 0 } else { 2 };
-        assert_eq!(
-            keys.len(),
-            2 * n + saved_params,
-            "{case}: {:?}",
-            keys.keys()
-        );
-        assert!(keys.keys().all(|k| k.starts_with("base_model.model.")
-            && (k.ends_with(ka) || k.ends_with(kb) || k.contains(".head.fc."))));
+        // Every adapted layer's factors under PEFT's names and stored shapes, and the saved head.
+        let mut want_keys: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        model.visit_adaptable("", &mut |path, layer| {
+            if let Some(a) = Adapter::of(layer) {
+                for (f, _) in a.factors() {
+                    let name = match (ty, f.name) {
+                        ("HIRA", "lora_A.weight") => "hira_A",
+                        ("HIRA", "lora_B.weight") => "hira_B",
+                        (_, name) => name,
+                    };
+                    want_keys.insert(format!("base_model.model.{path}.{name}"), f.stored.clone());
+                }
+            }
+        });
+        if !cfg.modules_to_save.is_empty() {
+            want_keys.insert("base_model.model.head.fc.weight".into(), vec![5, 32]);
+            want_keys.insert("base_model.model.head.fc.bias".into(), vec![5]);
+        }
+        let got_keys: BTreeMap<String, Vec<usize>> = keys
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        assert_eq!(got_keys, want_keys, "{case}");
+        assert!(n > 0, "{case}");
 
         // Read back: the same config and (up to the rounding of s·B / s for HiRA) the same function.
         let mut fresh = base(variant, &dev);
         let loaded = peft::load_adapter(&mut fresh, &dir).unwrap();
         assert_eq!(loaded, cfg, "{case}");
         let got = logits(&fresh, &x);
-        if cfg.method == AdapterKind::LieraFirstOrder {
+        if ty == "HIRA" {
             assert_close(&format!("{case}: reloaded"), &got, &want, 1e-5);
         } else {
             assert_eq!(

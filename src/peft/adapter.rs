@@ -339,6 +339,31 @@ impl AdapterSpec {
     }
 }
 
+impl AdapterSpec {
+    /// α > 0 and finite; rsLoRA only with LoRA. `layer` names the layer in the error.
+    fn check(&self, layer: &str) -> Result<()> {
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::invalid(
+                "peft",
+                format!(
+                    "{layer}: alpha must be positive and finite, got {}",
+                    self.alpha
+                ),
+            ));
+        }
+        if self.rslora && self.delta != DeltaKind::Lora {
+            return Err(Error::invalid(
+                "peft",
+                format!(
+                    "{layer}: rsLoRA scaling applies to LoRA only, not {}",
+                    self.delta.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The factors of ΔW, attached to one kernel.
 #[derive(Debug)]
 pub struct Adapter {
@@ -380,24 +405,7 @@ impl Adapter {
         rng: &mut InitRng,
         device: &crate::Device,
     ) -> Result<Adapter> {
-        if !(spec.alpha.is_finite() && spec.alpha > 0.0) {
-            return Err(Error::invalid(
-                "peft",
-                format!(
-                    "{layer}: alpha must be positive and finite, got {}",
-                    spec.alpha
-                ),
-            ));
-        }
-        if spec.rslora && spec.delta != DeltaKind::Lora {
-            return Err(Error::invalid(
-                "peft",
-                format!(
-                    "{layer}: rsLoRA scaling applies to LoRA only, not {}",
-                    spec.delta.name()
-                ),
-            ));
-        }
+        spec.check(layer)?;
         let factors = factor_specs(
             spec.delta,
             layer,
@@ -420,6 +428,58 @@ impl Adapter {
         Ok(Adapter {
             spec,
             factors,
+            merged: None,
+        })
+    }
+
+    /// An adapter over given factor tensors (in [`factor_specs`]' order and matrix shapes) instead of fresh
+    /// ones; a leaf tensor that requires a gradient is used as it is (same identity), so its gradient can be
+    /// looked up after a backward pass. Errors: a spec error as for [`Adapter::build`], or a factor count or
+    /// shape that differs from [`factor_specs`], named.
+    pub fn from_factors(
+        spec: AdapterSpec,
+        layer: &str,
+        weight_shape: &Shape,
+        factors: Vec<Tensor>,
+    ) -> Result<Adapter> {
+        spec.check(layer)?;
+        let specs = factor_specs(
+            spec.delta,
+            layer,
+            weight_shape,
+            spec.rank,
+            spec.decompose_factor,
+        )?;
+        if specs.len() != factors.len() {
+            return Err(Error::shape(
+                "peft",
+                format!(
+                    "{layer}: a {} adapter on {weight_shape} has {} factors, got {}",
+                    spec.delta.name(),
+                    specs.len(),
+                    factors.len()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for (f, t) in specs.into_iter().zip(factors) {
+            if t.shape().dims() != f.shape.as_slice() {
+                return Err(Error::shape(
+                    "peft",
+                    format!(
+                        "{layer}: factor {} must be {:?}, got {}",
+                        f.name,
+                        f.shape,
+                        t.shape()
+                    ),
+                ));
+            }
+            let trainable = t.requires_grad();
+            out.push((f, Param::new(t, trainable)));
+        }
+        Ok(Adapter {
+            spec,
+            factors: out,
             merged: None,
         })
     }

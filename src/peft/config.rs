@@ -286,7 +286,6 @@ pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[Stri
         "target_modules": target_regex,
         "exclude_modules": null,
         "modules_to_save": if save_modules.is_empty() { Value::Null } else { json!(save_modules) },
-        "fan_in_fan_out": false,
         "layers_to_transform": null,
         "layers_pattern": null,
         "rank_pattern": {},
@@ -315,8 +314,10 @@ pub(crate) fn to_json(cfg: &PeftConfig, target_regex: &str, save_modules: &[Stri
         (AdapterKind::LieraFirstOrder, DeltaKind::Lora) => json!({
             "hira_dropout": 0.0,
             "init_weights": true,
+            "fan_in_fan_out": false,
         }),
         (_, DeltaKind::Lora) => json!({
+            "fan_in_fan_out": false,
             "lora_alpha": alpha_json(cfg.alpha),
             "lora_dropout": 0.0,
             "use_rslora": cfg.use_rslora,
