@@ -409,6 +409,32 @@ fn invalid_flags_are_named_errors_before_any_work() {
             vec!["unknown method `dora`"],
         ),
         (
+            "unknown ΔW generator",
+            ft(&["--method", "liera", "--delta", "dora"]),
+            vec!["--delta", "unknown ΔW generator `dora` (lora, loha, lokr)"],
+        ),
+        (
+            "a generator for a method without adapters",
+            ft(&["--method", "full", "--delta", "loha"]),
+            vec!["--delta loha needs an adapter method, not `full`"],
+        ),
+        (
+            "a generator that contradicts the method's",
+            ft(&["--method", "liera_lokr", "--delta", "loha"]),
+            vec!["--delta loha contradicts method `liera_lokr`"],
+        ),
+        (
+            "a generator that makes a method list repeat itself",
+            vec![
+                "compare".into(),
+                "--methods".into(),
+                "lora,loha".into(),
+                "--delta".into(),
+                "loha".into(),
+            ],
+            vec!["--methods with --delta lists `loha` twice"],
+        ),
+        (
             "unknown preset",
             ft(&["--preset", "huge"]),
             vec!["unknown preset `huge`"],

@@ -19,7 +19,7 @@ pub(crate) struct BenchArgs {
     /// memory and memory per image.
     #[arg(long)]
     pub(crate) step: Option<String>,
-    /// With --step: the methods stepped (full, lora, liera, liera_first_order).
+    /// With --step: the methods stepped (full, lora, liera, liera_first_order, loha, liera_lokr, …).
     #[arg(long, default_value = "full,lora,liera")]
     pub(crate) kinds: String,
     /// With --step: images per step.

@@ -56,7 +56,8 @@ pub(crate) struct VtabArgs {
     /// Weights: a safetensors file or a timm model folder (config.json + model.safetensors).
     #[arg(long)]
     pub(crate) weights: PathBuf,
-    /// Comma-separated methods (rows of the table).
+    /// Comma-separated methods (rows of the table): full, linear, lora, liera, liera_first_order, and with
+    /// LoHa or LoKr generating ΔW loha, lokr, liera_loha, liera_lokr, liera_first_order_loha, ….
     #[arg(long, default_value = "lora,liera")]
     pub(crate) methods: String,
     /// Comma-separated task folder names to run (default: every task under --root).
