@@ -1,9 +1,12 @@
 //! Runs ConvNeXt-atto training steps in a loop, for profilers (`perf record`): `cargo run --release
-//! --example profile_step -- [steps] [full|lora|liera]`.
+//! --example profile_step -- [steps] [full|lora|liera] [cpu|gpu]`. On the GPU it also prints what one step
+//! launches (dispatches, bind groups, submits, buffers created).
+use liera::backend::gpu::{GpuBackend, GpuOptions};
 use liera::job::bench::{training_step, StepKind};
 use liera::nn::ConvNeXtConfig;
 use liera::peft::{AdapterKind, DeltaKind};
 use liera::Device;
+use std::sync::Arc;
 
 fn main() -> liera::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -13,8 +16,18 @@ fn main() -> liera::Result<()> {
         Some("liera") => StepKind::Adapter(AdapterKind::Liera, DeltaKind::Lora),
         _ => StepKind::Full,
     };
+    // A private GPU backend, so that LIERA_GPU_PROFILE=1 can print its per-kernel table (all steps, the
+    // warm-up included).
+    let gpu = match args.get(3).map(String::as_str) {
+        Some("gpu") => Some(Arc::new(GpuBackend::new(GpuOptions::default())?)),
+        _ => None,
+    };
+    let device = match &gpu {
+        Some(g) => Device::from_backend(g.clone()),
+        None => Device::cpu(),
+    };
     let r = training_step(
-        &Device::cpu(),
+        &device,
         &ConvNeXtConfig::atto(),
         "convnext_atto",
         kind,
@@ -27,5 +40,11 @@ fn main() -> liera::Result<()> {
         1e3 * r.median_s,
         r.images_per_s.unwrap_or(0.0)
     );
+    if let Some(l) = r.launches_per_step {
+        println!("per step: {l:?}");
+    }
+    if let Some(report) = gpu.and_then(|g| g.profile_report()) {
+        println!("{report}");
+    }
     Ok(())
 }

@@ -604,6 +604,44 @@ fn a_conv_net_step_reads_nothing_back_until_the_loss_is_asked_for() {
     let _ = gpu;
 }
 
+/// The launch counters count what a step records, and a repeated step reuses its buffers: the parameter
+/// blocks share one ring, readbacks one staging buffer, and outputs come from the pool, so the second step
+/// creates no buffer at all; every dispatch gets one bind group; the batch is submitted once for the
+/// loss readback.
+#[test]
+fn a_repeated_step_creates_no_buffers_and_counts_its_launches() {
+    let Some(gpu) = gpu_device() else { return };
+    let dev = Device::from_backend(std::sync::Arc::new(
+        GpuBackend::new(GpuOptions::default()).unwrap(),
+    ));
+    let step = || {
+        let (loss, _, grads) = small_conv_net(&dev).unwrap();
+        let l = loss.to_scalar().unwrap();
+        drop(grads);
+        l
+    };
+    let c0 = dev.backend().counters();
+    let first = step();
+    let c1 = dev.backend().counters();
+    let second = step();
+    let c2 = dev.backend().counters();
+    assert_eq!(first, second);
+    let (a, b) = (c1 - c0, c2 - c1);
+    assert!(a.dispatches > 10, "{a:?}");
+    assert_eq!(
+        a.dispatches, b.dispatches,
+        "the same step records the same kernels"
+    );
+    assert_eq!(b.bind_groups, b.dispatches, "{b:?}");
+    assert_eq!(b.readbacks, 1, "{b:?}");
+    assert_eq!(b.submits, 1, "{b:?}: one submit, for the readback");
+    // Uploads (small_conv_net builds its input and six parameters anew, and cross-entropy uploads the
+    // one-hot labels) are the only new buffers.
+    assert_eq!(b.buffers_created, 8, "{b:?}: 8 uploads, nothing else");
+    assert_eq!(Device::cpu().backend().counters(), Default::default());
+    let _ = gpu;
+}
+
 #[test]
 fn best_prefers_a_hardware_gpu_adapter() {
     let Some(gpu) = gpu_device() else { return };

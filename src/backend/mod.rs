@@ -323,6 +323,12 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// What this backend has launched since it was created (all zero on a backend that launches nothing,
+    /// the CPU): the difference of two readings is the cost of the work between them.
+    fn counters(&self) -> LaunchCounters {
+        LaunchCounters::default()
+    }
+
     /// True when kernels are queued and run later (a GPU): only a readback waits for them. On a synchronous
     /// backend (the CPU) every kernel has finished when its call returns.
     fn is_asynchronous(&self) -> bool {
@@ -333,6 +339,36 @@ pub trait Backend: Send + Sync {
     /// SwiftShader): correct, but slower than the CPU backend, so the command does not choose it unasked.
     fn is_software_gpu(&self) -> bool {
         false
+    }
+}
+
+/// Launch counts of a backend: what a GPU training step costs besides its arithmetic. Each dispatch pays a
+/// driver round trip and a barrier, each bind group an allocation, each submit a queue round trip; on a
+/// hardware GPU a step of small kernels is bound by these, not by FLOPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LaunchCounters {
+    /// Compute dispatches recorded.
+    pub dispatches: u64,
+    /// Bind groups created.
+    pub bind_groups: u64,
+    /// Command buffers submitted to the queue.
+    pub submits: u64,
+    /// Buffers created (pool misses, uploads, parameter blocks, readback staging).
+    pub buffers_created: u64,
+    /// Host readbacks.
+    pub readbacks: u64,
+}
+
+impl std::ops::Sub for LaunchCounters {
+    type Output = LaunchCounters;
+    fn sub(self, o: LaunchCounters) -> LaunchCounters {
+        LaunchCounters {
+            dispatches: self.dispatches - o.dispatches,
+            bind_groups: self.bind_groups - o.bind_groups,
+            submits: self.submits - o.submits,
+            buffers_created: self.buffers_created - o.buffers_created,
+            readbacks: self.readbacks - o.readbacks,
+        }
     }
 }
 

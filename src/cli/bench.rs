@@ -112,5 +112,13 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
             p as f64 / (1 << 20) as f64
         );
     }
+    for r in &results {
+        if let Some(l) = r.launches_per_step {
+            println!(
+                "{}: per step {} dispatches, {} bind groups, {} submits, {} buffers created, {} readbacks",
+                r.name, l.dispatches, l.bind_groups, l.submits, l.buffers_created, l.readbacks
+            );
+        }
+    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! Every figure is the median of several timed repetitions after a warm-up; GPU timings end with a
 //! readback so queued work is counted.
 
-use crate::backend::Device;
+use crate::backend::{Device, LaunchCounters};
 use crate::error::Result;
 use crate::nn::Classifier;
 use crate::nn::{ConvNeXt, ConvNeXtConfig, Module};
@@ -32,6 +32,10 @@ pub struct BenchResult {
     /// Memory a training step adds per image of its batch (activations, gradients; the peak during one
     /// step minus the resident memory before it, over the batch size), where measured.
     pub step_bytes_per_image: Option<f64>,
+    /// What one training step launches on a GPU (dispatches, bind groups, submits, buffers created,
+    /// readbacks), counted over the last timed step; absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launches_per_step: Option<LaunchCounters>,
 }
 
 /// Median of `reps` timings of `f` after one warm-up call.
@@ -278,16 +282,20 @@ pub fn training_steps_at(
         runners.push(r);
     }
     let mut times = vec![Vec::with_capacity(reps); kinds.len()];
+    let mut launches = vec![LaunchCounters::default(); kinds.len()];
     for _ in 0..reps.max(1) {
-        for (r, t) in runners.iter_mut().zip(&mut times) {
+        for ((r, t), l) in runners.iter_mut().zip(&mut times).zip(&mut launches) {
+            let before = device.backend().counters();
             t.push(r.step()?);
+            *l = device.backend().counters() - before;
         }
     }
     Ok(kinds
         .iter()
         .zip(times)
         .zip(memory)
-        .map(|((&kind, t), (peak, per_image))| {
+        .zip(launches)
+        .map(|(((&kind, t), (peak, per_image)), launches)| {
             let reps = t.len();
             let median = median(t);
             BenchResult {
@@ -306,6 +314,7 @@ pub fn training_steps_at(
                 reps,
                 gflops: None,
                 images_per_s: Some(batch as f64 / median),
+                launches_per_step: (launches != LaunchCounters::default()).then_some(launches),
             }
         })
         .collect())

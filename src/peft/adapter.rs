@@ -190,7 +190,7 @@ pub fn matrix_view(shape: &Shape) -> (usize, usize) {
 /// and m ≤ `factor` (−1: unbounded), ordered so that m ≤ n. With −1 that is (p, `dimension`/p) for p the
 /// largest divisor ≤ √`dimension`: 8 → (2, 4), 24 → (4, 6), 160 → (10, 16), 7 → (1, 7).
 pub fn lokr_factorization(dimension: usize, factor: i64) -> (usize, usize) {
-    if factor > 0 && dimension % factor as usize == 0 {
+    if factor > 0 && dimension.is_multiple_of(factor as usize) {
         let m = factor as usize;
         return (m, dimension / m);
     }
@@ -203,7 +203,7 @@ pub fn lokr_factorization(dimension: usize, factor: i64) -> (usize, usize) {
     let length = m + n;
     while m < n {
         let mut new_m = m + 1;
-        while dimension % new_m != 0 {
+        while !dimension.is_multiple_of(new_m) {
             new_m += 1;
         }
         let new_n = dimension / new_m;

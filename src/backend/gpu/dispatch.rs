@@ -4,7 +4,7 @@
 
 use super::runtime::{device_err, RO_SLOTS, RW_SLOTS};
 use super::shaders::ShaderVariant;
-use super::GpuBackend;
+use super::{GpuBackend, Launch};
 use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 
@@ -15,15 +15,27 @@ pub(super) const PARAM_WORDS: usize = 32;
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(super) const WG: u64 = 256;
 
-/// Commands recorded but not yet submitted.
+/// Commands recorded but not yet submitted: one command encoder with one compute pass that every dispatch
+/// of the batch is recorded into (wgpu orders the dispatches of a pass by their buffer use, so a pass needs
+/// no splitting between a kernel and its consumer).
 #[derive(Default)]
 pub(super) struct Pending {
+    /// Declared before the encoder so that it ends first.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: u32,
     /// The parameter blocks of this batch, one per dispatch at `param_stride` bytes apart, written into
-    /// `params_ring` just before the batch is submitted (a queue write lands before the submit's commands).
+    /// `params_ring` just before the batch is submitted (a queue write lands before the submit's commands,
+    /// and after the earlier submits that read the ring, so one ring serves every batch).
     params: Vec<u8>,
     params_ring: Option<wgpu::Buffer>,
+}
+
+impl Pending {
+    /// Ends the open compute pass, if any (before a copy is recorded or the encoder finishes).
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
 }
 
 /// A kernel's buffers: read-only inputs (bindings 1..) and read-write outputs (bindings 6..); `None`
@@ -148,6 +160,7 @@ impl GpuBackend {
         let ring = pending
             .params_ring
             .get_or_insert_with(|| {
+                self.count(Launch::Buffer);
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("params"),
                     size: self.param_stride * MAX_PENDING as u64,
@@ -181,27 +194,35 @@ impl GpuBackend {
                 resource: b.unwrap_or(&self.dummy_rw[i]).as_entire_binding(),
             });
         }
+        self.count(Launch::BindGroup);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
             layout: &self.layout,
             entries: &entries,
         });
-        let encoder = pending.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("liera"),
-                })
-        });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(entry),
-                timestamp_writes: None,
+        if pending.pass.is_none() {
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("liera"),
+                    })
             });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("liera"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            pending.pass = Some(pass);
+        }
+        {
+            let pass = pending.pass.as_mut().expect("a pass was just opened");
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
         pending.dispatches += 1;
+        self.count(Launch::Dispatch);
         if let Some(profile) = &self.profile {
             self.submit(&mut pending);
             let t = std::time::Instant::now();
@@ -232,11 +253,15 @@ impl GpuBackend {
     }
 
     fn submit(&self, pending: &mut Pending) {
-        if let Some(ring) = pending.params_ring.take() {
-            self.queue.write_buffer(&ring, 0, &pending.params);
+        pending.end_pass();
+        if let Some(ring) = &pending.params_ring {
+            if !pending.params.is_empty() {
+                self.queue.write_buffer(ring, 0, &pending.params);
+            }
         }
         pending.params.clear();
         if let Some(enc) = pending.encoder.take() {
+            self.count(Launch::Submit);
             self.queue.submit([enc.finish()]);
             // Non-blocking: lets wgpu free the parameter blocks and bind groups of finished work, so a
             // long run without readbacks does not accumulate them.
@@ -274,6 +299,7 @@ impl GpuBackend {
         bytes: u64,
     ) -> Result<()> {
         let mut pending = self.pending.lock().map_err(poisoned)?;
+        pending.end_pass();
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {

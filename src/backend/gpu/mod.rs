@@ -42,8 +42,8 @@ mod softmax;
 pub use runtime::{GpuBuffer, GpuOptions};
 
 use super::{
-    AdamWStep, AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage,
-    UnaryOp,
+    AdamWStep, AxisLayout, Backend, BinaryOp, LaunchCounters, LayerNormGrads, LayerNormOutput,
+    MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -54,6 +54,21 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// What [`GpuBackend::count`] counts (indices into `launches`).
+#[derive(Clone, Copy)]
+enum Launch {
+    Dispatch,
+    BindGroup,
+    Submit,
+    Buffer,
+}
+
+impl GpuBackend {
+    fn count(&self, what: Launch) {
+        self.launches[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// The wgpu backend.
 pub struct GpuBackend {
@@ -71,6 +86,10 @@ pub struct GpuBackend {
     /// The first error wgpu reported outside an error scope, taken by the next check.
     error: Arc<Mutex<Option<String>>>,
     readbacks: AtomicU64,
+    /// Dispatches, bind groups, submits and buffers created (see [`LaunchCounters`]).
+    launches: [AtomicU64; 4],
+    /// The readback buffer, kept for the next readback (most are the loss: 4 bytes).
+    staging: Mutex<Option<wgpu::Buffer>>,
     /// Bytes between parameter blocks in a batch's uniform buffer.
     param_stride: u64,
     /// Output tiles below which a GEMM splits K (see [`GpuOptions::min_parallel_workgroups`]).
@@ -184,5 +203,15 @@ impl Backend for GpuBackend {
 
     fn readback_count(&self) -> u64 {
         self.readbacks.load(Ordering::Relaxed)
+    }
+    fn counters(&self) -> LaunchCounters {
+        let n = |c: Launch| self.launches[c as usize].load(Ordering::Relaxed);
+        LaunchCounters {
+            dispatches: n(Launch::Dispatch),
+            bind_groups: n(Launch::BindGroup),
+            submits: n(Launch::Submit),
+            buffers_created: n(Launch::Buffer),
+            readbacks: self.readback_count(),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! in `dispatch.rs`.
 
 use super::dispatch::{Pending, PARAM_WORDS};
-use super::GpuBackend;
+use super::{GpuBackend, Launch};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -229,6 +229,8 @@ impl GpuBackend {
                 .then(|| Mutex::new(HashMap::new())),
             error,
             readbacks: AtomicU64::new(0),
+            launches: Default::default(),
+            staging: Mutex::new(None),
             dummy_ro,
             dummy_rw,
         })
@@ -293,6 +295,7 @@ impl GpuBackend {
     fn create_buffer(&self, bytes: u64, mapped: bool) -> Result<wgpu::Buffer> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.count(Launch::Buffer);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
@@ -356,15 +359,22 @@ impl GpuBackend {
             return Ok(Vec::new());
         }
         let bytes = (src.len as u64 * 4).div_ceil(4) * 4;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let kept = self.staging.lock().ok().and_then(|mut s| s.take());
+        let staging = match kept.filter(|b| b.size() >= bytes) {
+            Some(b) => b,
+            None => {
+                self.count(Launch::Buffer);
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
         self.submit_copy(src.raw(), &staging, bytes)?;
         self.check_errors()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -382,6 +392,9 @@ impl GpuBackend {
             bytemuck::cast_slice::<u8, f32>(&view)[..src.len].to_vec()
         };
         staging.unmap();
+        if let Ok(mut kept) = self.staging.lock() {
+            *kept = Some(staging);
+        }
         self.check_errors()?;
         Ok(out)
     }
