@@ -1,9 +1,12 @@
-// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, permute.
+// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_squares, permute.
 //
 // sum over the middle axis of an (outer, len, inner) view: y[o, i] = Σ_l x[o, l, i]
 //   sum_axis_wg:     one workgroup per output, 256 threads stride over l, then a tree reduction in
 //                    workgroup memory (long axes, e.g. a sum over a whole tensor);
 //   sum_axis_thread: one thread per output, a serial loop over l (short axes).
+// sum_squares: y[0] = Σ_k Σ_i x_k[i]² over up to four inputs (bindings 1–4, lengths in outer, len, inner,
+//   rank), plus prior[0] (binding 5) when dims[0].x is 1; one workgroup, each thread strides every input,
+//   then a tree reduction. Chained four tensors at a time, it is gradient clipping's global norm.
 // permute: y[j] = x[Σ_k idx_k(j)·src_stride_k] where idx(j) decodes j over the output dimensions and
 //   src_stride_k is x's stride of the axis that becomes output axis k (rank ≤ 8).
 
@@ -18,6 +21,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x2: array<f32>;
+@group(0) @binding(3) var<storage, read> x3: array<f32>;
+@group(0) @binding(4) var<storage, read> x4: array<f32>;
+@group(0) @binding(5) var<storage, read> prior: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
 var<workgroup> partial: array<f32, 256>;
@@ -64,6 +71,38 @@ fn sum_axis_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
         acc += x[base + l * params.inner];
     }
     y[out_index] = acc;
+}
+
+@compute @workgroup_size(256)
+fn sum_squares(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var j = lid; j < params.outer; j += 256u) {
+        acc += x[j] * x[j];
+    }
+    for (var j = lid; j < params.len; j += 256u) {
+        acc += x2[j] * x2[j];
+    }
+    for (var j = lid; j < params.inner; j += 256u) {
+        acc += x3[j] * x3[j];
+    }
+    for (var j = lid; j < params.rank; j += 256u) {
+        acc += x4[j] * x4[j];
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        var total = partial[0];
+        if (params.dims[0].x == 1u) {
+            total += prior[0];
+        }
+        y[0] = total;
+    }
 }
 
 @compute @workgroup_size(256)

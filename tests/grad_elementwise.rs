@@ -1,5 +1,6 @@
 //! Gradient property tests of the elementwise ops: add, sub, mul, div (with broadcasting), the scalar ops,
-//! exp, log, sqrt, GELU and the adapters' fused weight reparameterisations (ops/reparam.rs). Each compares forward and tape gradients with an f64 reference (see common).
+//! exp, log, sqrt, GELU, the adapters' fused weight reparameterisations (ops/reparam.rs) and the squared
+//! global norm of gradient clipping (ops/sum_squares.rs). Each compares forward and tape gradients with an f64 reference (see common).
 
 mod common;
 
@@ -155,6 +156,33 @@ proptest! {
                 check_gradients(&dev, &inputs[1..], |t| op(&frozen, &t[0], s), |v| inputs[0].values.iter().zip(&v[0]).map(|(&w, &p)| f(w, s64 * p)).collect(), TOL)
                     .map_err(|e| TestCaseError::fail(format!("{name} (W frozen) {shape:?} on {}: {e}", dev.name())))?;
             }
+        }
+    }
+
+    /// Σ_k Σ_i x_k² over 1–9 tensors (past the four the GPU kernel takes per launch, so the running total
+    /// is chained), one of them long enough (up to 3000) that every thread of the GPU workgroup strides it.
+    #[test]
+    fn sum_squares_of_several_tensors(
+        shapes in prop::collection::vec(shape_strategy(), 1..10),
+        long in 1usize..3000,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let mut shapes = shapes;
+        shapes.push(vec![long]);
+        let inputs: Vec<_> = shapes
+            .iter()
+            .map(|sh| input(rng.vec(sh.iter().product(), -2.0, 2.0), sh))
+            .collect();
+        for dev in devices() {
+            check_gradients(
+                &dev,
+                &inputs,
+                |t| Tensor::sum_squares_all(&t.iter().collect::<Vec<_>>()),
+                |v| vec![v.iter().flatten().map(|x| x * x).sum()],
+                TOL,
+            )
+            .map_err(|e| TestCaseError::fail(format!("{} tensors on {}: {e}", shapes.len(), dev.name())))?;
         }
     }
 }

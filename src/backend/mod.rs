@@ -208,6 +208,9 @@ pub trait Backend: Send + Sync {
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
+    /// Σ over `inputs` of Σ_i x_i² (each input's first `len` elements): one element, the squared global norm
+    /// of gradient clipping, in a few launches for any number of tensors.
+    fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage>;
     /// Reorders axes: y has dimensions dims\[perm\[0\]\], dims\[perm\[1\]\], ... where x has `dims`.
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
 

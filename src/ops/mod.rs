@@ -23,6 +23,7 @@ pub mod reshape;
 pub mod scalar;
 pub mod sqrt;
 pub mod sum;
+pub mod sum_squares;
 
 use crate::backend::UnaryOp;
 use crate::error::Result;

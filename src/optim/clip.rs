@@ -1,8 +1,9 @@
 //! Gradient clipping by global norm: with n = √(Σ_p ‖g_p‖²), every gradient is scaled by
 //! c = 1 / max(1, n / max_norm), so the clipped global norm is min(n, max_norm).
 //!
-//! Everything stays on the device (no readback): max(1, r) is computed as (1 + r + |r − 1|) / 2 with
-//! |x| = √(x²), from the engine's elementwise ops.
+//! Everything stays on the device (no readback): n² is one fused reduction over all gradients
+//! ([`Tensor::sum_squares_all`]), and max(1, r) is computed as (1 + r + |r − 1|) / 2 with |x| = √(x²), from
+//! the engine's elementwise ops.
 
 use crate::autodiff::{no_grad, Grads};
 use crate::error::{Error, Result};
@@ -28,17 +29,15 @@ pub fn clip_grad_norm(
             .map(|(_, p)| p)
             .filter(|p| grads.get(p).is_some())
             .collect();
-        let mut total: Option<Tensor> = None;
-        for p in &present {
-            let g = grads.get(p).expect("filtered above");
-            let sq = g.mul(g)?.sum_all()?;
-            total = Some(match total {
-                Some(t) => t.add(&sq)?,
-                None => sq,
-            });
+        if present.is_empty() {
+            return Ok(None);
         }
-        let Some(total) = total else { return Ok(None) };
-        let norm = total.sqrt()?;
+        let gs: Vec<&Tensor> = present
+            .iter()
+            .map(|p| grads.get(p).expect("filtered above"))
+            .collect();
+        // One fused reduction over every gradient (a few launches), not a square, sum and add each.
+        let norm = Tensor::sum_squares_all(&gs)?.sqrt()?;
         let ratio = norm.mul_scalar(1.0 / max_norm)?;
         let dist = ratio.add_scalar(-1.0)?.pow_scalar(2.0)?.sqrt()?; // |r − 1|
         let max1 = ratio.add_scalar(1.0)?.add(&dist)?.mul_scalar(0.5)?; // max(1, r)

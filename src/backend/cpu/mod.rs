@@ -92,6 +92,13 @@ impl Backend for CpuBackend {
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         Ok(wrap(reduce::sum_axis(host(x)?, layout)))
     }
+    fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
+        let xs = inputs
+            .iter()
+            .map(|&(s, len)| Ok(&host(s)?[..len]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(wrap(vec![reduce::sum_squares(&xs)]))
+    }
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
         Ok(wrap(reduce::permute(host(x)?, dims, perm)))
     }

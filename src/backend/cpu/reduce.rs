@@ -33,6 +33,17 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
     out
 }
 
+/// Σ over the slices of Σ_i x_i², accumulated in f64 (per chunk of 16384 values, in parallel).
+pub fn sum_squares(xs: &[&[f32]]) -> f32 {
+    xs.iter()
+        .map(|x| {
+            x.par_chunks(16384)
+                .map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+                .sum::<f64>()
+        })
+        .sum::<f64>() as f32
+}
+
 /// y = x with axes reordered: y's axis k is x's axis perm[k].
 pub fn permute(x: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
     let rank = dims.len();

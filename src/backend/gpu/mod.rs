@@ -145,6 +145,9 @@ impl Backend for GpuBackend {
     fn sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         self.launch_sum_axis(x, l)
     }
+    fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
+        self.launch_sum_squares(inputs)
+    }
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
         self.launch_permute(x, dims, perm)
     }

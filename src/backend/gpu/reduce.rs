@@ -49,6 +49,38 @@ impl GpuBackend {
         Ok(Self::wrap(out))
     }
 
+    /// Σ Σ x² over `inputs`, four tensors per launch (one workgroup), each launch adding the previous
+    /// launch's total (bound in the fifth input slot).
+    pub(super) fn launch_sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
+        let variant = ShaderVariant::plain(Family::Reduce);
+        let mut total: Option<GpuBuffer> = None;
+        if inputs.is_empty() {
+            return self.launch_fill(1, 0.0);
+        }
+        for group in inputs.chunks(4) {
+            let out = self.alloc(1)?;
+            let mut lens = [0u32; 4];
+            let mut slots: Vec<Option<&wgpu::Buffer>> = vec![None; 5];
+            for (k, &(s, len)) in group.iter().enumerate() {
+                lens[k] = u32_of("a tensor's length", len)?;
+                slots[k] = Some(self.buf(s)?.raw());
+            }
+            slots[4] = total.as_ref().map(GpuBuffer::raw);
+            let mut params = lens.to_vec();
+            params.push(total.is_some() as u32);
+            params.extend([0u32; 15]);
+            self.launch(
+                &variant,
+                "sum_squares",
+                &params,
+                Bindings::new(&slots, &[out.raw()]),
+                1,
+            )?;
+            total = Some(out);
+        }
+        Ok(Self::wrap(total.expect("at least one group")))
+    }
+
     pub(super) fn launch_permute(
         &self,
         x: &Storage,
