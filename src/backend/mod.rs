@@ -191,6 +191,11 @@ pub trait Backend: Send + Sync {
     fn download(&self, storage: &Storage) -> Result<Vec<f32>>;
     /// A buffer of `len` copies of `value`.
     fn fill(&self, len: usize, value: f32) -> Result<Storage>;
+    /// A one-element 0.0 that no kernel writes to (the broadcast operand of `broadcast_to`'s copy); a
+    /// backend may keep one rather than fill one per call.
+    fn zero_scalar(&self) -> Result<Storage> {
+        self.fill(1, 0.0)
+    }
 
     /// y = f(x) elementwise over `len` elements.
     fn unary(&self, op: UnaryOp, x: &Storage, len: usize) -> Result<Storage>;

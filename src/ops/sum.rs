@@ -123,7 +123,7 @@ impl Tensor {
         }
         // out = x + 0 with the zero a broadcast scalar: one strided copy kernel.
         let backend = self.device().backend();
-        let zero = backend.fill(1, 0.0)?;
+        let zero = backend.zero_scalar()?;
         let layout = merge_broadcast_dims("broadcast_to", self.shape(), &Shape::scalar(), shape)?;
         let storage = backend.binary(BinaryOp::Add, &self.storage(), &zero, &layout)?;
         let x_shape = self.shape().clone();

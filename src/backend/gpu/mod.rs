@@ -90,6 +90,8 @@ pub struct GpuBackend {
     launches: [AtomicU64; 4],
     /// The readback buffer, kept for the next readback (most are the loss: 4 bytes).
     staging: Mutex<Option<wgpu::Buffer>>,
+    /// The shared read-only zero of [`Backend::zero_scalar`].
+    zero: Mutex<Option<Storage>>,
     /// Bytes between parameter blocks in a batch's uniform buffer.
     param_stride: u64,
     /// Output tiles below which a GEMM splits K (see [`GpuOptions::min_parallel_workgroups`]).
@@ -126,6 +128,18 @@ impl Backend for GpuBackend {
     }
     fn fill(&self, len: usize, value: f32) -> Result<Storage> {
         self.launch_fill(len, value)
+    }
+    fn zero_scalar(&self) -> Result<Storage> {
+        let mut kept = self
+            .zero
+            .lock()
+            .map_err(|_| crate::error::Error::Device("the zero-scalar lock was poisoned".into()))?;
+        if let Some(z) = kept.as_ref() {
+            return Ok(z.clone());
+        }
+        let z = self.launch_fill(1, 0.0)?;
+        *kept = Some(z.clone());
+        Ok(z)
     }
     fn unary(&self, op: UnaryOp, x: &Storage, len: usize) -> Result<Storage> {
         self.launch_unary(op, x, len)

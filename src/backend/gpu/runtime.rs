@@ -231,6 +231,7 @@ impl GpuBackend {
             readbacks: AtomicU64::new(0),
             launches: Default::default(),
             staging: Mutex::new(None),
+            zero: Mutex::new(None),
             dummy_ro,
             dummy_rw,
         })
