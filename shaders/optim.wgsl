@@ -3,7 +3,9 @@
 //
 //   m' = β₁·m + (1 − β₁)·g,   v' = β₂·v + (1 − β₂)·g²,
 //   p' = p·(1 − lr·λ) − (lr/b₁)·m' / (√(v'/b₂) + ε)      with b₁ = 1 − β₁ᵗ, b₂ = 1 − β₂ᵗ
-// m = v = 0 on the first step (has_moments = 0). Evaluated in the same order as the CPU backend.
+// m = v = 0 on the first step (has_moments = 0). With has_scale = 1, g is g·c with c = scale[0] (gradient
+// clipping's factor, computed on the device), so clipping costs no pass of its own. Evaluated in the same
+// order as the CPU backend.
 
 struct Params {
     n: u32,
@@ -15,7 +17,7 @@ struct Params {
     weight_decay: f32,
     bias1: f32,
     bias2: f32,
-    _pad0: u32,
+    has_scale: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -25,6 +27,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read> m: array<f32>;
 @group(0) @binding(4) var<storage, read> v: array<f32>;
+@group(0) @binding(5) var<storage, read> scale: array<f32>;
 @group(0) @binding(6) var<storage, read_write> p_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> m_out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_out: array<f32>;
@@ -36,7 +39,10 @@ fn adamw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= params.n) {
         return;
     }
-    let gi = g[i];
+    var gi = g[i];
+    if (params.has_scale != 0u) {
+        gi = gi * scale[0];
+    }
     var m0 = 0.0;
     var v0 = 0.0;
     if (params.has_moments != 0u) {

@@ -10,7 +10,7 @@ use crate::backend::Device;
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::nn::Classifier;
-use crate::optim::{clip_grad_norm, CosineSchedule, Optimizer};
+use crate::optim::{clip_grad_scale, CosineSchedule, Optimizer};
 use crate::tensor::Tensor;
 use std::time::Instant;
 
@@ -76,10 +76,12 @@ pub fn train(
         let batch = next_batch()?;
         let x = batch.images_on(device)?;
         let loss = model.forward(&x, true)?.cross_entropy(&batch.labels)?;
-        let mut grads = loss.backward()?;
-        if let Some(max) = opts.clip_norm {
-            clip_grad_norm(params, &mut grads, max)?;
-        }
+        let grads = loss.backward()?;
+        // Clipping's factor is computed on the device and folded into the optimizer's update.
+        let clip = match opts.clip_norm {
+            Some(max) => clip_grad_scale(params, &grads, max)?.map(|(_, scale)| scale),
+            None => None,
+        };
         let lr = schedule.lr(t);
         let step = t + 1;
         // Only a logging step reads the loss back (and checks it before the update).
@@ -96,7 +98,10 @@ pub fn train(
         } else {
             None
         };
-        optimizer.step(params, &grads, lr)?;
+        match &clip {
+            Some(scale) => optimizer.step_scaled(params, &grads, lr, scale)?,
+            None => optimizer.step(params, &grads, lr)?,
+        }
         if let Some(loss) = logged {
             let log = StepLog {
                 step,

@@ -305,7 +305,7 @@ proptest! {
     }
 
     #[test]
-    fn fused_adamw_matches_cpu(len in 1usize..3000, first_step: bool, t in 1i32..50, seed in 0u64..1000) {
+    fn fused_adamw_matches_cpu(len in 1usize..3000, first_step: bool, scaled: bool, t in 1i32..50, seed in 0u64..1000) {
         let h = liera::backend::AdamWStep {
             lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05,
             bias1: 1.0 - 0.9f32.powi(t), bias2: 1.0 - 0.999f32.powi(t),
@@ -315,10 +315,11 @@ proptest! {
             values(seed + 1, len, -1.0, 1.0),
             values(seed + 2, len, -0.1, 0.1),
             values(seed + 3, len, 0.0, 0.01),
+            values(seed + 4, 1, 0.1, 1.0),
         ];
-        cross(&format!("adamw len {len}, t {t}"), &inputs, |b, s| {
+        cross(&format!("adamw len {len}, t {t}, scaled {scaled}"), &inputs, |b, s| {
             let moments = (!first_step).then_some((&s[2], &s[3]));
-            let (p, m, v) = b.adamw_update(&s[0], &s[1], moments, len, &h)?;
+            let (p, m, v) = b.adamw_update(&s[0], &s[1], moments, scaled.then_some(&s[4]), len, &h)?;
             Ok(vec![p, m, v])
         })?;
     }
@@ -604,6 +605,59 @@ fn a_conv_net_step_reads_nothing_back_until_the_loss_is_asked_for() {
     let _ = gpu;
 }
 
+/// AdamW's fused gradient scale (gradient clipping's factor) is the multiply it replaces: on every
+/// device, adamw(g, scale c) equals adamw(g·c) bit for bit, with g·c computed by the elementwise kernel.
+#[test]
+fn adamw_with_a_gradient_scale_equals_scaling_first() {
+    let h = liera::backend::AdamWStep {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+        bias1: 1.0 - 0.9f32.powi(3),
+        bias2: 1.0 - 0.999f32.powi(3),
+    };
+    let len = 1000;
+    for dev in common::devices() {
+        let b = dev.backend();
+        let up = |v: Vec<f32>| b.upload(&v).unwrap();
+        let (p, g, m, v) = (
+            up(values(1, len, -1.0, 1.0)),
+            up(values(2, len, -1.0, 1.0)),
+            up(values(3, len, -0.1, 0.1)),
+            up(values(4, len, 0.0, 0.01)),
+        );
+        let c = up(vec![0.37]);
+        let layout = merge_broadcast_dims(
+            "test",
+            &Shape::new([len]),
+            &Shape::scalar(),
+            &Shape::new([len]),
+        )
+        .unwrap();
+        let gc = b.binary(BinaryOp::Mul, &g, &c, &layout).unwrap();
+        let fused = b
+            .adamw_update(&p, &g, Some((&m, &v)), Some(&c), len, &h)
+            .unwrap();
+        let composed = b
+            .adamw_update(&p, &gc, Some((&m, &v)), None, len, &h)
+            .unwrap();
+        for (what, x, y) in [
+            ("p", &fused.0, &composed.0),
+            ("m", &fused.1, &composed.1),
+            ("v", &fused.2, &composed.2),
+        ] {
+            assert_eq!(
+                b.download(x).unwrap(),
+                b.download(y).unwrap(),
+                "{what} on {}",
+                b.name()
+            );
+        }
+    }
+}
+
 /// The launch counters count what a step records, and a repeated step reuses its buffers: the parameter
 /// blocks share one ring, readbacks one staging buffer, and outputs come from the pool, so the second step
 /// creates no buffer at all; every dispatch gets one bind group; the batch is submitted once for the
@@ -620,6 +674,7 @@ fn a_repeated_step_creates_no_buffers_and_counts_its_launches() {
         drop(grads);
         l
     };
+    step(); // the first step also builds what later steps keep (the shared zero of broadcast_to)
     let c0 = dev.backend().counters();
     let first = step();
     let c1 = dev.backend().counters();

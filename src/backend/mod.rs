@@ -274,13 +274,17 @@ pub trait Backend: Send + Sync {
 
     /// One AdamW update of a parameter of `len` values: returns (p', m', v') with
     /// m' = β₁·m + (1 − β₁)·g, v' = β₂·v + (1 − β₂)·g², p' = p·(1 − lr·λ) − lr·(m'/b₁)/(√(v'/b₂) + ε);
-    /// `m`, `v` absent means zero (the first step). The default composes the elementwise kernels (about a
-    /// dozen passes over memory); a backend may fuse it into one pass.
+    /// `m`, `v` absent means zero (the first step). With `grad_scale` (one element c, e.g. gradient
+    /// clipping's factor, computed on the device) the gradient used is g·c, rounded as a separate multiply
+    /// would round it. The default composes the elementwise kernels (about a dozen passes over memory); a
+    /// backend may fuse it into one pass.
+    #[allow(clippy::too_many_arguments)]
     fn adamw_update(
         &self,
         param: &Storage,
         grad: &Storage,
         moments: Option<(&Storage, &Storage)>,
+        grad_scale: Option<&Storage>,
         len: usize,
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
@@ -288,6 +292,19 @@ pub trait Backend: Send + Sync {
             dims: vec![len.max(1)],
             a_strides: vec![1],
             b_strides: vec![1],
+        };
+        let scaled;
+        let grad = match grad_scale {
+            Some(c) => {
+                let by_scalar = BroadcastLayout {
+                    dims: vec![len.max(1)],
+                    a_strides: vec![1],
+                    b_strides: vec![0],
+                };
+                scaled = self.binary(BinaryOp::Mul, grad, c, &by_scalar)?;
+                &scaled
+            }
+            None => grad,
         };
         let scaled_g = self.unary(UnaryOp::MulScalar(1.0 - h.beta1), grad, len)?;
         let g2 = self.binary(BinaryOp::Mul, grad, grad, &flat)?;

@@ -210,9 +210,11 @@ impl StepRunner {
             .model
             .forward(&self.x, true)?
             .cross_entropy(&self.labels)?;
-        let mut grads = loss.backward()?;
-        crate::optim::clip_grad_norm(&self.params, &mut grads, 5.0)?;
-        self.opt.step(&self.params, &grads, 1e-4)?;
+        let grads = loss.backward()?;
+        match crate::optim::clip_grad_scale(&self.params, &grads, 5.0)? {
+            Some((_, scale)) => self.opt.step_scaled(&self.params, &grads, 1e-4, &scale)?,
+            None => self.opt.step(&self.params, &grads, 1e-4)?,
+        }
         loss.to_scalar()?;
         Ok(t.elapsed().as_secs_f64())
     }

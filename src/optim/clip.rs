@@ -9,6 +9,36 @@ use crate::autodiff::{no_grad, Grads};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// The global norm n of the gradients of `params` in `grads` and the factor c = 1 / max(1, n / max_norm)
+/// that clips it, both one-element tensors on the device, without changing `grads` (hand c to
+/// [`Optimizer::step_scaled`](super::Optimizer::step_scaled), which folds it into the update); None when no
+/// parameter has a gradient.
+pub fn clip_grad_scale(
+    params: &[(String, Tensor)],
+    grads: &Grads,
+    max_norm: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::invalid(
+            "clip_grad_norm",
+            format!("max_norm must be finite and > 0, got {max_norm}"),
+        ));
+    }
+    no_grad(|| {
+        let gs: Vec<&Tensor> = params.iter().filter_map(|(_, p)| grads.get(p)).collect();
+        if gs.is_empty() {
+            return Ok(None);
+        }
+        // One fused reduction over every gradient (a few launches), not a square, sum and add each.
+        let norm = Tensor::sum_squares_all(&gs)?.sqrt()?;
+        let ratio = norm.mul_scalar(1.0 / max_norm)?;
+        let dist = ratio.add_scalar(-1.0)?.pow_scalar(2.0)?.sqrt()?; // |r − 1|
+        let max1 = ratio.add_scalar(1.0)?.add(&dist)?.mul_scalar(0.5)?; // max(1, r)
+        let scale = max1.pow_scalar(-1.0)?;
+        Ok(Some((norm, scale)))
+    })
+}
+
 /// Scales the gradients of `params` in `grads` in place so their global norm is at most `max_norm`; returns
 /// the global norm before clipping as a one-element tensor (read it when logging), or None when no
 /// parameter has a gradient.
@@ -17,34 +47,14 @@ pub fn clip_grad_norm(
     grads: &mut Grads,
     max_norm: f32,
 ) -> Result<Option<Tensor>> {
-    if !(max_norm.is_finite() && max_norm > 0.0) {
-        return Err(Error::invalid(
-            "clip_grad_norm",
-            format!("max_norm must be finite and > 0, got {max_norm}"),
-        ));
-    }
+    let Some((norm, scale)) = clip_grad_scale(params, grads, max_norm)? else {
+        return Ok(None);
+    };
     no_grad(|| {
-        let present: Vec<&Tensor> = params
-            .iter()
-            .map(|(_, p)| p)
-            .filter(|p| grads.get(p).is_some())
-            .collect();
-        if present.is_empty() {
-            return Ok(None);
-        }
-        let gs: Vec<&Tensor> = present
-            .iter()
-            .map(|p| grads.get(p).expect("filtered above"))
-            .collect();
-        // One fused reduction over every gradient (a few launches), not a square, sum and add each.
-        let norm = Tensor::sum_squares_all(&gs)?.sqrt()?;
-        let ratio = norm.mul_scalar(1.0 / max_norm)?;
-        let dist = ratio.add_scalar(-1.0)?.pow_scalar(2.0)?.sqrt()?; // |r − 1|
-        let max1 = ratio.add_scalar(1.0)?.add(&dist)?.mul_scalar(0.5)?; // max(1, r)
-        let scale = max1.pow_scalar(-1.0)?;
-        for p in present {
-            let g = grads.remove(p).expect("filtered above");
-            grads.set(p, g.mul(&scale)?)?;
+        for (_, p) in params {
+            if let Some(g) = grads.remove(p) {
+                grads.set(p, g.mul(&scale)?)?;
+            }
         }
         Ok(Some(norm))
     })

@@ -259,6 +259,7 @@ pub fn adamw(
     p: &[f32],
     g: &[f32],
     moments: Option<(&[f32], &[f32])>,
+    grad_scale: Option<f32>,
     h: &AdamWStep,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = p.len();
@@ -272,7 +273,7 @@ pub fn adamw(
             #[inline(always)]
             || {
                 for j in 0..po.len() {
-                    let gj = g[s + j];
+                    let gj = grad_scale.map_or(g[s + j], |c| g[s + j] * c);
                     let (m0, v0) = moments.map_or((0.0, 0.0), |(m, v)| (m[s + j], v[s + j]));
                     let m1 = h.beta1 * m0 + c1 * gj;
                     let v1 = h.beta2 * v0 + c2 * (gj * gj);

@@ -174,6 +174,7 @@ impl Backend for CpuBackend {
         param: &Storage,
         grad: &Storage,
         moments: Option<(&Storage, &Storage)>,
+        grad_scale: Option<&Storage>,
         len: usize,
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
@@ -181,7 +182,9 @@ impl Backend for CpuBackend {
             Some((m, v)) => Some((host(m)?, host(v)?)),
             None => None,
         };
-        let (p, m, v) = elementwise::adamw(&host(param)?[..len], &host(grad)?[..len], moments, h);
+        let c = grad_scale.map(|c| host(c).map(|c| c[0])).transpose()?;
+        let (p, m, v) =
+            elementwise::adamw(&host(param)?[..len], &host(grad)?[..len], moments, c, h);
         Ok((wrap(p), wrap(m), wrap(v)))
     }
     fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {

@@ -212,10 +212,11 @@ impl Backend for GpuBackend {
         param: &Storage,
         grad: &Storage,
         moments: Option<(&Storage, &Storage)>,
+        grad_scale: Option<&Storage>,
         len: usize,
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
-        self.launch_adamw_update(param, grad, moments, len, h)
+        self.launch_adamw_update(param, grad, moments, grad_scale, len, h)
     }
 
     fn readback_count(&self) -> u64 {

@@ -7,15 +7,18 @@ use crate::backend::{AdamWStep, Storage};
 use crate::error::Result;
 
 impl GpuBackend {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_adamw_update(
         &self,
         param: &Storage,
         grad: &Storage,
         moments: Option<(&Storage, &Storage)>,
+        grad_scale: Option<&Storage>,
         len: usize,
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
         let (param, grad) = (self.buf(param)?, self.buf(grad)?);
+        let grad_scale = grad_scale.map(|c| self.buf(c)).transpose()?;
         let moments = match moments {
             Some((m, v)) => Some((self.buf(m)?, self.buf(v)?)),
             None => None,
@@ -31,6 +34,7 @@ impl GpuBackend {
             h.weight_decay.to_bits(),
             h.bias1.to_bits(),
             h.bias2.to_bits(),
+            grad_scale.is_some() as u32,
         ];
         self.launch_elements(
             &ShaderVariant::plain(Family::Optim),
@@ -42,6 +46,7 @@ impl GpuBackend {
                     Some(grad.raw()),
                     moments.map(|(m, _)| m.raw()),
                     moments.map(|(_, v)| v.raw()),
+                    grad_scale.map(|c| c.raw()),
                 ],
                 &[p.raw(), m.raw(), v.raw()],
             ),
