@@ -496,6 +496,21 @@ fn invalid_flags_are_named_errors_before_any_work() {
             vec!["learning rates cannot be tuned", "--no-tune-lr"],
         ),
         (
+            "compare with no tuning seeds",
+            vec![
+                "compare".into(),
+                "--tune-seeds".into(),
+                "0".into(),
+                "--quiet".into(),
+            ],
+            vec!["at least one tuning seed", "--tune-seeds"],
+        ),
+        (
+            "compare with a negative head learning rate",
+            vec!["compare".into(), "--head-lr=-0.1".into(), "--quiet".into()],
+            vec!["the head's learning rate must be positive, got -0.1"],
+        ),
+        (
             "in-chans other than 1 or 3",
             ft(&["--in-chans", "2"]),
             vec!["--in-chans must be 1 or 3"],

@@ -487,6 +487,7 @@ fn a_short_finetune_through_an_image_folder_beats_chance() {
         steps: 60,
         batch_size: 32,
         lr: 3e-3,
+        head_lr: None,
         weight_decay: 0.01,
         warmup: 5,
         seed: 1,

@@ -224,3 +224,71 @@ fn invalid_hyper_parameters_are_errors() {
         .to_string();
     assert!(e.contains("learning rate"), "{e}");
 }
+
+#[test]
+fn adamw_parameter_groups_update_at_their_own_rate() {
+    // Two parameters with the same values and gradients; the one named `head.fc.…` trains at 2.5× the
+    // step's rate, weight decay included, and both follow the scalar reference at their own rate.
+    let dev = Device::cpu();
+    let (b1, b2, eps, wd, lr, factor) = (0.9f64, 0.999f64, 1e-8f64, 0.05f64, 0.02f64, 2.5f64);
+    let c = [0.7f32, -1.3, 2.0];
+    let init = [0.5f32, 1.5, -0.8];
+    let ps = vec![
+        (
+            "stages.0.w".to_string(),
+            Tensor::param(&init, [3], &dev).unwrap(),
+        ),
+        (
+            "head.fc.weight".to_string(),
+            Tensor::param(&init, [3], &dev).unwrap(),
+        ),
+    ];
+    let mut opt = AdamW::new(b1 as f32, b2 as f32, eps as f32, wd as f32)
+        .unwrap()
+        .with_lr_scale("head.fc.", factor as f32)
+        .unwrap();
+    let mut refs: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = (0..2)
+        .map(|_| {
+            (
+                init.iter().map(|&v| v as f64).collect(),
+                vec![0.0; 3],
+                vec![0.0; 3],
+            )
+        })
+        .collect();
+    for t in 1..=5 {
+        // Both parameters in one loss, each with its own quadratic gradient 2·c·p.
+        let c_t = Tensor::from_slice(&c, [3], &dev).unwrap();
+        let loss = ps[0]
+            .1
+            .mul(&ps[0].1)
+            .unwrap()
+            .add(&ps[1].1.mul(&ps[1].1).unwrap())
+            .unwrap()
+            .mul(&c_t)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        opt.step(&ps, &grads, lr as f32).unwrap();
+        for (k, (p, m, v)) in refs.iter_mut().enumerate() {
+            let rate = if k == 1 { lr * factor } else { lr };
+            for i in 0..3 {
+                let g = 2.0 * c[i] as f64 * p[i];
+                p[i] *= 1.0 - rate * wd;
+                m[i] = b1 * m[i] + (1.0 - b1) * g;
+                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                let mh = m[i] / (1.0 - b1.powi(t));
+                let vh = v[i] / (1.0 - b2.powi(t));
+                p[i] -= rate * mh / (vh.sqrt() + eps);
+            }
+        }
+        close(&ps[0].1.to_vec().unwrap(), &refs[0].0, 1e-5);
+        close(&ps[1].1.to_vec().unwrap(), &refs[1].0, 1e-5);
+    }
+    assert_ne!(ps[0].1.to_vec().unwrap(), ps[1].1.to_vec().unwrap());
+    // A negative or non-finite factor, or an empty prefix, is refused.
+    assert!(AdamW::default().with_lr_scale("head.", -1.0).is_err());
+    assert!(AdamW::default().with_lr_scale("head.", f32::NAN).is_err());
+    assert!(AdamW::default().with_lr_scale("", 2.0).is_err());
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  liera compare                                   # what `cargo run --release` runs\n  liera compare --seeds 3                         # mean ± std over three seeds\n  liera compare --methods lora,liera --rank 4 --target conv_dw\n  liera compare --data-dir ~/datasets             # full IDX files in ~/datasets/{mnist,fashion-mnist}\n  liera compare --weights convnext_atto.safetensors --preset atto --in-chans 3"
+    after_help = "Examples:\n  liera compare                                   # what `cargo run --release` runs\n  liera compare --seeds 3                         # mean ± std and paired 95% intervals against LoRA\n  liera compare --head-lr 0.03 --tune-seeds 3     # a fixed head rate; each rate scored over 3 seeds\n  liera compare --methods lora,liera --rank 4 --target conv_dw\n  liera compare --data-dir ~/datasets             # full IDX files in ~/datasets/{mnist,fashion-mnist}\n  liera compare --weights convnext_atto.safetensors --preset atto --in-chans 3"
 )]
 pub(crate) struct CompareArgs {
     #[command(flatten)]
@@ -31,13 +31,24 @@ pub(crate) struct CompareArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     pub(crate) batch_size: usize,
-    /// One learning rate for every method (overrides the tuning).
+    /// One learning rate for every method and the head (overrides the tuning).
     #[arg(long)]
     pub(crate) lr: Option<f32>,
-    /// Use fixed per-method learning rates (1e-3 full, 1e-2 linear, 5e-3 adapters) instead of choosing each
-    /// method's on a validation split.
+    /// The new classifier's learning rate, the same for every method (default: tuned on the linear probe;
+    /// with --lr, that rate; with --no-tune-lr, 1e-2).
+    #[arg(long)]
+    pub(crate) head_lr: Option<f32>,
+    /// Use fixed per-method learning rates (1e-3 full, 5e-3 adapters; the head and the linear probe 1e-2)
+    /// instead of choosing them on validation splits.
     #[arg(long)]
     pub(crate) no_tune_lr: bool,
+    /// Score each candidate learning rate by the mean validation accuracy over this many seeds (each with
+    /// its own held-out split and training seed).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) tune_seeds: usize,
+    /// Steps of each tuning run (default: half of --steps; the warm-up is scaled alike).
+    #[arg(long)]
+    pub(crate) tune_steps: Option<u64>,
     /// Repeat the fine-tuning comparison over this many seeds (seed, seed+1, ...) and report mean ± std.
     #[arg(long, default_value_t = 1)]
     pub(crate) seeds: u64,
@@ -196,6 +207,7 @@ fn default_pretrain_options(common: &Common, steps: u64, batch_size: usize) -> R
         steps,
         batch_size,
         lr: 2e-3,
+        head_lr: None,
         weight_decay: 0.05,
         warmup: 20.min(steps / 10),
         seed: common.seed,
@@ -215,6 +227,7 @@ pub(crate) fn default_finetune_options(
         steps,
         batch_size,
         lr: 1e-3,
+        head_lr: None,
         weight_decay: 0.01,
         warmup: 15.min(steps / 10),
         seed: common.seed,
@@ -258,7 +271,10 @@ pub(crate) fn run_compare(a: CompareArgs, common: &Common, device: &Device) -> R
         methods,
         seeds,
         lr_override: a.lr,
+        head_lr: a.head_lr,
         tune_lr: !a.no_tune_lr,
+        tune_seeds: a.tune_seeds,
+        tune_steps: Some(a.tune_steps.unwrap_or((a.steps / 2).max(1))),
         base_weights: a.weights.clone(),
         cache_dir: cache_dir(a.cache_dir),
         fresh: a.fresh,

@@ -269,6 +269,7 @@ pub(crate) fn run_vtab(a: VtabArgs, common: &Common, device: &Device) -> Result<
             steps,
             batch_size: a.batch_size,
             lr: 1e-3,
+            head_lr: None,
             weight_decay: a.weight_decay,
             warmup: (steps / 10).min(200),
             seed: common.seed,

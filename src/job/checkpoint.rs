@@ -84,6 +84,10 @@ pub struct CheckpointMeta {
 pub struct RunSettings {
     /// Peak learning rate.
     pub lr: f32,
+    /// Peak learning rate of the classifier when it has its own (`RunOptions::head_lr`); absent in
+    /// checkpoints written before it existed, which read as None.
+    #[serde(default)]
+    pub head_lr: Option<f32>,
     /// Warm-up steps.
     pub warmup: u64,
     /// Decoupled weight decay.
@@ -280,6 +284,8 @@ impl Checkpoint {
             };
             note("steps", m.total_steps.to_string(), steps.to_string());
             note("lr", a.lr.to_string(), b.lr.to_string());
+            let head = |h: Option<f32>| h.map_or("same as lr".to_string(), |h| h.to_string());
+            note("head lr", head(a.head_lr), head(b.head_lr));
             note("warmup", a.warmup.to_string(), b.warmup.to_string());
             note(
                 "weight decay",
@@ -390,6 +396,7 @@ mod tests {
             loss: 1.0,
             settings: RunSettings {
                 lr: 0.01,
+                head_lr: None,
                 warmup: 5,
                 weight_decay: 0.05,
                 augment_shift: 2,
@@ -427,6 +434,35 @@ mod tests {
             checkpoint(meta(40)).check_fits(&changed).unwrap(),
             vec!["steps 100 → 200".to_string(), "lr 0.01 → 0.001".to_string()]
         );
+        // A different head learning rate is named like a different lr, in both directions.
+        let head = |h: Option<f32>| CheckpointMeta {
+            settings: RunSettings {
+                head_lr: h,
+                ..run.settings
+            },
+            ..run.clone()
+        };
+        let with_head = |h: Option<f32>, step: u64| CheckpointMeta {
+            step,
+            data_position: step,
+            optimizer_steps: step,
+            drop_path_position: step,
+            ..head(h)
+        };
+        assert_eq!(
+            checkpoint(meta(40)).check_fits(&head(Some(0.03))).unwrap(),
+            vec!["head lr same as lr → 0.03".to_string()]
+        );
+        assert_eq!(
+            checkpoint(with_head(Some(0.03), 40))
+                .check_fits(&head(Some(0.1)))
+                .unwrap(),
+            vec!["head lr 0.03 → 0.1".to_string()]
+        );
+        assert!(checkpoint(with_head(Some(0.03), 40))
+            .check_fits(&head(Some(0.03)))
+            .unwrap()
+            .is_empty());
         // Other data, seed, batch size or kind, a step past the run, or counters that disagree: refused.
         let refused = [
             (
@@ -478,5 +514,18 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn metadata_written_before_the_head_rate_existed_reads_as_none() {
+        let mut json = serde_json::to_value(meta(10)).unwrap();
+        json["settings"]
+            .as_object_mut()
+            .unwrap()
+            .remove("head_lr")
+            .expect("the field is written");
+        let back: CheckpointMeta = serde_json::from_value(json).unwrap();
+        assert_eq!(back, meta(10));
+        assert_eq!(back.settings.head_lr, None);
     }
 }

@@ -1,12 +1,14 @@
 //! The comparison of fine-tuning methods that `cargo run --release` runs: pretrain (or reuse the cache),
-//! tune each method's learning rate on held-out training images, then fine-tune every method for every
-//! seed and write the report.
+//! tune the new classifier's learning rate on the linear probe and then each method's learning rate for the
+//! rest of its parameters on held-out training images (a widening ladder, each rate scored over several
+//! seeds), then fine-tune every method for every seed with the shared head rate and write the report.
 
 use super::checkpoint::Checkpointing;
 use super::method::{finetune, AdapterOptions, Method};
 use super::pretrain::{pretrain, pretrain_checkpoint_path};
 use super::report::{write_report, ComparisonReport};
 use super::run::{RunOptions, RunResult};
+use super::tune::{widening_search, LadderSearch, MAX_LADDER_EXTENSIONS};
 use super::{create_dir, describe};
 use crate::backend::Device;
 use crate::data::{Dataset, Splits};
@@ -22,7 +24,7 @@ pub struct CompareOptions {
     pub config: ConvNeXtConfig,
     /// Options of the pretraining run on the source task.
     pub pretrain: RunOptions,
-    /// Options of each fine-tuning run on the target task.
+    /// Options of each fine-tuning run on the target task (its `lr` and `head_lr` are set per method).
     pub finetune: RunOptions,
     /// Rank, α and targets of the adapter methods.
     pub adapter: AdapterOptions,
@@ -30,11 +32,23 @@ pub struct CompareOptions {
     pub methods: Vec<Method>,
     /// Fine-tuning seeds (one comparison per seed; the pretrained model is shared).
     pub seeds: Vec<u64>,
-    /// Learning rate per method (None: the method's default, or the tuned one with `tune_lr`).
+    /// One learning rate for every method and the head (None: the method's default, or the tuned one with
+    /// `tune_lr`).
     pub lr_override: Option<f32>,
-    /// Choose each method's learning rate from [`Method::lr_grid`] by accuracy on a validation split held
-    /// out of the target training set (never the test set), then train on the whole training set.
+    /// The classifier's learning rate, the same for every method (`head.fc.*`; the linear probe trains at
+    /// it). None: chosen by tuning the linear probe with `tune_lr`, else the `lr_override`, else
+    /// [`DEFAULT_HEAD_LR`].
+    pub head_lr: Option<f32>,
+    /// Choose the head's learning rate on the linear probe, then each method's learning rate for the rest
+    /// of its parameters, by accuracy on validation splits held out of the target training set (never the
+    /// test set) with a ladder that widens until the best rate is interior ([`widening_search`]); then
+    /// train on the whole training set.
     pub tune_lr: bool,
+    /// Seeds each candidate rate is scored over (its score is the mean): each seed holds out its own
+    /// validation split and trains with its own seed. They are `seeds[0]`, `seeds[0] + 1`, ….
+    pub tune_seeds: usize,
+    /// Steps of each tuning run (None: the final runs' steps); the warm-up is scaled in proportion.
+    pub tune_steps: Option<u64>,
     /// Where the pretrained checkpoint is cached.
     pub cache_dir: PathBuf,
     /// Start from these weights (liera's or timm's safetensors) instead of pretraining.
@@ -43,6 +57,34 @@ pub struct CompareOptions {
     pub fresh: bool,
     /// Output folder (report, plot, adapters, config).
     pub out: PathBuf,
+}
+
+/// The head's learning rate without tuning (`--no-tune-lr` and no `--head-lr`): the linear probe's default.
+pub const DEFAULT_HEAD_LR: f32 = 1e-2;
+
+/// Where the comparison's head learning rate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadLrSource {
+    /// Tuned on the linear probe (head only).
+    Tuned,
+    /// Given (`--head-lr`).
+    Given,
+    /// The one learning rate given for everything (`--lr`).
+    SharedLr,
+    /// [`DEFAULT_HEAD_LR`] (`--no-tune-lr`).
+    Default,
+}
+
+impl HeadLrSource {
+    /// How the report says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HeadLrSource::Tuned => "tuned on the linear probe, which trains the head only",
+            HeadLrSource::Given => "given (--head-lr)",
+            HeadLrSource::SharedLr => "the one learning rate given for everything (--lr)",
+            HeadLrSource::Default => "the linear probe's default (--no-tune-lr)",
+        }
+    }
 }
 
 /// The smallest class count of `train`, or an error if a class is too small to hold out validation images.
@@ -60,8 +102,30 @@ fn check_tunable(train: &Dataset) -> Result<usize> {
     Ok(smallest_class)
 }
 
-/// The learning rate of `method` with the best validation accuracy (ties: the smaller rate), with every
-/// candidate's accuracy, from runs on a held-out fifth of the target training set.
+/// The tuning split of one seed: a stratified fifth of each class of the target training set (at least one
+/// image) held out for validation, chosen by `seed`; the rest trains.
+pub fn tuning_split(train: &Dataset, seed: u64) -> Result<Splits> {
+    let per_class = (check_tunable(train)? / 5).max(1);
+    let (train, val) = train.hold_out_per_class(per_class, seed ^ 0x5A11D)?;
+    Ok(Splits { train, test: val })
+}
+
+/// The options of a tuning run: `finetune`'s, with `tune_steps` steps (None: the same) and the warm-up
+/// scaled in proportion, no progress bar.
+pub fn tuning_run_options(finetune: &RunOptions, tune_steps: Option<u64>) -> RunOptions {
+    let steps = tune_steps.unwrap_or(finetune.steps).max(1);
+    let warmup = (finetune.warmup as u128 * steps as u128 / finetune.steps.max(1) as u128) as u64;
+    RunOptions {
+        steps,
+        warmup,
+        progress: false,
+        ..finetune.clone()
+    }
+}
+
+/// Tunes `method`'s learning rate: [`widening_search`] over [`Method::lr_grid`], each rate scored by the
+/// mean validation accuracy over `tune_seeds` (one [`tuning_split`] and one training seed each). `opts` are
+/// the tuning runs' options (steps, and the `head_lr` the method will train with); a diverged run scores 0.
 #[allow(clippy::too_many_arguments)]
 pub fn tune_learning_rate(
     config: &ConvNeXtConfig,
@@ -70,49 +134,66 @@ pub fn tune_learning_rate(
     method: Method,
     adapter: &AdapterOptions,
     opts: &RunOptions,
+    tune_seeds: &[u64],
     device: &Device,
-) -> Result<(f32, Vec<(f32, f64)>)> {
-    let smallest_class = check_tunable(&target.train)?;
-    let per_class = (smallest_class / 5).max(1);
-    let (train, val) = target
-        .train
-        .hold_out_per_class(per_class, opts.seed ^ 0x5A11D)?;
-    let split = Splits { train, test: val };
-    let mut scores = Vec::new();
-    for lr in method.lr_grid() {
-        let run = RunOptions {
-            lr,
-            progress: false,
-            ..opts.clone()
-        };
-        // A rate at which training diverges (non-finite loss) is a candidate that lost, not a failure of
-        // the comparison; every other error is reported.
-        let accuracy = match finetune(
-            config,
-            base,
-            &(&split).into(),
-            method,
-            adapter,
-            &run,
-            device,
-            None,
-            &Checkpointing::default(),
-        ) {
-            Ok(r) => r.eval.accuracy,
-            Err(Error::Diverged { .. }) => 0.0,
-            Err(e) => return Err(e),
-        };
-        scores.push((lr, accuracy));
+    log: &mut dyn FnMut(&str),
+) -> Result<LadderSearch> {
+    if tune_seeds.is_empty() {
+        return Err(Error::invalid("compare", "need at least one tuning seed"));
     }
-    let best = scores
+    let splits = tune_seeds
         .iter()
-        .fold(None::<(f32, f64)>, |best, &(lr, acc)| match best {
-            Some((_, b)) if b >= acc => best,
-            _ => Some((lr, acc)),
-        })
-        .map(|(lr, _)| lr)
-        .expect("every grid has at least one rate");
-    Ok((best, scores))
+        .map(|&s| tuning_split(&target.train, s))
+        .collect::<Result<Vec<_>>>()?;
+    widening_search(&method.lr_grid(), MAX_LADDER_EXTENSIONS, &mut |lr| {
+        let mut scores = Vec::with_capacity(splits.len());
+        for (split, &seed) in splits.iter().zip(tune_seeds) {
+            let run = RunOptions {
+                lr,
+                seed,
+                ..opts.clone()
+            };
+            // A rate at which training diverges (non-finite loss) is a candidate that lost, not a
+            // failure of the comparison; every other error is reported.
+            scores.push(
+                match finetune(
+                    config,
+                    base,
+                    &split.into(),
+                    method,
+                    adapter,
+                    &run,
+                    device,
+                    None,
+                    &Checkpointing::default(),
+                ) {
+                    Ok(r) => Some(r.eval.accuracy),
+                    Err(Error::Diverged { .. }) => None,
+                    Err(e) => return Err(e),
+                },
+            );
+        }
+        log(&format!(
+            "  {:<18} lr {lr:<8} validation {}",
+            method.name(),
+            scores
+                .iter()
+                .map(|s| s.map_or("diverged".into(), |a| format!("{:.1}%", 100.0 * a)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        Ok(scores)
+    })
+}
+
+/// The log line of a finished search.
+fn search_line(what: &str, search: &LadderSearch) -> String {
+    format!(
+        "{what:<18} learning rate {} chosen ({}; mean validation accuracy: {})",
+        search.best,
+        search.end_text(),
+        search.scores_text()
+    )
 }
 
 /// Runs the comparison: pretrain (or reuse the cache), then every method for every seed. Writes the report
@@ -132,6 +213,26 @@ pub fn compare(
     }
     if opts.tune_lr && opts.lr_override.is_none() {
         check_tunable(&target.train)?; // before minutes of pretraining, not after
+        if opts.tune_seeds == 0 {
+            return Err(Error::invalid(
+                "compare",
+                "tuning needs at least one tuning seed (--tune-seeds)",
+            ));
+        }
+    }
+    if let Some(h) = opts.head_lr {
+        if !(h.is_finite() && h > 0.0) {
+            return Err(Error::invalid(
+                "compare",
+                format!("the head's learning rate must be positive, got {h}"),
+            ));
+        }
+    }
+    if opts.tune_steps == Some(0) {
+        return Err(Error::invalid(
+            "compare",
+            "tuning runs need at least 1 step",
+        ));
     }
     create_dir(&opts.out)?;
     let checkpoint = match &opts.base_weights {
@@ -193,39 +294,76 @@ pub fn compare(
         ));
         Some(r)
     };
-    // Learning rates: given, tuned on validation data (on the first seed, then kept), or the defaults.
+    // The head's learning rate first (the same for every method), then each method's own: given, tuned on
+    // validation data (the mean over the tuning seeds), or the defaults.
+    let tuning = opts.tune_lr && opts.lr_override.is_none();
+    let tune_seeds: Vec<u64> = (0..opts.tune_seeds as u64)
+        .map(|i| opts.seeds[0].wrapping_add(i))
+        .collect();
+    let tune_opts = tuning_run_options(&opts.finetune, opts.tune_steps);
+    if tuning {
+        log(&format!(
+            "tuning learning rates: each candidate scored by the mean validation accuracy over {} seed(s) \
+             ({:?}, each with its own held-out fifth of the training images), runs of {} steps",
+            tune_seeds.len(),
+            tune_seeds,
+            tune_opts.steps
+        ));
+    }
+    let mut head_tuning = None;
+    let (head_lr, head_lr_source) = match (opts.head_lr, opts.lr_override) {
+        (Some(h), _) => (h, HeadLrSource::Given),
+        (None, Some(lr)) => (lr, HeadLrSource::SharedLr),
+        (None, None) if tuning => {
+            let search = tune_learning_rate(
+                &opts.config,
+                &checkpoint,
+                target,
+                Method::LinearProbe,
+                &opts.adapter,
+                &RunOptions {
+                    head_lr: None,
+                    ..tune_opts.clone()
+                },
+                &tune_seeds,
+                device,
+                log,
+            )?;
+            log(&search_line("head (linear probe)", &search));
+            let lr = search.best;
+            head_tuning = Some(search);
+            (lr, HeadLrSource::Tuned)
+        }
+        (None, None) => (DEFAULT_HEAD_LR, HeadLrSource::Default),
+    };
     let mut lrs: Vec<(Method, f32)> = Vec::new();
-    let mut lr_scores: Vec<(String, Vec<(f32, f64)>)> = Vec::new();
+    let mut searches: Vec<(String, LadderSearch)> = Vec::new();
     for &method in &opts.methods {
-        let lr = match (opts.lr_override, opts.tune_lr) {
+        let lr = match (opts.lr_override, method) {
+            // The linear probe trains the head only: its rate is the head's.
+            (_, Method::LinearProbe) => head_lr,
             (Some(lr), _) => lr,
-            (None, true) => {
-                let tune_opts = RunOptions {
-                    seed: opts.seeds[0],
-                    ..opts.finetune.clone()
-                };
-                let (lr, scores) = tune_learning_rate(
+            (None, _) if tuning => {
+                let search = tune_learning_rate(
                     &opts.config,
                     &checkpoint,
                     target,
                     method,
                     &opts.adapter,
-                    &tune_opts,
+                    &RunOptions {
+                        head_lr: Some(head_lr),
+                        ..tune_opts.clone()
+                    },
+                    &tune_seeds,
                     device,
+                    log,
                 )?;
-                log(&format!(
-                    "{:<18} learning rate {lr} chosen on validation data ({})",
-                    method.name(),
-                    scores
-                        .iter()
-                        .map(|(l, a)| format!("{l}: {:.1}%", 100.0 * a))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                lr_scores.push((method.name().to_string(), scores));
+                log(&search_line(method.name(), &search));
+                let lr = search.best;
+                searches.push((method.name().to_string(), search));
                 lr
             }
-            (None, false) => method.default_lr(),
+            (None, _) => method.default_lr(),
         };
         lrs.push((method, lr));
     }
@@ -235,6 +373,7 @@ pub fn compare(
             let run_opts = RunOptions {
                 seed,
                 lr,
+                head_lr: Some(head_lr),
                 ..opts.finetune.clone()
             };
             let save_dir = opts
@@ -276,7 +415,20 @@ pub fn compare(
             .iter()
             .map(|(m, lr)| (m.name().to_string(), *lr))
             .collect(),
-        lr_scores,
+        head_lr,
+        head_lr_source,
+        head_tuning,
+        tuning: searches,
+        tune_seeds: if tuning {
+            tune_seeds.clone()
+        } else {
+            Vec::new()
+        },
+        tune_steps: tune_opts.steps,
+        tune_val_images: match tune_seeds.first() {
+            Some(&seed) if tuning => tuning_split(&target.train, seed)?.test.len(),
+            _ => 0,
+        },
         runs,
     };
     write_report(&report, &opts.out)?;
@@ -289,7 +441,28 @@ pub fn compare(
         "seeds": opts.seeds,
         "lr_override": opts.lr_override,
         "tune_lr": opts.tune_lr,
+        "tune_seeds": report.tune_seeds,
+        "tune_steps": opts.tune_lr.then_some(report.tune_steps),
+        "head_lr": head_lr,
+        "head_lr_source": head_lr_source.describe(),
         "learning_rates": report.learning_rates,
+        "tuning": report
+            .head_tuning
+            .iter()
+            .map(|s| ("head (linear probe)", s))
+            .chain(report.tuning.iter().map(|(m, s)| (m.as_str(), s)))
+            .map(|(m, s)| serde_json::json!({
+                "what": m,
+                "chosen": s.best,
+                "end": s.end_text(),
+                "rungs": s.rungs.iter().map(|r| serde_json::json!({
+                    "lr": r.lr,
+                    "mean": r.mean(),
+                    "per_seed": r.scores,
+                    "added_by_widening": r.added,
+                })).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>(),
         "checkpoint": checkpoint.display().to_string(),
         "device": device.name(),
     });

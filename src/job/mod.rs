@@ -4,6 +4,7 @@
 //! - [`pretrain`](mod@pretrain): pretraining on a source task and its cache;
 //! - [`compare`](mod@compare): the comparison of all methods that `cargo run --release` runs by default;
 //! - [`data`]: pretrained weights with their architecture and preprocessing, and image tasks;
+//! - [`tune`]: the learning-rate search (a ladder that widens until the best rate is interior);
 //! - [`vtab`](mod@vtab): the VTAB-1k protocol over a folder of tasks;
 //! - [`checkpoint`], [`bench`](mod@bench) and the comparison report.
 //!
@@ -18,14 +19,21 @@ pub mod method;
 pub mod pretrain;
 mod report;
 pub mod run;
+pub mod tune;
 pub mod vtab;
 
 pub use checkpoint::{Checkpointing, CHECKPOINT_FILE};
-pub use compare::{compare, tune_learning_rate, CompareOptions};
-pub use method::{finetune, prepare_finetune, AdapterOptions, Method};
+pub use compare::{
+    compare, tune_learning_rate, tuning_run_options, tuning_split, CompareOptions, HeadLrSource,
+    DEFAULT_HEAD_LR,
+};
+pub use method::{finetune, prepare_finetune, AdapterOptions, Method, HEAD_PREFIX};
 pub use pretrain::{pretrain, pretrain_checkpoint_path};
-pub use report::{write_report, ComparisonReport};
+pub use report::{
+    paired_difference, t_quantile_975, write_report, ComparisonReport, PairedDifference, Reading,
+};
 pub use run::{train_and_evaluate, RunOptions, RunResult, TaskData};
+pub use tune::{widening_search, LadderEnd, LadderSearch, Rung, MAX_LADDER_EXTENSIONS};
 
 use crate::backend::Device;
 use crate::error::{Error, Result};

@@ -5,6 +5,7 @@ use super::checkpoint::{
     read_checkpoint, write_checkpoint, CheckpointMeta, Checkpointing, RunSettings,
     CHECKPOINT_VERSION,
 };
+use super::method::HEAD_PREFIX;
 use crate::autodiff::Grads;
 use crate::backend::Device;
 use crate::data::batch::{Batcher, RandomTranslate, Sequential};
@@ -48,6 +49,11 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// Peak learning rate (after warmup).
     pub lr: f32,
+    /// Peak learning rate of the classifier (`head.fc.*`, [`HEAD_PREFIX`]); None: the head trains at `lr`
+    /// like every other parameter. Set, the head's rate is the scheduled rate × `head_lr / lr`, so it follows
+    /// the same warm-up and cosine shape (an AdamW parameter group, [`AdamW::with_lr_scale`]). This is how
+    /// `liera compare` gives every method the same head rate while each tunes its own `lr`.
+    pub head_lr: Option<f32>,
     /// AdamW decoupled weight decay.
     pub weight_decay: f32,
     /// Linear warmup steps before the cosine decay.
@@ -78,6 +84,14 @@ impl RunOptions {
                 "train",
                 format!("learning rate must be positive, got {}", self.lr),
             ));
+        }
+        if let Some(h) = self.head_lr {
+            if !(h.is_finite() && h >= 0.0) {
+                return Err(Error::invalid(
+                    "train",
+                    format!("the head's learning rate must be finite and ≥ 0, got {h}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -128,6 +142,17 @@ impl<O: Optimizer> Optimizer for SharedOptimizer<'_, O> {
     fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
         self.0.borrow_mut().step(params, grads, lr)
     }
+    fn step_scaled(
+        &mut self,
+        params: &[(String, Tensor)],
+        grads: &Grads,
+        lr: f32,
+        grad_scale: &Tensor,
+    ) -> Result<()> {
+        self.0
+            .borrow_mut()
+            .step_scaled(params, grads, lr, grad_scale)
+    }
     fn steps(&self) -> u64 {
         self.0.borrow().steps()
     }
@@ -165,7 +190,18 @@ pub fn train_and_evaluate(
         format!("finetune:{label}")
     };
     let params = model.trainable_parameters();
-    let optimizer = RefCell::new(AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?);
+    let mut adamw = AdamW::new(0.9, 0.999, 1e-8, opts.weight_decay)?;
+    if let Some(head_lr) = opts.head_lr {
+        // A head rate for a model without a trainable head would silently do nothing.
+        if !params.iter().any(|(n, _)| n.starts_with(HEAD_PREFIX)) {
+            return Err(Error::invalid(
+                "train",
+                format!("a head learning rate was given, but no `{HEAD_PREFIX}*` parameter trains"),
+            ));
+        }
+        adamw = adamw.with_lr_scale(HEAD_PREFIX, head_lr / opts.lr)?;
+    }
+    let optimizer = RefCell::new(adamw);
     let batch = opts.batch_size.min(train_set.len());
     let mut batcher = Batcher::new(train_set, batch, opts.seed)?;
     if opts.augment_shift > 0 {
@@ -194,6 +230,7 @@ pub fn train_and_evaluate(
         loss: 0.0,
         settings: RunSettings {
             lr: opts.lr,
+            head_lr: opts.head_lr,
             warmup: opts.warmup,
             weight_decay: opts.weight_decay,
             augment_shift: opts.augment_shift,

@@ -1,8 +1,9 @@
 //! `liera vtab`: the VTAB-1k protocol of the PEFT-for-vision literature over every task folder of a root.
 //!
 //! For each task and method: the learning rate is chosen by training on `train800.txt` and scoring top-1
-//! on `val200.txt` (each rate of the method's ladder, or the ones given), then the method is trained on
-//! `train800val200.txt` with the chosen rate and scored on `test.txt`. The table has a row per method and a
+//! on `val200.txt` (the method's ladder, widened while the best rate is at its top or bottom, see
+//! [`super::tune`]; or the `--lr-grid` rates as given), then the method is trained on `train800val200.txt`
+//! with the chosen rate and scored on `test.txt`. The table has a row per method and a
 //! column per task, plus the mean over tasks, as the paper's VTAB table does; it is written as `report.md`,
 //! `results.csv` and `plot.svg` after every task, so a partial run already shows what it has.
 //!
@@ -17,6 +18,7 @@ use super::create_dir;
 use super::data::{load_task, LoadOptions};
 use super::method::{finetune, AdapterOptions, Method};
 use super::run::{RunOptions, TaskData};
+use super::tune::{widening_search, MAX_LADDER_EXTENSIONS};
 use crate::backend::Device;
 use crate::data::images::ImageSet;
 use crate::data::layout;
@@ -371,8 +373,11 @@ pub fn vtab(opts: &VtabOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
     Ok(table)
 }
 
-/// The method's learning rate with the best top-1 on val200 after training on train800 (ties: the smaller
-/// rate); every candidate's score is saved as it finishes.
+/// The method's learning rate with the best top-1 on val200 after training on train800: the method's ladder
+/// widened while the best rate is at an end ([`widening_search`], at most [`MAX_LADDER_EXTENSIONS`] rungs a
+/// side; a `--lr-grid` is searched as given), ties to the smaller rate. Every candidate's score is saved as
+/// it finishes, so a resumed run does not train it again; a search that ends with the best rate at an edge
+/// is logged and named in the report.
 #[allow(clippy::too_many_arguments)]
 fn tune_on_val(
     opts: &VtabOptions,
@@ -385,9 +390,11 @@ fn tune_on_val(
     device: &Device,
     log: &mut dyn FnMut(&str),
 ) -> Result<f32> {
-    let grid = opts.lr_grid.clone().unwrap_or_else(|| method.lr_grid());
-    let mut best: Option<(f32, f64)> = None;
-    for lr in grid {
+    let (grid, extensions) = match &opts.lr_grid {
+        Some(g) => (g.clone(), 0),
+        None => (method.lr_grid(), MAX_LADDER_EXTENSIONS),
+    };
+    let search = widening_search(&grid, extensions, &mut |lr| {
         let key = format!("{lr}");
         let known = state
             .tuning
@@ -395,51 +402,53 @@ fn tune_on_val(
             .and_then(|t| t.get(method.name()))
             .and_then(|m| m.get(&key))
             .copied();
-        let accuracy = match known {
-            Some(a) => a,
-            None => {
-                let run = RunOptions {
-                    lr,
-                    ..opts.run.clone()
-                };
-                let accuracy = match finetune(
-                    &opts.model.config.clone().with_classes(train.classes()),
-                    &opts.model.weights,
-                    &TaskData { train, test: val },
-                    method,
-                    &opts.adapter,
-                    &run,
-                    device,
-                    None,
-                    &Checkpointing::default(),
-                ) {
-                    Ok(r) => r.eval.accuracy,
-                    // A rate at which training diverges lost; any other error stops the run.
-                    Err(Error::Diverged { .. }) => 0.0,
-                    Err(e) => return Err(e),
-                };
-                log(&format!(
-                    "{task:<16} {:<18} lr {lr:<8} val200 top-1 {:6.2}%",
-                    method.name(),
-                    100.0 * accuracy
-                ));
-                state
-                    .tuning
-                    .entry(task.to_string())
-                    .or_default()
-                    .entry(method.name().to_string())
-                    .or_default()
-                    .insert(key, accuracy);
-                state.write(state_path)?;
-                accuracy
-            }
-        };
-        if best.is_none_or(|(_, b)| accuracy > b) {
-            best = Some((lr, accuracy));
+        if let Some(a) = known {
+            return Ok(vec![Some(a)]);
         }
+        let run = RunOptions {
+            lr,
+            ..opts.run.clone()
+        };
+        let accuracy = match finetune(
+            &opts.model.config.clone().with_classes(train.classes()),
+            &opts.model.weights,
+            &TaskData { train, test: val },
+            method,
+            &opts.adapter,
+            &run,
+            device,
+            None,
+            &Checkpointing::default(),
+        ) {
+            Ok(r) => r.eval.accuracy,
+            // A rate at which training diverges lost (recorded as 0); any other error stops the run.
+            Err(Error::Diverged { .. }) => 0.0,
+            Err(e) => return Err(e),
+        };
+        log(&format!(
+            "{task:<16} {:<18} lr {lr:<8} val200 top-1 {:6.2}%",
+            method.name(),
+            100.0 * accuracy
+        ));
+        state
+            .tuning
+            .entry(task.to_string())
+            .or_default()
+            .entry(method.name().to_string())
+            .or_default()
+            .insert(key, accuracy);
+        state.write(state_path)?;
+        Ok(vec![Some(accuracy)])
+    })?;
+    if search.end.at_limit() {
+        log(&format!(
+            "{task:<16} {:<18} lr {} is {}",
+            method.name(),
+            search.best,
+            search.end_text()
+        ));
     }
-    best.map(|(lr, _)| lr)
-        .ok_or_else(|| Error::invalid("vtab", "the learning-rate grid is empty"))
+    Ok(search.best)
 }
 
 /// Writes report.md, results.csv and plot.svg for the results so far; returns the table.
@@ -465,19 +474,28 @@ fn write_outputs(opts: &VtabOptions, tasks: &[String], state: &VtabState) -> Res
     let _ = writeln!(md, "\n## Learning rates (val200 top-1 %)\n");
     for (task, methods) in &state.tuning {
         for (m, scores) in methods {
-            let chosen = state
-                .results
-                .get(task)
-                .and_then(|r| r.get(m))
-                .map_or(String::new(), |r| format!(" → {}", r.lr));
+            // In increasing rate (the keys are the rates as text).
+            let mut scores: Vec<(f32, f64)> = scores
+                .iter()
+                .filter_map(|(lr, a)| Some((lr.parse::<f32>().ok()?, *a)))
+                .collect();
+            scores.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let chosen = state.results.get(task).and_then(|r| r.get(m)).map(|r| r.lr);
+            let edge = match (chosen, scores.first(), scores.last()) {
+                (Some(c), Some(lo), Some(hi)) if scores.len() > 1 && (c == lo.0 || c == hi.0) => {
+                    " (at an edge of the rates tried: may be under-tuned)"
+                }
+                _ => "",
+            };
             let _ = writeln!(
                 md,
-                "- {task} {m}: {}{chosen}",
+                "- {task} {m}: {}{}{edge}",
                 scores
                     .iter()
                     .map(|(lr, a)| format!("{lr}: {:.1}", 100.0 * a))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                chosen.map_or(String::new(), |lr| format!(" → {lr}"))
             );
         }
     }

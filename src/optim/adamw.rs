@@ -6,8 +6,10 @@
 //! v ← β₂·v + (1 − β₂)·g²
 //! p ← p − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
 //! ```
+//!
+//! `lr` is the step's rate times the parameter's group factor ([`AdamW::with_lr_scale`]; 1 by default).
 
-use super::{check_hyper, restore_buffers, Optimizer};
+use super::{check_hyper, restore_buffers, LrScales, Optimizer};
 use crate::autodiff::{no_grad, Grads};
 use crate::backend::AdamWStep;
 use crate::error::{Error, Result};
@@ -23,6 +25,8 @@ pub struct AdamW {
     /// Per parameter name: (first moment m, second moment v).
     moments: HashMap<String, (Tensor, Tensor)>,
     steps: u64,
+    /// Per-parameter learning-rate factors (parameter groups).
+    scales: LrScales,
 }
 
 impl AdamW {
@@ -39,7 +43,16 @@ impl AdamW {
             weight_decay,
             moments: HashMap::new(),
             steps: 0,
+            scales: LrScales::default(),
         })
+    }
+
+    /// Parameters whose names start with `prefix` update at `factor` × the step's learning rate, weight
+    /// decay included (a parameter group, as PyTorch's `param_groups` with their own `lr`). `factor` must be
+    /// finite and ≥ 0. Groups are matched in the order they were added.
+    pub fn with_lr_scale(mut self, prefix: &str, factor: f32) -> Result<AdamW> {
+        self.scales.add("adamw", prefix, factor)?;
+        Ok(self)
     }
 }
 
@@ -49,8 +62,15 @@ impl Default for AdamW {
     }
 }
 
-impl Optimizer for AdamW {
-    fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
+impl AdamW {
+    /// One update, each gradient multiplied by `grad_scale` inside the fused kernel when given.
+    fn update(
+        &mut self,
+        params: &[(String, Tensor)],
+        grads: &Grads,
+        lr: f32,
+        grad_scale: Option<&Tensor>,
+    ) -> Result<()> {
         check_hyper("adamw", "learning rate", lr, lr >= 0.0)?;
         let t = i32::try_from(self.steps + 1).map_err(|_| {
             Error::invalid(
@@ -69,7 +89,7 @@ impl Optimizer for AdamW {
                 // One fused kernel per parameter (see `Backend::adamw_update`); the result is checked
                 // against the same formulas written out in f64 in tests/optim.rs.
                 let h = AdamWStep {
-                    lr,
+                    lr: lr * self.scales.factor(name),
                     beta1: self.beta1,
                     beta2: self.beta2,
                     eps: self.eps,
@@ -93,10 +113,14 @@ impl Optimizer for AdamW {
                     Some((m, v)) => Some((m.storage(), v.storage())),
                     None => None,
                 };
+                let scale = grad_scale
+                    .map(|c| p.check_device("adamw", c).map(|()| c.storage()))
+                    .transpose()?;
                 let (p_new, m_new, v_new) = p.device().backend().adamw_update(
                     &p.storage(),
                     &g.storage(),
                     moments.as_ref().map(|(m, v)| (m, v)),
+                    scale.as_ref(),
                     p.numel(),
                     &h,
                 )?;
@@ -111,6 +135,22 @@ impl Optimizer for AdamW {
             self.steps += 1;
             Ok(())
         })
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, params: &[(String, Tensor)], grads: &Grads, lr: f32) -> Result<()> {
+        self.update(params, grads, lr, None)
+    }
+    /// The clip factor is multiplied in by the fused update kernel: no pass of its own.
+    fn step_scaled(
+        &mut self,
+        params: &[(String, Tensor)],
+        grads: &Grads,
+        lr: f32,
+        grad_scale: &Tensor,
+    ) -> Result<()> {
+        self.update(params, grads, lr, Some(grad_scale))
     }
     fn steps(&self) -> u64 {
         self.steps

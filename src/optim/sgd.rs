@@ -5,10 +5,10 @@
 //! b ← g                      (first step)
 //! b ← μ·b + g                (later steps)
 //! d ← g + μ·b  (Nesterov)  or  b
-//! p ← p − lr·d
+//! p ← p − lr·d               (lr: the step's rate times the parameter's group factor)
 //! ```
 
-use super::{check_hyper, restore_buffers, Optimizer};
+use super::{check_hyper, restore_buffers, LrScales, Optimizer};
 use crate::autodiff::{no_grad, Grads};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -21,6 +21,8 @@ pub struct Sgd {
     nesterov: bool,
     buffers: HashMap<String, Tensor>,
     steps: u64,
+    /// Per-parameter learning-rate factors (parameter groups).
+    scales: LrScales,
 }
 
 impl Sgd {
@@ -34,7 +36,15 @@ impl Sgd {
             nesterov,
             buffers: HashMap::new(),
             steps: 0,
+            scales: LrScales::default(),
         })
+    }
+
+    /// Parameters whose names start with `prefix` update at `factor` × the step's learning rate (a parameter
+    /// group). `factor` must be finite and ≥ 0.
+    pub fn with_lr_scale(mut self, prefix: &str, factor: f32) -> Result<Sgd> {
+        self.scales.add("sgd", prefix, factor)?;
+        Ok(self)
     }
 }
 
@@ -62,7 +72,7 @@ impl Optimizer for Sgd {
                 } else {
                     g
                 };
-                p.assign(&p.sub(&direction.mul_scalar(lr)?)?)?;
+                p.assign(&p.sub(&direction.mul_scalar(lr * self.scales.factor(name))?)?)?;
             }
             self.steps += 1;
             Ok(())
