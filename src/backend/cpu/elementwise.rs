@@ -265,6 +265,7 @@ pub fn adamw(
     let n = p.len();
     let (mut p_out, mut m_out, mut v_out) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
     let decay = 1.0 - h.lr * h.weight_decay;
+    let c = grad_scale.unwrap_or(1.0);
     let (c1, c2) = (1.0 - h.beta1, 1.0 - h.beta2);
     let (inv_b2, step) = (1.0 / h.bias2, h.lr / h.bias1);
     let body = |i: usize, (po, (mo, vo)): (&mut [f32], (&mut [f32], &mut [f32]))| {
@@ -273,7 +274,8 @@ pub fn adamw(
             #[inline(always)]
             || {
                 for j in 0..po.len() {
-                    let gj = grad_scale.map_or(g[s + j], |c| g[s + j] * c);
+                    // g·1 is g exactly, so an absent scale multiplies by 1 (no branch in the loop).
+                    let gj = g[s + j] * c;
                     let (m0, v0) = moments.map_or((0.0, 0.0), |(m, v)| (m[s + j], v[s + j]));
                     let m1 = h.beta1 * m0 + c1 * gj;
                     let v1 = h.beta2 * v0 + c2 * (gj * gj);

@@ -33,15 +33,17 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
     out
 }
 
-/// Σ over the slices of Σ_i x_i², accumulated in f64 (per chunk of 16384 values, in parallel).
+/// Σ over the slices of Σ_i x_i², accumulated in f64 over chunks of at most 16384 values of one slice,
+/// computed in parallel and added in a fixed order, so the result does not depend on the thread count or
+/// on scheduling (a resumed run clips exactly as an uninterrupted one).
 pub fn sum_squares(xs: &[&[f32]]) -> f32 {
-    xs.iter()
-        .map(|x| {
-            x.par_chunks(16384)
-                .map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
-                .sum::<f64>()
-        })
-        .sum::<f64>() as f32
+    const CHUNK: usize = 16384;
+    let chunks: Vec<&[f32]> = xs.iter().flat_map(|x| x.chunks(CHUNK)).collect();
+    let partial: Vec<f64> = chunks
+        .par_iter()
+        .map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+        .collect();
+    partial.iter().sum::<f64>() as f32
 }
 
 /// y = x with axes reordered: y's axis k is x's axis perm[k].
