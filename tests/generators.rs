@@ -536,7 +536,7 @@ fn merge_unmerge_and_save_load_for_every_combination() {
             );
 
             // Save and load into a fresh base.
-            let dir = tmp.path(&format!("{}", cfg.method_name()));
+            let dir = tmp.path(cfg.method_name());
             peft::save_adapter(&model, &cfg, &dir).unwrap();
             let json: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(dir.join(peft::ADAPTER_CONFIG_FILE)).unwrap(),

@@ -14,7 +14,7 @@ use crate::shape::Shape;
 use crate::tensor::Tensor;
 
 impl Tensor {
-    /// Σ_k Σ_i x_k[i]² over `tensors` (all on one device; none: an error).
+    /// Σ_k Σ_i x_k\[i\]² over `tensors` (all on one device; none: an error).
     pub fn sum_squares_all(tensors: &[&Tensor]) -> Result<Tensor> {
         let Some(first) = tensors.first() else {
             return Err(Error::invalid("sum_squares_all", "no tensors given"));

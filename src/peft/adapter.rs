@@ -700,10 +700,14 @@ impl Adapter {
     }
 }
 
-/// kron(C, M) for matrices C (p, q) and M (m, n): the (p·m, q·n) matrix with block (i, j) = C[i,j]·M, i.e.
-/// entry [i·m + k, j·n + l] = C[i,j]·M[k,l]. Built as the broadcast product of C viewed as (p, 1, q, 1) and M
-/// as (1, m, 1, n), whose (p, m, q, n) result in row-major order is exactly that matrix; the product's
-/// backward reduces to ∂C[i,j] = Σ_{k,l} g·M[k,l] and ∂M[k,l] = Σ_{i,j} g·C[i,j].
+/// kron(C, M) for matrices C (p, q) and M (m, n): the (p·m, q·n) matrix whose block (i, j) is C_ij·M:
+///
+/// ```text
+///   kron(C, M)[i·m + k, j·n + l] = C[i,j]·M[k,l]
+/// ```
+/// Built as the broadcast product of C viewed as (p, 1, q, 1) and M as (1, m, 1, n), whose (p, m, q, n)
+/// result in row-major order is exactly that matrix; the product's backward reduces to
+/// ∂C_ij = Σ_kl g·M_kl and ∂M_kl = Σ_ij g·C_ij (g over the matching entries).
 pub fn kron(c: &Tensor, m: &Tensor) -> Result<Tensor> {
     let (&[p, q], &[mr, mc]) = (c.shape().dims(), m.shape().dims()) else {
         return Err(Error::shape(
