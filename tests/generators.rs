@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::assert_close;
 use common::reference::matmul;
 use common::temp::TempDir;
 use common::{check_gradients, devices, input, Rng, TOL};
@@ -249,18 +250,6 @@ fn tensors(specs: &[FactorSpec], vals: &[Vec<f64>], dev: &Device) -> Vec<Tensor>
         .zip(vals)
         .map(|(f, v)| Tensor::param(&f32s(v), f.shape.clone(), dev).unwrap())
         .collect()
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        assert!(
-            err <= rtol * (scale + w.abs()),
-            "{what}: element {i}: tape {g} vs closed form {w} (|diff| {err:.3e})"
-        );
-    }
 }
 
 /// With L = Σ R ⊙ W' (so G = ∂L/∂W' = R), D = G ⊙ ∂W'/∂ΔW (G, G ⊙ W', G ⊙ W) and M = s·D, the closed forms of

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::assert_close;
 use common::reference::matmul;
 use common::temp::TempDir;
 use common::Rng;
@@ -184,18 +185,6 @@ fn a_is_kaiming_uniform_and_b_is_zero() {
     // Spread over the interval, not collapsed: the max |A| is close to the bound.
     assert!(va.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.8 * bound);
     assert_eq!(a.scale(), 2.0);
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        assert!(
-            err <= rtol * (scale + w.abs()),
-            "{what}: element {i}: tape {g} vs closed form {w} (|diff| {err:.3e}, scale {scale:.3e})"
-        );
-    }
 }
 
 /// With G = ∂L/∂W', M = s·(G ⊙ W') (exact), s·(G ⊙ W) (first order), s·G (LoRA), and in the matrix

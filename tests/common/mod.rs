@@ -175,6 +175,21 @@ pub fn check_gradients(
     Ok(())
 }
 
+/// Asserts that the tape's f32 values `got` equal the closed form `want` (f64) within `rtol` of the largest
+/// |want| (plus `rtol`·|want| for the element): closed-form gradient checks, where cancellation makes a
+/// purely relative bound meaningless for small entries.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= rtol * (scale + w.abs()),
+            "{what}: element {i}: tape {g} vs closed form {w} (|diff| {err:.3e}, scale {scale:.3e})"
+        );
+    }
+}
+
 /// The shared GPU device, or `None` when no adapter exists: then a visible "skipped: no GPU adapter" goes
 /// to stderr (written past the test harness's capture, so it shows for passing tests too). With
 /// `LIERA_REQUIRE_GPU=1` a missing adapter fails the test instead, so CI cannot silently skip the GPU.
