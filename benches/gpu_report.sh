@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What the GPU section of the README needs, measured on whatever GPU this machine has, in one run:
+#
+#   1. the adapter wgpu picks (`examples/devices`) and, where `nvidia-smi` exists, the card;
+#   2. the GPU tests with LIERA_REQUIRE_GPU=1, so a missing adapter is a failure, not a skip;
+#   3. `liera bench --device gpu --json`: GEMM GFLOP/s (1024³, 2048³ and the atto shapes), every atto
+#      convolution kind forward/dX/dW, and the convnext_atto training steps at 3×32×32, batch 64, with their
+#      launches per step (dispatches, bind groups, submits, buffers created);
+#   4. the convnext_atto step at 3×224×224, batch 32, full and LieRA r8;
+#   5. the same two step benchmarks on the CPU backend of the same machine, as the in-run peer.
+#
+# Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
+#
+# A machine without the Vulkan loader: put the .deb of libvulkan1 (and, for an NVIDIA card, nothing else:
+# the driver ships its ICD) in .gl/ at the repository root; they are unpacked into / first. If the loader
+# finds no driver, point VK_DRIVER_FILES at the vendor's ICD JSON.
+#
+# The GEMM's share of the card's fp32 peak is GFLOP/s over the vendor's peak figure for that card (H100 SXM:
+# 67 TFLOP/s fp32 without tensor cores), which the script prints beside the card's name for the reader to
+# divide: it does not guess peaks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-gpu-report}"
+mkdir -p "$out"
+
+if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+
+cargo build --release --bin liera --example devices
+summary="$out/summary.txt"
+{
+  echo "date: $(date -u +%F\ %T) UTC"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) threads"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+  fi
+  target/release/examples/devices 2>/dev/null
+} | tee "$summary"
+
+echo "== GPU tests (LIERA_REQUIRE_GPU=1)" | tee -a "$summary"
+LIERA_REQUIRE_GPU=1 cargo test --release --test gpu_ops --test gpu_model --test gpu_faults --test shaders \
+  --test generators 2>&1 | grep -E "^test result|FAILED|panicked" | tee -a "$summary"
+
+echo "== liera bench --device gpu --json" | tee -a "$summary"
+LIERA_REQUIRE_GPU=1 target/release/liera bench --device gpu --json >"$out/bench-gpu.json"
+LIERA_REQUIRE_GPU=1 target/release/liera bench --device gpu --json --step convnext_atto --kinds full,liera \
+  --batch 32 --size 224 --reps 3 >"$out/step224-gpu.json"
+target/release/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch 64 --size 32 \
+  --reps 5 >"$out/step32-cpu.json"
+target/release/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch 32 --size 224 \
+  --reps 2 >"$out/step224-cpu.json"
+
+# One line per figure: name, median ms, GFLOP/s or images/s, dispatches per step.
+python3 - "$out" <<'EOF' | tee -a "$summary"
+import json, sys, glob, os
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    doc = json.load(open(path))
+    print(f"-- {os.path.basename(path)}: {doc['device']}, {doc['threads']} threads")
+    for r in doc["results"]:
+        rate = f"{r['gflops']:.1f} GFLOP/s" if r.get("gflops") else f"{r.get('images_per_s') or 0:.1f} images/s"
+        launches = r.get("launches_per_step")
+        extra = f", {launches['dispatches']} dispatches/step" if launches else ""
+        print(f"{r['name']}: {1e3 * r['median_s']:.2f} ms, {rate}{extra}")
+EOF
+echo "written: $out/" >&2
