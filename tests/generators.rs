@@ -664,4 +664,21 @@ fn misuse_is_a_named_error() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("hada_w1_b"), "{err}");
+
+    // An adapter applied to a kernel of another shape.
+    let a = Adapter::build(
+        spec(AdapterKind::Liera, DeltaKind::Lokr, 2, 2.0),
+        "conv",
+        &shape,
+        &mut InitRng::new(1),
+        &dev,
+    )
+    .unwrap();
+    let other = Tensor::zeros([8, 4, 1, 1], &dev).unwrap();
+    let err = a.adapt(&other).unwrap_err().to_string();
+    assert!(
+        err.contains("made for a kernel [8, 4, 3, 3]")
+            && err.contains("cannot adapt a kernel [8, 4, 1, 1]"),
+        "{err}"
+    );
 }

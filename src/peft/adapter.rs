@@ -340,6 +340,13 @@ impl AdapterSpec {
 }
 
 impl AdapterSpec {
+    /// The factors of this spec on a kernel of shape `weight` ([`factor_specs`]), after checking the spec
+    /// itself. `layer` names the layer in errors.
+    fn factors_for(&self, layer: &str, weight: &Shape) -> Result<Vec<FactorSpec>> {
+        self.check(layer)?;
+        factor_specs(self.delta, layer, weight, self.rank, self.decompose_factor)
+    }
+
     /// α > 0 and finite; rsLoRA only with LoRA. `layer` names the layer in the error.
     fn check(&self, layer: &str) -> Result<()> {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
@@ -368,6 +375,8 @@ impl AdapterSpec {
 #[derive(Debug)]
 pub struct Adapter {
     spec: AdapterSpec,
+    /// The kernel shape the factors were made for (their shapes cannot change after construction).
+    weight_shape: Shape,
     /// The factors, in [`factor_specs`]' order.
     factors: Vec<(FactorSpec, Param)>,
     /// While merged: the base kernel W, kept bit-exact for [`crate::peft::unmerge`], and whether the factors
@@ -405,28 +414,23 @@ impl Adapter {
         rng: &mut InitRng,
         device: &crate::Device,
     ) -> Result<Adapter> {
-        spec.check(layer)?;
-        let factors = factor_specs(
-            spec.delta,
-            layer,
-            weight_shape,
-            spec.rank,
-            spec.decompose_factor,
-        )?
-        .into_iter()
-        .map(|f| {
-            let n: usize = f.shape.iter().product();
-            let p = match f.init_bound {
-                Some(bound) => {
-                    Param::from_vec(&rng.uniform_vec(n, bound), f.shape.clone(), device)?
-                }
-                None => Param::new(Tensor::zeros(f.shape.clone(), device)?, true),
-            };
-            Ok((f, p))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        let factors = spec
+            .factors_for(layer, weight_shape)?
+            .into_iter()
+            .map(|f| {
+                let n: usize = f.shape.iter().product();
+                let p = match f.init_bound {
+                    Some(bound) => {
+                        Param::from_vec(&rng.uniform_vec(n, bound), f.shape.clone(), device)?
+                    }
+                    None => Param::new(Tensor::zeros(f.shape.clone(), device)?, true),
+                };
+                Ok((f, p))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Adapter {
             spec,
+            weight_shape: weight_shape.clone(),
             factors,
             merged: None,
         })
@@ -442,14 +446,7 @@ impl Adapter {
         weight_shape: &Shape,
         factors: Vec<Tensor>,
     ) -> Result<Adapter> {
-        spec.check(layer)?;
-        let specs = factor_specs(
-            spec.delta,
-            layer,
-            weight_shape,
-            spec.rank,
-            spec.decompose_factor,
-        )?;
+        let specs = spec.factors_for(layer, weight_shape)?;
         if specs.len() != factors.len() {
             return Err(Error::shape(
                 "peft",
@@ -479,6 +476,7 @@ impl Adapter {
         }
         Ok(Adapter {
             spec,
+            weight_shape: weight_shape.clone(),
             factors: out,
             merged: None,
         })
@@ -619,21 +617,7 @@ impl Adapter {
     /// # Ok::<(), liera::Error>(())
     /// ```
     pub fn adapt(&self, w: &Tensor) -> Result<Tensor> {
-        let fits = factor_specs(
-            self.spec.delta,
-            "",
-            w.shape(),
-            self.spec.rank,
-            self.spec.decompose_factor,
-        )
-        .is_ok_and(|specs| {
-            specs.len() == self.factors.len()
-                && specs
-                    .iter()
-                    .zip(&self.factors)
-                    .all(|(s, (_, p))| p.shape().dims() == s.shape.as_slice())
-        });
-        if !fits {
+        if w.shape() != &self.weight_shape {
             let have: Vec<String> = self
                 .factors
                 .iter()
@@ -642,7 +626,8 @@ impl Adapter {
             return Err(Error::shape(
                 "peft",
                 format!(
-                    "adapter factors {} do not fit a kernel {}",
+                    "an adapter made for a kernel {} (factors {}) cannot adapt a kernel {}",
+                    self.weight_shape,
                     have.join(", "),
                     w.shape()
                 ),
