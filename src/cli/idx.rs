@@ -109,7 +109,8 @@ pub(crate) struct FinetuneArgs {
     /// model.safetensors).
     #[arg(long)]
     pub(crate) weights: PathBuf,
-    /// full, linear, lora, liera (exact) or liera_first_order.
+    /// full, linear, lora, liera (exact) or liera_first_order; with LoHa or LoKr generating ΔW, loha, lokr,
+    /// liera_loha, liera_lokr, … (or pick the generator with --delta).
     #[arg(long, default_value = "liera")]
     pub(crate) method: String,
     /// A folder with the four IDX files of the target task (default: the embedded Fashion-MNIST subset).
