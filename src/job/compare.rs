@@ -8,7 +8,7 @@ use super::method::{finetune, AdapterOptions, Method};
 use super::pretrain::{pretrain, pretrain_checkpoint_path};
 use super::report::{write_report, ComparisonReport};
 use super::run::{RunOptions, RunResult};
-use super::tune::{widening_search, LadderSearch, MAX_LADDER_EXTENSIONS};
+use super::tune::{validation_score, widening_search, LadderSearch, MAX_LADDER_EXTENSIONS};
 use super::{create_dir, describe};
 use crate::backend::Device;
 use crate::data::{Dataset, Splits};
@@ -153,25 +153,17 @@ pub fn tune_learning_rate(
                 seed,
                 ..opts.clone()
             };
-            // A rate at which training diverges (non-finite loss) is a candidate that lost, not a
-            // failure of the comparison; every other error is reported.
-            scores.push(
-                match finetune(
-                    config,
-                    base,
-                    &split.into(),
-                    method,
-                    adapter,
-                    &run,
-                    device,
-                    None,
-                    &Checkpointing::default(),
-                ) {
-                    Ok(r) => Some(r.eval.accuracy),
-                    Err(Error::Diverged { .. }) => None,
-                    Err(e) => return Err(e),
-                },
-            );
+            scores.push(validation_score(finetune(
+                config,
+                base,
+                &split.into(),
+                method,
+                adapter,
+                &run,
+                device,
+                None,
+                &Checkpointing::default(),
+            ))?);
         }
         log(&format!(
             "  {:<18} lr {lr:<8} validation {}",

@@ -13,6 +13,16 @@
 use crate::error::{Error, Result};
 use std::fmt::Write as _;
 
+/// A tuning run's validation accuracy: None when training diverged (a non-finite loss, a candidate that
+/// lost rather than a failure of the search); any other error is passed on.
+pub fn validation_score(run: Result<super::run::RunResult>) -> Result<Option<f64>> {
+    match run {
+        Ok(r) => Ok(Some(r.eval.accuracy)),
+        Err(Error::Diverged { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// How many rungs the search may add on each side of a method's ladder in `liera compare` and `liera vtab`.
 pub const MAX_LADDER_EXTENSIONS: usize = 3;
 

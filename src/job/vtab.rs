@@ -18,7 +18,7 @@ use super::create_dir;
 use super::data::{load_task, LoadOptions};
 use super::method::{finetune, AdapterOptions, Method};
 use super::run::{RunOptions, TaskData};
-use super::tune::{widening_search, MAX_LADDER_EXTENSIONS};
+use super::tune::{validation_score, widening_search, MAX_LADDER_EXTENSIONS};
 use crate::backend::Device;
 use crate::data::images::ImageSet;
 use crate::data::layout;
@@ -409,7 +409,8 @@ fn tune_on_val(
             lr,
             ..opts.run.clone()
         };
-        let accuracy = match finetune(
+        // A rate at which training diverges lost (recorded as 0); any other error stops the run.
+        let accuracy = validation_score(finetune(
             &opts.model.config.clone().with_classes(train.classes()),
             &opts.model.weights,
             &TaskData { train, test: val },
@@ -419,12 +420,8 @@ fn tune_on_val(
             device,
             None,
             &Checkpointing::default(),
-        ) {
-            Ok(r) => r.eval.accuracy,
-            // A rate at which training diverges lost (recorded as 0); any other error stops the run.
-            Err(Error::Diverged { .. }) => 0.0,
-            Err(e) => return Err(e),
-        };
+        ))?
+        .unwrap_or(0.0);
         log(&format!(
             "{task:<16} {:<18} lr {lr:<8} val200 top-1 {:6.2}%",
             method.name(),
