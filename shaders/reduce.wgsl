@@ -29,6 +29,20 @@ struct Params {
 
 var<workgroup> partial: array<f32, 256>;
 
+// The sum of `value` over the 256 threads of the workgroup (every thread must call it): a tree reduction in
+// workgroup memory.
+fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    partial[lid] = value;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+
 @compute @workgroup_size(256)
 fn sum_axis_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -43,16 +57,9 @@ fn sum_axis_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             acc += x[base + l * params.inner];
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var half = 128u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            partial[lid] += partial[lid + half];
-        }
-        workgroupBarrier();
-    }
+    let sum = workgroup_sum(lid, acc);
     if (live && lid == 0u) {
-        y[out_index] = partial[0];
+        y[out_index] = sum;
     }
 }
 
@@ -88,16 +95,9 @@ fn sum_squares(@builtin(local_invocation_index) lid: u32) {
     for (var j = lid; j < params.rank; j += 256u) {
         acc += x4[j] * x4[j];
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var half = 128u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            partial[lid] += partial[lid + half];
-        }
-        workgroupBarrier();
-    }
+    let sum = workgroup_sum(lid, acc);
     if (lid == 0u) {
-        var total = partial[0];
+        var total = sum;
         if (params.dims[0].x == 1u) {
             total += prior[0];
         }
