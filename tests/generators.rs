@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::assert_close;
 use common::reference::matmul;
 use common::temp::TempDir;
+use common::{assert_close, f32s};
 use common::{check_gradients, devices, input, Rng, TOL};
 use liera::nn::{Classifier, ConvNeXt, ConvNeXtConfig, InitRng, Module};
 use liera::peft::{
@@ -22,15 +22,7 @@ use liera::peft::{
 use liera::{no_grad, Device, Shape, Tensor};
 use proptest::prelude::*;
 
-const KINDS: [AdapterKind; 3] = [
-    AdapterKind::Lora,
-    AdapterKind::Liera,
-    AdapterKind::LieraFirstOrder,
-];
-
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
+const KINDS: [AdapterKind; 3] = AdapterKind::ALL;
 
 fn spec(kind: AdapterKind, delta: DeltaKind, rank: usize, alpha: f32) -> AdapterSpec {
     AdapterSpec {

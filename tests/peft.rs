@@ -5,25 +5,17 @@
 
 mod common;
 
-use common::assert_close;
 use common::reference::matmul;
 use common::temp::TempDir;
 use common::Rng;
+use common::{assert_close, f32s};
 use liera::nn::Classifier;
 use liera::nn::{Adaptable, Conv2d, ConvNeXt, ConvNeXtConfig, InitRng, Linear, Module, Param};
 use liera::optim::{AdamW, Optimizer};
 use liera::peft::{self, Adapter, AdapterKind, PeftConfig};
 use liera::{no_grad, Conv2dParams, Device, Tensor};
 
-const KINDS: [AdapterKind; 3] = [
-    AdapterKind::Lora,
-    AdapterKind::Liera,
-    AdapterKind::LieraFirstOrder,
-];
-
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
+const KINDS: [AdapterKind; 3] = AdapterKind::ALL;
 
 /// A layer under test: a convolution (dense, grouped or depthwise) or a linear layer, with random weights
 /// kept away from zero (so W is in the group), plus a matching input.

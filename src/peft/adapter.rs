@@ -64,6 +64,12 @@ pub enum AdapterKind {
 }
 
 impl AdapterKind {
+    /// All compositions: additive, Lie exact, Lie first-order.
+    pub const ALL: [AdapterKind; 3] = [
+        AdapterKind::Lora,
+        AdapterKind::Liera,
+        AdapterKind::LieraFirstOrder,
+    ];
     /// The name used in configs and on the command line: `lora`, `liera`, `liera_first_order`.
     pub fn name(self) -> &'static str {
         match self {

@@ -175,6 +175,11 @@ pub fn check_gradients(
     Ok(())
 }
 
+/// f64 test values as the f32 the engine takes.
+pub fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
 /// Asserts that the tape's f32 values `got` equal the closed form `want` (f64) within `rtol` of the largest
 /// |want| (plus `rtol`·|want| for the element): closed-form gradient checks, where cancellation makes a
 /// purely relative bound meaningless for small entries.
