@@ -213,19 +213,12 @@ impl AdapterArgs {
     }
     /// A `--methods` list with `--delta` applied to its adapter methods, still with none twice.
     pub(crate) fn methods(&self, list: &str) -> Result<Vec<Method>> {
-        let methods = parse_methods(list)?
-            .into_iter()
-            .map(|m| self.method(m, false))
-            .collect::<Result<Vec<_>>>()?;
-        for (i, m) in methods.iter().enumerate() {
-            if methods[..i].contains(m) {
-                return Err(Error::invalid(
-                    "liera",
-                    format!("--methods with --delta lists `{}` twice", m.name()),
-                ));
-            }
-        }
-        Ok(methods)
+        let flag = if self.delta.is_some() {
+            "--methods with --delta"
+        } else {
+            "--methods"
+        };
+        parse_methods_with(list, flag, |m| self.method(m, false))
     }
     pub(crate) fn options(&self) -> AdapterOptions {
         AdapterOptions {
@@ -289,13 +282,23 @@ pub(crate) fn out_dir(given: Option<PathBuf>, prefix: &str) -> PathBuf {
 /// The comma-separated `--methods` list: each known, none twice (a repeated method would be counted as
 /// another seed in the summary and overwrite the other's adapter).
 pub(crate) fn parse_methods(list: &str) -> Result<Vec<Method>> {
+    parse_methods_with(list, "--methods", Ok)
+}
+
+/// [`parse_methods`] with each method passed through `map` (e.g. `--delta` applied) before the check for
+/// repeats; `flag` names the list in that error.
+fn parse_methods_with(
+    list: &str,
+    flag: &str,
+    map: impl Fn(Method) -> Result<Method>,
+) -> Result<Vec<Method>> {
     let mut methods = Vec::new();
     for name in list.split(',') {
-        let m = Method::parse(name.trim())?;
+        let m = map(Method::parse(name.trim())?)?;
         if methods.contains(&m) {
             return Err(Error::invalid(
                 "liera",
-                format!("--methods lists `{}` twice", m.name()),
+                format!("{flag} lists `{}` twice", m.name()),
             ));
         }
         methods.push(m);
