@@ -33,3 +33,19 @@ fn udivmod(x: u32, d: u32) -> vec2<u32> {
     let q = udiv(x, d);
     return vec2<u32>(q, x - q * d);
 }
+
+var<workgroup> wg_sum_scratch: array<f32, 256>;
+
+// The sum of `value` over the 256 threads of the workgroup (every thread must call it): a tree reduction in
+// workgroup memory.
+fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    wg_sum_scratch[lid] = value;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            wg_sum_scratch[lid] += wg_sum_scratch[lid + half];
+        }
+        workgroupBarrier();
+    }
+    return wg_sum_scratch[0];
+}

@@ -1,12 +1,14 @@
-// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_squares, permute.
+// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_keep_middle, permute.
 //
 // sum over the middle axis of an (outer, len, inner) view: y[o, i] = Σ_l x[o, l, i]
 //   sum_axis_wg:     one workgroup per output, 256 threads stride over l, then a tree reduction in
 //                    workgroup memory (long axes, e.g. a sum over a whole tensor);
 //   sum_axis_thread: one thread per output, a serial loop over l (short axes).
-// sum_squares: y[0] = Σ_k Σ_i x_k[i]² over up to four inputs (bindings 1–4, lengths in outer, len, inner,
-//   rank), plus prior[0] (binding 5) when dims[0].x is 1; one workgroup, each thread strides every input,
-//   then a tree reduction. Chained four tensors at a time, it is gradient clipping's global norm.
+// sum over both other axes, y[l] = Σ_o Σ_i x[o, l, i] (a per-channel sum of NCHW such as a bias gradient, in
+// one launch instead of two):
+//   sum_keep_middle_wg:     one workgroup per l, 256 threads stride over the outer·inner positions, then
+//                           the tree reduction (many positions);
+//   sum_keep_middle_thread: one thread per l, a serial loop over the positions (few).
 // permute: y[j] = x[Σ_k idx_k(j)·src_stride_k] where idx(j) decodes j over the output dimensions and
 //   src_stride_k is x's stride of the axis that becomes output axis k (rank ≤ 8).
 
@@ -21,27 +23,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> x2: array<f32>;
-@group(0) @binding(3) var<storage, read> x3: array<f32>;
-@group(0) @binding(4) var<storage, read> x4: array<f32>;
-@group(0) @binding(5) var<storage, read> prior: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
-
-var<workgroup> partial: array<f32, 256>;
-
-// The sum of `value` over the 256 threads of the workgroup (every thread must call it): a tree reduction in
-// workgroup memory.
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    partial[lid] = value;
-    workgroupBarrier();
-    for (var half = 128u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            partial[lid] += partial[lid + half];
-        }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
 
 @compute @workgroup_size(256)
 fn sum_axis_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -81,28 +63,39 @@ fn sum_axis_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 @compute @workgroup_size(256)
-fn sum_squares(@builtin(local_invocation_index) lid: u32) {
+fn sum_keep_middle_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let l = linear_workgroup(wg, nwg);
+    let live = l < params.len;
+    let positions = params.outer * params.inner;
     var acc = 0.0;
-    for (var j = lid; j < params.outer; j += 256u) {
-        acc += x[j] * x[j];
-    }
-    for (var j = lid; j < params.len; j += 256u) {
-        acc += x2[j] * x2[j];
-    }
-    for (var j = lid; j < params.inner; j += 256u) {
-        acc += x3[j] * x3[j];
-    }
-    for (var j = lid; j < params.rank; j += 256u) {
-        acc += x4[j] * x4[j];
+    if (live) {
+        for (var j = lid; j < positions; j += 256u) {
+            let oi = udivmod(j, params.inner);
+            acc += x[(oi.x * params.len + l) * params.inner + oi.y];
+        }
     }
     let sum = workgroup_sum(lid, acc);
-    if (lid == 0u) {
-        var total = sum;
-        if (params.dims[0].x == 1u) {
-            total += prior[0];
-        }
-        y[0] = total;
+    if (live && lid == 0u) {
+        y[l] = sum;
     }
+}
+
+@compute @workgroup_size(256)
+fn sum_keep_middle_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let l = linear_workgroup(wg, nwg) * 256u + lid;
+    if (l >= params.len) {
+        return;
+    }
+    var acc = 0.0;
+    for (var o = 0u; o < params.outer; o++) {
+        let base = (o * params.len + l) * params.inner;
+        for (var i = 0u; i < params.inner; i++) {
+            acc += x[base + i];
+        }
+    }
+    y[l] = acc;
 }
 
 @compute @workgroup_size(256)

@@ -336,6 +336,125 @@ proptest! {
     }
 }
 
+/// A GPU backend whose multi-tensor kernels get the smallest wide layout (8 storage bindings: one
+/// parameter per AdamW launch, 7 tensors per sum-of-squares launch), so a few tensors take several
+/// launches; and the default backend (the adapter's own limit, 32 on llvmpipe).
+fn narrow_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    gpu_device()?;
+    B.get_or_init(|| {
+        Some(
+            GpuBackend::new(GpuOptions {
+                max_wide_slots: Some(8),
+                ..GpuOptions::default()
+            })
+            .expect("a second GPU backend on the same adapter"),
+        )
+    })
+    .as_ref()
+}
+
+/// Random tensor lengths for the multi-tensor kernels: empty ones, short ones, and ones over a
+/// sum-of-squares chunk (4096) so a tensor spans several workgroups.
+fn multi_lengths() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(
+        prop_oneof![Just(0usize), 1usize..300, 4000usize..9000],
+        1..24,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The per-channel sum of both its kernels (a thread or a workgroup per channel) against the CPU.
+    #[test]
+    fn sum_keep_middle_matches_cpu(outer in 1usize..40, len in 1usize..70, inner in 1usize..700, seed in 0u64..1000) {
+        let l = AxisLayout { outer, len, inner };
+        let x = values(seed, l.numel(), -1.0, 1.0);
+        cross(&format!("sum_keep_middle {l:?}"), &[x], |b, s| Ok(vec![b.sum_keep_middle(&s[0], l)?]))?;
+    }
+
+    /// AdamW over many parameters at once (the multi-tensor kernel, several launches on both layouts)
+    /// against the CPU, and bit for bit against the one-parameter kernel on the same GPU: per-parameter
+    /// learning rates, parameters with and without moments mixed, with and without a gradient scale.
+    #[test]
+    fn multi_tensor_adamw_matches_cpu_and_the_one_tensor_kernel(
+        lens in multi_lengths(), moments in prop::collection::vec(any::<bool>(), 24),
+        scaled: bool, t in 1i32..50, seed in 0u64..1000,
+    ) {
+        let Some(gpu) = gpu_device() else { return Ok(()) };
+        let hs: Vec<_> = (0..lens.len())
+            .map(|k| liera::backend::AdamWStep {
+                lr: 1e-2 * (1.0 + k as f32 % 3.0), beta1: 0.9, beta2: 0.999, eps: 1e-8,
+                weight_decay: 0.05 * (k % 2) as f32,
+                bias1: 1.0 - 0.9f32.powi(t), bias2: 1.0 - 0.999f32.powi(t),
+            })
+            .collect();
+        // Inputs: per tensor p, g, m, v; then the scale.
+        let mut inputs = Vec::new();
+        for (k, &len) in lens.iter().enumerate() {
+            let s = seed + 10 * k as u64;
+            inputs.extend([
+                values(s, len, -1.0, 1.0),
+                values(s + 1, len, -1.0, 1.0),
+                values(s + 2, len, -0.1, 0.1),
+                values(s + 3, len, 0.0, 0.01),
+            ]);
+        }
+        inputs.push(values(seed + 5, 1, 0.1, 1.0));
+        let many = |b: &dyn Backend, s: &[Storage]| -> liera::Result<Vec<Storage>> {
+            let items: Vec<_> = lens.iter().enumerate().map(|(k, &len)| liera::backend::AdamWItem {
+                param: &s[4 * k],
+                grad: &s[4 * k + 1],
+                moments: moments[k].then_some((&s[4 * k + 2], &s[4 * k + 3])),
+                len,
+                h: hs[k],
+            }).collect();
+            let out = b.adamw_update_many(&items, scaled.then_some(&s[4 * lens.len()]))?;
+            Ok(out.into_iter().flat_map(|(p, m, v)| [p, m, v]).collect())
+        };
+        let one_by_one = |b: &dyn Backend, s: &[Storage]| -> liera::Result<Vec<Storage>> {
+            let mut out = Vec::new();
+            for (k, &len) in lens.iter().enumerate() {
+                let mv = moments[k].then_some((&s[4 * k + 2], &s[4 * k + 3]));
+                let (p, m, v) = b.adamw_update(&s[4 * k], &s[4 * k + 1], mv, scaled.then_some(&s[4 * lens.len()]), len, &hs[k])?;
+                out.extend([p, m, v]);
+            }
+            Ok(out)
+        };
+        let what = format!("adamw over {lens:?}, moments {moments:?}, scaled {scaled}");
+        let mut backends: Vec<&dyn Backend> = vec![gpu.backend()];
+        backends.extend(narrow_backend().map(|b| b as &dyn Backend));
+        for b in backends {
+            cross_on(&what, b, &inputs, many)?;
+            let run = |f: &Launch<'_>| {
+                let ins: Vec<Storage> = inputs.iter().map(|v| b.upload(v).unwrap()).collect();
+                f(b, &ins).unwrap().iter().map(|s| b.download(s).unwrap()).collect::<Vec<_>>()
+            };
+            prop_assert_eq!(run(&many), run(&one_by_one), "{} on {}", what, b.name());
+        }
+    }
+
+    /// Σ x² over many tensors (several launches and partial sums on both layouts, the same buffer given
+    /// twice included) against the CPU.
+    #[test]
+    fn multi_tensor_sum_squares_matches_cpu(lens in multi_lengths(), twice in 0usize..24, seed in 0u64..1000) {
+        let Some(gpu) = gpu_device() else { return Ok(()) };
+        let inputs: Vec<Vec<f32>> = lens.iter().enumerate().map(|(k, &len)| values(seed + k as u64, len, -1.0, 1.0)).collect();
+        let repeat = twice % lens.len();
+        let f = |b: &dyn Backend, s: &[Storage]| -> liera::Result<Vec<Storage>> {
+            let mut xs: Vec<(&Storage, usize)> = s.iter().zip(&lens).map(|(x, &len)| (x, len)).collect();
+            xs.push((&s[repeat], lens[repeat]));
+            Ok(vec![b.sum_squares(&xs)?])
+        };
+        let what = format!("sum_squares over {lens:?} and tensor {repeat} again");
+        cross_on(&what, gpu.backend(), &inputs, f)?;
+        if let Some(narrow) = narrow_backend() {
+            cross_on(&what, narrow, &inputs, f)?;
+        }
+    }
+}
+
 /// A second GPU backend whose dispatches may use at most 4 workgroups per dimension, so launches of a few
 /// dozen workgroups are split over x, y and z exactly as launches of more than 65535 are on the real limit.
 fn split_backend() -> Option<&'static GpuBackend> {

@@ -179,6 +179,21 @@ pub struct AdamWStep {
     pub bias2: f32,
 }
 
+/// One parameter of a multi-tensor AdamW update (see [`Backend::adamw_update_many`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWItem<'a> {
+    /// The parameter p.
+    pub param: &'a Storage,
+    /// Its gradient g.
+    pub grad: &'a Storage,
+    /// Its moments (m, v), absent on its first step (zero).
+    pub moments: Option<(&'a Storage, &'a Storage)>,
+    /// Values in p (and g, m, v).
+    pub len: usize,
+    /// The update's hyper-parameters (the learning rate may differ per parameter).
+    pub h: AdamWStep,
+}
+
 /// The kernels every backend provides. All buffers are contiguous row-major f32; sizes are checked by the
 /// calling op, so a kernel may assume they are consistent.
 pub trait Backend: Send + Sync {
@@ -213,6 +228,27 @@ pub trait Backend: Send + Sync {
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
+    /// Sum over the outer and inner axes, keeping the middle one: y[l] = Σ_o Σ_i x[o, l, i]; y has `len`
+    /// elements (a per-channel sum of NCHW, e.g. a bias gradient). The default is two [`Backend::sum_axis`]
+    /// calls; a backend may do it in one pass.
+    fn sum_keep_middle(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
+        let inner_summed = self.sum_axis(
+            x,
+            AxisLayout {
+                outer: layout.outer * layout.len,
+                len: layout.inner,
+                inner: 1,
+            },
+        )?;
+        self.sum_axis(
+            &inner_summed,
+            AxisLayout {
+                outer: 1,
+                len: layout.outer,
+                inner: layout.len,
+            },
+        )
+    }
     /// Σ over `inputs` of Σ_i x_i² (each input's first `len` elements): one element, the squared global norm
     /// of gradient clipping, in a few launches for any number of tensors.
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage>;
@@ -271,6 +307,20 @@ pub trait Backend: Send + Sync {
         y: &Storage,
         layout: AxisLayout,
     ) -> Result<Storage>;
+
+    /// [`Backend::adamw_update`] of every item, all with the same `grad_scale`; returns each item's
+    /// (p', m', v') in order. The default updates one item at a time; a backend may update many per launch
+    /// (the GPU's multi-tensor kernel), with the same results bit for bit.
+    fn adamw_update_many(
+        &self,
+        items: &[AdamWItem<'_>],
+        grad_scale: Option<&Storage>,
+    ) -> Result<Vec<(Storage, Storage, Storage)>> {
+        items
+            .iter()
+            .map(|it| self.adamw_update(it.param, it.grad, it.moments, grad_scale, it.len, &it.h))
+            .collect()
+    }
 
     /// One AdamW update of a parameter of `len` values: returns (p', m', v') with
     /// m' = β₁·m + (1 − β₁)·g, v' = β₂·v + (1 − β₂)·g², p' = p·(1 − lr·λ) − lr·(m'/b₁)/(√(v'/b₂) + ε);

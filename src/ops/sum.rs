@@ -8,7 +8,9 @@
 //! `broadcast_to(shape)` is its adjoint.
 //!
 //! Shape algebra: the reduced axes are grouped into runs of adjacent axes; each run is one kernel call on the
-//! view (outer, run length, inner), innermost run first, so any axis set needs at most one call per run.
+//! view (outer, run length, inner), innermost run first, so any axis set needs at most one call per run. A
+//! sum over every axis but one run of adjacent axes (a per-channel sum of NCHW, the bias gradient of a
+//! convolution) is one call of its own, `sum_keep_middle` on the view (before, kept, after).
 
 use crate::backend::{AxisLayout, BinaryOp, Storage};
 use crate::error::{Error, Result};
@@ -19,6 +21,25 @@ use crate::tensor::Tensor;
 fn sum_axes_kernel(x: &Tensor, axes: &[usize]) -> Result<(Storage, Shape)> {
     let backend = x.device().backend();
     let mut dims = x.dims().to_vec();
+    // Reduced axes on both sides of one kept run [a, b): one pass.
+    let kept: Vec<usize> = (0..dims.len()).filter(|i| !axes.contains(i)).collect();
+    if let (Some(&a), Some(&last)) = (kept.first(), kept.last()) {
+        let b = last + 1;
+        if kept.len() == b - a && a > 0 && b < dims.len() {
+            let layout = AxisLayout {
+                outer: dims[..a].iter().product(),
+                len: dims[a..b].iter().product(),
+                inner: dims[b..].iter().product(),
+            };
+            let storage = backend.sum_keep_middle(&x.storage(), layout)?;
+            for (i, d) in dims.iter_mut().enumerate() {
+                if i < a || i >= b {
+                    *d = 1;
+                }
+            }
+            return Ok((storage, Shape::new(dims)));
+        }
+    }
     let mut storage = x.storage();
     let mut i = axes.len();
     while i > 0 {

@@ -11,7 +11,7 @@
 
 use super::{check_hyper, restore_buffers, LrScales, Optimizer};
 use crate::autodiff::{no_grad, Grads};
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWItem, AdamWStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -84,20 +84,20 @@ impl AdamW {
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
         no_grad(|| {
+            // Every parameter with a gradient, checked, then one backend call for all of them (the GPU
+            // updates many per launch, see `Backend::adamw_update_many`); the results are checked against
+            // the same formulas written out in f64 in tests/optim.rs.
+            let mut chosen = Vec::new();
+            let mut storages = Vec::new();
             for (name, p) in params {
                 let Some(g) = grads.get(p) else { continue };
-                // One fused kernel per parameter (see `Backend::adamw_update`); the result is checked
-                // against the same formulas written out in f64 in tests/optim.rs.
-                let h = AdamWStep {
-                    lr: lr * self.scales.factor(name),
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    eps: self.eps,
-                    weight_decay: self.weight_decay,
-                    bias1,
-                    bias2,
-                };
                 p.check_device("adamw", g)?;
+                if let Some((_, first, _)) = chosen.first() {
+                    p.check_device("adamw", first)?;
+                }
+                if let Some(c) = grad_scale {
+                    p.check_device("adamw", c)?;
+                }
                 let moments = match self.moments.get(name) {
                     Some((m, v)) if m.numel() != p.numel() || v.numel() != p.numel() => {
                         return Err(Error::shape(
@@ -113,24 +113,46 @@ impl AdamW {
                     Some((m, v)) => Some((m.storage(), v.storage())),
                     None => None,
                 };
-                let scale = grad_scale
-                    .map(|c| p.check_device("adamw", c).map(|()| c.storage()))
-                    .transpose()?;
-                let (p_new, m_new, v_new) = p.device().backend().adamw_update(
-                    &p.storage(),
-                    &g.storage(),
-                    moments.as_ref().map(|(m, v)| (m, v)),
-                    scale.as_ref(),
-                    p.numel(),
-                    &h,
-                )?;
+                let h = AdamWStep {
+                    lr: lr * self.scales.factor(name),
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    weight_decay: self.weight_decay,
+                    bias1,
+                    bias2,
+                };
+                chosen.push((name, p.clone(), h));
+                storages.push((p.storage(), g.storage(), moments));
+            }
+            let Some((_, first, _)) = chosen.first() else {
+                self.steps += 1;
+                return Ok(());
+            };
+            let items: Vec<AdamWItem<'_>> = chosen
+                .iter()
+                .zip(&storages)
+                .map(|((_, p, h), (ps, gs, mv))| AdamWItem {
+                    param: ps,
+                    grad: gs,
+                    moments: mv.as_ref().map(|(m, v)| (m, v)),
+                    len: p.numel(),
+                    h: *h,
+                })
+                .collect();
+            let scale = grad_scale.map(|c| c.storage());
+            let updated = first
+                .device()
+                .backend()
+                .adamw_update_many(&items, scale.as_ref())?;
+            for ((name, p, _), (p_new, m_new, v_new)) in chosen.iter().zip(updated) {
                 let dev = p.device();
                 let (m, v) = (
                     Tensor::from_storage(m_new, p.shape().clone(), dev),
                     Tensor::from_storage(v_new, p.shape().clone(), dev),
                 );
                 p.assign(&Tensor::from_storage(p_new, p.shape().clone(), dev))?;
-                self.moments.insert(name.clone(), (m, v));
+                self.moments.insert((*name).clone(), (m, v));
             }
             self.steps += 1;
             Ok(())

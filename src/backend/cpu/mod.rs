@@ -92,6 +92,9 @@ impl Backend for CpuBackend {
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         Ok(wrap(reduce::sum_axis(host(x)?, layout)))
     }
+    fn sum_keep_middle(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
+        Ok(wrap(reduce::sum_keep_middle(host(x)?, layout)))
+    }
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
         let xs = inputs
             .iter()

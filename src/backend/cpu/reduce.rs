@@ -33,6 +33,24 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
     out
 }
 
+/// y[l] = Σ_o Σ_i x[o, l, i]: one pass per output (in parallel over l), each contiguous run of `inner`
+/// values summed in f64.
+pub fn sum_keep_middle(x: &[f32], l: AxisLayout) -> Vec<f32> {
+    let mut out = vec![0.0f32; l.len];
+    out.par_iter_mut().enumerate().for_each(|(c, y)| {
+        let mut acc = 0.0f64;
+        for o in 0..l.outer {
+            let start = (o * l.len + c) * l.inner;
+            acc += x[start..start + l.inner]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
+        }
+        *y = acc as f32;
+    });
+    out
+}
+
 /// Σ over the slices of Σ_i x_i², accumulated in f64 over chunks of at most 16384 values of one slice,
 /// computed in parallel and added in a fixed order, so the result does not depend on the thread count or
 /// on scheduling (a resumed run clips exactly as an uninterrupted one).

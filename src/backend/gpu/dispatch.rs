@@ -3,15 +3,18 @@
 //! parameter packing and kernel-shape helpers the launchers share.
 
 use super::runtime::{device_err, RO_SLOTS, RW_SLOTS};
-use super::shaders::ShaderVariant;
+use super::shaders::{Family, ShaderVariant};
 use super::{GpuBackend, Launch};
 use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 
 /// Dispatches recorded before the encoder is submitted without being asked.
 const MAX_PENDING: u32 = 128;
-/// u32 words of every parameter block (at least the largest Params struct of the shaders, 28).
-pub(super) const PARAM_WORDS: usize = 32;
+/// u32 words of every parameter block (at least the largest Params struct of the shaders: multi.wgsl's
+/// MultiParams, 64; 256 bytes, the usual uniform offset alignment, so a larger block costs no space).
+pub(super) const PARAM_WORDS: usize = 64;
+/// Words of multi.wgsl's MultiParams before its table (of `shaders::MULTI_TABLE_ROWS` vec4 rows).
+pub(super) const MULTI_HEADER_WORDS: usize = 12;
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(super) const WG: u64 = 256;
 
@@ -88,7 +91,10 @@ impl GpuBackend {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
-                layout: Some(&self.pipeline_layout),
+                layout: Some(match variant.family {
+                    Family::Multi { .. } => &self.wide_pipeline_layout,
+                    _ => &self.pipeline_layout,
+                }),
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
@@ -146,6 +152,71 @@ impl GpuBackend {
                 )));
             }
         }
+        let storage: Vec<&wgpu::Buffer> = bindings
+            .inputs
+            .iter()
+            .map(|b| b.unwrap_or(&self.dummy_ro))
+            .chain(
+                bindings
+                    .outputs
+                    .iter()
+                    .zip(&self.dummy_rw)
+                    .map(|(b, dummy)| b.unwrap_or(dummy)),
+            )
+            .collect();
+        self.record(variant, entry, params, &self.layout, &storage, groups)
+    }
+
+    /// Records one dispatch of a multi-tensor kernel (multi.wgsl) over `groups` workgroups, binding
+    /// `slots[k]` to binding k + 1 of the wide layout; `None` and the slots past the end get dummies. Every
+    /// slot is read-write, so no buffer may appear twice.
+    pub(super) fn launch_multi(
+        &self,
+        entry: &'static str,
+        params: &[u32],
+        slots: &[Option<&wgpu::Buffer>],
+        groups: u64,
+    ) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        if slots.len() > self.wide_slots as usize {
+            return Err(Error::Device(format!(
+                "kernel {entry}: {} buffers exceed the {} slots of the multi-tensor layout",
+                slots.len(),
+                self.wide_slots
+            )));
+        }
+        for (i, b) in slots.iter().enumerate() {
+            if b.is_some() && slots[..i].contains(b) {
+                return Err(Error::Device(format!(
+                    "kernel {entry}: a buffer is bound twice (every multi-tensor slot is read-write)"
+                )));
+            }
+        }
+        let storage: Vec<&wgpu::Buffer> = self
+            .dummy_wide
+            .iter()
+            .enumerate()
+            .map(|(k, dummy)| slots.get(k).copied().flatten().unwrap_or(dummy))
+            .collect();
+        let variant = ShaderVariant::plain(Family::Multi {
+            slots: self.wide_slots,
+        });
+        self.record(&variant, entry, params, &self.wide_layout, &storage, groups)
+    }
+
+    /// Records a dispatch of `entry` with `params` as its parameter block and `storage[k]` bound to
+    /// binding k + 1 of `layout`.
+    fn record(
+        &self,
+        variant: &ShaderVariant,
+        entry: &'static str,
+        params: &[u32],
+        layout: &wgpu::BindGroupLayout,
+        storage: &[&wgpu::Buffer],
+        groups: u64,
+    ) -> Result<()> {
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
         if params.len() > PARAM_WORDS {
@@ -182,22 +253,16 @@ impl GpuBackend {
                 size: std::num::NonZeroU64::new(PARAM_WORDS as u64 * 4),
             }),
         }];
-        for (i, b) in bindings.inputs.iter().enumerate() {
+        for (i, b) in storage.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: 1 + i as u32,
-                resource: b.unwrap_or(&self.dummy_ro).as_entire_binding(),
-            });
-        }
-        for (i, b) in bindings.outputs.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: (1 + RO_SLOTS + i) as u32,
-                resource: b.unwrap_or(&self.dummy_rw[i]).as_entire_binding(),
+                resource: b.as_entire_binding(),
             });
         }
         self.count(Launch::BindGroup);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
-            layout: &self.layout,
+            layout,
             entries: &entries,
         });
         if pending.pass.is_none() {

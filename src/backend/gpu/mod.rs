@@ -6,9 +6,13 @@
 //!   that size. This is safe without waiting because every use goes through one ordered command stream
 //!   (uploads create fresh buffers mapped at creation, never `queue.write_buffer` into pooled ones, whose
 //!   write would jump ahead of already-encoded reads).
-//! - Pipelines are built once per (module variant, entry point) and cached; all share one bind-group
-//!   layout: binding 0 a uniform parameter block, 1–5 read-only storage, 6–8 read-write storage. Unused
-//!   slots get dummy buffers, so an input is never also bound read-write.
+//! - Pipelines are built once per (module variant, entry point) and cached; all but the multi-tensor
+//!   kernels share one bind-group layout: binding 0 a uniform parameter block, 1–5 read-only storage, 6–8
+//!   read-write storage. Unused slots get dummy buffers, so an input is never also bound read-write.
+//! - Multi-tensor kernels (multi.wgsl: AdamW and the gradient norm's sum of squares over all parameters)
+//!   use a wide layout of up to [`MAX_WIDE_SLOTS`] read-write storage bindings, as many as the adapter
+//!   allows, so one launch covers several tensors: ConvNeXt-atto's 128 parameters take 32 AdamW launches
+//!   and 6 sum-of-squares launches on a 32-binding adapter, instead of 128 and 32.
 //! - Command batching: dispatches are recorded into one encoder and submitted together when a readback
 //!   needs them or after `MAX_PENDING` dispatches. Their parameter blocks go into one uniform buffer
 //!   per batch (at aligned offsets), written by one queue write just before the submit.
@@ -39,11 +43,11 @@ mod runtime;
 pub mod shaders;
 mod softmax;
 
-pub use runtime::{GpuBuffer, GpuOptions};
+pub use runtime::{GpuBuffer, GpuOptions, MAX_WIDE_SLOTS};
 
 use super::{
-    AdamWStep, AxisLayout, Backend, BinaryOp, LaunchCounters, LayerNormGrads, LayerNormOutput,
-    MatmulSpec, Storage, UnaryOp,
+    AdamWItem, AdamWStep, AxisLayout, Backend, BinaryOp, LaunchCounters, LayerNormGrads,
+    LayerNormOutput, MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -80,6 +84,12 @@ pub struct GpuBackend {
     pool: Arc<BufferPool>,
     layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
+    /// Storage bindings of the multi-tensor kernels' layout (see [`GpuOptions::max_wide_slots`]).
+    wide_slots: u32,
+    wide_layout: wgpu::BindGroupLayout,
+    wide_pipeline_layout: wgpu::PipelineLayout,
+    /// One dummy per wide slot, for the slots a launch leaves unused.
+    dummy_wide: Vec<wgpu::Buffer>,
     modules: Mutex<HashMap<ShaderVariant, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(ShaderVariant, &'static str), wgpu::ComputePipeline>>,
     pending: Mutex<Pending>,
@@ -159,6 +169,9 @@ impl Backend for GpuBackend {
     fn sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         self.launch_sum_axis(x, l)
     }
+    fn sum_keep_middle(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
+        self.launch_sum_keep_middle(x, l)
+    }
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
         self.launch_sum_squares(inputs)
     }
@@ -217,6 +230,13 @@ impl Backend for GpuBackend {
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
         self.launch_adamw_update(param, grad, moments, grad_scale, len, h)
+    }
+    fn adamw_update_many(
+        &self,
+        items: &[AdamWItem<'_>],
+        grad_scale: Option<&Storage>,
+    ) -> Result<Vec<(Storage, Storage, Storage)>> {
+        self.launch_adamw_many(items, grad_scale)
     }
 
     fn readback_count(&self) -> u64 {

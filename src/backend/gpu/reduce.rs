@@ -1,11 +1,14 @@
 //! Launchers of the reduce kernels (reduce.wgsl): sums over an axis, chunk sums and permutes.
 
-use super::dispatch::{pack8, u32_of, Bindings};
+use super::dispatch::{pack8, u32_of, Bindings, MULTI_HEADER_WORDS};
 use super::runtime::GpuBuffer;
-use super::shaders::{Family, ShaderVariant};
+use super::shaders::{sum_squares_tensors_per_launch, Family, ShaderVariant, MULTI_TABLE_ROWS};
 use super::GpuBackend;
 use crate::backend::{AxisLayout, Backend, Storage};
 use crate::error::{Error, Result};
+
+/// Elements per workgroup of sum_squares_multi (multi.wgsl's SQ_CHUNK).
+const SQ_CHUNK: usize = 4096;
 
 impl GpuBackend {
     /// out[i] = Σ_s partial[s·len + i] for s < chunks: a sum over the middle axis of (1, chunks, len).
@@ -49,36 +52,96 @@ impl GpuBackend {
         Ok(Self::wrap(out))
     }
 
-    /// Σ Σ x² over `inputs`, four tensors per launch (one workgroup), each launch adding the previous
-    /// launch's total (bound in the fifth input slot).
-    pub(super) fn launch_sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
+    pub(super) fn launch_sum_keep_middle(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
+        let x = self.buf(x)?;
+        let out = self.alloc(l.len)?;
+        let mut params = vec![
+            u32_of("outer", l.outer)?,
+            u32_of("len", l.len)?,
+            u32_of("inner", l.inner)?,
+            0,
+        ];
+        let positions = l.outer * l.inner;
+        u32_of("outer·inner", positions)?;
+        params.extend([0u32; 16]);
         let variant = ShaderVariant::plain(Family::Reduce);
-        let mut total: Option<GpuBuffer> = None;
-        if inputs.is_empty() {
-            return self.launch_fill(1, 0.0);
-        }
-        for group in inputs.chunks(4) {
-            let out = self.alloc(1)?;
-            let mut lens = [0u32; 4];
-            let mut slots: Vec<Option<&wgpu::Buffer>> = vec![None; 5];
-            for (k, &(s, len)) in group.iter().enumerate() {
-                lens[k] = u32_of("a tensor's length", len)?;
-                slots[k] = Some(self.buf(s)?.raw());
-            }
-            slots[4] = total.as_ref().map(GpuBuffer::raw);
-            let mut params = lens.to_vec();
-            params.push(total.is_some() as u32);
-            params.extend([0u32; 15]);
+        let bindings = Bindings::new(&[Some(x.raw())], &[out.raw()]);
+        // A workgroup per output pays for its tree reduction's barriers; below this many positions, a
+        // thread per output with a serial loop is cheaper.
+        if positions > 16384 {
             self.launch(
                 &variant,
-                "sum_squares",
+                "sum_keep_middle_wg",
                 &params,
-                Bindings::new(&slots, &[out.raw()]),
-                1,
+                bindings,
+                l.len as u64,
             )?;
-            total = Some(out);
+        } else {
+            self.launch_elements(&variant, "sum_keep_middle_thread", &params, bindings, l.len)?;
         }
-        Ok(Self::wrap(total.expect("at least one group")))
+        Ok(Self::wrap(out))
+    }
+
+    /// Σ Σ x² over `inputs` (multi.wgsl's sum_squares_multi): every launch takes as many tensors as the
+    /// wide layout and the parameter table allow, each workgroup writes the sum over one chunk, and one
+    /// more launch adds the chunks' sums. ConvNeXt-atto's 128 gradients take 6 launches on a 32-slot
+    /// adapter.
+    pub(super) fn launch_sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
+        let per_launch = sum_squares_tensors_per_launch(self.wide_slots) as usize;
+        let bufs = inputs
+            .iter()
+            .map(|&(s, len)| Ok((self.buf(s)?, len)))
+            .collect::<Result<Vec<_>>>()?;
+        let chunks: Vec<usize> = bufs.iter().map(|(_, len)| len.div_ceil(SQ_CHUNK)).collect();
+        let total: usize = chunks.iter().sum();
+        if total == 0 {
+            return self.launch_fill(1, 0.0);
+        }
+        let partials = self.alloc(total)?;
+        let mut offset = 0usize;
+        let mut start = 0usize;
+        while start < bufs.len() {
+            // The next launch: up to `per_launch` tensors, none of whose buffers is already in it.
+            let mut end = start;
+            while end < bufs.len()
+                && end - start < per_launch
+                && !bufs[start..end]
+                    .iter()
+                    .any(|(b, _)| b.raw() == bufs[end].0.raw())
+            {
+                end += 1;
+            }
+            let mut table = [0u32; 4 * MULTI_TABLE_ROWS as usize];
+            let mut groups = 0usize;
+            let mut slots: Vec<Option<&wgpu::Buffer>> = vec![Some(partials.raw())];
+            for (t, ((b, len), &c)) in bufs[start..end].iter().zip(&chunks[start..end]).enumerate()
+            {
+                table[2 * t] = u32_of("a tensor's length", *len)?;
+                table[2 * t + 1] = u32_of("workgroups", groups)?;
+                groups += c;
+                slots.push(Some(b.raw()));
+            }
+            let mut params = vec![
+                (end - start) as u32,
+                0,
+                0,
+                u32_of("partial sums", offset)?,
+                u32_of("workgroups", groups)?,
+            ];
+            params.resize(MULTI_HEADER_WORDS, 0);
+            params.extend(table);
+            self.launch_multi("sum_squares_multi", &params, &slots, groups as u64)?;
+            offset += groups;
+            start = end;
+        }
+        self.launch_sum_axis(
+            &Self::wrap(partials),
+            AxisLayout {
+                outer: 1,
+                len: total,
+                inner: 1,
+            },
+        )
     }
 
     pub(super) fn launch_permute(

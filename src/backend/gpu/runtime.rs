@@ -26,7 +26,13 @@ pub struct GpuOptions {
     /// GEMMs with fewer output tiles than this split K across workgroups (default: 8 on a CPU adapter
     /// such as llvmpipe, 256 on a GPU).
     pub min_parallel_workgroups: Option<u32>,
+    /// Caps the storage bindings of the multi-tensor kernels (default: the adapter's limit, at most
+    /// [`MAX_WIDE_SLOTS`]; at least 8). Tests use a small cap to spread a few tensors over several launches.
+    pub max_wide_slots: Option<u32>,
 }
+
+/// The most storage bindings the multi-tensor kernels (multi.wgsl) use, however many the adapter allows.
+pub const MAX_WIDE_SLOTS: u32 = 64;
 
 /// A GPU buffer holding `len` f32 values; returns to its backend's pool when dropped.
 pub struct GpuBuffer {
@@ -177,6 +183,28 @@ impl GpuBackend {
             label: Some("liera kernels"),
             entries: &entries,
         });
+        // The wide layout of the multi-tensor kernels: the parameter block and `wide_slots` read-write
+        // storage bindings.
+        let wide_slots = options
+            .max_wide_slots
+            .unwrap_or(MAX_WIDE_SLOTS)
+            .min(MAX_WIDE_SLOTS)
+            .min(limits.max_storage_buffers_per_shader_stage)
+            .max((RO_SLOTS + RW_SLOTS) as u32);
+        let wide_entries: Vec<_> = entries[..1]
+            .iter()
+            .cloned()
+            .chain((1..=wide_slots).map(|k| storage_entry(k, false)))
+            .collect();
+        let wide_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("liera multi-tensor kernels"),
+            entries: &wide_entries,
+        });
+        let wide_pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("liera multi-tensor kernels"),
+            bind_group_layouts: &[Some(&wide_layout)],
+            immediate_size: 0,
+        });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("liera kernels"),
             bind_group_layouts: &[Some(&layout)],
@@ -195,6 +223,8 @@ impl GpuBackend {
         };
         let dummy_ro = dummy("dummy input");
         let dummy_rw = (0..RW_SLOTS).map(|_| dummy("dummy output")).collect();
+        // One per wide slot: a buffer bound read-write twice in one dispatch is rejected.
+        let dummy_wide = (0..wide_slots).map(|_| dummy("dummy slot")).collect();
         // Parameter blocks share one uniform buffer per batch at offsets the adapter can bind.
         let param_stride = ((PARAM_WORDS * 4) as u64)
             .next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(16) as u64);
@@ -219,6 +249,10 @@ impl GpuBackend {
             pool: Arc::new(BufferPool::default()),
             layout,
             pipeline_layout,
+            wide_slots,
+            wide_layout,
+            wide_pipeline_layout,
+            dummy_wide,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),

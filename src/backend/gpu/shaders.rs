@@ -29,6 +29,7 @@ const DEPTHWISE: ShaderFile = (
 );
 const NORM: ShaderFile = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
 const OPTIM: ShaderFile = ("optim.wgsl", include_str!("../../../shaders/optim.wgsl"));
+const MULTI: ShaderFile = ("multi.wgsl", include_str!("../../../shaders/multi.wgsl"));
 const SOFTMAX: ShaderFile = (
     "softmax.wgsl",
     include_str!("../../../shaders/softmax.wgsl"),
@@ -46,6 +47,7 @@ pub const ALL_FILES: &[ShaderFile] = &[
     NORM,
     SOFTMAX,
     OPTIM,
+    MULTI,
 ];
 
 /// A kernel family: the files its module is assembled from.
@@ -67,6 +69,12 @@ pub enum Family {
     Softmax,
     /// The fused AdamW update (optim.wgsl).
     Optim,
+    /// Kernels over many tensors per launch (multi.wgsl) on the wide layout of `slots` read-write storage
+    /// bindings (see [`multi_slots_wgsl`]).
+    Multi {
+        /// Storage bindings 1..=slots.
+        slots: u32,
+    },
 }
 
 impl Family {
@@ -81,19 +89,88 @@ impl Family {
             Family::Norm => &[COMMON, NORM],
             Family::Softmax => &[COMMON, SOFTMAX],
             Family::Optim => &[COMMON, OPTIM],
+            Family::Multi { .. } => &[COMMON, MULTI],
         }
     }
 
     /// WGSL generated from Rust for this family's module (empty for most): the op-code constants
     /// (`const OP_EXP: u32 = 0u;` ..., see `backend/op_codes.rs`) for the elementwise family, the
-    /// [`ConvParams`] struct for the convolutions.
+    /// [`ConvParams`] struct for the convolutions, the storage bindings and their accessors for the
+    /// multi-tensor kernels.
     pub fn prelude(self) -> String {
         match self {
             Family::Elementwise => op_codes::wgsl_constants(),
             Family::Conv2d | Family::Depthwise => ConvParams::wgsl(),
+            Family::Multi { slots } => multi_slots_wgsl(slots),
             _ => String::new(),
         }
     }
+}
+
+/// multi.wgsl's generated part for a wide layout of `slots` bindings: the storage bindings s1 … s`slots`
+/// (read_write arrays of f32), and the per-tensor work as a switch over the tensor t with one case per
+/// tensor slot, since WGSL cannot index bindings:
+/// - `adamw_tensor(t, i, has_moments, lr, weight_decay)`: element i of tensor t, whose p, g, m, v, p', m', v'
+///   are s(7t+2) … s(7t+8) (s1 is the gradient scale), through multi.wgsl's `adamw_element`;
+/// - `sum_squares_tensor(t, first, end) -> f32`: Σ x² over elements first, first + 256, … below end of
+///   tensor t, s(t+2) (s1 takes the partial sums).
+pub fn multi_slots_wgsl(slots: u32) -> String {
+    let mut s = String::new();
+    for k in 1..=slots {
+        s.push_str(&format!(
+            "@group(0) @binding({k}) var<storage, read_write> s{k}: array<f32>;\n"
+        ));
+    }
+    s.push_str(
+        "fn adamw_tensor(t: u32, i: u32, has_moments: bool, lr: f32, weight_decay: f32) {\n    switch t {\n",
+    );
+    for t in 0..adamw_tensors_per_launch(slots) {
+        let b = 7 * t + 2;
+        let [p, g, m, v, po, mo, vo] = [b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6];
+        s.push_str(&format!(
+            "        case {t}u: {{
+            var m0 = 0.0;
+            var v0 = 0.0;
+            if (has_moments) {{
+                m0 = s{m}[i];
+                v0 = s{v}[i];
+            }}
+            let r = adamw_element(s{p}[i], s{g}[i], m0, v0, lr, weight_decay);
+            s{po}[i] = r.x;
+            s{mo}[i] = r.y;
+            s{vo}[i] = r.z;
+        }}\n"
+        ));
+    }
+    s.push_str("        default: {}\n    }\n}\n");
+    s.push_str("fn sum_squares_tensor(t: u32, first: u32, end: u32) -> f32 {\n    var acc = 0.0;\n    switch t {\n");
+    for t in 0..sum_squares_tensors_per_launch(slots) {
+        let k = t + 2;
+        s.push_str(&format!(
+            "        case {t}u: {{
+            for (var j = first; j < end; j += 256u) {{
+                acc += s{k}[j] * s{k}[j];
+            }}
+        }}\n"
+        ));
+    }
+    s.push_str("        default: {}\n    }\n    return acc;\n}\n");
+    s
+}
+
+/// Rows of multi.wgsl's parameter table (`MultiParams::table`).
+pub const MULTI_TABLE_ROWS: u32 = 13;
+
+/// Parameters adamw_multi updates per launch on a wide layout of `slots` bindings: 7 each after the
+/// gradient scale's, and one table row each.
+pub fn adamw_tensors_per_launch(slots: u32) -> u32 {
+    ((slots - 1) / 7).min(MULTI_TABLE_ROWS)
+}
+
+/// Tensors sum_squares_multi reduces per launch on a wide layout of `slots` bindings: one each after the
+/// partial sums', and half a table row each.
+pub fn sum_squares_tensors_per_launch(slots: u32) -> u32 {
+    (slots - 1).min(2 * MULTI_TABLE_ROWS)
 }
 
 /// Declares a uniform parameter block of u32 fields once for host and WGSL: a `#[repr(C)]` Rust struct
@@ -339,6 +416,11 @@ pub fn all_variants() -> Vec<ShaderVariant> {
         Family::Optim,
     ] {
         v.push(ShaderVariant::plain(f));
+    }
+    // The smallest wide layout any adapter gets (the 8 slots liera requires), and the caps used on adapters
+    // with more.
+    for slots in [8, 32, 64] {
+        v.push(ShaderVariant::plain(Family::Multi { slots }));
     }
     v
 }

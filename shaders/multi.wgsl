@@ -1,0 +1,111 @@
+// multi.wgsl — kernels over many tensors per launch: adamw_multi, sum_squares_multi.
+//
+// A training step updates every parameter and reduces every gradient; one launch per tensor would cost
+// one dispatch each (128 for ConvNeXt-atto). These kernels take many tensors per launch, each in its own
+// buffer. The buffers are the module's storage bindings s1 … sS, all read_write (S follows the adapter's
+// limit on storage buffers per stage). WGSL cannot index bindings, so the per-tensor work is generated
+// (Family::Multi's prelude): adamw_tensor(t, i, …) and sum_squares_tensor(t, …) are a switch over the
+// tensor t, one case per tensor slot reaching its bindings directly. t is the same for a whole workgroup,
+// so the switch does not diverge.
+//
+// The parameter block's table says which tensor a workgroup works on: tensor t starts at workgroup
+// first_t, and a workgroup takes the last tensor whose first_t ≤ its index (tensors of length 0 own no
+// workgroup and are skipped). Workgroups at or past `groups` (the grid's rounding) do nothing.
+//
+// adamw_multi: one thread per element. s1 holds the gradient scale c (read when flags bit 1 is set);
+//   tensor t uses s(7t+2) … s(7t+8): p, g, m, v (read) and p', m', v' (written, fresh buffers).
+//   table[t] = (len_t, first_t, lr_t bits, weight decay_t bits). adamw_element is optim.wgsl's formula in
+//   the same evaluation order (bit-identical results): m = v = 0 when flags bit 0 (has moments) is clear,
+//     g ← g·c,  m' = β₁·m + (1 − β₁)·g,  v' = β₂·v + (1 − β₂)·g²,
+//     p' = p·(1 − lr·λ) − (lr/b₁)·m' / (√(v'/b₂) + ε).
+// sum_squares_multi: tensor t is s(t+2). Workgroup w sums x² over a chunk of SQ_CHUNK elements of its
+//   tensor (a tree reduction) and writes the chunk's sum to s1[aux_offset + w]; the host sums those
+//   partials with reduce.wgsl's sum_axis. table holds two tensors per vec4: (len, first) in .xy for even t
+//   and in .zw for odd t.
+
+struct MultiParams {
+    // Tensors in this launch.
+    count: u32,
+    // adamw_multi: bit 0 has moments, bit 1 has a gradient scale.
+    flags: u32,
+    _pad2: u32,
+    // sum_squares_multi: where this launch's partial sums start in slot aux_slot.
+    aux_offset: u32,
+    // Workgroups of this launch.
+    groups: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias1: f32,
+    bias2: f32,
+    _pad0: u32,
+    _pad1: u32,
+    table: array<vec4<u32>, 13>,
+}
+
+@group(0) @binding(0) var<uniform> params: MultiParams;
+
+// Elements per workgroup of sum_squares_multi (16 per thread).
+const SQ_CHUNK: u32 = 4096u;
+
+@compute @workgroup_size(256)
+fn adamw_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let wid = linear_workgroup(wg, nwg);
+    if (wid >= params.groups) {
+        return;
+    }
+    var t = 0u;
+    while (t + 1u < params.count && params.table[t + 1u].y <= wid) {
+        t += 1u;
+    }
+    let e = params.table[t];
+    let i = (wid - e.y) * 256u + lid;
+    if (i >= e.x) {
+        return;
+    }
+    adamw_tensor(t, i, (params.flags & 1u) != 0u, bitcast<f32>(e.z), bitcast<f32>(e.w));
+}
+
+// (p', m', v') of one element (see the header).
+fn adamw_element(p: f32, g: f32, m0: f32, v0: f32, lr: f32, weight_decay: f32) -> vec3<f32> {
+    var gi = g;
+    if ((params.flags & 2u) != 0u) {
+        gi = gi * s1[0];
+    }
+    let m1 = params.beta1 * m0 + (1.0 - params.beta1) * gi;
+    let v1 = params.beta2 * v0 + (1.0 - params.beta2) * (gi * gi);
+    let decay = 1.0 - lr * weight_decay;
+    let step = lr / params.bias1;
+    return vec3<f32>(p * decay - step * m1 / (sqrt(v1 * (1.0 / params.bias2)) + params.eps), m1, v1);
+}
+
+// (len, first) of tensor t of sum_squares_multi's table.
+fn sq_entry(t: u32) -> vec2<u32> {
+    let e = params.table[t / 2u];
+    if (t % 2u == 0u) {
+        return e.xy;
+    }
+    return e.zw;
+}
+
+@compute @workgroup_size(256)
+fn sum_squares_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let wid = linear_workgroup(wg, nwg);
+    let live = wid < params.groups;
+    var acc = 0.0;
+    if (live) {
+        var t = 0u;
+        while (t + 1u < params.count && sq_entry(t + 1u).y <= wid) {
+            t += 1u;
+        }
+        let e = sq_entry(t);
+        let start = (wid - e.y) * SQ_CHUNK;
+        acc = sum_squares_tensor(t, start + lid, min(start + SQ_CHUNK, e.x));
+    }
+    let sum = workgroup_sum(lid, acc);
+    if (live && lid == 0u) {
+        s1[params.aux_offset + wid] = sum;
+    }
+}
