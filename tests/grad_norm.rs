@@ -288,3 +288,65 @@ fn layer_norm_last_backward_over_many_rows_equals_its_halves() {
         }
     }
 }
+
+/// GRN composed from the engine's ops (timm's formula, as the op was written before its fused kernels).
+fn grn_composed(
+    x: &liera::Tensor,
+    gamma: &liera::Tensor,
+    beta: &liera::Tensor,
+    eps: f32,
+    channels_last: bool,
+) -> liera::Result<liera::Tensor> {
+    let (c_axis, spatial, param_shape) = if channels_last {
+        (3, [1, 2], [1, 1, 1, gamma.numel()])
+    } else {
+        (1, [2, 3], [1, gamma.numel(), 1, 1])
+    };
+    let g = x.mul(x)?.sum(&spatial, true)?.add_scalar(1e-30)?.sqrt()?;
+    let n = g.div(&g.mean(&[c_axis], true)?.add_scalar(eps)?)?;
+    x.mul(&n)?
+        .mul(&gamma.reshape(param_shape)?)?
+        .add(&beta.reshape(param_shape)?)?
+        .add(x)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The fused GRN kernels equal the composed formula, forward and every gradient, on sizes past the
+    /// finite-difference test's: more channels than a GPU workgroup has threads, and up to 81 positions.
+    #[test]
+    fn fused_grn_equals_the_composed_formula(n in 1usize..4, c in prop_oneof![1usize..8, 250usize..600], h in 1usize..10, w in 1usize..10, channels_last: bool, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let shape = if channels_last { [n, h, w, c] } else { [n, c, h, w] };
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let (xv, gv, bv, wv) = (
+            f32s(rng.vec(n * c * h * w, -2.0, 2.0)),
+            f32s(rng.vec(c, -1.0, 1.0)),
+            f32s(rng.vec(c, -1.0, 1.0)),
+            f32s(rng.vec(n * c * h * w, -1.0, 1.0)),
+        );
+        for dev in devices() {
+            let run = |fused: bool| -> liera::Result<Vec<Vec<f32>>> {
+                let x = liera::Tensor::param(&xv, shape, &dev)?;
+                let gamma = liera::Tensor::param(&gv, [c], &dev)?;
+                let beta = liera::Tensor::param(&bv, [c], &dev)?;
+                let y = if fused { x.grn(&gamma, &beta, 1e-6, channels_last)? } else { grn_composed(&x, &gamma, &beta, 1e-6, channels_last)? };
+                let weights = liera::Tensor::from_slice(&wv, shape, &dev)?;
+                let grads = y.mul(&weights)?.sum_all()?.backward()?;
+                let mut out = vec![y.to_vec()?];
+                for t in [&x, &gamma, &beta] {
+                    out.push(grads.get(t).expect("a gradient").to_vec()?);
+                }
+                Ok(out)
+            };
+            let (fused, composed) = (run(true).unwrap(), run(false).unwrap());
+            for (k, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    prop_assert!((u - v).abs() <= 1e-4 * (scale + v.abs()), "{shape:?} on {}: output {k} element {i}: fused {u} vs composed {v}", dev.name());
+                }
+            }
+        }
+    }
+}

@@ -160,6 +160,49 @@ pub struct LayerNormGrads {
     pub dbias: Storage,
 }
 
+/// The shape of a Global Response Normalisation: `batch` images of `channels` channels at `positions`
+/// positions (H·W), laid out (n, c, p) or, with `channels_last`, (n, p, c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrnLayout {
+    /// Images N.
+    pub batch: usize,
+    /// Channels C.
+    pub channels: usize,
+    /// Positions per channel, H·W.
+    pub positions: usize,
+    /// (n, p, c) instead of (n, c, p).
+    pub channels_last: bool,
+}
+
+impl GrnLayout {
+    /// Elements of the tensor.
+    pub fn numel(&self) -> usize {
+        self.batch * self.channels * self.positions
+    }
+}
+
+/// Output of the GRN forward kernel.
+#[derive(Clone, Debug)]
+pub struct GrnOutput {
+    /// y, x's shape.
+    pub y: Storage,
+    /// G = √(Σ_p x² + δ) per (image, channel), batch·channels entries.
+    pub gnorm: Storage,
+    /// D = mean over channels of G, plus ε, per image.
+    pub denom: Storage,
+}
+
+/// Gradients from the GRN backward kernels.
+#[derive(Clone, Debug)]
+pub struct GrnGrads {
+    /// ∂L/∂x, x's shape.
+    pub dx: Storage,
+    /// ∂L/∂γ, one per channel.
+    pub dgamma: Storage,
+    /// ∂L/∂β, one per channel.
+    pub dbeta: Storage,
+}
+
 /// Hyper-parameters of one fused AdamW update (see [`Backend::adamw_update`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
@@ -297,6 +340,27 @@ pub trait Backend: Send + Sync {
         rstd: &Storage,
         layout: AxisLayout,
     ) -> Result<LayerNormGrads>;
+
+    /// Global Response Normalisation (see `ops/grn.rs` for the formulas): y = (x·N)·γ + β + x with
+    /// N = G / D, G = √(Σ_p x² + δ) per image and channel, D = mean_c G + ε per image.
+    fn grn(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        layout: GrnLayout,
+        eps: f32,
+    ) -> Result<GrnOutput>;
+    /// The GRN backward, from the forward's saved G and D.
+    fn grn_backward(
+        &self,
+        dy: &Storage,
+        x: &Storage,
+        gamma: &Storage,
+        gnorm: &Storage,
+        denom: &Storage,
+        layout: GrnLayout,
+    ) -> Result<GrnGrads>;
 
     /// y = x − log Σ exp(x) over the middle axis of `layout`.
     fn log_softmax(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;

@@ -3,6 +3,7 @@
 mod conv;
 mod depthwise;
 mod elementwise;
+mod grn;
 mod matmul;
 mod norm;
 mod reduce;
@@ -10,8 +11,8 @@ mod reduce;
 pub use elementwise::{erf, gelu, gelu_derivative};
 
 use super::{
-    AdamWStep, AxisLayout, Backend, BinaryOp, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage,
-    UnaryOp,
+    AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput, LayerNormGrads,
+    LayerNormOutput, MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -146,6 +147,44 @@ impl Backend for CpuBackend {
             y: wrap(y),
             mean: wrap(mean),
             rstd: wrap(rstd),
+        })
+    }
+    fn grn(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        layout: GrnLayout,
+        eps: f32,
+    ) -> Result<GrnOutput> {
+        let (y, gnorm, denom) = grn::grn(host(x)?, host(gamma)?, host(beta)?, layout, eps);
+        Ok(GrnOutput {
+            y: wrap(y),
+            gnorm: wrap(gnorm),
+            denom: wrap(denom),
+        })
+    }
+    fn grn_backward(
+        &self,
+        dy: &Storage,
+        x: &Storage,
+        gamma: &Storage,
+        gnorm: &Storage,
+        denom: &Storage,
+        layout: GrnLayout,
+    ) -> Result<GrnGrads> {
+        let (dx, dgamma, dbeta) = grn::grn_backward(
+            host(dy)?,
+            host(x)?,
+            host(gamma)?,
+            host(gnorm)?,
+            host(denom)?,
+            layout,
+        );
+        Ok(GrnGrads {
+            dx: wrap(dx),
+            dgamma: wrap(dgamma),
+            dbeta: wrap(dbeta),
         })
     }
     fn layer_norm_backward(

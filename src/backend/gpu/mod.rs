@@ -29,12 +29,14 @@
 //! Layout: `runtime.rs` holds the device and buffers, `dispatch.rs` the batching and dispatch helpers;
 //! each kernel family's launchers live in a file named like its shader and its CPU counterpart
 //! (`elementwise.rs`,
-//! `reduce.rs`, `matmul.rs`, `conv.rs`, `norm.rs`, `softmax.rs`, `optim.rs`), and the [`Backend`] impl
+//! `reduce.rs`, `matmul.rs`, `conv.rs`, `norm.rs`, `grn.rs`, `softmax.rs`, `optim.rs`, with `multi.wgsl`'s
+//! launchers in `optim.rs` and `reduce.rs`), and the [`Backend`] impl
 //! below forwards to them.
 
 mod conv;
 mod dispatch;
 mod elementwise;
+mod grn;
 mod matmul;
 mod norm;
 mod optim;
@@ -46,8 +48,8 @@ mod softmax;
 pub use runtime::{GpuBuffer, GpuOptions, MAX_WIDE_SLOTS};
 
 use super::{
-    AdamWItem, AdamWStep, AxisLayout, Backend, BinaryOp, LaunchCounters, LayerNormGrads,
-    LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+    AdamWItem, AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput,
+    LaunchCounters, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -213,6 +215,27 @@ impl Backend for GpuBackend {
         l: AxisLayout,
     ) -> Result<LayerNormGrads> {
         self.launch_layer_norm_backward(dy, x, weight, mean, rstd, l)
+    }
+    fn grn(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        layout: GrnLayout,
+        eps: f32,
+    ) -> Result<GrnOutput> {
+        self.launch_grn(x, gamma, beta, layout, eps)
+    }
+    fn grn_backward(
+        &self,
+        dy: &Storage,
+        x: &Storage,
+        gamma: &Storage,
+        gnorm: &Storage,
+        denom: &Storage,
+        layout: GrnLayout,
+    ) -> Result<GrnGrads> {
+        self.launch_grn_backward(dy, x, gamma, gnorm, denom, layout)
     }
     fn log_softmax(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         self.launch_log_softmax(x, l)

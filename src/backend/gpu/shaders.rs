@@ -28,6 +28,7 @@ const DEPTHWISE: ShaderFile = (
     include_str!("../../../shaders/depthwise.wgsl"),
 );
 const NORM: ShaderFile = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const GRN: ShaderFile = ("grn.wgsl", include_str!("../../../shaders/grn.wgsl"));
 const OPTIM: ShaderFile = ("optim.wgsl", include_str!("../../../shaders/optim.wgsl"));
 const MULTI: ShaderFile = ("multi.wgsl", include_str!("../../../shaders/multi.wgsl"));
 const SOFTMAX: ShaderFile = (
@@ -45,6 +46,7 @@ pub const ALL_FILES: &[ShaderFile] = &[
     CONV2D,
     DEPTHWISE,
     NORM,
+    GRN,
     SOFTMAX,
     OPTIM,
     MULTI,
@@ -65,6 +67,8 @@ pub enum Family {
     Depthwise,
     /// Layer norm forward and backward (norm.wgsl).
     Norm,
+    /// Global Response Normalisation forward and backward (grn.wgsl).
+    Grn,
     /// Log-softmax forward and backward (softmax.wgsl).
     Softmax,
     /// The fused AdamW update (optim.wgsl).
@@ -87,6 +91,7 @@ impl Family {
             Family::Conv2d => &[COMMON, GEMM, CONV2D],
             Family::Depthwise => &[COMMON, DEPTHWISE],
             Family::Norm => &[COMMON, NORM],
+            Family::Grn => &[COMMON, GRN],
             Family::Softmax => &[COMMON, SOFTMAX],
             Family::Optim => &[COMMON, OPTIM],
             Family::Multi { .. } => &[COMMON, MULTI],
@@ -412,6 +417,7 @@ pub fn all_variants() -> Vec<ShaderVariant> {
         Family::Reduce,
         Family::Depthwise,
         Family::Norm,
+        Family::Grn,
         Family::Softmax,
         Family::Optim,
     ] {
