@@ -1,5 +1,5 @@
-//! Runs ConvNeXt-atto training steps in a loop, for profilers (`perf record`): `cargo run --release
-//! --example profile_step -- [steps] [full|lora|liera] [cpu|gpu]`. On the GPU it also prints what one step
+//! Runs ConvNeXt training steps in a loop, for profilers (`perf record`): `cargo run --release
+//! --example profile_step -- [steps] [full|lora|liera] [cpu|gpu] [preset]` (default convnext_atto). On the GPU it also prints what one step
 //! launches (dispatches, bind groups, submits, buffers created).
 use liera::backend::gpu::{GpuBackend, GpuOptions};
 use liera::job::bench::{training_step, StepKind};
@@ -26,10 +26,11 @@ fn main() -> liera::Result<()> {
         Some(g) => Device::from_backend(g.clone()),
         None => Device::cpu(),
     };
+    let preset = args.get(4).map_or("convnext_atto", String::as_str);
     let r = training_step(
         &device,
-        &ConvNeXtConfig::atto(),
-        "convnext_atto",
+        &ConvNeXtConfig::preset(preset)?,
+        preset,
         kind,
         64,
         reps,

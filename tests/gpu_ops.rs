@@ -366,12 +366,19 @@ fn multi_lengths() -> impl Strategy<Value = Vec<usize>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
-    /// The per-channel sum of both its kernels (a thread or a workgroup per channel) against the CPU.
+    /// The per-channel sum (of x and of a product) with both its kernels (a thread or a workgroup per
+    /// channel), and the per-channel scaled add, against the CPU.
     #[test]
     fn sum_keep_middle_matches_cpu(outer in 1usize..40, len in 1usize..70, inner in 1usize..700, seed in 0u64..1000) {
         let l = AxisLayout { outer, len, inner };
         let x = values(seed, l.numel(), -1.0, 1.0);
-        cross(&format!("sum_keep_middle {l:?}"), &[x], |b, s| Ok(vec![b.sum_keep_middle(&s[0], l)?]))?;
+        let x2 = values(seed + 1, l.numel(), -1.0, 1.0);
+        let scale = values(seed + 2, len, -1.0, 1.0);
+        cross(&format!("sum_keep_middle, sum_product_keep_middle, channel_scale_add {l:?}"), &[x, x2, scale], |b, s| Ok(vec![
+            b.sum_keep_middle(&s[0], l)?,
+            b.sum_product_keep_middle(&s[0], &s[1], l)?,
+            b.channel_scale_add(&s[0], &s[1], &s[2], l)?,
+        ]))?;
     }
 
     /// AdamW over many parameters at once (the multi-tensor kernel, several launches on both layouts)

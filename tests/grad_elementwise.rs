@@ -1,5 +1,5 @@
 //! Gradient property tests of the elementwise ops: add, sub, mul, div (with broadcasting), the scalar ops,
-//! exp, log, sqrt, GELU, the adapters' fused weight reparameterisations (ops/reparam.rs) and the squared
+//! exp, log, sqrt, GELU, the layer-scaled residual (ops/layer_scale.rs), the adapters' fused weight reparameterisations (ops/reparam.rs) and the squared
 //! global norm of gradient clipping (ops/sum_squares.rs). Each compares forward and tape gradients with an f64 reference (see common).
 
 mod common;
@@ -183,6 +183,30 @@ proptest! {
                 TOL,
             )
             .map_err(|e| TestCaseError::fail(format!("{} tensors on {}: {e}", shapes.len(), dev.name())))?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// y = x + γ_c·h on (N, C, …) tensors of rank 2 to 4 against f64, and its tape gradients.
+    #[test]
+    fn layer_scaled_residual(n in 1usize..3, c in 1usize..5, rest in prop::collection::vec(1usize..4, 0..=2), seed in any::<u64>()) {
+        let mut shape = vec![n, c];
+        shape.extend(&rest);
+        let numel: usize = shape.iter().product();
+        let inner = numel / (n * c);
+        let mut rng = Rng::new(seed);
+        let inputs = [
+            input(rng.vec(numel, -1.0, 1.0), &shape),
+            input(rng.vec(numel, -1.0, 1.0), &shape),
+            input(rng.vec(c, -1.0, 1.0), &[c]),
+        ];
+        for dev in devices() {
+            check_gradients(&dev, &inputs, |t| t[0].add_channel_scaled(&t[1], &t[2]), |v| {
+                (0..numel).map(|j| v[0][j] + v[2][(j / inner) % c] * v[1][j]).collect()
+            }, TOL).map_err(|e| TestCaseError::fail(format!("{shape:?} on {}: {e}", dev.name())))?;
         }
     }
 }

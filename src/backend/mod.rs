@@ -292,6 +292,22 @@ pub trait Backend: Send + Sync {
             },
         )
     }
+    /// y[l] = Σ_o Σ_i a[o, l, i]·b[o, l, i] (the per-channel gradient of a layer scale, Σ g·h).
+    fn sum_product_keep_middle(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        layout: AxisLayout,
+    ) -> Result<Storage>;
+    /// y = x + scale[l]·h at every (o, l, i) of an (outer, len, inner) view (a residual plus a layer-scaled
+    /// branch in one pass).
+    fn channel_scale_add(
+        &self,
+        x: &Storage,
+        h: &Storage,
+        scale: &Storage,
+        layout: AxisLayout,
+    ) -> Result<Storage>;
     /// Σ over `inputs` of Σ_i x_i² (each input's first `len` elements): one element, the squared global norm
     /// of gradient clipping, in a few launches for any number of tensors.
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage>;

@@ -39,9 +39,13 @@ impl DropPath {
     pub fn seek(&self, calls: u64) {
         self.calls.store(calls, Ordering::Relaxed);
     }
+    /// Whether [`DropPath::forward`] changes anything (training with a drop probability above 0).
+    pub fn is_active(&self, train: bool) -> bool {
+        train && self.prob != 0.0
+    }
     /// Drops whole samples of `x` (N, …) in training mode; the identity otherwise or when p = 0.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.prob == 0.0 {
+        if !self.is_active(train) {
             return Ok(x.clone());
         }
         let Some(&n) = x.dims().first() else {

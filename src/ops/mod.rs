@@ -12,6 +12,7 @@ pub mod exp;
 pub mod gelu;
 pub mod grn;
 pub mod layer_norm;
+pub mod layer_scale;
 pub mod linear;
 pub mod log;
 pub mod log_softmax;

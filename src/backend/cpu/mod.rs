@@ -96,6 +96,23 @@ impl Backend for CpuBackend {
     fn sum_keep_middle(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         Ok(wrap(reduce::sum_keep_middle(host(x)?, layout)))
     }
+    fn sum_product_keep_middle(&self, a: &Storage, b: &Storage, l: AxisLayout) -> Result<Storage> {
+        Ok(wrap(reduce::sum_product_keep_middle(host(a)?, host(b)?, l)))
+    }
+    fn channel_scale_add(
+        &self,
+        x: &Storage,
+        h: &Storage,
+        scale: &Storage,
+        l: AxisLayout,
+    ) -> Result<Storage> {
+        Ok(wrap(reduce::channel_scale_add(
+            host(x)?,
+            host(h)?,
+            host(scale)?,
+            l,
+        )))
+    }
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
         let xs = inputs
             .iter()

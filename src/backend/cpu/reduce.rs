@@ -51,6 +51,37 @@ pub fn sum_keep_middle(x: &[f32], l: AxisLayout) -> Vec<f32> {
     out
 }
 
+/// y[l] = Σ_o Σ_i a·b at (o, l, i), like [`sum_keep_middle`].
+pub fn sum_product_keep_middle(a: &[f32], b: &[f32], l: AxisLayout) -> Vec<f32> {
+    let mut out = vec![0.0f32; l.len];
+    out.par_iter_mut().enumerate().for_each(|(c, y)| {
+        let mut acc = 0.0f64;
+        for o in 0..l.outer {
+            let start = (o * l.len + c) * l.inner;
+            let (a, b) = (&a[start..start + l.inner], &b[start..start + l.inner]);
+            acc += a.iter().zip(b).map(|(&u, &v)| (u * v) as f64).sum::<f64>();
+        }
+        *y = acc as f32;
+    });
+    out
+}
+
+/// y = x + scale[l]·h at every (o, l, i), one rayon task per (o, l) row.
+pub fn channel_scale_add(x: &[f32], h: &[f32], scale: &[f32], l: AxisLayout) -> Vec<f32> {
+    let mut y = vec![0.0f32; l.numel()];
+    y.par_chunks_mut(l.inner.max(1))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, y)| {
+            let s = scale[row % l.len.max(1)];
+            let start = row * l.inner;
+            for ((y, &x), &h) in y.iter_mut().zip(&x[start..]).zip(&h[start..]) {
+                *y = x + s * h;
+            }
+        });
+    y
+}
+
 /// Σ over the slices of Σ_i x_i², accumulated in f64 over chunks of at most 16384 values of one slice,
 /// computed in parallel and added in a fixed order, so the result does not depend on the thread count or
 /// on scheduling (a resumed run clips exactly as an uninterrupted one).

@@ -172,7 +172,19 @@ impl Backend for GpuBackend {
         self.launch_sum_axis(x, l)
     }
     fn sum_keep_middle(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
-        self.launch_sum_keep_middle(x, l)
+        self.launch_sum_keep_middle(x, None, l)
+    }
+    fn sum_product_keep_middle(&self, a: &Storage, b: &Storage, l: AxisLayout) -> Result<Storage> {
+        self.launch_sum_keep_middle(a, Some(b), l)
+    }
+    fn channel_scale_add(
+        &self,
+        x: &Storage,
+        h: &Storage,
+        scale: &Storage,
+        l: AxisLayout,
+    ) -> Result<Storage> {
+        self.launch_channel_scale_add(x, h, scale, l)
     }
     fn sum_squares(&self, inputs: &[(&Storage, usize)]) -> Result<Storage> {
         self.launch_sum_squares(inputs)

@@ -52,20 +52,27 @@ impl GpuBackend {
         Ok(Self::wrap(out))
     }
 
-    pub(super) fn launch_sum_keep_middle(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
+    /// Σ_o Σ_i x[o, l, i], or of x·x2 when `x2` is given (sum_keep_middle_*).
+    pub(super) fn launch_sum_keep_middle(
+        &self,
+        x: &Storage,
+        x2: Option<&Storage>,
+        l: AxisLayout,
+    ) -> Result<Storage> {
         let x = self.buf(x)?;
+        let x2 = x2.map(|s| self.buf(s)).transpose()?;
         let out = self.alloc(l.len)?;
         let mut params = vec![
             u32_of("outer", l.outer)?,
             u32_of("len", l.len)?,
             u32_of("inner", l.inner)?,
-            0,
+            x2.is_some() as u32,
         ];
         let positions = l.outer * l.inner;
         u32_of("outer·inner", positions)?;
         params.extend([0u32; 16]);
         let variant = ShaderVariant::plain(Family::Reduce);
-        let bindings = Bindings::new(&[Some(x.raw())], &[out.raw()]);
+        let bindings = Bindings::new(&[Some(x.raw()), x2.map(GpuBuffer::raw)], &[out.raw()]);
         // A workgroup per output pays for its tree reduction's barriers; below this many positions, a
         // thread per output with a serial loop is cheaper.
         if positions > 16384 {
@@ -79,6 +86,38 @@ impl GpuBackend {
         } else {
             self.launch_elements(&variant, "sum_keep_middle_thread", &params, bindings, l.len)?;
         }
+        Ok(Self::wrap(out))
+    }
+
+    /// y = x + scale[l]·h over an (outer, len, inner) view (channel_scale_add).
+    pub(super) fn launch_channel_scale_add(
+        &self,
+        x: &Storage,
+        h: &Storage,
+        scale: &Storage,
+        l: AxisLayout,
+    ) -> Result<Storage> {
+        let (x, h, scale) = (self.buf(x)?, self.buf(h)?, self.buf(scale)?);
+        let n = l.numel();
+        let out = self.alloc(n)?;
+        let mut params = vec![
+            u32_of("outer", l.outer)?,
+            u32_of("len", l.len)?,
+            u32_of("inner", l.inner)?,
+            0,
+        ];
+        u32_of("length", n)?;
+        params.extend([0u32; 16]);
+        self.launch_elements(
+            &ShaderVariant::plain(Family::Reduce),
+            "channel_scale_add",
+            &params,
+            Bindings::new(
+                &[Some(x.raw()), Some(h.raw()), Some(scale.raw())],
+                &[out.raw()],
+            ),
+            n,
+        )?;
         Ok(Self::wrap(out))
     }
 

@@ -188,7 +188,8 @@ impl Block {
         })
     }
 
-    /// x + drop_path(γ ⊙ mlp(norm(conv_dw(x)))), NCHW in and out. With [`Block::checkpoint`] on (and in
+    /// x + drop_path(γ ⊙ mlp(norm(conv_dw(x)))), NCHW in and out; without stochastic depth, x + γ ⊙ h
+    /// is one op ([`Tensor::add_channel_scaled`]). With [`Block::checkpoint`] on (and in
     /// training), the branch's intermediates are not kept: the backward pass recomputes them
     /// ([`crate::ops::checkpoint`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -205,7 +206,18 @@ impl Block {
         } else {
             layout.branch(x, &params)?
         };
-        self.drop_path.forward(&h, train)?.add(x)
+        match &self.gamma {
+            // Layer scale and residual in one pass when stochastic depth leaves the branch as it is.
+            Some(gamma) if !self.drop_path.is_active(train) => {
+                x.add_channel_scaled(&h, gamma.tensor())
+            }
+            Some(gamma) => {
+                let c = gamma.tensor().numel();
+                let h = h.mul(&gamma.tensor().reshape([1, c, 1, 1])?)?;
+                self.drop_path.forward(&h, train)?.add(x)
+            }
+            None => self.drop_path.forward(&h, train)?.add(x),
+        }
     }
 
     /// The shape of the residual branch: which layers exist and how they are configured.
@@ -225,7 +237,6 @@ impl Block {
             fc1: pointwise(&self.mlp.fc1),
             grn: self.mlp.grn.as_ref().map(|g| (g.eps, g.channels_last)),
             fc2: pointwise(&self.mlp.fc2),
-            gamma: self.gamma.is_some(),
         }
     }
 
@@ -244,7 +255,6 @@ impl Block {
             p.extend([g.weight.tensor().clone(), g.bias.tensor().clone()]);
         }
         self.mlp.fc2.push_params(&mut p)?;
-        p.extend(self.gamma.as_ref().map(|g| g.tensor().clone()));
         Ok(p)
     }
 }
@@ -263,11 +273,11 @@ struct BranchLayout {
     /// GRN's (eps, channels_last), v2 only.
     grn: Option<(f32, bool)>,
     fc2: (Option<Conv2dParams>, bool),
-    gamma: bool,
 }
 
 impl BranchLayout {
-    /// γ ⊙ fc2(GRN?(GELU(fc1(norm(conv_dw(x)))))), reading the parameters from `p` in
+    /// fc2(GRN?(GELU(fc1(norm(conv_dw(x)))))) (the layer scale γ is applied by the caller, with the
+    /// residual), reading the parameters from `p` in
     /// [`Block::branch_params`]'s order.
     fn branch(&self, x: &Tensor, p: &[Tensor]) -> Result<Tensor> {
         let mut it = p.iter();
@@ -307,10 +317,6 @@ impl BranchLayout {
         let mut h = pointwise(&h, self.fc2, &mut next)?;
         if !self.channels_first {
             h = h.permute(&[0, 3, 1, 2])?;
-        }
-        if self.gamma {
-            let g = next()?;
-            h = h.mul(&g.reshape([1, g.numel(), 1, 1])?)?;
         }
         Ok(h)
     }
