@@ -8,7 +8,10 @@
 //                              over the taps with ih = oh·s_h − pad_h + p·dil_h (and likewise for w)
 //                              (M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw)
 //   CONV_MODE 2, weight grad:  dW_g = dY_g · X̃_gᵀ summed over the batch
-//                              (M = C_out/g, N = K_w, K = batch·H_out·W_out)
+//                              (M = C_out/g, N = K_w, K = batch·H_out·W_out); with HAS_BIAS also the bias
+//                              gradient db[o] = Σ_{n,pos} dy[n,o,pos], as the extra column N = K_w + 1 of a
+//                              B whose column K_w is all ones, written to c_out2 (or, when K is split, after
+//                              the split's dW in c_out: each split's partial result is dW then db)
 //   CONV_MODE 3, input grad of a patchifying conv (stride = kernel, no padding or dilation: every input
 //                              pixel is read by exactly one tap): dX̃_g = W_gᵀ · dY_g, each entry stored
 //                              straight to its pixel (M = K_w, N = batch·H_out·W_out, K = C_out/g), so no
@@ -26,6 +29,7 @@
 @group(0) @binding(2) var<storage, read> b_src: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> c_out2: array<f32>;
 
 fn c_in_per_group() -> u32 {
     return params.c_in / params.groups;
@@ -75,7 +79,8 @@ fn gemm_shape() -> vec4<u32> {
             return vec4<u32>(params.groups, c_in_per_group() * taps(), params.batch * hw_out, c_out_per_group());
         }
         default: {
-            return vec4<u32>(params.groups, c_out_per_group(), c_in_per_group() * taps(), params.batch * hw_out);
+            return vec4<u32>(params.groups, c_out_per_group(), c_in_per_group() * taps() + select(0u, 1u, HAS_BIAS),
+                             params.batch * hw_out);
         }
     }
 }
@@ -155,6 +160,9 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             return b_src[(np.x * params.c_out + g * c_out_per_group() + kk) * hw_out + np.y];
         }
         default: {
+            if (HAS_BIAS && col == c_in_per_group() * taps()) {
+                return 1.0;
+            }
             let np = udivmod(kk, hw_out);
             return patch_entry(g, col, np.x, np.y);
         }
@@ -191,7 +199,19 @@ fn gemm_store(g: u32, split: u32, row: u32, col: u32, value: f32) {
                 + (channel * params.h_in + ih) * params.w_in + iw] = value;
         }
         default: {
-            c_out[split * params.c_out * c_in_per_group() * taps() + (g * c_out_per_group() + row) * c_in_per_group() * taps() + col] = value;
+            let k_w = c_in_per_group() * taps();
+            let n_w = params.c_out * k_w;
+            let o = g * c_out_per_group() + row;
+            let base = split * (n_w + select(0u, params.c_out, HAS_BIAS));
+            if (HAS_BIAS && col == k_w) {
+                if (params.splits == 1u) {
+                    c_out2[o] = value;
+                } else {
+                    c_out[base + n_w + o] = value;
+                }
+            } else {
+                c_out[base + o * k_w + col] = value;
+            }
         }
     }
 }

@@ -7,7 +7,9 @@
 //                                   (oh, ow) exists (a gather, so no atomics are needed)
 // dw_weight_grad (thread per (image chunk, c, p, q)): dw[c,p,q] = Σ_{n,oh,ow} dy[n,c,oh,ow]·x[n,c,ih,iw]
 //                                   over the chunk's images; the host sums the chunks (one chunk when the
-//                                   (c, p, q) alone give enough threads).
+//                                   (c, p, q) alone give enough threads). With has_bias, C more threads per
+//                                   chunk sum db[c] = Σ_{n,oh,ow} dy[n,c,oh,ow]: a chunk's result is dw then
+//                                   db, and with one chunk db goes to out2.
 // The valid tap (or output) ranges are computed up front, so the inner loops carry no bounds tests.
 
 // The parameter block `ConvParams` (the geometry, groups, splits, has_bias, chunk) is generated from the
@@ -20,6 +22,7 @@
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
 
 // The t in [0, k) for which o·s + t·d − pad lies in [0, size): a contiguous range [lo, hi).
 fn tap_range(o: u32, s: u32, d: u32, pad: u32, size: u32, k: u32) -> vec2<u32> {
@@ -127,12 +130,32 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let chunk = params.chunk;
     let taps = params.kh * params.kw;
     let i = linear_workgroup(wg, nwg) * 256u + lid;
-    let per_chunk = params.c_out * taps;
+    let n_w = params.c_out * taps;
+    let per_chunk = n_w + select(0u, params.c_out, params.has_bias != 0u);
     let chunks = (params.batch + chunk - 1u) / chunk;
     if (i >= chunks * per_chunk) {
         return;
     }
     let kc = udivmod(i, per_chunk);
+    let n_end = min(params.batch, (kc.x + 1u) * chunk);
+    if (kc.y >= n_w) {
+        // The bias gradient of channel c over the chunk's images.
+        let c = kc.y - n_w;
+        let hw = params.h_out * params.w_out;
+        var acc = 0.0;
+        for (var n = kc.x * chunk; n < n_end; n++) {
+            let start = (n * params.c_out + c) * hw;
+            for (var j = 0u; j < hw; j++) {
+                acc += dy[start + j];
+            }
+        }
+        if (chunks == 1u) {
+            out2[c] = acc;
+        } else {
+            out[i] = acc;
+        }
+        return;
+    }
     let ct = udivmod(kc.y, taps);
     let c = ct.x;
     let pq = udivmod(ct.y, params.kw);
@@ -141,7 +164,6 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     // The output rows and columns whose tap (p, q) reads a real input pixel.
     let ohr = tap_range(p, params.dil_h, params.stride_h, params.pad_h, params.h_in, params.h_out);
     let owr = tap_range(q, params.dil_w, params.stride_w, params.pad_w, params.w_in, params.w_out);
-    let n_end = min(params.batch, (kc.x + 1u) * chunk);
     var acc = 0.0;
     for (var n = kc.x * chunk; n < n_end; n++) {
         let plane = n * params.c_out + c;

@@ -1,4 +1,5 @@
-// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_keep_middle, permute.
+// reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_keep_middle_wg, sum_keep_middle_thread,
+// channel_scale_add, permute.
 //
 // sum over the middle axis of an (outer, len, inner) view: y[o, i] = Σ_l x[o, l, i]
 //   sum_axis_wg:     one workgroup per output, 256 threads stride over l, then a tree reduction in
@@ -9,6 +10,12 @@
 //   sum_keep_middle_wg:     one workgroup per l, 256 threads stride over the outer·inner positions, then
 //                           the tree reduction (many positions);
 //   sum_keep_middle_thread: one thread per l, a serial loop over the positions (few).
+//   With `rank` = 1 both sum the product x·x2 instead of x (the layer scale's gradient Σ g·h).
+// sum_chunks_split: the sum over the middle axis of (1, chunks, inner) like sum_axis_thread, its first
+//   `rank` outputs written to y and the rest to y2 (the split-K partial results of a weight gradient that
+//   carry the bias gradient after it).
+// channel_scale_add: y = x + x3[l]·x2 at every (o, l, i) (a residual plus a per-channel scaled branch,
+//   ConvNeXt's layer scale), one thread per element.
 // permute: y[j] = x[Σ_k idx_k(j)·src_stride_k] where idx(j) decodes j over the output dimensions and
 //   src_stride_k is x's stride of the axis that becomes output axis k (rank ≤ 8).
 
@@ -23,7 +30,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x2: array<f32>;
+@group(0) @binding(3) var<storage, read> x3: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y2: array<f32>;
 
 @compute @workgroup_size(256)
 fn sum_axis_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -62,6 +72,14 @@ fn sum_axis_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     y[out_index] = acc;
 }
 
+// x[k], or x[k]·x2[k] when the sum is of a product.
+fn term(k: u32) -> f32 {
+    if (params.rank == 1u) {
+        return x[k] * x2[k];
+    }
+    return x[k];
+}
+
 @compute @workgroup_size(256)
 fn sum_keep_middle_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
@@ -72,7 +90,7 @@ fn sum_keep_middle_wg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     if (live) {
         for (var j = lid; j < positions; j += 256u) {
             let oi = udivmod(j, params.inner);
-            acc += x[(oi.x * params.len + l) * params.inner + oi.y];
+            acc += term((oi.x * params.len + l) * params.inner + oi.y);
         }
     }
     let sum = workgroup_sum(lid, acc);
@@ -92,10 +110,39 @@ fn sum_keep_middle_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     for (var o = 0u; o < params.outer; o++) {
         let base = (o * params.len + l) * params.inner;
         for (var i = 0u; i < params.inner; i++) {
-            acc += x[base + i];
+            acc += term(base + i);
         }
     }
     y[l] = acc;
+}
+
+@compute @workgroup_size(256)
+fn sum_chunks_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    if (i >= params.inner) {
+        return;
+    }
+    var acc = 0.0;
+    for (var l = 0u; l < params.len; l++) {
+        acc += x[l * params.inner + i];
+    }
+    if (i < params.rank) {
+        y[i] = acc;
+    } else {
+        y2[i - params.rank] = acc;
+    }
+}
+
+@compute @workgroup_size(256)
+fn channel_scale_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let j = linear_workgroup(wg, nwg) * 256u + lid;
+    if (j >= params.outer * params.len * params.inner) {
+        return;
+    }
+    let l = udivmod(udiv(j, params.inner), params.len).y;
+    y[j] = x[j] + x3[l] * x2[j];
 }
 
 @compute @workgroup_size(256)

@@ -149,13 +149,17 @@ fn conv_cross(g: &Conv2dGeometry, with_bias: bool, seed: u64) -> Result<(), Test
         values(seed + 3, yn, -1.0, 1.0),
     ];
     let g = *g;
-    cross(&format!("conv2d {g:?}"), &inputs, move |b, s| {
+    let launch = move |b: &dyn Backend, s: &[Storage]| {
+        let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
         Ok(vec![
             b.conv2d(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?,
             b.conv2d_input_grad(&s[3], &s[1], &g)?,
             b.conv2d_weight_grad(&s[0], &s[3], &g)?,
+            dw,
+            db,
         ])
-    })
+    };
+    cross(&format!("conv2d {g:?}"), &inputs, launch)
 }
 
 proptest! {
@@ -599,7 +603,8 @@ fn split_k_gemms_match_cpu() {
         })
         .unwrap();
     }
-    // K = 64·3·3 = 576 (forward), 64·9 (input grad), 2·20·20 = 800 (weight grad).
+    // K = 64·3·3 = 576 (forward), 64·9 (input grad), 2·20·20 = 800 (weight grad, with and without the
+    // bias gradient's column).
     for groups in [1, 2] {
         let g = geometry(
             2,
@@ -620,10 +625,13 @@ fn split_k_gemms_match_cpu() {
             values(6, g.output_shape().numel(), -1.0, 1.0),
         ];
         cross_on(&format!("split-K conv {g:?}"), &gpu, &inputs, |b, s| {
+            let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
             Ok(vec![
                 b.conv2d(&s[0], &s[1], Some(&s[2]), &g)?,
                 b.conv2d_input_grad(&s[3], &s[1], &g)?,
                 b.conv2d_weight_grad(&s[0], &s[3], &g)?,
+                dw,
+                db,
             ])
         })
         .unwrap();

@@ -337,6 +337,26 @@ pub trait Backend: Send + Sync {
         geom: &Conv2dGeometry,
     ) -> Result<Storage>;
 
+    /// ∂L/∂w and ∂L/∂bias (Σ over images and positions of dy, per output channel) of a convolution. The
+    /// default is [`Backend::conv2d_weight_grad`] and a per-channel sum; a backend may compute both in one
+    /// pass (the GPU's GEMM takes the bias as one more column).
+    fn conv2d_weight_bias_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        let dw = self.conv2d_weight_grad(x, dy, geom)?;
+        let db = self.sum_keep_middle(
+            dy,
+            AxisLayout {
+                outer: geom.batch,
+                len: geom.c_out,
+                inner: geom.h_out * geom.w_out,
+            },
+        )?;
+        Ok((dw, db))
+    }
     /// Layer norm over the middle axis of `layout`: y = (x − μ)·rstd·weight + bias.
     fn layer_norm(
         &self,

@@ -95,20 +95,27 @@ impl Tensor {
                 } else {
                     None
                 };
-                let dw = if need[1] {
-                    let s = backend.conv2d_weight_grad(&x.storage(), &g.storage(), &geom)?;
-                    Some(Tensor::from_storage(s, geom.weight_shape(), g.device()))
-                } else {
-                    None
+                let dev = g.device();
+                let (dw, db) = match (need[1], has_bias && need[2]) {
+                    // Both from one pass where the backend fuses them.
+                    (true, true) => {
+                        let (dw, db) =
+                            backend.conv2d_weight_bias_grad(&x.storage(), &g.storage(), &geom)?;
+                        (Some(dw), Some(db))
+                    }
+                    (true, false) => (
+                        Some(backend.conv2d_weight_grad(&x.storage(), &g.storage(), &geom)?),
+                        None,
+                    ),
+                    (false, true) => (None, Some(g.sum(&[0, 2, 3], false)?.storage())),
+                    (false, false) => (None, None),
                 };
-                let mut grads = vec![dx, dw];
+                let mut grads = vec![
+                    dx,
+                    dw.map(|s| Tensor::from_storage(s, geom.weight_shape(), dev)),
+                ];
                 if has_bias {
-                    let db = if need[2] {
-                        Some(g.sum(&[0, 2, 3], false)?)
-                    } else {
-                        None
-                    };
-                    grads.push(db);
+                    grads.push(db.map(|s| Tensor::from_storage(s, [geom.c_out], dev)));
                 }
                 Ok(grads)
             },

@@ -2,6 +2,7 @@
 //! (gemm.wgsl + conv2d.wgsl), depthwise ones as direct kernels (depthwise.wgsl).
 
 use super::dispatch::{u32_of, Bindings, WG};
+use super::runtime::GpuBuffer;
 use super::shaders::{ConvParams, Family, ShaderVariant};
 use super::GpuBackend;
 use crate::backend::Storage;
@@ -101,61 +102,86 @@ impl GpuBackend {
         Ok(Self::wrap(out))
     }
 
+    /// ∂L/∂w and, with `with_bias`, ∂L/∂bias from the same launch (the GEMM's extra column of ones, or
+    /// the depthwise kernel's extra threads).
     pub(super) fn launch_conv2d_weight_grad(
         &self,
         x: &Storage,
         dy: &Storage,
         g: &Conv2dGeometry,
-    ) -> Result<Storage> {
+        with_bias: bool,
+    ) -> Result<(Storage, Option<Storage>)> {
         let (x, dy) = (self.buf(x)?, self.buf(dy)?);
         let taps = g.kh * g.kw;
         let n_w = g.c_out * g.c_in_per_group() * taps;
+        let n_b = if with_bias { g.c_out } else { 0 };
         if g.is_depthwise() {
             // Split the batch into chunks when the (c, p, q) alone give too few threads.
             let threads = self.min_parallel_workgroups * WG as usize;
-            let chunks = threads.div_ceil(n_w).clamp(1, g.batch);
+            let per_chunk = n_w + n_b;
+            let chunks = threads.div_ceil(per_chunk).clamp(1, g.batch);
             let chunk = g.batch.div_ceil(chunks);
             let chunks = g.batch.div_ceil(chunk);
             let out = self.alloc(n_w)?;
-            let partial = if chunks > 1 {
-                Some(self.alloc(chunks * n_w)?)
+            let db = if with_bias {
+                Some(self.alloc(n_b)?)
             } else {
                 None
+            };
+            let partial = if chunks > 1 {
+                Some(self.alloc(chunks * per_chunk)?)
+            } else {
+                None
+            };
+            let outputs: Vec<&wgpu::Buffer> = match &partial {
+                Some(p) => vec![p.raw()],
+                None => std::iter::once(out.raw())
+                    .chain(db.as_ref().map(GpuBuffer::raw))
+                    .collect(),
             };
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
                 "dw_weight_grad",
                 &ConvParams {
                     chunk: u32_of("a convolution size", chunk)?,
-                    ..conv_params(g, false)?
+                    ..conv_params(g, with_bias)?
                 }
                 .words(),
-                Bindings::new(
-                    &[Some(x.raw()), Some(dy.raw())],
-                    &[partial.as_ref().unwrap_or(&out).raw()],
-                ),
-                chunks * n_w,
+                Bindings::new(&[Some(x.raw()), Some(dy.raw())], &outputs),
+                chunks * per_chunk,
             )?;
             if let Some(partial) = partial {
-                self.sum_chunks(&partial, &out, chunks, n_w)?;
+                match &db {
+                    Some(db) => self.sum_chunks_split(&partial, (&out, db), chunks)?,
+                    None => self.sum_chunks(&partial, &out, chunks, n_w)?,
+                }
             }
-            return Ok(Self::wrap(out));
+            return Ok((Self::wrap(out), db.map(Self::wrap)));
         }
-        // Per group: M = C_out/g, N = (C_in/g)·kh·kw, K = batch·H_out·W_out (long: split-K helps).
-        let out = self.gemm(
-            &ShaderVariant::conv2d(2, false, is_pointwise(g)),
-            conv_params(g, false)?.words(),
-            CONV_SPLIT_SLOT,
-            &[Some(dy.raw()), Some(x.raw())],
-            n_w,
-            [
-                g.params.groups,
-                g.c_out_per_group(),
-                g.c_in_per_group() * taps,
-                g.batch * g.h_out * g.w_out,
-            ],
-        )?;
-        Ok(Self::wrap(out))
+        // Per group: M = C_out/g, N = (C_in/g)·kh·kw (+ 1: the bias column), K = batch·H_out·W_out
+        // (long: split-K helps).
+        let variant = ShaderVariant::conv2d(2, with_bias, is_pointwise(g));
+        let shape = [
+            g.params.groups,
+            g.c_out_per_group(),
+            g.c_in_per_group() * taps + usize::from(with_bias),
+            g.batch * g.h_out * g.w_out,
+        ];
+        let inputs = [Some(dy.raw()), Some(x.raw())];
+        let params = conv_params(g, false)?.words();
+        if with_bias {
+            let (dw, db) = self.gemm_pair(
+                &variant,
+                params,
+                CONV_SPLIT_SLOT,
+                &inputs,
+                (n_w, n_b),
+                shape,
+            )?;
+            return Ok((Self::wrap(dw), Some(Self::wrap(db))));
+        }
+        let out = self.gemm(&variant, params, CONV_SPLIT_SLOT, &inputs, n_w, shape)?;
+        Ok((Self::wrap(out), None))
     }
 }
 

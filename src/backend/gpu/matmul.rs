@@ -60,6 +60,44 @@ impl GpuBackend {
         Ok(out)
     }
 
+    /// [`GpuBackend::gemm`] for a kernel with two results, of `lens` floats (bound at outputs 6 and 7);
+    /// when K is split, each split's partial result is the first then the second, summed by
+    /// `sum_chunks_split`.
+    pub(super) fn gemm_pair(
+        &self,
+        variant: &ShaderVariant,
+        mut params: Vec<u32>,
+        split_slot: usize,
+        inputs: &[Option<&wgpu::Buffer>],
+        lens: (usize, usize),
+        [batch, m, n, k]: [usize; 4],
+    ) -> Result<(GpuBuffer, GpuBuffer)> {
+        let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
+        let splits = self.k_splits(tiles, k, lens.0 + lens.1);
+        params[split_slot] = splits as u32;
+        let (out, out2) = (self.alloc(lens.0)?, self.alloc(lens.1)?);
+        if splits == 1 {
+            self.launch(
+                variant,
+                "gemm",
+                &params,
+                Bindings::new(inputs, &[out.raw(), out2.raw()]),
+                tiles as u64,
+            )?;
+        } else {
+            let partial = self.alloc(splits * (lens.0 + lens.1))?;
+            self.launch(
+                variant,
+                "gemm",
+                &params,
+                Bindings::new(inputs, &[partial.raw()]),
+                (tiles * splits) as u64,
+            )?;
+            self.sum_chunks_split(&partial, (&out, &out2), splits)?;
+        }
+        Ok((out, out2))
+    }
+
     pub(super) fn launch_matmul(
         &self,
         a: &Storage,

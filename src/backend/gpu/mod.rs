@@ -205,7 +205,18 @@ impl Backend for GpuBackend {
         self.launch_conv2d_input_grad(dy, w, g)
     }
     fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
-        self.launch_conv2d_weight_grad(x, dy, g)
+        Ok(self.launch_conv2d_weight_grad(x, dy, g, false)?.0)
+    }
+    fn conv2d_weight_bias_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        g: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        match self.launch_conv2d_weight_grad(x, dy, g, true)? {
+            (dw, Some(db)) => Ok((dw, db)),
+            (_, None) => unreachable!("a bias gradient was asked for"),
+        }
     }
     fn layer_norm(
         &self,

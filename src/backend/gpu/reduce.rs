@@ -30,6 +30,31 @@ impl GpuBackend {
         )
     }
 
+    /// Like [`GpuBackend::sum_chunks`] over chunks of `out.len() + out2.len()` values, the first
+    /// `out.len()` of each sum written to `out` and the rest to `out2` (sum_chunks_split).
+    pub(super) fn sum_chunks_split(
+        &self,
+        partial: &GpuBuffer,
+        (out, out2): (&GpuBuffer, &GpuBuffer),
+        chunks: usize,
+    ) -> Result<()> {
+        let len = out.len() + out2.len();
+        let mut params = vec![
+            1,
+            u32_of("chunks", chunks)?,
+            u32_of("length", len)?,
+            u32_of("length", out.len())?,
+        ];
+        params.extend([0u32; 16]);
+        self.launch_elements(
+            &ShaderVariant::plain(Family::Reduce),
+            "sum_chunks_split",
+            &params,
+            Bindings::new(&[Some(partial.raw())], &[out.raw(), out2.raw()]),
+            len,
+        )
+    }
+
     pub(super) fn launch_sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         let x = self.buf(x)?;
         let outputs = l.outer * l.inner;

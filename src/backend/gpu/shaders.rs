@@ -308,7 +308,8 @@ impl ShaderVariant {
     }
     /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient, 3 input
     /// gradient of a patchifying convolution (stride = kernel, no padding or dilation);
-    /// `pointwise` for 1×1 kernels with stride 1 and no padding (no tap arithmetic).
+    /// `has_bias`: the forward adds the bias, the weight gradient also gives the bias gradient; `pointwise`
+    /// for 1×1 kernels with stride 1 and no padding (no tap arithmetic).
     pub fn conv2d(mode: u32, has_bias: bool, pointwise: bool) -> Self {
         Self::new(
             Family::Conv2d,
@@ -402,7 +403,8 @@ pub fn all_variants() -> Vec<ShaderVariant> {
     }
     for mode in 0..4 {
         for bias in [false, true] {
-            if bias && mode != 0 {
+            // A bias is added by the forward (mode 0) and differentiated by the weight gradient (mode 2).
+            if bias && mode != 0 && mode != 2 {
                 continue;
             }
             for pointwise in [false, true] {
