@@ -3,12 +3,13 @@
 // fill:   y[i] = value
 // unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP, one of
 //         OP_EXP, OP_LOG (ln), OP_NEG, OP_SQRT, OP_GELU (x/2·(1 + erf(x/√2))), OP_ADD_SCALAR (x + c),
-//         OP_MUL_SCALAR (c·x), OP_POW_SCALAR (x^c)
+//         OP_MUL_SCALAR (c·x), OP_POW_SCALAR (x^c), OP_MIN_SCALAR (min(x, c), NaN kept)
 // binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 8 merged output
 //         dimensions (stride 0 on broadcast axes); OP: OP_ADD, OP_SUB, OP_MUL, OP_DIV,
 //         OP_GELU_BACKWARD (a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x)); with the scalar c (the adapters'
 //         fused weights): OP_ADD_SCALED (a + c·b), OP_MUL_EXP_SCALED (a·exp(c·b)),
-//         OP_MUL_AFFINE_SCALED (a·(1 + c·b)), OP_MUL_SCALED (c·a·b).
+//         OP_MUL_AFFINE_SCALED (a·(1 + c·b)), OP_MUL_SCALED (c·a·b), OP_MIN_SCALAR_BACKWARD (a where
+//         b ≤ c, else 0).
 // The OP_* constants are generated from the Rust op tables (UnaryOp, BinaryOp in src/backend/mod.rs, via
 // src/backend/op_codes.rs) and added to this module by the host: each is its enum variant's name in
 // SCREAMING_SNAKE_CASE, and cases name them, never a bare number.
@@ -76,6 +77,7 @@ fn unary_fn(x: f32, c: f32) -> f32 {
         case OP_ADD_SCALAR: { return x + c; }
         case OP_MUL_SCALAR: { return c * x; }
         case OP_POW_SCALAR: { return powf(x, c); }
+        case OP_MIN_SCALAR: { return select(x, c, x > c); }
         default: { return x; }
     }
 }
@@ -91,6 +93,7 @@ fn binary_fn(u: f32, v: f32, c: f32) -> f32 {
         case OP_MUL_EXP_SCALED: { return u * exp(c * v); }
         case OP_MUL_AFFINE_SCALED: { return u * (1.0 + c * v); }
         case OP_MUL_SCALED: { return c * u * v; }
+        case OP_MIN_SCALAR_BACKWARD: { return select(u, 0.0, v > c); }
         default: { return u; }
     }
 }

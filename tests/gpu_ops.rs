@@ -91,7 +91,7 @@ where
 }
 
 fn unary_op(code: u8, c: f32) -> UnaryOp {
-    match code % 8 {
+    match code % 9 {
         0 => UnaryOp::Exp,
         1 => UnaryOp::Log,
         2 => UnaryOp::Neg,
@@ -99,11 +99,12 @@ fn unary_op(code: u8, c: f32) -> UnaryOp {
         4 => UnaryOp::Gelu,
         5 => UnaryOp::AddScalar(c),
         6 => UnaryOp::MulScalar(c),
-        _ => UnaryOp::PowScalar(c),
+        7 => UnaryOp::PowScalar(c),
+        _ => UnaryOp::MinScalar(c),
     }
 }
 
-const BINARY_OPS: [BinaryOp; 9] = [
+const BINARY_OPS: [BinaryOp; 10] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
@@ -113,6 +114,7 @@ const BINARY_OPS: [BinaryOp; 9] = [
     BinaryOp::MulExpScaled(1.25),
     BinaryOp::MulAffineScaled(0.5),
     BinaryOp::MulScaled(-1.5),
+    BinaryOp::MinScalarBackward(0.25),
 ];
 
 /// A convolution geometry from small random parameters (None when the kernel does not fit the input).
@@ -166,7 +168,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn fill_and_unary_match_cpu(code in 0u8..8, len in 1usize..3000, c in -2.5f32..2.5, seed in 0u64..1000) {
+    fn fill_and_unary_match_cpu(code in 0u8..9, len in 1usize..3000, c in -2.5f32..2.5, seed in 0u64..1000) {
         let op = unary_op(code, c);
         // ln, √ and non-integer powers need positive inputs; the others see both signs.
         let (lo, hi) = match op {

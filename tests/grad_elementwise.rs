@@ -109,6 +109,12 @@ proptest! {
             check_gradients(&dev, &inputs, |t| t[0].neg(), |v| v[0].iter().map(|x| -x).collect(), TOL).map_err(TestCaseError::fail)?;
             check_gradients(&dev, &inputs, |t| t[0].pow_scalar(c), |v| v[0].iter().map(|x| x.powf(c64)).collect(), TOL).map_err(TestCaseError::fail)?;
         }
+        // min(x, c) on both sides of c, kept 0.05 from its kink so finite differences see one side.
+        let around_c: Vec<f64> = rng.vec_away_from_zero(shape.iter().product(), 0.05, 1.0).into_iter().map(|d| c64 + d).collect();
+        let inputs = [input(around_c, &shape)];
+        for dev in devices() {
+            check_gradients(&dev, &inputs, |t| t[0].min_scalar(c), |v| v[0].iter().map(|x| x.min(c64)).collect(), TOL).map_err(TestCaseError::fail)?;
+        }
     }
 
     #[test]

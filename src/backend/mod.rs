@@ -51,6 +51,8 @@ op_codes::elementwise_ops! {
         MulScalar(f32) = 6,
         /// y = x^c
         PowScalar(f32) = 7,
+        /// y = min(x, c), NaN staying NaN (y = c only where x > c)
+        MinScalar(f32) = 8,
     }
 }
 
@@ -77,6 +79,8 @@ op_codes::elementwise_ops! {
         MulAffineScaled(f32) = 23,
         /// c · a · b (the adapters' backward s·(G ⊙ W′), s·(G ⊙ W)).
         MulScaled(f32) = 24,
+        /// a where b ≤ c, else 0: the backward of min(x, c) with a = ∂L/∂y and b = x.
+        MinScalarBackward(f32) = 25,
     }
 }
 
@@ -87,7 +91,8 @@ impl BinaryOp {
             BinaryOp::AddScaled(c)
             | BinaryOp::MulExpScaled(c)
             | BinaryOp::MulAffineScaled(c)
-            | BinaryOp::MulScaled(c) => c,
+            | BinaryOp::MulScaled(c)
+            | BinaryOp::MinScalarBackward(c) => c,
             _ => 0.0,
         }
     }

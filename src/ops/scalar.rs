@@ -1,9 +1,10 @@
-//! Scalar ops: x + c, c·x, x^c, −x.
+//! Scalar ops: x + c, c·x, x^c, −x, min(x, c).
 //!
-//! Derivatives: ∂(x + c)/∂x = 1; ∂(c·x)/∂x = c; ∂(x^c)/∂x = c·x^(c−1); ∂(−x)/∂x = −1.
+//! Derivatives: ∂(x + c)/∂x = 1; ∂(c·x)/∂x = c; ∂(x^c)/∂x = c·x^(c−1); ∂(−x)/∂x = −1;
+//! ∂min(x, c)/∂x = 1 where x ≤ c, else 0 (one fused kernel, `BinaryOp::MinScalarBackward`).
 
 use super::unary;
-use crate::backend::UnaryOp;
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -23,6 +24,19 @@ impl Tensor {
     /// −x.
     pub fn neg(&self) -> Result<Tensor> {
         unary(self, "neg", UnaryOp::Neg, |g| Ok(vec![Some(g.neg()?)]))
+    }
+    /// min(x, c) elementwise; NaN stays NaN.
+    pub fn min_scalar(&self, c: f32) -> Result<Tensor> {
+        let x = self.detach();
+        unary(self, "min_scalar", UnaryOp::MinScalar(c), move |g| {
+            let (storage, shape) = super::binary::broadcast_kernel(
+                "min_scalar_backward",
+                BinaryOp::MinScalarBackward(c),
+                g,
+                &x,
+            )?;
+            Ok(vec![Some(Tensor::from_storage(storage, shape, g.device()))])
+        })
     }
     /// x^c (for non-integer c, x must be positive).
     pub fn pow_scalar(&self, c: f32) -> Result<Tensor> {

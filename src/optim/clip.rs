@@ -2,8 +2,8 @@
 //! c = 1 / max(1, n / max_norm), so the clipped global norm is min(n, max_norm).
 //!
 //! Everything stays on the device (no readback): n² is one fused reduction over all gradients
-//! ([`Tensor::sum_squares_all`]), and max(1, r) is computed as (1 + r + |r − 1|) / 2 with |x| = √(x²), from
-//! the engine's elementwise ops.
+//! ([`Tensor::sum_squares_all`]), and c = min(1, max_norm · n⁻¹) takes three elementwise ops on one value
+//! (a NaN norm gives a NaN factor, so a diverged step is not hidden).
 
 use crate::autodiff::{no_grad, Grads};
 use crate::error::{Error, Result};
@@ -31,10 +31,10 @@ pub fn clip_grad_scale(
         }
         // One fused reduction over every gradient (a few launches), not a square, sum and add each.
         let norm = Tensor::sum_squares_all(&gs)?.sqrt()?;
-        let ratio = norm.mul_scalar(1.0 / max_norm)?;
-        let dist = ratio.add_scalar(-1.0)?.pow_scalar(2.0)?.sqrt()?; // |r − 1|
-        let max1 = ratio.add_scalar(1.0)?.add(&dist)?.mul_scalar(0.5)?; // max(1, r)
-        let scale = max1.pow_scalar(-1.0)?;
+        let scale = norm
+            .pow_scalar(-1.0)?
+            .mul_scalar(max_norm)?
+            .min_scalar(1.0)?;
         Ok(Some((norm, scale)))
     })
 }

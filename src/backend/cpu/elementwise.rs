@@ -145,6 +145,7 @@ pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
                 map_unary(x, move |v| v.powf(c))
             }
         }
+        UnaryOp::MinScalar(c) => map_unary(x, move |v| if v > c { c } else { v }),
     }
 }
 
@@ -160,6 +161,9 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
         BinaryOp::MulExpScaled(c) => map_binary(a, b, layout, move |x, y| x * exp(c * y)),
         BinaryOp::MulAffineScaled(c) => map_binary(a, b, layout, move |x, y| x * (1.0 + c * y)),
         BinaryOp::MulScaled(c) => map_binary(a, b, layout, move |x, y| c * x * y),
+        BinaryOp::MinScalarBackward(c) => {
+            map_binary(a, b, layout, move |g, x| if x > c { 0.0 } else { g })
+        }
     }
 }
 

@@ -25,7 +25,10 @@ impl GpuBackend {
         let x = self.buf(x)?;
         let out = self.alloc(len)?;
         let c = match op {
-            UnaryOp::AddScalar(c) | UnaryOp::MulScalar(c) | UnaryOp::PowScalar(c) => c,
+            UnaryOp::AddScalar(c)
+            | UnaryOp::MulScalar(c)
+            | UnaryOp::PowScalar(c)
+            | UnaryOp::MinScalar(c) => c,
             _ => 0.0,
         };
         self.launch_elements(
