@@ -13,7 +13,8 @@
 // The OP_* constants are generated from the Rust op tables (UnaryOp, BinaryOp in src/backend/mod.rs, via
 // src/backend/op_codes.rs) and added to this module by the host: each is its enum variant's name in
 // SCREAMING_SNAKE_CASE, and cases name them, never a bare number.
-// erf is Abramowitz & Stegun 7.1.26, the same formula as the CPU backend, so both agree to rounding.
+// erf_as and gelu are in common.wgsl (Abramowitz & Stegun 7.1.26 for erf, the same formula as the CPU
+// backend, so both agree to rounding).
 
 struct Params {
     n: u32,
@@ -29,17 +30,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
-
-fn erf_as(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * z);
-    let poly = t * (0.2548296 + t * (-0.28449674 + t * (1.4214138 + t * (-1.4531521 + t * 1.0614054))));
-    return select(1.0, -1.0, x < 0.0) * (1.0 - poly * exp(-z * z));
-}
-
-fn gelu(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf_as(x * 0.70710677));
-}
 
 fn gelu_derivative(x: f32) -> f32 {
     let cdf = 0.5 * (1.0 + erf_as(x * 0.70710677));

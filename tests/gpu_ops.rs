@@ -153,7 +153,10 @@ fn conv_cross(g: &Conv2dGeometry, with_bias: bool, seed: u64) -> Result<(), Test
     let g = *g;
     let launch = move |b: &dyn Backend, s: &[Storage]| {
         let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
+        let (a, h) = b.conv2d_gelu(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?;
         Ok(vec![
+            a,
+            h,
             b.conv2d(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?,
             b.conv2d_input_grad(&s[3], &s[1], &g)?,
             b.conv2d_weight_grad(&s[0], &s[3], &g)?,
@@ -628,7 +631,10 @@ fn split_k_gemms_match_cpu() {
         ];
         cross_on(&format!("split-K conv {g:?}"), &gpu, &inputs, |b, s| {
             let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
+            let (a, h) = b.conv2d_gelu(&s[0], &s[1], Some(&s[2]), &g)?;
             Ok(vec![
+                a,
+                h,
                 b.conv2d(&s[0], &s[1], Some(&s[2]), &g)?,
                 b.conv2d_input_grad(&s[3], &s[1], &g)?,
                 b.conv2d_weight_grad(&s[0], &s[3], &g)?,

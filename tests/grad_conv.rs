@@ -1,6 +1,7 @@
 //! Gradient property tests of conv2d: random batch, channels, groups (dense, grouped, depthwise, depthwise
 //! with a channel multiplier), non-square kernels and inputs, stride, padding and dilation, with and without
-//! bias. The reference is the definition of the convolution written as plain f64 loops.
+//! bias, and the convolution with its GELU in one op. The reference is the definition of the convolution
+//! written as plain f64 loops.
 
 mod common;
 
@@ -111,6 +112,32 @@ proptest! {
     #[test]
     fn conv2d_any_geometry(case in conv_case(), seed in any::<u64>()) {
         check_case(&case, seed)?;
+    }
+
+    /// conv2d_gelu (one launch on the GPU where it fuses) against the definition, GELU(conv + b), and its
+    /// gradients through the tape.
+    #[test]
+    fn conv2d_gelu_any_geometry(case in conv_case(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let cg = case.c / case.params.groups;
+        let mut inputs = vec![
+            input(rng.vec(case.n * case.c * case.h * case.w, -1.0, 1.0), &[case.n, case.c, case.h, case.w]),
+            input(rng.vec(case.o * cg * case.kh * case.kw, -1.0, 1.0), &[case.o, cg, case.kh, case.kw]),
+        ];
+        if case.bias {
+            inputs.push(input(rng.vec(case.o, -1.0, 1.0), &[case.o]));
+        }
+        for dev in devices() {
+            let params = case.params;
+            check_gradients(
+                &dev,
+                &inputs,
+                |t| t[0].conv2d_gelu(&t[1], t.get(2), params),
+                |v| reference(&case, &v[0], &v[1], v.get(2).map(|b| b.as_slice())).into_iter().map(common::reference::gelu64).collect(),
+                TOL,
+            )
+            .map_err(|e| TestCaseError::fail(format!("{case:?} on {}: {e}", dev.name())))?;
+        }
     }
 }
 

@@ -327,6 +327,20 @@ pub trait Backend: Send + Sync {
         bias: Option<&Storage>,
         geom: &Conv2dGeometry,
     ) -> Result<Storage>;
+    /// (a, GELU(a)) with a = conv2d(x, w) + bias: a convolution and its activation, which a backend may
+    /// compute in one pass (the GPU's GEMM epilogue); the default is [`Backend::conv2d`] then GELU.
+    fn conv2d_gelu(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        geom: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        let a = self.conv2d(x, w, bias, geom)?;
+        let n = geom.output_shape().numel();
+        let h = self.unary(UnaryOp::Gelu, &a, n)?;
+        Ok((a, h))
+    }
     /// ∂L/∂x of a convolution given dy = ∂L/∂y (a transposed convolution of dy with w).
     fn conv2d_input_grad(
         &self,

@@ -49,78 +49,112 @@ impl Tensor {
         bias: Option<&Tensor>,
         params: Conv2dParams,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d";
-        self.check_device(OP, weight)?;
-        let geom = Conv2dGeometry::new(self.shape(), weight.shape(), params)?;
-        if let Some(b) = bias {
-            self.check_device(OP, b)?;
-            if b.dims() != [geom.c_out] {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "bias must have shape [{}] for weight {}, got {}",
-                        geom.c_out,
-                        weight.shape(),
-                        b.shape()
-                    ),
-                ));
-            }
-        }
-        let backend = self.device().backend();
-        let storage = backend.conv2d(
+        let geom = check("conv2d", self, weight, bias, params)?;
+        let storage = self.device().backend().conv2d(
             &self.storage(),
             &weight.storage(),
             bias.map(|b| b.storage()).as_ref(),
             &geom,
         )?;
-        let (x, w) = (self.detach(), weight.detach());
-        let need = [
-            self.requires_grad(),
-            weight.requires_grad(),
-            bias.is_some_and(|b| b.requires_grad()),
-        ];
-        let has_bias = bias.is_some();
-        let mut inputs = vec![self, weight];
-        inputs.extend(bias);
-        Ok(Tensor::from_op(
-            OP,
-            storage,
-            geom.output_shape(),
-            &inputs,
-            move |g| {
-                let backend = g.device().backend();
-                let dx = if need[0] {
-                    let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
-                    Some(Tensor::from_storage(s, geom.input_shape(), g.device()))
-                } else {
-                    None
-                };
-                let dev = g.device();
-                let (dw, db) = match (need[1], has_bias && need[2]) {
-                    // Both from one pass where the backend fuses them.
-                    (true, true) => {
-                        let (dw, db) =
-                            backend.conv2d_weight_bias_grad(&x.storage(), &g.storage(), &geom)?;
-                        (Some(dw), Some(db))
-                    }
-                    (true, false) => (
-                        Some(backend.conv2d_weight_grad(&x.storage(), &g.storage(), &geom)?),
-                        None,
-                    ),
-                    (false, true) => (None, Some(g.sum(&[0, 2, 3], false)?.storage())),
-                    (false, false) => (None, None),
-                };
-                let mut grads = vec![
-                    dx,
-                    dw.map(|s| Tensor::from_storage(s, geom.weight_shape(), dev)),
-                ];
-                if has_bias {
-                    grads.push(db.map(|s| Tensor::from_storage(s, [geom.c_out], dev)));
-                }
-                Ok(grads)
-            },
-        ))
+        Ok(record(self, weight, bias, geom, storage))
     }
+
+    /// GELU(conv2d(x, w) + b), the same as `x.conv2d(w, b, params)?.gelu()` (and recorded as those two
+    /// ops), computed in one launch where the backend fuses the activation into the convolution (the
+    /// GPU's GEMM epilogue).
+    pub fn conv2d_gelu(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        params: Conv2dParams,
+    ) -> Result<Tensor> {
+        let geom = check("conv2d_gelu", self, weight, bias, params)?;
+        let (a, h) = self.device().backend().conv2d_gelu(
+            &self.storage(),
+            &weight.storage(),
+            bias.map(|b| b.storage()).as_ref(),
+            &geom,
+        )?;
+        Ok(record(self, weight, bias, geom, a).gelu_computed(h))
+    }
+}
+
+/// Checks devices and shapes; returns the convolution's geometry.
+fn check(
+    op: &'static str,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+) -> Result<Conv2dGeometry> {
+    x.check_device(op, weight)?;
+    let geom = Conv2dGeometry::new(x.shape(), weight.shape(), params)?;
+    if let Some(b) = bias {
+        x.check_device(op, b)?;
+        if b.dims() != [geom.c_out] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "bias must have shape [{}] for weight {}, got {}",
+                    geom.c_out,
+                    weight.shape(),
+                    b.shape()
+                ),
+            ));
+        }
+    }
+    Ok(geom)
+}
+
+/// Records the convolution of `x` whose output `storage` is already computed.
+fn record(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geom: Conv2dGeometry,
+    storage: crate::backend::Storage,
+) -> Tensor {
+    let (saved_x, w) = (x.detach(), weight.detach());
+    let need = [
+        x.requires_grad(),
+        weight.requires_grad(),
+        bias.is_some_and(|b| b.requires_grad()),
+    ];
+    let has_bias = bias.is_some();
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    Tensor::from_op("conv2d", storage, geom.output_shape(), &inputs, move |g| {
+        let backend = g.device().backend();
+        let dx = if need[0] {
+            let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
+            Some(Tensor::from_storage(s, geom.input_shape(), g.device()))
+        } else {
+            None
+        };
+        let dev = g.device();
+        let (dw, db) = match (need[1], has_bias && need[2]) {
+            // Both from one pass where the backend fuses them.
+            (true, true) => {
+                let (dw, db) =
+                    backend.conv2d_weight_bias_grad(&saved_x.storage(), &g.storage(), &geom)?;
+                (Some(dw), Some(db))
+            }
+            (true, false) => (
+                Some(backend.conv2d_weight_grad(&saved_x.storage(), &g.storage(), &geom)?),
+                None,
+            ),
+            (false, true) => (None, Some(g.sum(&[0, 2, 3], false)?.storage())),
+            (false, false) => (None, None),
+        };
+        let mut grads = vec![
+            dx,
+            dw.map(|s| Tensor::from_storage(s, geom.weight_shape(), dev)),
+        ];
+        if has_bias {
+            grads.push(db.map(|s| Tensor::from_storage(s, [geom.c_out], dev)));
+        }
+        Ok(grads)
+    })
 }
 
 /// The output shape of a convolution of `x` with a weight of shape `w` (for callers that plan buffers).

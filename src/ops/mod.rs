@@ -38,11 +38,15 @@ pub(crate) fn unary(
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     let storage = x.device().backend().unary(op, &x.storage(), x.numel())?;
-    Ok(Tensor::from_op(
-        name,
-        storage,
-        x.shape().clone(),
-        &[x],
-        backward,
-    ))
+    Ok(record_unary(x, name, storage, backward))
+}
+
+/// Records an elementwise op of `x` whose result `storage` some fused kernel already computed.
+pub(crate) fn record_unary(
+    x: &Tensor,
+    name: &'static str,
+    storage: crate::backend::Storage,
+    backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Tensor {
+    Tensor::from_op(name, storage, x.shape().clone(), &[x], backward)
 }

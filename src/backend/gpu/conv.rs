@@ -5,11 +5,44 @@ use super::dispatch::{u32_of, Bindings, WG};
 use super::runtime::GpuBuffer;
 use super::shaders::{ConvParams, Family, ShaderVariant};
 use super::GpuBackend;
-use crate::backend::Storage;
+use crate::backend::{Storage, UnaryOp};
 use crate::error::Result;
 use crate::shape::Conv2dGeometry;
 
 impl GpuBackend {
+    /// (conv2d(x, w) + bias, GELU of it) from one GEMM launch whose epilogue applies GELU, when the
+    /// convolution is not depthwise and K is not split; otherwise the convolution, then GELU's kernel.
+    pub(super) fn launch_conv2d_gelu(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        g: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        let n_out = g.batch * g.c_out * g.h_out * g.w_out;
+        let [groups, m, n, k] = forward_shape(g);
+        let tiles = groups * m.div_ceil(64) * n.div_ceil(64);
+        if g.is_depthwise() || self.k_splits(tiles, k, n_out) > 1 {
+            let a = self.launch_conv2d(x, w, bias, g)?;
+            let h = self.launch_unary(UnaryOp::Gelu, &a, n_out)?;
+            return Ok((a, h));
+        }
+        let (x, w) = (self.buf(x)?, self.buf(w)?);
+        let bias = bias.map(|b| self.buf(b)).transpose()?;
+        let (a, h) = (self.alloc(n_out)?, self.alloc(n_out)?);
+        self.launch(
+            &ShaderVariant::conv2d_act(0, bias.is_some(), is_pointwise(g), true),
+            "gemm",
+            &conv_params(g, bias.is_some())?.words(),
+            Bindings::new(
+                &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
+                &[a.raw(), h.raw()],
+            ),
+            tiles as u64,
+        )?;
+        Ok((Self::wrap(a), Self::wrap(h)))
+    }
+
     pub(super) fn launch_conv2d(
         &self,
         x: &Storage,
@@ -39,12 +72,7 @@ impl GpuBackend {
             CONV_SPLIT_SLOT,
             &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
             n_out,
-            [
-                g.params.groups,
-                g.c_out_per_group(),
-                g.batch * g.h_out * g.w_out,
-                g.c_in_per_group() * g.kh * g.kw,
-            ],
+            forward_shape(g),
         )?;
         Ok(Self::wrap(out))
     }
@@ -183,6 +211,16 @@ impl GpuBackend {
         let out = self.gemm(&variant, params, CONV_SPLIT_SLOT, &inputs, n_w, shape)?;
         Ok((Self::wrap(out), None))
     }
+}
+
+/// The forward GEMM's (batch = groups, M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw).
+fn forward_shape(g: &Conv2dGeometry) -> [usize; 4] {
+    [
+        g.params.groups,
+        g.c_out_per_group(),
+        g.batch * g.h_out * g.w_out,
+        g.c_in_per_group() * g.kh * g.kw,
+    ]
 }
 
 /// A 1×1 convolution with stride 1 and no padding: its patch matrix is the input itself.

@@ -11,7 +11,7 @@ use crate::error::Result;
 impl GpuBackend {
     /// How many ranges of K a GEMM with `tiles` output tiles is split into: enough workgroups to fill the
     /// device, each keeping at least 256 of K, and the partial results at most 16 M floats.
-    fn k_splits(&self, tiles: usize, k: usize, out_len: usize) -> usize {
+    pub(super) fn k_splits(&self, tiles: usize, k: usize, out_len: usize) -> usize {
         if tiles >= self.min_parallel_workgroups {
             return 1;
         }

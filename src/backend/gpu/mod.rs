@@ -204,6 +204,15 @@ impl Backend for GpuBackend {
     fn conv2d_input_grad(&self, dy: &Storage, w: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
         self.launch_conv2d_input_grad(dy, w, g)
     }
+    fn conv2d_gelu(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        g: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        self.launch_conv2d_gelu(x, w, bias, g)
+    }
     fn conv2d_weight_grad(&self, x: &Storage, dy: &Storage, g: &Conv2dGeometry) -> Result<Storage> {
         Ok(self.launch_conv2d_weight_grad(x, dy, g, false)?.0)
     }

@@ -311,10 +311,14 @@ impl ShaderVariant {
     /// `has_bias`: the forward adds the bias, the weight gradient also gives the bias gradient; `pointwise`
     /// for 1×1 kernels with stride 1 and no padding (no tap arithmetic).
     pub fn conv2d(mode: u32, has_bias: bool, pointwise: bool) -> Self {
+        Self::conv2d_act(mode, has_bias, pointwise, false)
+    }
+    /// [`ShaderVariant::conv2d`] with `gelu`: the forward (mode 0) also writes GELU of its result.
+    pub fn conv2d_act(mode: u32, has_bias: bool, pointwise: bool, gelu: bool) -> Self {
         Self::new(
             Family::Conv2d,
             format!(
-                "const CONV_MODE: u32 = {mode}u;\nconst HAS_BIAS: bool = {has_bias};\nconst POINTWISE: bool = {pointwise};\n"
+                "const CONV_MODE: u32 = {mode}u;\nconst HAS_BIAS: bool = {has_bias};\nconst POINTWISE: bool = {pointwise};\nconst GELU: bool = {gelu};\n"
             ),
         )
     }
@@ -411,6 +415,9 @@ pub fn all_variants() -> Vec<ShaderVariant> {
                 // Mode 3 (patchifying) never sees a 1×1 kernel: those take the pointwise mode 1.
                 if !(mode == 3 && pointwise) {
                     v.push(ShaderVariant::conv2d(mode, bias, pointwise));
+                }
+                if mode == 0 {
+                    v.push(ShaderVariant::conv2d_act(mode, bias, pointwise, true));
                 }
             }
         }

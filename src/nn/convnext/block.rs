@@ -309,7 +309,15 @@ impl BranchLayout {
                 None => h.linear(w, b),
             }
         }
-        let mut h = pointwise(&h, self.fc1, &mut next)?.gelu()?;
+        // fc1 and GELU: one op on the conv path (the GPU applies GELU in the GEMM's epilogue).
+        let mut h = match self.fc1 {
+            (Some(params), bias) => {
+                let w = next()?;
+                let b = if bias { Some(next()?) } else { None };
+                h.conv2d_gelu(w, b, params)?
+            }
+            (None, _) => pointwise(&h, self.fc1, &mut next)?.gelu()?,
+        };
         if let Some((eps, channels_last)) = self.grn {
             let (gw, gb) = (next()?, next()?);
             h = h.grn(gw, gb, eps, channels_last)?;
