@@ -2,6 +2,16 @@
 // (gemm.wgsl). op transposes when the specialisation constants TRANS_A / TRANS_B say so: A is stored
 // M×K (or K×M transposed), B K×N (or N×K); batch strides of 0 share one operand across the batch.
 // C is contiguous (batch, M, N).
+//
+// Fused forms for the adapters' low-rank reparameterisations (ops/reparam.rs), one launch instead of a
+// product and an elementwise pass:
+//   REPARAM 1, 2, 3: C = W + c·(A·B), W ⊙ exp(c·(A·B)), W ⊙ (1 + c·(A·B)) with W (aux) of C's shape: the
+//     epilogue applies the same expressions as elementwise.wgsl's OP_ADD_SCALED, OP_MUL_EXP_SCALED and
+//     OP_MUL_AFFINE_SCALED (so results are bit-identical). K is never split for these (the host checks).
+//   SCALED_OPERAND 1 (A) or 2 (B): that operand X is read as c·X·Z (HAS_Z, Z = aux in X's layout, as
+//     OP_MUL_SCALED computes it) or X·c (as OP_MUL_SCALAR): the factor gradients s·(G ⊙ Z)·Aᵀ and
+//     Bᵀ·s·(G ⊙ Z) without materialising s·(G ⊙ Z).
+// c is `scalar`.
 
 struct Params {
     batch: u32,
@@ -12,12 +22,13 @@ struct Params {
     b_batch_stride: u32,
     // K splits (see gemm.wgsl); split s writes its partial product at s·batch·M·N.
     splits: u32,
-    _pad: u32,
+    scalar: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a_src: array<f32>;
 @group(0) @binding(2) var<storage, read> b_src: array<f32>;
+@group(0) @binding(3) var<storage, read> aux: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c_out: array<f32>;
 
 fn gemm_shape() -> vec4<u32> {
@@ -28,22 +39,44 @@ fn gemm_splits() -> u32 {
     return params.splits;
 }
 
+// An operand value as the product reads it: X, or c·X·Z / X·c when it is the scaled operand.
+fn operand(x: f32, which: u32, i: u32) -> f32 {
+    if (SCALED_OPERAND != which) {
+        return x;
+    }
+    if (HAS_Z) {
+        return params.scalar * x * aux[i];
+    }
+    return x * params.scalar;
+}
+
 fn gemm_load_a(b: u32, row: u32, kk: u32) -> f32 {
     let base = b * params.a_batch_stride;
+    var i = base + row * params.k + kk;
     if (TRANS_A) {
-        return a_src[base + kk * params.m + row];
+        i = base + kk * params.m + row;
     }
-    return a_src[base + row * params.k + kk];
+    return operand(a_src[i], 1u, i);
 }
 
 fn gemm_load_b(b: u32, kk: u32, col: u32) -> f32 {
     let base = b * params.b_batch_stride;
+    var i = base + kk * params.n + col;
     if (TRANS_B) {
-        return b_src[base + col * params.k + kk];
+        i = base + col * params.k + kk;
     }
-    return b_src[base + kk * params.n + col];
+    return operand(b_src[i], 2u, i);
 }
 
 fn gemm_store(b: u32, split: u32, row: u32, col: u32, value: f32) {
-    c_out[((split * params.batch + b) * params.m + row) * params.n + col] = value;
+    let at = (b * params.m + row) * params.n + col;
+    let c = params.scalar;
+    var v = value;
+    switch REPARAM {
+        case 1u: { v = aux[at] + c * value; }
+        case 2u: { v = aux[at] * exp(c * value); }
+        case 3u: { v = aux[at] * (1.0 + c * value); }
+        default: {}
+    }
+    c_out[split * params.batch * params.m * params.n + at] = v;
 }

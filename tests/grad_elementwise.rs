@@ -216,3 +216,50 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The adapted kernel from its factors in one op (one launch per pass on the GPU) against the composed
+    /// ops, forward and both factor gradients, on both devices; sizes past one 64×64 GEMM tile, and K
+    /// (the rank) long enough for the gradients' split-K.
+    #[test]
+    fn adapt_low_rank_equals_the_composed_ops(o in 1usize..80, r in 1usize..9, n in 1usize..300, form in 0usize..3, s in -1.0f32..1.0, seed in any::<u64>()) {
+        use liera::ops::reparam::ReparamForm;
+        let mut rng = Rng::new(seed);
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let (wv, bv, av, gv) = (
+            f32s(rng.vec(o * n, -1.0, 1.0)),
+            f32s(rng.vec(o * r, -0.5, 0.5)),
+            f32s(rng.vec(r * n, -0.5, 0.5)),
+            f32s(rng.vec(o * n, -1.0, 1.0)),
+        );
+        let form = [ReparamForm::Add, ReparamForm::MulExp, ReparamForm::MulAffine][form];
+        for dev in devices() {
+            let run = |fused: bool| -> liera::Result<Vec<Vec<f32>>> {
+                let w = Tensor::from_slice(&wv, [o, n], &dev)?;
+                let b = Tensor::param(&bv, [o, r], &dev)?;
+                let a = Tensor::param(&av, [r, n], &dev)?;
+                let y = if fused {
+                    w.adapt_low_rank(&b, &a, s, form)?
+                } else {
+                    let p = b.matmul(&a)?;
+                    match form {
+                        ReparamForm::Add => w.add_scaled(&p, s)?,
+                        ReparamForm::MulExp => w.mul_exp_scaled(&p, s)?,
+                        ReparamForm::MulAffine => w.mul_affine_scaled(&p, s)?,
+                    }
+                };
+                let grads = y.mul(&Tensor::from_slice(&gv, [o, n], &dev)?)?.sum_all()?.backward()?;
+                Ok(vec![y.to_vec()?, grads.get(&b).expect("∂B").to_vec()?, grads.get(&a).expect("∂A").to_vec()?])
+            };
+            let (fused, composed) = (run(true).unwrap(), run(false).unwrap());
+            for (k, (x, y)) in fused.iter().zip(&composed).enumerate() {
+                let scale = y.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    prop_assert!((u - v).abs() <= 1e-5 * (scale + v.abs()), "{form:?} {o}×{r}×{n} on {}: output {k} element {i}: fused {u} vs composed {v}", dev.name());
+                }
+            }
+        }
+    }
+}

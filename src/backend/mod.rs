@@ -242,6 +242,49 @@ pub struct AdamWItem<'a> {
     pub h: AdamWStep,
 }
 
+/// The layout of an elementwise op on two same-shaped contiguous operands of `len` values.
+fn flat_layout(len: usize) -> BroadcastLayout {
+    BroadcastLayout {
+        dims: vec![len.max(1)],
+        a_strides: vec![1],
+        b_strides: vec![1],
+    }
+}
+
+/// [`Backend::matmul_reparam`] composed from the product and the elementwise kernel.
+pub(crate) fn matmul_reparam_composed<B: Backend + ?Sized>(
+    be: &B,
+    a: &Storage,
+    b: &Storage,
+    spec: &MatmulSpec,
+    w: &Storage,
+    op: BinaryOp,
+) -> Result<Storage> {
+    let p = be.matmul(a, b, spec)?;
+    be.binary(op, w, &p, &flat_layout(spec.batch * spec.m * spec.n))
+}
+
+/// [`Backend::matmul_scaled_operand`] composed: the scaled operand, then the product; `scaled` is (left,
+/// c, z, the operand's length).
+pub(crate) fn matmul_scaled_operand_composed<B: Backend + ?Sized>(
+    be: &B,
+    a: &Storage,
+    b: &Storage,
+    spec: &MatmulSpec,
+    (left, c, z, x_len): (bool, f32, Option<&Storage>, usize),
+) -> Result<Storage> {
+    let x = if left { a } else { b };
+    let scaled = match z {
+        Some(z) => be.binary(BinaryOp::MulScaled(c), x, z, &flat_layout(x_len))?,
+        None => be.unary(UnaryOp::MulScalar(c), x, x_len)?,
+    };
+    if left {
+        be.matmul(&scaled, b, spec)
+    } else {
+        be.matmul(a, &scaled, spec)
+    }
+}
+
 /// The kernels every backend provides. All buffers are contiguous row-major f32; sizes are checked by the
 /// calling op, so a kernel may assume they are consistent.
 pub trait Backend: Send + Sync {
@@ -273,6 +316,37 @@ pub trait Backend: Send + Sync {
 
     /// Batched matrix product, see [`MatmulSpec`].
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage>;
+
+    /// y = op(W, op(A)·op(B)) elementwise, for `op` one of the adapters' reparameterisations
+    /// ([`BinaryOp::AddScaled`], [`BinaryOp::MulExpScaled`], [`BinaryOp::MulAffineScaled`]) and W of the
+    /// product's shape: the adapted kernel from its low-rank factors. The default is [`Backend::matmul`] then
+    /// [`Backend::binary`]; a backend may fuse them (the GPU's GEMM epilogue), with the same results.
+    fn matmul_reparam(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        w: &Storage,
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        matmul_reparam_composed(self, a, b, spec, w, op)
+    }
+    /// op(A)·op(B) with the left operand (`left`) or the right one, X, replaced by c·X·Z
+    /// ([`BinaryOp::MulScaled`], Z of X's layout) or, without `z`, X·c: an adapter factor's gradient
+    /// without materialising the scaled gradient. The default composes; a backend may fuse.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_scaled_operand(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        left: bool,
+        c: f32,
+        z: Option<&Storage>,
+        x_len: usize,
+    ) -> Result<Storage> {
+        matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len))
+    }
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;

@@ -14,8 +14,11 @@
 //! broadcasting: these are weights, not activations). The kernels are [`BinaryOp::AddScaled`],
 //! [`BinaryOp::MulExpScaled`], [`BinaryOp::MulAffineScaled`] and [`BinaryOp::MulScaled`]; each gradient is
 //! only computed for an input that requires one (W is frozen under an adapter).
+//!
+//! [`Tensor::adapt_low_rank`] takes the factors themselves (P = B·A) and runs the product and the form as
+//! one launch on a backend that fuses them, and each factor's gradient as one more.
 
-use crate::backend::BinaryOp;
+use crate::backend::{BinaryOp, MatmulSpec};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -119,4 +122,145 @@ fn multiplicative(
             Ok(vec![dw, dp])
         },
     ))
+}
+
+/// Which of the adapters' reparameterisations [`Tensor::adapt_low_rank`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReparamForm {
+    /// W + s·P (LoRA).
+    Add,
+    /// W ⊙ exp(s·P) (LieRA).
+    MulExp,
+    /// W ⊙ (1 + s·P) (first-order LieRA).
+    MulAffine,
+}
+
+impl Tensor {
+    /// The adapted kernel from low-rank factors, P = B·A reshaped to W's shape (`self` = W, B (O, r),
+    /// A (r, N), O·N = W's size): W + s·P, W ⊙ exp(s·P) or W ⊙ (1 + s·P), with the gradients of the table
+    /// above and ∂B = ∂P·Aᵀ, ∂A = Bᵀ·∂P. The same values as `w.mul_exp_scaled(&b.matmul(a)?.reshape(…), s)`
+    /// and its siblings, in one launch forward and one per factor gradient where the backend fuses them
+    /// (the GPU: the product's epilogue applies the form, and the factor gradients read s·(g ⊙ ·) as they
+    /// load it). A W that requires a gradient takes the composed ops.
+    pub fn adapt_low_rank(
+        &self,
+        b: &Tensor,
+        a: &Tensor,
+        s: f32,
+        form: ReparamForm,
+    ) -> Result<Tensor> {
+        const OP: &str = "adapt_low_rank";
+        self.check_device(OP, b)?;
+        self.check_device(OP, a)?;
+        if b.rank() != 2 || a.rank() != 2 || b.dims()[1] != a.dims()[0] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "need B (O, r) and A (r, N), got B {} and A {}",
+                    b.shape(),
+                    a.shape()
+                ),
+            ));
+        }
+        let (o, r, n) = (b.dims()[0], b.dims()[1], a.dims()[1]);
+        if o * n != self.numel() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the kernel {} and the update B·A ({o}×{n}) must have the same size",
+                    self.shape()
+                ),
+            ));
+        }
+        let op = match form {
+            ReparamForm::Add => BinaryOp::AddScaled(s),
+            ReparamForm::MulExp => BinaryOp::MulExpScaled(s),
+            ReparamForm::MulAffine => BinaryOp::MulAffineScaled(s),
+        };
+        if self.requires_grad() {
+            let p = b.matmul(a)?.reshape(self.shape().clone())?;
+            return match form {
+                ReparamForm::Add => self.add_scaled(&p, s),
+                ReparamForm::MulExp => self.mul_exp_scaled(&p, s),
+                ReparamForm::MulAffine => self.mul_affine_scaled(&p, s),
+            };
+        }
+        let spec = MatmulSpec {
+            batch: 1,
+            m: o,
+            k: r,
+            n,
+            trans_a: false,
+            trans_b: false,
+            a_batch_stride: o * r,
+            b_batch_stride: r * n,
+        };
+        let backend = self.device().backend();
+        let y = backend.matmul_reparam(&b.storage(), &a.storage(), &spec, &self.storage(), op)?;
+        let y = Tensor::from_storage(y, self.shape().clone(), self.device());
+        // ∂P = s·(g ⊙ z): z is the output (exact form), the kernel (first order) or absent (LoRA).
+        let z = match form {
+            ReparamForm::MulExp => Some(y.detach()),
+            ReparamForm::MulAffine => Some(self.detach()),
+            ReparamForm::Add => None,
+        };
+        let (saved_b, saved_a) = (b.detach(), a.detach());
+        let (need_b, need_a) = (b.requires_grad(), a.requires_grad());
+        Ok(Tensor::from_op(
+            OP,
+            y.storage(),
+            self.shape().clone(),
+            &[self, b, a],
+            move |g| {
+                let dev = g.device();
+                let z = z.as_ref().map(|z| z.storage());
+                let scaled = |left: bool, x: &Tensor, y: &Tensor, spec: MatmulSpec| {
+                    dev.backend().matmul_scaled_operand(
+                        &x.storage(),
+                        &y.storage(),
+                        &spec,
+                        left,
+                        s,
+                        z.as_ref(),
+                        o * n,
+                    )
+                };
+                // ∂B = ∂P·Aᵀ (O×r): ∂P is the left operand, Aᵀ read from A (r×N).
+                let db = need_b
+                    .then(|| {
+                        let spec = MatmulSpec {
+                            batch: 1,
+                            m: o,
+                            k: n,
+                            n: r,
+                            trans_a: false,
+                            trans_b: true,
+                            a_batch_stride: o * n,
+                            b_batch_stride: r * n,
+                        };
+                        scaled(true, g, &saved_a, spec)
+                            .map(|s| Tensor::from_storage(s, [o, r], dev))
+                    })
+                    .transpose()?;
+                // ∂A = Bᵀ·∂P (r×N): Bᵀ read from B (O×r), ∂P the right operand.
+                let da = need_a
+                    .then(|| {
+                        let spec = MatmulSpec {
+                            batch: 1,
+                            m: r,
+                            k: o,
+                            n,
+                            trans_a: true,
+                            trans_b: false,
+                            a_batch_stride: o * r,
+                            b_batch_stride: o * n,
+                        };
+                        scaled(false, &saved_b, g, spec)
+                            .map(|s| Tensor::from_storage(s, [r, n], dev))
+                    })
+                    .transpose()?;
+                Ok(vec![None, db, da])
+            },
+        ))
+    }
 }

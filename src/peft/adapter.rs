@@ -46,6 +46,7 @@
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::nn::{join, Adaptable, InitRng, Param, WeightReparam};
+use crate::ops::reparam::ReparamForm;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -639,8 +640,17 @@ impl Adapter {
                 ),
             ));
         }
-        let p = self.product()?.reshape(w.shape().clone())?;
         let s = self.scale();
+        if self.spec.delta == DeltaKind::Lora {
+            // P = B·A: the product, the form and their gradients fused where the backend can.
+            let form = match self.spec.kind {
+                AdapterKind::Liera => ReparamForm::MulExp,
+                AdapterKind::LieraFirstOrder => ReparamForm::MulAffine,
+                AdapterKind::Lora => ReparamForm::Add,
+            };
+            return w.adapt_low_rank(self.param(1), self.param(0), s, form);
+        }
+        let p = self.product()?.reshape(w.shape().clone())?;
         match self.spec.kind {
             AdapterKind::Liera => w.mul_exp_scaled(&p, s),
             AdapterKind::LieraFirstOrder => w.mul_affine_scaled(&p, s),

@@ -5,7 +5,7 @@ use super::dispatch::{u32_of, Bindings};
 use super::runtime::GpuBuffer;
 use super::shaders::ShaderVariant;
 use super::GpuBackend;
-use crate::backend::{MatmulSpec, Storage};
+use crate::backend::{BinaryOp, MatmulSpec, Storage};
 use crate::error::Result;
 
 impl GpuBackend {
@@ -142,4 +142,89 @@ impl GpuBackend {
         )?;
         Ok(Self::wrap(out))
     }
+
+    /// op(W, A·B) for the adapters' reparameterisations in one launch (matmul.wgsl's REPARAM epilogue):
+    /// None when the product does not fit the fused form (batched, or K split), for the caller's composed
+    /// fallback.
+    pub(super) fn launch_matmul_reparam(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        w: &Storage,
+        op: BinaryOp,
+    ) -> Result<Option<Storage>> {
+        let reparam = match op {
+            BinaryOp::AddScaled(_) => 1,
+            BinaryOp::MulExpScaled(_) => 2,
+            BinaryOp::MulAffineScaled(_) => 3,
+            _ => return Ok(None),
+        };
+        let len = spec.m * spec.n;
+        let tiles = spec.m.div_ceil(64) * spec.n.div_ceil(64);
+        if spec.batch != 1 || self.k_splits(tiles, spec.k, len) > 1 {
+            return Ok(None);
+        }
+        let (a, b, w) = (self.buf(a)?, self.buf(b)?, self.buf(w)?);
+        let out = self.alloc(len)?;
+        self.launch(
+            &ShaderVariant::matmul_fused(spec.trans_a, spec.trans_b, reparam, 0, false),
+            "gemm",
+            &matmul_params(spec, op.scalar())?,
+            Bindings::new(&[Some(a.raw()), Some(b.raw()), Some(w.raw())], &[out.raw()]),
+            tiles as u64,
+        )?;
+        Ok(Some(Self::wrap(out)))
+    }
+
+    /// op(A)·op(B) with the left (`left`) or right operand X read as c·X·Z (`z`) or X·c (matmul.wgsl's
+    /// SCALED_OPERAND), K split as usual; None when batched (the caller composes instead).
+    pub(super) fn launch_matmul_scaled_operand(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        left: bool,
+        c: f32,
+        z: Option<&Storage>,
+    ) -> Result<Option<Storage>> {
+        if spec.batch != 1 {
+            return Ok(None);
+        }
+        let (a, b) = (self.buf(a)?, self.buf(b)?);
+        let z = z.map(|z| self.buf(z)).transpose()?;
+        let out = self.gemm(
+            &ShaderVariant::matmul_fused(
+                spec.trans_a,
+                spec.trans_b,
+                0,
+                if left { 1 } else { 2 },
+                z.is_some(),
+            ),
+            matmul_params(spec, c)?,
+            6,
+            &[Some(a.raw()), Some(b.raw()), z.map(GpuBuffer::raw)],
+            spec.m * spec.n,
+            [1, spec.m, spec.n, spec.k],
+        )?;
+        Ok(Some(Self::wrap(out)))
+    }
+}
+
+/// matmul.wgsl's parameter block (the split count, word 6, is set by the gemm launcher).
+fn matmul_params(spec: &MatmulSpec, scalar: f32) -> Result<Vec<u32>> {
+    let mut p = [
+        spec.batch,
+        spec.m,
+        spec.n,
+        spec.k,
+        spec.a_batch_stride,
+        spec.b_batch_stride,
+        1,
+    ]
+    .iter()
+    .map(|&v| u32_of("a matmul size", v))
+    .collect::<Result<Vec<u32>>>()?;
+    p.push(scalar.to_bits());
+    Ok(p)
 }

@@ -168,6 +168,35 @@ impl Backend for GpuBackend {
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         self.launch_matmul(a, b, spec)
     }
+    fn matmul_reparam(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        w: &Storage,
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        match self.launch_matmul_reparam(a, b, spec, w, op)? {
+            Some(y) => Ok(y),
+            None => super::matmul_reparam_composed(self, a, b, spec, w, op),
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_scaled_operand(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        spec: &MatmulSpec,
+        left: bool,
+        c: f32,
+        z: Option<&Storage>,
+        x_len: usize,
+    ) -> Result<Storage> {
+        match self.launch_matmul_scaled_operand(a, b, spec, left, c, z)? {
+            Some(y) => Ok(y),
+            None => super::matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len)),
+        }
+    }
     fn sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {
         self.launch_sum_axis(x, l)
     }

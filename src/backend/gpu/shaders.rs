@@ -301,9 +301,23 @@ impl ShaderVariant {
     }
     /// The matmul module for the given transposes.
     pub fn matmul(trans_a: bool, trans_b: bool) -> Self {
+        Self::matmul_fused(trans_a, trans_b, 0, 0, false)
+    }
+    /// The matmul module with matmul.wgsl's fused forms: `reparam` 1–3 (the adapters' W + c·P,
+    /// W ⊙ exp(c·P), W ⊙ (1 + c·P) epilogues), `scaled_operand` 1 (A) or 2 (B) read as c·X·Z (`has_z`) or
+    /// X·c.
+    pub fn matmul_fused(
+        trans_a: bool,
+        trans_b: bool,
+        reparam: u32,
+        scaled_operand: u32,
+        has_z: bool,
+    ) -> Self {
         Self::new(
             Family::Matmul,
-            format!("const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n"),
+            format!(
+                "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\nconst REPARAM: u32 = {reparam}u;\nconst SCALED_OPERAND: u32 = {scaled_operand}u;\nconst HAS_Z: bool = {has_z};\n"
+            ),
         )
     }
     /// The implicit-GEMM convolution module: mode 0 forward, 1 input gradient, 2 weight gradient, 3 input
@@ -403,6 +417,14 @@ pub fn all_variants() -> Vec<ShaderVariant> {
     for ta in [false, true] {
         for tb in [false, true] {
             v.push(ShaderVariant::matmul(ta, tb));
+            for reparam in 1..=3 {
+                v.push(ShaderVariant::matmul_fused(ta, tb, reparam, 0, false));
+            }
+            for scaled in 1..=2 {
+                for has_z in [false, true] {
+                    v.push(ShaderVariant::matmul_fused(ta, tb, 0, scaled, has_z));
+                }
+            }
         }
     }
     for mode in 0..4 {
