@@ -1,5 +1,7 @@
 //! Runs ConvNeXt training steps in a loop, for profilers (`perf record`): `cargo run --release
-//! --example profile_step -- [steps] [full|lora|liera] [cpu|gpu] [preset]` (default convnext_atto). On the GPU it also prints what one step
+//! --example profile_step -- [steps] [full|lora|liera] [cpu|gpu|gpu-hw] [preset]` (default convnext_atto).
+//! `gpu-hw` plans split-K as on a hardware GPU (256 workgroups, not a CPU adapter's 8), so that llvmpipe
+//! shows the launches a hardware GPU would record. On the GPU it also prints what one step
 //! launches (dispatches, bind groups, submits, buffers created).
 use liera::backend::gpu::{GpuBackend, GpuOptions};
 use liera::job::bench::{training_step, StepKind};
@@ -20,6 +22,10 @@ fn main() -> liera::Result<()> {
     // warm-up included).
     let gpu = match args.get(3).map(String::as_str) {
         Some("gpu") => Some(Arc::new(GpuBackend::new(GpuOptions::default())?)),
+        Some("gpu-hw") => Some(Arc::new(GpuBackend::new(GpuOptions {
+            min_parallel_workgroups: Some(256),
+            ..GpuOptions::default()
+        })?)),
         _ => None,
     };
     let device = match &gpu {

@@ -11,14 +11,19 @@
 // Each workgroup of 256 threads (16×16) computes a 64×64 tile of C; each thread keeps 4×4 results in
 // registers, rows ty + 16·i and columns tx + 16·j (strided, so neighbouring threads read neighbouring
 // words of workgroup memory). K advances 16 at a time through two workgroup-memory tiles (A as [kk][row],
-// B as [kk][col], 8 KiB in all), so every value loaded from memory is used 64 times. Edges (sizes that are not tile multiples) load zeros
+// B as [kk][col], about 8 KiB in all), so every value loaded from memory is used 64 times. A's tile rows are
+// 65 words apart, not 64: its loader's neighbouring threads walk kk (contiguous in a row-major A) and so
+// store a column of the tile, which at a stride of 64 words would fall into one memory bank 16 times over
+// (a 16-way conflict on GPUs with 32 banks); at 65 the 16 stores hit 16 banks. Edges (sizes that are not tile multiples) load zeros
 // and skip the stores.
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
+// Words between rows of tile_a (TILE_M + 1: conflict-free column stores, see above).
+const A_STRIDE: u32 = 65u;
 
-var<workgroup> tile_a: array<f32, 1024>; // TILE_K × TILE_M, row-major by kk
+var<workgroup> tile_a: array<f32, 1040>; // TILE_K × A_STRIDE, row-major by kk
 var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
 
 @compute @workgroup_size(256)
@@ -67,7 +72,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
                 va = gemm_load_a(b, row0 + ar, k0 + ak);
             }
-            let ia = ak * TILE_M + ar;
+            let ia = ak * A_STRIDE + ar;
             tile_a[ia] = va;
             // B: consecutive threads walk columns (contiguous in a row-major B).
             let bk = e / TILE_N;
@@ -83,8 +88,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         for (var kk = 0u; kk < TILE_K; kk++) {
             // Thread (ty, tx) owns rows ty + 16·i and columns tx + 16·j: neighbouring threads read
             // neighbouring columns of tile_b.
-            let av = vec4<f32>(tile_a[kk * TILE_M + ty], tile_a[kk * TILE_M + ty + 16u],
-                               tile_a[kk * TILE_M + ty + 32u], tile_a[kk * TILE_M + ty + 48u]);
+            let av = vec4<f32>(tile_a[kk * A_STRIDE + ty], tile_a[kk * A_STRIDE + ty + 16u],
+                               tile_a[kk * A_STRIDE + ty + 32u], tile_a[kk * A_STRIDE + ty + 48u]);
             let bv = vec4<f32>(tile_b[kk * TILE_N + tx], tile_b[kk * TILE_N + tx + 16u],
                                tile_b[kk * TILE_N + tx + 32u], tile_b[kk * TILE_N + tx + 48u]);
             acc0 += av.x * bv;

@@ -5,9 +5,11 @@
 //!   ∂L/∂x_k = 2·g·x_k          (g = ∂L/∂y)
 //! ```
 //!
-//! One backend call for any number of tensors ([`Backend::sum_squares`](crate::backend::Backend):
-//! four tensors per GPU launch, each adding the previous launch's total), instead of a square, a sum and
-//! an add per tensor — for the atto model's 128 gradients, 32 launches instead of about 380.
+//! One backend call for any number of tensors ([`Backend::sum_squares`](crate::backend::Backend): on the
+//! GPU, multi.wgsl's sum_squares_multi takes as many tensors per launch as the adapter's storage bindings
+//! allow, each workgroup summing one chunk, and one more launch adds the chunks), instead of a square, a sum
+//! and an add per tensor: for the atto model's 128 gradients, 6 launches on a 32-binding adapter instead of
+//! about 380.
 
 use crate::error::{Error, Result};
 use crate::shape::Shape;
