@@ -140,3 +140,37 @@ fn adamw_steps_match_the_cpu() {
     }
     close("AdamW parameters after 4 steps", &finals[1], &finals[0]);
 }
+
+/// The launch budget of a training step: convnext_atto's full fine-tuning step at batch 64 records at most
+/// 300 dispatches on an adapter with 32 storage bindings and a CPU adapter's split-K plan (llvmpipe's
+/// defaults, pinned here so the count does not depend on the adapter), each with its own bind group, and
+/// the LieRA r8 step at most 400. Counting is exact, so a fusion undone fails this test.
+#[test]
+fn the_atto_step_stays_within_its_launch_budget() {
+    use liera::backend::gpu::{GpuBackend, GpuOptions};
+    use liera::job::bench::{training_step, StepKind};
+    use liera::peft::DeltaKind;
+    if gpu_device().is_none() {
+        return;
+    }
+    let backend = GpuBackend::new(GpuOptions {
+        min_parallel_workgroups: Some(8),
+        max_wide_slots: Some(32),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    if backend.limits().max_storage_buffers_per_shader_stage < 32 {
+        eprintln!("skipped: the adapter has fewer than 32 storage bindings per stage");
+        return;
+    }
+    let dev = Device::from_backend(std::sync::Arc::new(backend));
+    for (kind, budget) in [
+        (StepKind::Full, 300),
+        (StepKind::Adapter(AdapterKind::Liera, DeltaKind::Lora), 400),
+    ] {
+        let r = training_step(&dev, &ConvNeXtConfig::atto(), "convnext_atto", kind, 64, 1).unwrap();
+        let l = r.launches_per_step.expect("a GPU step counts its launches");
+        assert!(l.dispatches <= budget, "{kind:?}: {l:?} over {budget}");
+        assert_eq!(l.bind_groups, l.dispatches, "{kind:?}: {l:?}");
+    }
+}

@@ -350,15 +350,23 @@ proptest! {
 /// launches; and the default backend (the adapter's own limit, 32 on llvmpipe).
 fn narrow_backend() -> Option<&'static GpuBackend> {
     static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            max_wide_slots: Some(8),
+            ..GpuOptions::default()
+        },
+    )
+}
+
+/// A second GPU backend on the test adapter, with `options`, made once into `cell` (None without a GPU).
+fn second_backend(
+    cell: &'static OnceLock<Option<GpuBackend>>,
+    options: GpuOptions,
+) -> Option<&'static GpuBackend> {
     gpu_device()?;
-    B.get_or_init(|| {
-        Some(
-            GpuBackend::new(GpuOptions {
-                max_wide_slots: Some(8),
-                ..GpuOptions::default()
-            })
-            .expect("a second GPU backend on the same adapter"),
-        )
+    cell.get_or_init(|| {
+        Some(GpuBackend::new(options).expect("a second GPU backend on the same adapter"))
     })
     .as_ref()
 }
@@ -475,17 +483,13 @@ proptest! {
 /// dozen workgroups are split over x, y and z exactly as launches of more than 65535 are on the real limit.
 fn split_backend() -> Option<&'static GpuBackend> {
     static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    gpu_device()?;
-    B.get_or_init(|| {
-        Some(
-            GpuBackend::new(GpuOptions {
-                max_workgroups_per_dim: Some(4),
-                ..GpuOptions::default()
-            })
-            .expect("a second GPU backend on the same adapter"),
-        )
-    })
-    .as_ref()
+    second_backend(
+        &B,
+        GpuOptions {
+            max_workgroups_per_dim: Some(4),
+            ..GpuOptions::default()
+        },
+    )
 }
 
 /// A kernel launch on some backend: inputs in, outputs out.

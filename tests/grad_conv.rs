@@ -76,7 +76,8 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
-fn check_case(case: &ConvCase, seed: u64) -> Result<(), TestCaseError> {
+/// Random x, w and (with `case.bias`) b for a case.
+fn case_inputs(case: &ConvCase, seed: u64) -> Vec<common::Input> {
     let mut rng = Rng::new(seed);
     let cg = case.c / case.params.groups;
     let mut inputs = vec![
@@ -92,18 +93,38 @@ fn check_case(case: &ConvCase, seed: u64) -> Result<(), TestCaseError> {
     if case.bias {
         inputs.push(input(rng.vec(case.o, -1.0, 1.0), &[case.o]));
     }
+    inputs
+}
+
+/// Checks `op` (the convolution, or it with an activation) against the definition followed by `act`, on
+/// every device.
+fn check_case_with(
+    case: &ConvCase,
+    seed: u64,
+    op: impl Fn(&[liera::Tensor], Conv2dParams) -> liera::Result<liera::Tensor>,
+    act: fn(f64) -> f64,
+) -> Result<(), TestCaseError> {
+    let inputs = case_inputs(case, seed);
     for dev in devices() {
-        let params = case.params;
         check_gradients(
             &dev,
             &inputs,
-            |t| t[0].conv2d(&t[1], t.get(2), params),
-            |v| reference(case, &v[0], &v[1], v.get(2).map(|b| b.as_slice())),
+            |t| op(t, case.params),
+            |v| {
+                reference(case, &v[0], &v[1], v.get(2).map(|b| b.as_slice()))
+                    .into_iter()
+                    .map(act)
+                    .collect()
+            },
             TOL,
         )
         .map_err(|e| TestCaseError::fail(format!("{case:?} on {}: {e}", dev.name())))?;
     }
     Ok(())
+}
+
+fn check_case(case: &ConvCase, seed: u64) -> Result<(), TestCaseError> {
+    check_case_with(case, seed, |t, p| t[0].conv2d(&t[1], t.get(2), p), |y| y)
 }
 
 proptest! {
@@ -118,26 +139,7 @@ proptest! {
     /// gradients through the tape.
     #[test]
     fn conv2d_gelu_any_geometry(case in conv_case(), seed in any::<u64>()) {
-        let mut rng = Rng::new(seed);
-        let cg = case.c / case.params.groups;
-        let mut inputs = vec![
-            input(rng.vec(case.n * case.c * case.h * case.w, -1.0, 1.0), &[case.n, case.c, case.h, case.w]),
-            input(rng.vec(case.o * cg * case.kh * case.kw, -1.0, 1.0), &[case.o, cg, case.kh, case.kw]),
-        ];
-        if case.bias {
-            inputs.push(input(rng.vec(case.o, -1.0, 1.0), &[case.o]));
-        }
-        for dev in devices() {
-            let params = case.params;
-            check_gradients(
-                &dev,
-                &inputs,
-                |t| t[0].conv2d_gelu(&t[1], t.get(2), params),
-                |v| reference(&case, &v[0], &v[1], v.get(2).map(|b| b.as_slice())).into_iter().map(common::reference::gelu64).collect(),
-                TOL,
-            )
-            .map_err(|e| TestCaseError::fail(format!("{case:?} on {}: {e}", dev.name())))?;
-        }
+        check_case_with(&case, seed, |t, p| t[0].conv2d_gelu(&t[1], t.get(2), p), common::reference::gelu64)?;
     }
 }
 

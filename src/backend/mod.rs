@@ -531,11 +531,7 @@ pub trait Backend: Send + Sync {
         len: usize,
         h: &AdamWStep,
     ) -> Result<(Storage, Storage, Storage)> {
-        let flat = BroadcastLayout {
-            dims: vec![len.max(1)],
-            a_strides: vec![1],
-            b_strides: vec![1],
-        };
+        let flat = flat_layout(len);
         let scaled;
         let grad = match grad_scale {
             Some(c) => {
