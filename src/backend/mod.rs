@@ -350,7 +350,7 @@ pub trait Backend: Send + Sync {
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage>;
-    /// Sum over the outer and inner axes, keeping the middle one: y[l] = Σ_o Σ_i x[o, l, i]; y has `len`
+    /// Sum over the outer and inner axes, keeping the middle one: y\[l\] = Σ_o Σ_i x\[o, l, i\]; y has `len`
     /// elements (a per-channel sum of NCHW, e.g. a bias gradient). The default is two [`Backend::sum_axis`]
     /// calls; a backend may do it in one pass.
     fn sum_keep_middle(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
@@ -371,14 +371,14 @@ pub trait Backend: Send + Sync {
             },
         )
     }
-    /// y[l] = Σ_o Σ_i a[o, l, i]·b[o, l, i] (the per-channel gradient of a layer scale, Σ g·h).
+    /// y\[l\] = Σ_o Σ_i a\[o, l, i\]·b\[o, l, i\] (the per-channel gradient of a layer scale, Σ g·h).
     fn sum_product_keep_middle(
         &self,
         a: &Storage,
         b: &Storage,
         layout: AxisLayout,
     ) -> Result<Storage>;
-    /// y = x + scale[l]·h at every (o, l, i) of an (outer, len, inner) view (a residual plus a layer-scaled
+    /// y = x + scale\[l\]·h at every (o, l, i) of an (outer, len, inner) view (a residual plus a layer-scaled
     /// branch in one pass).
     fn channel_scale_add(
         &self,
