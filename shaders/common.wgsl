@@ -53,10 +53,16 @@ fn workgroup_sum(lid: u32, value: f32) -> f32 {
 // erf by Abramowitz & Stegun 7.1.26 (the CPU backend's formula, so both agree to rounding), and the exact
 // GELU x/2·(1 + erf(x/√2)) on it (elementwise.wgsl's unary op and conv2d.wgsl's fused epilogue).
 fn erf_as(x: f32) -> f32 {
+    return erf_gauss(x).x;
+}
+
+// (erf(x), exp(−x²)): the formula's exponential too, which GELU′'s density shares (one exp for both).
+fn erf_gauss(x: f32) -> vec2<f32> {
     let z = abs(x);
     let t = 1.0 / (1.0 + 0.3275911 * z);
     let poly = t * (0.2548296 + t * (-0.28449674 + t * (1.4214138 + t * (-1.4531521 + t * 1.0614054))));
-    return select(1.0, -1.0, x < 0.0) * (1.0 - poly * exp(-z * z));
+    let gauss = exp(-z * z);
+    return vec2<f32>(select(1.0, -1.0, x < 0.0) * (1.0 - poly * gauss), gauss);
 }
 
 fn gelu(x: f32) -> f32 {

@@ -31,10 +31,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
+// GELU′(x) = Φ(x) + x·φ(x): with z = x/√2, erf(z) and φ(x) = exp(−z²)/√(2π) share one exp (the CPU
+// backend's order of operations).
 fn gelu_derivative(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf_as(x * 0.70710677));
-    let pdf = exp(-0.5 * x * x) * 0.3989423;
-    return cdf + x * pdf;
+    let eg = erf_gauss(x * 0.70710677);
+    return 0.5 * (1.0 + eg.x) + x * (eg.y * 0.3989423);
 }
 
 // x^c with Rust's powf conventions where WGSL's pow is undefined (x ≤ 0): integer exponents of negative

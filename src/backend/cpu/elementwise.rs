@@ -51,13 +51,19 @@ pub fn exp(x: f32) -> f32 {
 /// WGSL kernels use the same formula so both backends agree.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_and_gauss(x).0
+}
+
+/// (erf(x), exp(−x²)): the formula's exponential is returned too, for GELU′'s density (one exp for both).
+#[inline(always)]
+fn erf_and_gauss(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
-    y.copysign(x)
+    let e = exp(-a * a);
+    ((1.0 - poly * e).copysign(x), e)
 }
 
 /// Exact GELU: x·Φ(x) with Φ(x) = (1 + erf(x/√2))/2.
@@ -66,11 +72,13 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// GELU′(x) = Φ(x) + x·φ(x), φ(x) = exp(−x²/2)/√(2π).
+/// GELU′(x) = Φ(x) + x·φ(x), φ(x) = exp(−x²/2)/√(2π). With z = x/√2, erf(z) and φ share exp(−z²), so one
+/// exp serves both.
 #[inline(always)]
 pub fn gelu_derivative(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = exp(-0.5 * x * x) * 0.398_942_3; // 1/√(2π)
+    let (erf, gauss) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
+    let cdf = 0.5 * (1.0 + erf);
+    let pdf = gauss * 0.398_942_3; // 1/√(2π)
     cdf + x * pdf
 }
 
