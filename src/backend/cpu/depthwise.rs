@@ -108,6 +108,27 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], dx: &mut [f32], g: &Conv2dGeometr
         });
 }
 
+/// Σ a·b in 8 f32 partial sums side by side (independent, so the loop vectorises, where one accumulator is
+/// a chain of dependent adds), then added.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let (ac, bc) = (a.chunks_exact(LANES), b[..a.len()].chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in ac.zip(bc) {
+        for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *s += u * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Depthwise weight gradient: one channel per task, summing over the batch inside.
 fn depthwise_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
@@ -125,11 +146,7 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> 
                     let ds = &dy_plane[i * g.w_out..(i + 1) * g.w_out];
                     if sw == 1 {
                         let s0 = in_col(j0, 1, off_w);
-                        sum += ds[j0..j1]
-                            .iter()
-                            .zip(&xs[s0..s0 + (j1 - j0)])
-                            .map(|(a, b)| a * b)
-                            .sum::<f32>();
+                        sum += dot(&ds[j0..j1], &xs[s0..s0 + (j1 - j0)]);
                     } else {
                         for j in j0..j1 {
                             sum += ds[j] * xs[in_col(j, sw, off_w)];
@@ -296,11 +313,7 @@ fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) 
                 let mut sum = 0.0f32;
                 for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
                     let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
-                    sum += drow
-                        .iter()
-                        .zip(&buf[start..start + g.w_out])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
+                    sum += dot(drow, &buf[start..start + g.w_out]);
                 }
                 *acc += sum;
             }
