@@ -1,5 +1,5 @@
 // reduce.wgsl — kernels: sum_axis_wg, sum_axis_thread, sum_keep_middle_wg, sum_keep_middle_thread,
-// channel_scale_add, permute.
+// sum_chunks, channel_scale_add, permute.
 //
 // sum over the middle axis of an (outer, len, inner) view: y[o, i] = Σ_l x[o, l, i]
 //   sum_axis_wg:     one workgroup per output, 256 threads stride over l, then a tree reduction in
@@ -11,8 +11,8 @@
 //                           the tree reduction (many positions);
 //   sum_keep_middle_thread: one thread per l, a serial loop over the positions (few).
 //   With `rank` = 1 both sum the product x·x2 instead of x (the layer scale's gradient Σ g·h).
-// sum_chunks_split: the sum over the middle axis of (1, chunks, inner) like sum_axis_thread, its first
-//   `rank` outputs written to y and the rest to y2 (the split-K partial results of a weight gradient that
+// sum_chunks: the sum over the middle axis of (1, chunks, inner) like sum_axis_thread (split-K partial
+//   results), its first `rank` outputs written to y and the rest to y2 (a weight gradient's partials that
 //   carry the bias gradient after it).
 // channel_scale_add: y = x + x3[l]·x2 at every (o, l, i) (a residual plus a per-channel scaled branch,
 //   ConvNeXt's layer scale), one thread per element.
@@ -117,7 +117,7 @@ fn sum_keep_middle_thread(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 }
 
 @compute @workgroup_size(256)
-fn sum_chunks_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn sum_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let i = linear_workgroup(wg, nwg) * 256u + lid;
     if (i >= params.inner) {

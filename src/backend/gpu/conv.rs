@@ -179,10 +179,8 @@ impl GpuBackend {
                 chunks * per_chunk,
             )?;
             if let Some(partial) = partial {
-                match &db {
-                    Some(db) => self.sum_chunks_split(&partial, (&out, db), chunks)?,
-                    None => self.sum_chunks(&partial, &out, chunks, n_w)?,
-                }
+                let outs: Vec<&GpuBuffer> = std::iter::once(&out).chain(db.as_ref()).collect();
+                self.sum_chunks(&partial, &outs, chunks)?;
             }
             return Ok((Self::wrap(out), db.map(Self::wrap)));
         }
@@ -197,19 +195,13 @@ impl GpuBackend {
         ];
         let inputs = [Some(dy.raw()), Some(x.raw())];
         let params = conv_params(g, false)?.words();
-        if with_bias {
-            let (dw, db) = self.gemm_pair(
-                &variant,
-                params,
-                CONV_SPLIT_SLOT,
-                &inputs,
-                (n_w, n_b),
-                shape,
-            )?;
-            return Ok((Self::wrap(dw), Some(Self::wrap(db))));
-        }
-        let out = self.gemm(&variant, params, CONV_SPLIT_SLOT, &inputs, n_w, shape)?;
-        Ok((Self::wrap(out), None))
+        let lens: &[usize] = if with_bias { &[n_w, n_b] } else { &[n_w] };
+        let mut outs = self
+            .gemm_outputs(&variant, params, CONV_SPLIT_SLOT, &inputs, lens, shape)?
+            .into_iter()
+            .map(Self::wrap);
+        let dw = outs.next().expect("the weight gradient");
+        Ok((dw, outs.next()))
     }
 }
 

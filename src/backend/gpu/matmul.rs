@@ -28,64 +28,47 @@ impl GpuBackend {
     pub(super) fn gemm(
         &self,
         variant: &ShaderVariant,
-        mut params: Vec<u32>,
+        params: Vec<u32>,
         split_slot: usize,
         inputs: &[Option<&wgpu::Buffer>],
         out_len: usize,
-        [batch, m, n, k]: [usize; 4],
+        shape: [usize; 4],
     ) -> Result<GpuBuffer> {
-        let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
-        let splits = self.k_splits(tiles, k, out_len);
-        params[split_slot] = splits as u32;
-        let out = self.alloc(out_len)?;
-        if splits == 1 {
-            self.launch(
-                variant,
-                "gemm",
-                &params,
-                Bindings::new(inputs, &[out.raw()]),
-                tiles as u64,
-            )?;
-            return Ok(out);
-        }
-        let partial = self.alloc(splits * out_len)?;
-        self.launch(
-            variant,
-            "gemm",
-            &params,
-            Bindings::new(inputs, &[partial.raw()]),
-            (tiles * splits) as u64,
-        )?;
-        self.sum_chunks(&partial, &out, splits, out_len)?;
-        Ok(out)
+        let mut outs = self.gemm_outputs(variant, params, split_slot, inputs, &[out_len], shape)?;
+        Ok(outs.remove(0))
     }
 
-    /// [`GpuBackend::gemm`] for a kernel with two results, of `lens` floats (bound at outputs 6 and 7);
-    /// when K is split, each split's partial result is the first then the second, summed by
-    /// `sum_chunks_split`.
-    pub(super) fn gemm_pair(
+    /// [`GpuBackend::gemm`] for a kernel with one or two results, of `lens` floats (bound at outputs 6 and
+    /// 7); when K is split, each split's partial result is the first then the second, and
+    /// [`GpuBackend::sum_chunks`] sums them into both.
+    pub(super) fn gemm_outputs(
         &self,
         variant: &ShaderVariant,
         mut params: Vec<u32>,
         split_slot: usize,
         inputs: &[Option<&wgpu::Buffer>],
-        lens: (usize, usize),
+        lens: &[usize],
         [batch, m, n, k]: [usize; 4],
-    ) -> Result<(GpuBuffer, GpuBuffer)> {
+    ) -> Result<Vec<GpuBuffer>> {
+        let total: usize = lens.iter().sum();
         let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
-        let splits = self.k_splits(tiles, k, lens.0 + lens.1);
+        let splits = self.k_splits(tiles, k, total);
         params[split_slot] = splits as u32;
-        let (out, out2) = (self.alloc(lens.0)?, self.alloc(lens.1)?);
+        let outs = lens
+            .iter()
+            .map(|&len| self.alloc(len))
+            .collect::<Result<Vec<_>>>()?;
         if splits == 1 {
+            let raw: Vec<&wgpu::Buffer> = outs.iter().map(GpuBuffer::raw).collect();
             self.launch(
                 variant,
                 "gemm",
                 &params,
-                Bindings::new(inputs, &[out.raw(), out2.raw()]),
+                Bindings::new(inputs, &raw),
                 tiles as u64,
             )?;
         } else {
-            let partial = self.alloc(splits * (lens.0 + lens.1))?;
+            let partial = self.alloc(splits * total)?;
             self.launch(
                 variant,
                 "gemm",
@@ -93,9 +76,9 @@ impl GpuBackend {
                 Bindings::new(inputs, &[partial.raw()]),
                 (tiles * splits) as u64,
             )?;
-            self.sum_chunks_split(&partial, (&out, &out2), splits)?;
+            self.sum_chunks(&partial, &outs.iter().collect::<Vec<_>>(), splits)?;
         }
-        Ok((out, out2))
+        Ok(outs)
     }
 
     pub(super) fn launch_matmul(

@@ -11,46 +11,29 @@ use crate::error::{Error, Result};
 const SQ_CHUNK: usize = 4096;
 
 impl GpuBackend {
-    /// out[i] = Σ_s partial[s·len + i] for s < chunks: a sum over the middle axis of (1, chunks, len).
+    /// The sum of `chunks` partial results, each of `outs`' total length: out[i] = Σ_s partial[s·len + i]
+    /// (sum_chunks), the first output's length of each sum written to `outs[0]` and the rest to `outs[1]`
+    /// (a weight gradient's split-K partials that carry the bias gradient after it).
     pub(super) fn sum_chunks(
         &self,
         partial: &GpuBuffer,
-        out: &GpuBuffer,
-        chunks: usize,
-        len: usize,
-    ) -> Result<()> {
-        let mut params = vec![1, u32_of("chunks", chunks)?, u32_of("length", len)?, 0];
-        params.extend([0u32; 16]);
-        self.launch_elements(
-            &ShaderVariant::plain(Family::Reduce),
-            "sum_axis_thread",
-            &params,
-            Bindings::new(&[Some(partial.raw())], &[out.raw()]),
-            len,
-        )
-    }
-
-    /// Like [`GpuBackend::sum_chunks`] over chunks of `out.len() + out2.len()` values, the first
-    /// `out.len()` of each sum written to `out` and the rest to `out2` (sum_chunks_split).
-    pub(super) fn sum_chunks_split(
-        &self,
-        partial: &GpuBuffer,
-        (out, out2): (&GpuBuffer, &GpuBuffer),
+        outs: &[&GpuBuffer],
         chunks: usize,
     ) -> Result<()> {
-        let len = out.len() + out2.len();
+        let len: usize = outs.iter().map(|o| o.len()).sum();
         let mut params = vec![
             1,
             u32_of("chunks", chunks)?,
             u32_of("length", len)?,
-            u32_of("length", out.len())?,
+            u32_of("length", outs[0].len())?,
         ];
         params.extend([0u32; 16]);
+        let raw: Vec<&wgpu::Buffer> = outs.iter().map(|o| o.raw()).collect();
         self.launch_elements(
             &ShaderVariant::plain(Family::Reduce),
-            "sum_chunks_split",
+            "sum_chunks",
             &params,
-            Bindings::new(&[Some(partial.raw())], &[out.raw(), out2.raw()]),
+            Bindings::new(&[Some(partial.raw())], &raw),
             len,
         )
     }
