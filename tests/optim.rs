@@ -54,6 +54,29 @@ fn adamw_first_step_by_hand() {
     assert_eq!(opt.steps(), 1);
 }
 
+/// One AdamW step t in f64 on the quadratic Σ c·p² (gradient 2·c·p), the formulas written out:
+/// p ← p·(1 − lr·λ) − lr·m̂/(√v̂ + ε).
+#[allow(clippy::too_many_arguments)]
+fn adamw_reference_step(
+    p: &mut [f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    c: &[f32],
+    t: i32,
+    lr: f64,
+    (b1, b2, eps, wd): (f64, f64, f64, f64),
+) {
+    for i in 0..p.len() {
+        let g = 2.0 * c[i] as f64 * p[i];
+        p[i] *= 1.0 - lr * wd;
+        m[i] = b1 * m[i] + (1.0 - b1) * g;
+        v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+        let mh = m[i] / (1.0 - b1.powi(t));
+        let vh = v[i] / (1.0 - b2.powi(t));
+        p[i] -= lr * mh / (vh.sqrt() + eps);
+    }
+}
+
 #[test]
 fn adamw_matches_scalar_reference_over_steps() {
     let (b1, b2, eps, wd, lr) = (0.9f64, 0.99f64, 1e-6f64, 0.05f64, 0.03f64);
@@ -65,15 +88,7 @@ fn adamw_matches_scalar_reference_over_steps() {
     for t in 1..=6 {
         let grads = quadratic_grads(&ps[0].1, &c);
         opt.step(&ps, &grads, lr as f32).unwrap();
-        for i in 0..3 {
-            let g = 2.0 * c[i] as f64 * p[i];
-            p[i] *= 1.0 - lr * wd;
-            m[i] = b1 * m[i] + (1.0 - b1) * g;
-            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            let mh = m[i] / (1.0 - b1.powi(t));
-            let vh = v[i] / (1.0 - b2.powi(t));
-            p[i] -= lr * mh / (vh.sqrt() + eps);
-        }
+        adamw_reference_step(&mut p, &mut m, &mut v, &c, t, lr, (b1, b2, eps, wd));
         close(&ps[0].1.to_vec().unwrap(), &p, 1e-5);
     }
 }
@@ -273,15 +288,7 @@ fn adamw_parameter_groups_update_at_their_own_rate() {
         opt.step(&ps, &grads, lr as f32).unwrap();
         for (k, (p, m, v)) in refs.iter_mut().enumerate() {
             let rate = if k == 1 { lr * factor } else { lr };
-            for i in 0..3 {
-                let g = 2.0 * c[i] as f64 * p[i];
-                p[i] *= 1.0 - rate * wd;
-                m[i] = b1 * m[i] + (1.0 - b1) * g;
-                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                let mh = m[i] / (1.0 - b1.powi(t));
-                let vh = v[i] / (1.0 - b2.powi(t));
-                p[i] -= rate * mh / (vh.sqrt() + eps);
-            }
+            adamw_reference_step(p, m, v, &c, t, rate, (b1, b2, eps, wd));
         }
         close(&ps[0].1.to_vec().unwrap(), &refs[0].0, 1e-5);
         close(&ps[1].1.to_vec().unwrap(), &refs[1].0, 1e-5);
