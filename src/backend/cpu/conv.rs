@@ -10,7 +10,8 @@
 use super::depthwise::{
     depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_grad,
 };
-use super::matmul::{gemm_view, Axis, MatView, OutView};
+use super::elementwise::gelu;
+use super::matmul::{gemm_view, vec_written_by, Axis, Epilogue, MatView, OutView};
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
@@ -185,8 +186,29 @@ fn im2col_images(
 ///
 /// Per group, over the whole batch at once: Y_g (O/G × N·HW_out) = W_g (O/G × K) · X̃_g (K × N·HW_out), with
 /// the batch folded into the GEMM's columns (see [`Axis::blocked`]), so small images still give large
-/// products.
+/// products. The GEMM writes y without a zeroing pass and adds the bias as it stores.
 pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    Ok(conv2d_and_gelu(x, w, bias, g, false)?.0)
+}
+
+/// (a, GELU(a)) with a = conv(x, w) + bias; the GEMM's store writes both, so GELU costs no pass of its own.
+pub fn conv2d_gelu(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (a, h) = conv2d_and_gelu(x, w, bias, g, true)?;
+    Ok((a, h.expect("asked for the activation")))
+}
+
+fn conv2d_and_gelu(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    with_gelu: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     check_geometry(
         g,
         &[
@@ -195,63 +217,99 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) ->
             ("bias", bias.map_or(g.c_out, |b| b.len()), g.c_out),
         ],
     )?;
-    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
-    let mut y = vec![0.0f32; g.batch * g.c_out * hw_out];
+    let hw_out = g.h_out * g.w_out;
+    let len = g.batch * g.c_out * hw_out;
     if g.is_depthwise() {
+        let mut y = vec![0.0f32; len];
         depthwise_conv2d(x, w, &mut y, g);
-    } else {
-        let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
-        let k = cg * g.kh * g.kw;
-        let chunk = images_per_chunk(k, hw_out, g.batch);
-        let mut col = Vec::new();
-        for grp in 0..g.params.groups {
-            let w_g = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], og, k, false);
-            for n0 in (0..g.batch).step_by(chunk) {
-                let count = chunk.min(g.batch - n0);
-                let patches = if is_pointwise(g) {
-                    MatView {
-                        data: &x[(n0 * g.c_in + grp * cg) * hw_in..],
-                        rows: Axis::plain(hw_in),
-                        cols: batch_columns(hw_in, g.c_in),
-                    }
-                } else {
-                    im2col_images(x, g, grp, n0, count, &mut col);
-                    MatView {
-                        data: &col,
-                        rows: Axis::plain(hw_out),
-                        cols: batch_columns(hw_out, k),
-                    }
-                };
-                let out = OutView {
-                    rows: Axis::plain(hw_out),
-                    cols: batch_columns(hw_out, g.c_out),
-                };
-                let base = (n0 * g.c_out + grp * og) * hw_out;
-                // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for the chunk's images, each
-                // once, all inside y.
-                unsafe {
-                    gemm_view(
-                        &w_g,
-                        &patches,
-                        y.as_mut_ptr().add(base),
-                        &out,
-                        og,
-                        k,
-                        count * hw_out,
-                    )
-                };
+        if let Some(b) = bias {
+            y.par_chunks_mut(hw_out)
+                .enumerate()
+                .for_each(|(plane, ys)| {
+                    let bv = b[plane % g.c_out];
+                    ys.iter_mut().for_each(|v| *v += bv);
+                });
+        }
+        let h = with_gelu.then(|| y.par_iter().map(|&v| gelu(v)).collect());
+        return Ok((y, h));
+    }
+    let mut h = None;
+    // SAFETY: `conv2d_gemms` writes every element of y (and of the activation): each group's og output
+    // channels of every image, the chunks covering the batch.
+    let y = unsafe {
+        vec_written_by(len, |y| {
+            if with_gelu {
+                h = Some(vec_written_by(len, |act| {
+                    conv2d_gemms(x, w, bias, g, y, Some(act))
+                }));
+            } else {
+                conv2d_gemms(x, w, bias, g, y, None);
             }
+        })
+    };
+    Ok((y, h))
+}
+
+/// The GEMMs of a (not depthwise) convolution, overwriting y (and writing GELU(y) to `act`) with the bias.
+///
+/// # Safety
+/// `y` (and `act`) must be valid for writes of the whole output, `g.output_shape().numel()` floats.
+unsafe fn conv2d_gemms(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    y: *mut f32,
+    act: Option<*mut f32>,
+) {
+    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let k = cg * g.kh * g.kw;
+    let chunk = images_per_chunk(k, hw_out, g.batch);
+    let mut col = Vec::new();
+    for grp in 0..g.params.groups {
+        let w_g = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], og, k, false);
+        for n0 in (0..g.batch).step_by(chunk) {
+            let count = chunk.min(g.batch - n0);
+            let patches = if is_pointwise(g) {
+                MatView {
+                    data: &x[(n0 * g.c_in + grp * cg) * hw_in..],
+                    rows: Axis::plain(hw_in),
+                    cols: batch_columns(hw_in, g.c_in),
+                }
+            } else {
+                im2col_images(x, g, grp, n0, count, &mut col);
+                MatView {
+                    data: &col,
+                    rows: Axis::plain(hw_out),
+                    cols: batch_columns(hw_out, k),
+                }
+            };
+            let out = OutView {
+                rows: Axis::plain(hw_out),
+                cols: batch_columns(hw_out, g.c_out),
+            };
+            let base = (n0 * g.c_out + grp * og) * hw_out;
+            let epi = Epilogue {
+                overwrite: true,
+                row_bias: bias.map(|b| &b[grp * og..(grp + 1) * og]),
+                // SAFETY: the same offset inside the activation, which has y's length (the caller's promise).
+                gelu_out: act.map(|p| unsafe { p.add(base) }),
+            };
+            // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for the chunk's images, each once,
+            // all inside y (the caller's promise).
+            unsafe {
+                gemm_view(
+                    &w_g,
+                    &patches,
+                    y.add(base),
+                    &out,
+                    (og, k, count * hw_out),
+                    &epi,
+                )
+            };
         }
     }
-    if let Some(b) = bias {
-        y.par_chunks_mut(hw_out)
-            .enumerate()
-            .for_each(|(plane, ys)| {
-                let bv = b[plane % g.c_out];
-                ys.iter_mut().for_each(|v| *v += bv);
-            });
-    }
-    Ok(y)
 }
 
 /// ∂L/∂x from dy = ∂L/∂y: per group, ∂X̃_g = W_gᵀ · G_g over the whole batch, scattered back by col2im (a
@@ -265,58 +323,81 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
         ],
     )?;
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
-    let mut dx = vec![0.0f32; g.batch * g.c_in * hw_in];
+    let len = g.batch * g.c_in * hw_in;
     if g.is_depthwise() {
+        let mut dx = vec![0.0f32; len];
         depthwise_conv2d_input_grad(dy, w, &mut dx, g);
         return Ok(dx);
     }
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let chunk = images_per_chunk(k, hw_out, g.batch);
+    // Wᵀ of group grp: (K × O/G), read from the (O/G × K) block of w.
+    let w_t = |grp: usize| MatView::dense(&w[grp * og * k..(grp + 1) * og * k], k, og, true);
+    let grad = |grp: usize, n0: usize| MatView {
+        data: &dy[(n0 * g.c_out + grp * og) * hw_out..],
+        rows: Axis::plain(hw_out),
+        cols: batch_columns(hw_out, g.c_out),
+    };
+    if is_pointwise(g) {
+        // The GEMM writes ∂x directly, overwriting: no zeroing pass.
+        let out = OutView {
+            rows: Axis::plain(hw_in),
+            cols: batch_columns(hw_in, g.c_in),
+        };
+        // SAFETY: over the groups and chunks, `out` from each `base` addresses dx[n, grp·cg + c, pixel]
+        // for every image, channel and pixel exactly once, all inside the len floats.
+        let dx = unsafe {
+            vec_written_by(len, |dx| {
+                for grp in 0..g.params.groups {
+                    for n0 in (0..g.batch).step_by(chunk) {
+                        let count = chunk.min(g.batch - n0);
+                        let base = (n0 * g.c_in + grp * cg) * hw_in;
+                        let dims = (k, og, count * hw_out);
+                        let dst = dx.add(base);
+                        gemm_view(
+                            &w_t(grp),
+                            &grad(grp, n0),
+                            dst,
+                            &out,
+                            dims,
+                            &Epilogue::OVERWRITE,
+                        );
+                    }
+                }
+            })
+        };
+        return Ok(dx);
+    }
+    let mut dx = vec![0.0f32; len];
     let mut col: Vec<f32> = Vec::new();
     for grp in 0..g.params.groups {
-        // Wᵀ: (K × O/G), read from the (O/G × K) block of w.
-        let w_t = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], k, og, true);
         for n0 in (0..g.batch).step_by(chunk) {
             let count = chunk.min(g.batch - n0);
-            let grad = MatView {
-                data: &dy[(n0 * g.c_out + grp * og) * hw_out..],
+            // Sized once; the product overwrites it, so stale values from the last chunk do not matter.
+            col.resize(count * k * hw_out, 0.0);
+            let out = OutView {
                 rows: Axis::plain(hw_out),
-                cols: batch_columns(hw_out, g.c_out),
+                cols: batch_columns(hw_out, k),
             };
-            if is_pointwise(g) {
-                let out = OutView {
-                    rows: Axis::plain(hw_in),
-                    cols: batch_columns(hw_in, g.c_in),
-                };
-                let base = (n0 * g.c_in + grp * cg) * hw_in;
-                // SAFETY: `out` from `base` addresses dx[n, grp·cg + c, pixel] of the chunk, each once.
-                unsafe {
-                    gemm_view(
-                        &w_t,
-                        &grad,
-                        dx.as_mut_ptr().add(base),
-                        &out,
-                        k,
-                        og,
-                        count * hw_out,
-                    )
-                };
-            } else {
-                col.clear();
-                col.resize(count * k * hw_out, 0.0);
-                let out = OutView {
-                    rows: Axis::plain(hw_out),
-                    cols: batch_columns(hw_out, k),
-                };
-                // SAFETY: `out` addresses every element of `col` (count × k × hw_out) exactly once.
-                unsafe { gemm_view(&w_t, &grad, col.as_mut_ptr(), &out, k, og, count * hw_out) };
-                let images = &mut dx[n0 * g.c_in * hw_in..(n0 + count) * g.c_in * hw_in];
-                images
-                    .par_chunks_mut(g.c_in * hw_in)
-                    .zip(col.par_chunks(k * hw_out))
-                    .for_each(|(dx_img, col_img)| col2im_add(col_img, g, grp, dx_img));
-            }
+            let dims = (k, og, count * hw_out);
+            let (w_t, grad) = (w_t(grp), grad(grp, n0));
+            // SAFETY: `out` addresses every element of `col` (count × k × hw_out) exactly once.
+            unsafe {
+                gemm_view(
+                    &w_t,
+                    &grad,
+                    col.as_mut_ptr(),
+                    &out,
+                    dims,
+                    &Epilogue::OVERWRITE,
+                )
+            };
+            let images = &mut dx[n0 * g.c_in * hw_in..(n0 + count) * g.c_in * hw_in];
+            images
+                .par_chunks_mut(g.c_in * hw_in)
+                .zip(col.par_chunks(k * hw_out))
+                .for_each(|(dx_img, col_img)| col2im_add(col_img, g, grp, dx_img));
         }
     }
     Ok(dx)
@@ -374,9 +455,8 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
                     &patches_t,
                     dw.as_mut_ptr().add(grp * og * k),
                     &out,
-                    og,
-                    count * hw_out,
-                    k,
+                    (og, count * hw_out, k),
+                    &Epilogue::ADD,
                 )
             };
         }

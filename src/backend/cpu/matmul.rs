@@ -6,12 +6,18 @@
 //! loops are unrolled and vectorised by the compiler. It is compiled three times, with the instruction set
 //! chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code (4×8).
 //!
+//! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
+//! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
+//! on that first pass, and GELU(C) written into a second output after the last pass. A convolution's bias
+//! and fc1's activation then cost no pass of their own over the activation.
+//!
 //! Operands are [`MatView`]s: any matrix whose row and column indices map to memory by a stride, where an
 //! index may also be split into (block, offset) with a second stride. That covers plain and transposed
 //! matrices and also "a batch of images seen as one wide matrix": the columns (n, pixel) of an NCHW tensor,
 //! so a 1×1 convolution over the whole batch is one GEMM instead of one per image. Transposes and layouts
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
+use super::elementwise::gelu;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
 
@@ -113,19 +119,74 @@ pub(crate) struct OutView {
     pub cols: Axis,
 }
 
+/// How a product is stored into C.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// C = A·B (+ bias) instead of C += A·B: the first pass over k stores without reading C, so C may be
+    /// uninitialised.
+    pub overwrite: bool,
+    /// bias[i] added to every element of row i (on the first pass over k), `m` values.
+    pub row_bias: Option<&'a [f32]>,
+    /// After the last pass over k, GELU(C[i, j]) is also written at the same offset from this pointer.
+    pub gelu_out: Option<*mut f32>,
+}
+
+impl Epilogue<'_> {
+    /// C += A·B.
+    pub const ADD: Epilogue<'static> = Epilogue {
+        overwrite: false,
+        row_bias: None,
+        gelu_out: None,
+    };
+    /// C = A·B.
+    pub const OVERWRITE: Epilogue<'static> = Epilogue {
+        overwrite: true,
+        row_bias: None,
+        gelu_out: None,
+    };
+}
+
+/// A vector of `len` floats written by `fill` without being zeroed first (the allocator's memory as it is).
+///
+/// # Safety
+/// `fill` must write all `len` floats through the pointer it is given before returning.
+pub(crate) unsafe fn vec_written_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity is at least len.
+    unsafe { v.set_len(len) };
+    fill(v.as_mut_ptr().cast());
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, layout and length; every element was written by `fill` (the caller's
+    // promise), and MaybeUninit<f32> has the layout of f32.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), len, v.capacity()) }
+}
+
 /// C[b] = op(A[b]) · op(B[b]), contiguous (batch, m, n).
 pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     let MatmulSpec { batch, m, k, n, .. } = *spec;
-    let mut c = vec![0.0f32; batch * m * n];
-    if m * n == 0 {
-        return c;
-    }
-    c.par_chunks_mut(m * n).enumerate().for_each(|(bi, c_mat)| {
-        let a_mat = &a[bi * spec.a_batch_stride..bi * spec.a_batch_stride + m * k];
-        let b_mat = &b[bi * spec.b_batch_stride..bi * spec.b_batch_stride + k * n];
-        gemm_acc(a_mat, b_mat, c_mat, m, k, n, spec.trans_a, spec.trans_b);
-    });
-    c
+    let fill = |c: CPtr| {
+        (0..batch).into_par_iter().for_each(|bi| {
+            let a_mat = &a[bi * spec.a_batch_stride..bi * spec.a_batch_stride + m * k];
+            let b_mat = &b[bi * spec.b_batch_stride..bi * spec.b_batch_stride + k * n];
+            let out = OutView {
+                rows: Axis::plain(n),
+                cols: Axis::plain(1),
+            };
+            // SAFETY: matrix bi's m×n row-major block of the batch·m·n output, written by this task only.
+            unsafe {
+                gemm_view(
+                    &MatView::dense(a_mat, m, k, spec.trans_a),
+                    &MatView::dense(b_mat, k, n, spec.trans_b),
+                    c.get().add(bi * m * n),
+                    &out,
+                    (m, k, n),
+                    &Epilogue::OVERWRITE,
+                )
+            }
+        })
+    };
+    // SAFETY: the products overwrite every element of each matrix (k = 0 included, as zeros).
+    unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
 }
 
 /// The instruction set the micro-kernel was compiled for.
@@ -152,74 +213,82 @@ fn isa() -> Isa {
     Isa::Portable
 }
 
-/// c += op(a)·op(b) for one m×k by k×n product; c is m×n row-major.
-///
-/// `a` is m×k row-major (k×m when `trans_a`); `b` is k×n row-major (n×k when `trans_b`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_acc(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    trans_a: bool,
-    trans_b: bool,
-) {
-    assert!(
-        c.len() >= m * n,
-        "gemm_acc: output of {} values for a {m}×{n} product",
-        c.len()
-    );
-    let out = OutView {
-        rows: Axis::plain(n),
-        cols: Axis::plain(1),
-    };
-    // SAFETY: `out` addresses exactly the m×n row-major elements of `c` (checked above), which we borrow
-    // mutably.
-    unsafe {
-        gemm_view(
-            &MatView::dense(a, m, k, trans_a),
-            &MatView::dense(b, k, n, trans_b),
-            c.as_mut_ptr(),
-            &out,
-            m,
-            k,
-            n,
-        )
-    }
-}
-
-/// C += A·B for general views (A m×k, B k×n) into the output view at `c`.
+/// C += A·B, or C = A·B with the extras of `epi`, for general views (A m×k, B k×n) into the output view at
+/// `c`.
 ///
 /// # Safety
 /// Every element `c + out.rows.at(i) + out.cols.at(j)` for i < m, j < n must be valid for writes, distinct
-/// for distinct (i, j), and not accessed by anyone else during the call; the views' offsets must lie inside
-/// their slices (they are bounds-checked).
+/// for distinct (i, j), and not accessed by anyone else during the call (the same for `epi.gelu_out`); the
+/// views' offsets must lie inside their slices (they are bounds-checked).
 pub(crate) unsafe fn gemm_view(
     a: &MatView,
     b: &MatView,
     c: *mut f32,
     out: &OutView,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
+    epi: &Epilogue,
 ) {
-    if m * n == 0 || k == 0 {
+    if let Some(bias) = epi.row_bias {
+        assert!(
+            bias.len() >= m,
+            "gemm: {} bias values for {m} rows",
+            bias.len()
+        );
+    }
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum: C keeps its value (or becomes 0), plus the bias and the activation.
+        for i in 0..m {
+            let bias = epi.row_bias.map_or(0.0, |b| b[i]);
+            for j in 0..n {
+                let at = out.rows.at(i) + out.cols.at(j);
+                // SAFETY: the caller guarantees element (i, j) of C (and of gelu_out) is ours.
+                unsafe {
+                    let v = if epi.overwrite { 0.0 } else { *c.add(at) } + bias;
+                    *c.add(at) = v;
+                    if let Some(g) = epi.gelu_out {
+                        *g.add(at) = gelu(v);
+                    }
+                }
+            }
+        }
         return;
     }
     let c = CPtr(c);
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => gemm_blocked::<6, 32>(a, b, c, out, (m, k, n), tile_avx512),
+        Isa::Avx512 => gemm_blocked::<6, 32>(a, b, c, out, (m, k, n), epi, tile_avx512),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), tile_avx2),
-        _ => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), tile_portable),
+        Isa::Avx2Fma => gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), epi, tile_avx2),
+        _ => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), epi, tile_portable),
     }
 }
 
-/// Adds one MR×NR tile product (packed panels `a`, `b`) into C: element (i, j) of the tile goes to
-/// `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
+/// How one pass over k stores its tiles (the [`Epilogue`] resolved for that pass).
+#[derive(Clone, Copy)]
+struct TileStore<'a> {
+    /// Store the product instead of adding it to C (the first pass of an overwriting product).
+    overwrite: bool,
+    /// Added to the tile's rows (first pass only): the bias of rows ir..ir+mr.
+    bias: Option<&'a [f32]>,
+    /// Also write GELU of the stored value here (last pass only).
+    gelu_out: Option<*mut f32>,
+}
+
+impl TileStore<'_> {
+    /// The store of the tile at rows ir..ir+mr (its slice of the bias).
+    fn rows(&self, ir: usize, mr: usize) -> TileStore<'_> {
+        TileStore {
+            bias: self.bias.map(|b| &b[ir..ir + mr]),
+            ..*self
+        }
+    }
+}
+
+/// Adds (or stores) one MR×NR tile product (packed panels `a`, `b`) into C: element (i, j) of the tile goes
+/// to `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
 type TileFn = unsafe fn(
     a: &[f32],
     b: &[f32],
@@ -228,6 +297,7 @@ type TileFn = unsafe fn(
     cols: &[usize],
     mr: usize,
     nr: usize,
+    store: &TileStore,
 );
 
 /// The micro-kernel compiled for AVX-512. Closures do not inherit target features, so each instruction set
@@ -235,6 +305,7 @@ type TileFn = unsafe fn(
 /// multiply-adds, so the indirection costs nothing measurable).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx512(
     a: &[f32],
     b: &[f32],
@@ -243,12 +314,14 @@ unsafe fn tile_avx512(
     q: &[usize],
     mr: usize,
     nr: usize,
+    store: &TileStore,
 ) {
-    tile::<6, 32, true>(a, b, c, r, q, mr, nr)
+    tile::<6, 32, true>(a, b, c, r, q, mr, nr, store)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx2(
     a: &[f32],
     b: &[f32],
@@ -257,10 +330,12 @@ unsafe fn tile_avx2(
     q: &[usize],
     mr: usize,
     nr: usize,
+    store: &TileStore,
 ) {
-    tile::<6, 16, true>(a, b, c, r, q, mr, nr)
+    tile::<6, 16, true>(a, b, c, r, q, mr, nr, store)
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_portable(
     a: &[f32],
     b: &[f32],
@@ -269,15 +344,19 @@ unsafe fn tile_portable(
     q: &[usize],
     mr: usize,
     nr: usize,
+    store: &TileStore,
 ) {
-    tile::<4, 8, false>(a, b, c, r, q, mr, nr)
+    tile::<4, 8, false>(a, b, c, r, q, mr, nr, store)
 }
 
-/// C[rows[i] + cols[j]] += the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR], for i < mr, j < nr.
+/// C[rows[i] + cols[j]] (+)= the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR] (+ bias[i]), for i < mr, j < nr,
+/// then GELU of it into the second output if asked.
 ///
 /// # Safety
-/// Those `mr·nr` elements of C must be valid, distinct and written by no one else meanwhile.
+/// Those `mr·nr` elements of C (and of `store.gelu_out`) must be valid, distinct and written by no one else
+/// meanwhile.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
     b: &[f32],
@@ -286,6 +365,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     cols: &[usize],
     mr: usize,
     nr: usize,
+    store: &TileStore,
 ) {
     let acc = micro_kernel::<MR, NR, FMA>(a, b);
     let contiguous = cols[..nr]
@@ -293,16 +373,37 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         .enumerate()
         .all(|(j, &o)| o == cols[0] + j);
     for (i, row) in acc.iter().enumerate().take(mr) {
+        let bias = store.bias.map_or(0.0, |b| b[i]);
         if contiguous {
             // SAFETY: the caller guarantees these nr elements are ours; they are consecutive.
             let dst = unsafe { std::slice::from_raw_parts_mut(c.add(rows[i] + cols[0]), nr) };
-            for (d, &t) in dst.iter_mut().zip(row) {
-                *d += t;
+            if store.overwrite {
+                for (d, &t) in dst.iter_mut().zip(row) {
+                    *d = t + bias;
+                }
+            } else {
+                for (d, &t) in dst.iter_mut().zip(row) {
+                    *d += t + bias;
+                }
+            }
+            if let Some(g) = store.gelu_out {
+                // SAFETY: the same nr elements of the second output, ours as well.
+                let act = unsafe { std::slice::from_raw_parts_mut(g.add(rows[i] + cols[0]), nr) };
+                for (o, &v) in act.iter_mut().zip(dst.iter()) {
+                    *o = gelu(v);
+                }
             }
         } else {
             for (j, &t) in row.iter().enumerate().take(nr) {
+                let at = rows[i] + cols[j];
                 // SAFETY: as above, element by element.
-                unsafe { *c.add(rows[i] + cols[j]) += t };
+                unsafe {
+                    let v = if store.overwrite { t } else { *c.add(at) + t } + bias;
+                    *c.add(at) = v;
+                    if let Some(g) = store.gelu_out {
+                        *g.add(at) = gelu(v);
+                    }
+                }
             }
         }
     }
@@ -338,6 +439,9 @@ struct CPtr(*mut f32);
 // SAFETY: tasks write disjoint regions of C (distinct row blocks × column ranges), see `gemm_blocked`.
 unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
+// SAFETY: the GELU output of a pass is written by the tasks exactly as C is (the same offsets).
+unsafe impl Send for TileStore<'_> {}
+unsafe impl Sync for TileStore<'_> {}
 
 impl CPtr {
     /// The pointer (a method, so closures capture the whole Sync wrapper rather than its field).
@@ -425,6 +529,7 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     c: CPtr,
     out: &OutView,
     (m, k, n): (usize, usize, usize),
+    epi: &Epilogue,
     tile_fn: TileFn,
 ) {
     let serial = m * n * k < PAR_MIN_MACS;
@@ -434,6 +539,11 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
         let b_panels = nc.div_ceil(NR);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
+            let pass = TileStore {
+                overwrite: epi.overwrite && p0 == 0,
+                bias: epi.row_bias.filter(|_| p0 == 0),
+                gelu_out: epi.gelu_out.filter(|_| p0 + kc == k),
+            };
             // Packing overwrites every element (padding included), so the buffer is only resized: no
             // zeroing pass per block.
             b_pack.resize(b_panels * kc * NR, 0.0);
@@ -467,10 +577,11 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
                         let ir = i0 + r * MR;
                         let mr = MR.min(m - ir);
                         out.rows.offsets(ir, mr, &mut rows);
+                        let store = pass.rows(ir, mr);
                         // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to this task alone (its
                         // row block and panel range), and the caller of `gemm_view` guarantees they are
                         // valid and distinct; the tile function was chosen for this CPU's instruction set.
-                        unsafe { tile_fn(ap, bp, c.get(), &rows, &cols, mr, nr) };
+                        unsafe { tile_fn(ap, bp, c.get(), &rows, &cols, mr, nr, &store) };
                     }
                 }
             };
@@ -546,11 +657,13 @@ mod tests {
                     CPtr(c.as_mut_ptr()),
                     &out,
                     (m, k, n),
+                    &Epilogue::ADD,
                     tile_portable,
                 );
                 check(&c, &want, k, &format!("portable {what}"));
                 let mut c = vec![0.0f32; m * n];
-                gemm_acc(&a, &b, &mut c, m, k, n, ta, tb);
+                // SAFETY: `out` addresses every element of c exactly once.
+                unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &Epilogue::ADD) };
                 check(&c, &want, k, &format!("dispatched {what}"));
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -561,6 +674,7 @@ mod tests {
                         CPtr(c.as_mut_ptr()),
                         &out,
                         (m, k, n),
+                        &Epilogue::ADD,
                         tile_avx2,
                     );
                     check(&c, &want, k, &format!("avx2 {what}"));
@@ -593,9 +707,8 @@ mod tests {
                 &xv,
                 y.as_mut_ptr(),
                 &out,
-                c_out,
-                c_in,
-                batch * hw,
+                (c_out, c_in, batch * hw),
+                &Epilogue::ADD,
             )
         };
         let mut want = vec![0.0f64; y.len()];
@@ -609,5 +722,100 @@ mod tests {
             }
         }
         check(&y, &want, c_in, "batched pointwise");
+    }
+
+    /// The overwriting epilogue ignores what C held (NaN here), adds the row bias once and writes GELU after
+    /// the last pass over k: for k = 0, k inside one KC block and k across several, into a strided NCHW-like
+    /// output and a plain one, on every instruction-set variant.
+    #[test]
+    fn the_epilogue_overwrites_adds_the_bias_once_and_writes_gelu() {
+        let mut seed = 5u64;
+        let kernels: Vec<(
+            &str,
+            fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue),
+        )> = {
+            let mut v: Vec<(
+                &str,
+                fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue),
+            )> = vec![("portable", |a, b, c, o, d, e| {
+                gemm_blocked::<4, 8>(a, b, c, o, d, e, tile_portable)
+            })];
+            #[cfg(target_arch = "x86_64")]
+            if isa() != Isa::Portable {
+                v.push(("avx2", |a, b, c, o, d, e| {
+                    gemm_blocked::<6, 16>(a, b, c, o, d, e, tile_avx2)
+                }));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if isa() == Isa::Avx512 {
+                v.push(("avx512", |a, b, c, o, d, e| {
+                    gemm_blocked::<6, 32>(a, b, c, o, d, e, tile_avx512)
+                }));
+            }
+            v
+        };
+        for &(m, k, hw, images) in &[
+            (5, 0, 7, 2),
+            (13, 40, 9, 3),
+            (7, 600, 33, 2),
+            (40, 300, 64, 1),
+        ] {
+            let n = hw * images;
+            let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+            let bias: Vec<f32> = (0..m).map(|_| lcg(&mut seed)).collect();
+            let (va, vb) = (
+                MatView::dense(&a, m, k, false),
+                MatView::dense(&b, k, n, false),
+            );
+            // C as NCHW: row i = channel, column j = (image j / hw, pixel j % hw).
+            let out = OutView {
+                rows: Axis::plain(hw),
+                cols: Axis::blocked(1, hw, m * hw),
+            };
+            let at = |i: usize, j: usize| out.rows.at(i) + out.cols.at(j);
+            let mut want = vec![0.0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                        .sum();
+                    want[at(i, j)] = dot + bias[i] as f64;
+                }
+            }
+            let want_gelu: Vec<f64> = want.iter().map(|&v| gelu(v as f32) as f64).collect();
+            for (name, kernel) in &kernels {
+                let what = format!("{name} {m}x{k}x{n}");
+                let mut c = vec![f32::NAN; m * n];
+                let mut g = vec![f32::NAN; m * n];
+                let epi = Epilogue {
+                    overwrite: true,
+                    row_bias: Some(&bias),
+                    gelu_out: Some(g.as_mut_ptr()),
+                };
+                if k == 0 {
+                    // SAFETY: `out` addresses every element of c (and g) exactly once.
+                    unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &epi) };
+                } else {
+                    kernel(&va, &vb, CPtr(c.as_mut_ptr()), &out, (m, k, n), &epi);
+                }
+                check(&c, &want, k.max(1), &format!("{what} C"));
+                check(&g, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
+                // Adding instead: C starts at 1 and gains the product and the bias once.
+                let mut c1 = vec![1.0f32; m * n];
+                let add = Epilogue {
+                    row_bias: Some(&bias),
+                    ..Epilogue::ADD
+                };
+                if k == 0 {
+                    // SAFETY: as above.
+                    unsafe { gemm_view(&va, &vb, c1.as_mut_ptr(), &out, (m, k, n), &add) };
+                } else {
+                    kernel(&va, &vb, CPtr(c1.as_mut_ptr()), &out, (m, k, n), &add);
+                }
+                let want1: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
+                check(&c1, &want1, k.max(1), &format!("{what} C + 1"));
+            }
+        }
     }
 }

@@ -133,6 +133,17 @@ impl Backend for CpuBackend {
         let bias = bias.map(host).transpose()?;
         conv::conv2d(host(x)?, host(w)?, bias, geom).map(wrap)
     }
+    fn conv2d_gelu(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        geom: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        let bias = bias.map(host).transpose()?;
+        let (a, h) = conv::conv2d_gelu(host(x)?, host(w)?, bias, geom)?;
+        Ok((wrap(a), wrap(h)))
+    }
     fn conv2d_input_grad(
         &self,
         dy: &Storage,
