@@ -38,7 +38,8 @@
 //! (above 1: liera is faster). For each step configuration, the sum over its GEMMs of count × median time
 //! gives the GEMM time of one step per library. Every shape's results are compared across the three.
 //!
-//! Run with `cargo bench --bench matmul` (`-- --quick` for fewer rounds).
+//! Run with `cargo bench --bench matmul` (`-- --quick` for fewer rounds; `-- 224px` or `-- square 32px`
+//! for those groups of shapes only).
 
 use liera::{Device, Tensor};
 use std::time::Instant;
@@ -202,6 +203,7 @@ fn main() {
     let mm_threads = matrixmultiply_threads(threads);
     let dev = Device::cpu();
     println!("device: {}", dev.name());
+    println!("liera's GEMM: {}", liera::backend::cpu::gemm_plan());
     println!(
         "threads: liera {threads} (rayon's global pool), gemm {threads} (Parallelism::Rayon({threads})), \
          matrixmultiply {mm_threads} (MATMUL_NUM_THREADS={threads}{})",
@@ -223,6 +225,12 @@ fn main() {
     for (tag, batch, chans, size) in STEPS {
         atto_step_gemms(&mut gemms, tag, batch, chans, size);
     }
+    // Arguments that are not flags pick groups of shapes: square, 32px, 224px.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    gemms.retain(|g| only.is_empty() || g.uses.iter().any(|u| only.iter().any(|o| o == u.step)));
 
     println!(
         "\n{:<20} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8}  uses (×count per step)",
@@ -352,6 +360,9 @@ fn main() {
         "\nGEMM time of one convnext_atto training step (full fine-tuning), Σ count × median:"
     );
     for ((tag, batch, chans, size), [l, g, mm]) in STEPS.iter().zip(&step_time) {
+        if *l == 0.0 {
+            continue;
+        }
         println!(
             "  {tag} ({chans}×{size}×{size}, batch {batch}): liera {:.2} ms, gemm {:.2} ms, \
              matrixmultiply {:.2} ms (liera/gemm {:.2}, liera/matrixmultiply {:.2} in speed)",

@@ -74,6 +74,7 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
         let doc = serde_json::json!({
             "device": device.name(),
             "threads": rayon::current_num_threads(),
+            "cpu_gemm": liera::backend::cpu::gemm_plan(),
             "peak_rss_bytes": peak,
             "results": results,
         });
@@ -88,6 +89,7 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
         device.name(),
         rayon::current_num_threads()
     );
+    println!("cpu GEMM: {}", liera::backend::cpu::gemm_plan());
     println!(
         "{:<66} {:>10} {:>9} {:>9} {:>9} {:>10}",
         "benchmark", "median ms", "GFLOP/s", "images/s", "peak MiB", "MiB/image"

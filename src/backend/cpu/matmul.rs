@@ -17,16 +17,83 @@
 //! so a 1×1 convolution over the whole batch is one GEMM instead of one per image. Transposes and layouts
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
+use super::caches::{caches, Caches};
 use super::elementwise::gelu;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
-/// Depth of a packed block (k per pass): an A panel (MR·KC) and a B panel (KC·NR) stay in L1/L2.
-const KC: usize = 256;
-/// Rows of A packed per task.
-const MC: usize = 96;
-/// Columns of B packed per pass.
-const NC: usize = 2048;
+/// The block sizes of the packed product for one micro-kernel shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocking {
+    /// Depth of a pass over k: the B micro-panel (kc × NR) each tile reads.
+    pub kc: usize,
+    /// Most rows of A packed per task (the A block, mc × kc).
+    pub mc: usize,
+    /// Columns of B packed per pass (the B block, kc × nc).
+    pub nc: usize,
+}
+
+/// The blocking for an MR×NR micro-kernel on this machine's caches (see [`super::caches`]), after the
+/// analytical model of BLIS:
+/// - the B micro-panel (kc × NR floats) is reused by every A micro-panel of a block, so it should stay in
+///   L1d: it gets two thirds of L1d, the rest holds the A micro-panel streaming past and the C tile;
+/// - the packed A block (mc × kc) is reused for every B micro-panel, so it should stay in L2; but more
+///   than `MC_MAX` rows per task leaves too few tasks to balance the threads on the products of a
+///   ConvNeXt step (whose row count is a layer's channels), which measured slower;
+/// - the packed B block (kc × nc) is reused by every row block, so it should stay in this core's share of
+///   L3, at most `NC_MAX` columns (the pack is parallel, but the tasks wait for it).
+///
+/// On the development machine (48 KiB L1d, 2 MiB L2) this gives kc 256, mc 96, nc 2048 for the AVX-512
+/// kernel; a 32 KiB L1d gives kc 160. `LIERA_GEMM_BLOCKING=kc,mc,nc` overrides it, for tuning experiments.
+pub(crate) fn blocking<const MR: usize, const NR: usize>() -> Blocking {
+    static OVERRIDE: OnceLock<Option<Blocking>> = OnceLock::new();
+    let forced = *OVERRIDE.get_or_init(|| {
+        let v = std::env::var("LIERA_GEMM_BLOCKING").ok()?;
+        let parts: Vec<usize> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+        match parts[..] {
+            [kc, mc, nc] if kc > 0 && mc > 0 && nc > 0 => Some(Blocking { kc, mc, nc }),
+            _ => None,
+        }
+    });
+    forced.unwrap_or_else(|| blocking_for::<MR, NR>(caches()))
+}
+
+/// What the GEMM runs on this machine: the micro-kernel's instruction set and tile, the blocking, and the
+/// caches it was derived from (for benchmark reports).
+pub fn gemm_plan() -> String {
+    let (name, tile, b) = match isa() {
+        Isa::Avx512 => ("AVX-512", "6×32", blocking::<6, 32>()),
+        Isa::Avx2Fma => ("AVX2+FMA", "6×16", blocking::<6, 16>()),
+        Isa::Portable => ("portable", "4×8", blocking::<4, 8>()),
+    };
+    let c = caches();
+    format!(
+        "{name} {tile} tile, kc {} mc {} nc {} (caches from {}: L1d {} KiB, L2 {} KiB, L3 {} KiB per processor{})",
+        b.kc,
+        b.mc,
+        b.nc,
+        c.source,
+        c.l1d >> 10,
+        c.l2 >> 10,
+        c.l3 >> 10,
+        if std::env::var_os("LIERA_GEMM_BLOCKING").is_some() {
+            "; blocking set by LIERA_GEMM_BLOCKING"
+        } else {
+            ""
+        }
+    )
+}
+
+fn blocking_for<const MR: usize, const NR: usize>(c: Caches) -> Blocking {
+    const F: usize = std::mem::size_of::<f32>();
+    const MC_MAX: usize = 96;
+    const NC_MAX: usize = 2048;
+    let kc = (c.l1d * 2 / 3 / (NR * F) / 16 * 16).clamp(64, 512);
+    let mc = (c.l2 / 2 / (kc * F)).clamp(MR, MC_MAX) / MR * MR;
+    let nc = (c.l3 / 2 / (kc * F)).clamp(NR * 8, NC_MAX) / NR * NR;
+    Blocking { kc, mc, nc }
+}
 /// Below this many multiply-adds a product runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 16;
 
@@ -259,10 +326,30 @@ pub(crate) unsafe fn gemm_view(
     let c = CPtr(c);
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => gemm_blocked::<6, 32>(a, b, c, out, (m, k, n), epi, tile_avx512),
+        Isa::Avx512 => gemm_blocked::<6, 32>(
+            a,
+            b,
+            c,
+            out,
+            (m, k, n),
+            epi,
+            blocking::<6, 32>(),
+            tile_avx512,
+        ),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), epi, tile_avx2),
-        _ => gemm_blocked::<4, 8>(a, b, c, out, (m, k, n), epi, tile_portable),
+        Isa::Avx2Fma => {
+            gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), epi, blocking::<6, 16>(), tile_avx2)
+        }
+        _ => gemm_blocked::<4, 8>(
+            a,
+            b,
+            c,
+            out,
+            (m, k, n),
+            epi,
+            blocking::<4, 8>(),
+            tile_portable,
+        ),
     }
 }
 
@@ -367,6 +454,19 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     nr: usize,
     store: &TileStore,
 ) {
+    // C's tile is read (or written) only after the k loop: ask for its cache lines now, so that their
+    // misses overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time
+    // on large products without this).
+    #[cfg(target_arch = "x86_64")]
+    for &row in &rows[..mr] {
+        for j in (0..nr).step_by(16).chain(std::iter::once(nr - 1)) {
+            // SAFETY: prefetching is a hint: it never faults, and these addresses are C's anyway.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(c.add(row + cols[j]).cast::<i8>());
+            }
+        }
+    }
     let acc = micro_kernel::<MR, NR, FMA>(a, b);
     let contiguous = cols[..nr]
         .iter()
@@ -377,21 +477,26 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         if contiguous {
             // SAFETY: the caller guarantees these nr elements are ours; they are consecutive.
             let dst = unsafe { std::slice::from_raw_parts_mut(c.add(rows[i] + cols[0]), nr) };
-            if store.overwrite {
-                for (d, &t) in dst.iter_mut().zip(row) {
-                    *d = t + bias;
-                }
-            } else {
-                for (d, &t) in dst.iter_mut().zip(row) {
-                    *d += t + bias;
+            // The row in a fixed-size array, so that every loop below has NR iterations and vectorises
+            // (GELU's polynomials included).
+            let mut v = *row;
+            if !store.overwrite {
+                for (x, &d) in v.iter_mut().zip(dst.iter()) {
+                    *x += d;
                 }
             }
+            for x in &mut v {
+                *x += bias;
+            }
+            dst.copy_from_slice(&v[..nr]);
             if let Some(g) = store.gelu_out {
+                let mut h = [0.0f32; NR];
+                for (o, &x) in h.iter_mut().zip(&v) {
+                    *o = gelu(x);
+                }
                 // SAFETY: the same nr elements of the second output, ours as well.
                 let act = unsafe { std::slice::from_raw_parts_mut(g.add(rows[i] + cols[0]), nr) };
-                for (o, &v) in act.iter_mut().zip(dst.iter()) {
-                    *o = gelu(v);
-                }
+                act.copy_from_slice(&h[..nr]);
             }
         } else {
             for (j, &t) in row.iter().enumerate().take(nr) {
@@ -523,6 +628,7 @@ fn pack_a<const MR: usize>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn gemm_blocked<const MR: usize, const NR: usize>(
     a: &MatView,
     b: &MatView,
@@ -530,15 +636,24 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     out: &OutView,
     (m, k, n): (usize, usize, usize),
     epi: &Epilogue,
+    blocking: Blocking,
     tile_fn: TileFn,
 ) {
     let serial = m * n * k < PAR_MIN_MACS;
+    let Blocking {
+        kc: kc_max,
+        mc,
+        nc: nc_max,
+    } = blocking;
+    // Row blocks of about equal height (a multiple of MR), at most mc rows each.
+    let mc = m.div_ceil(m.div_ceil(mc)).div_ceil(MR) * MR;
+    let row_blocks = m.div_ceil(mc);
     let mut b_pack = Vec::new();
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
+    for j0 in (0..n).step_by(nc_max) {
+        let nc = nc_max.min(n - j0);
         let b_panels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
+        for p0 in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - p0);
             let pass = TileStore {
                 overwrite: epi.overwrite && p0 == 0,
                 bias: epi.row_bias.filter(|_| p0 == 0),
@@ -548,8 +663,7 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
             // zeroing pass per block.
             b_pack.resize(b_panels * kc * NR, 0.0);
             pack_b::<NR>(b, p0, kc, j0, nc, &mut b_pack);
-            // Tasks: an MC row block × a range of B panels (a few, so that skinny products still split).
-            let row_blocks = m.div_ceil(MC);
+            // Tasks: a row block × a range of B panels (a few, so that skinny products still split).
             let panels_per_task = if row_blocks >= 4 {
                 b_panels
             } else {
@@ -560,8 +674,8 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
             // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding included).
             let task = |a_pack: &mut Vec<f32>, t: usize| {
                 let (rb, ct) = (t / col_tasks, t % col_tasks);
-                let i0 = rb * MC;
-                let mc = MC.min(m - i0);
+                let i0 = rb * mc;
+                let mc = mc.min(m - i0);
                 let a_panels = mc.div_ceil(MR);
                 a_pack.resize(a_panels * kc * MR, 0.0);
                 pack_a::<MR>(a, i0, mc, p0, kc, a_pack);
@@ -609,6 +723,43 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
+    type Kernel =
+        fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue, Blocking);
+
+    /// Every micro-kernel this CPU can run, each with a small blocking that puts block edges (k across kc,
+    /// rows across mc, columns across nc) inside modest shapes, and with this machine's own blocking.
+    fn variants() -> Vec<(&'static str, Kernel, Blocking)> {
+        let mut kernels: Vec<(&str, Kernel, Blocking)> = vec![(
+            "portable",
+            |a, b, c, o, d, e, bl| gemm_blocked::<4, 8>(a, b, c, o, d, e, bl, tile_portable),
+            blocking::<4, 8>(),
+        )];
+        #[cfg(target_arch = "x86_64")]
+        if isa() != Isa::Portable {
+            kernels.push((
+                "avx2",
+                |a, b, c, o, d, e, bl| gemm_blocked::<6, 16>(a, b, c, o, d, e, bl, tile_avx2),
+                blocking::<6, 16>(),
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa() == Isa::Avx512 {
+            kernels.push((
+                "avx512",
+                |a, b, c, o, d, e, bl| gemm_blocked::<6, 32>(a, b, c, o, d, e, bl, tile_avx512),
+                blocking::<6, 32>(),
+            ));
+        }
+        let small = Blocking {
+            kc: 64,
+            mc: 24,
+            nc: 256,
+        };
+        let mut all: Vec<_> = kernels.iter().map(|&(n, k, _)| (n, k, small)).collect();
+        all.extend(kernels);
+        all
+    }
+
     fn check(got: &[f32], want: &[f64], k: usize, what: &str) {
         for (g, w) in got.iter().zip(want) {
             assert!(
@@ -629,8 +780,8 @@ mod tests {
             (13, 300, 17),
             (100, 257, 70),
             (6, 16, 32),
-            // n past one NC block and k past one KC block, for every variant
-            (20, 300, 2100),
+            // n past one nc block, k past one kc block and m past one mc block, for every variant
+            (40, 300, 2100),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
@@ -650,35 +801,24 @@ mod tests {
                     cols: Axis::plain(1),
                 };
                 let what = format!("{m}x{k}x{n} ta {ta} tb {tb}");
-                let mut c = vec![0.0f32; m * n];
-                gemm_blocked::<4, 8>(
-                    &va,
-                    &vb,
-                    CPtr(c.as_mut_ptr()),
-                    &out,
-                    (m, k, n),
-                    &Epilogue::ADD,
-                    tile_portable,
-                );
-                check(&c, &want, k, &format!("portable {what}"));
-                let mut c = vec![0.0f32; m * n];
-                // SAFETY: `out` addresses every element of c exactly once.
-                unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &Epilogue::ADD) };
-                check(&c, &want, k, &format!("dispatched {what}"));
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                for (name, kernel, blocking) in variants() {
                     let mut c = vec![0.0f32; m * n];
-                    gemm_blocked::<6, 16>(
+                    let dims = (m, k, n);
+                    kernel(
                         &va,
                         &vb,
                         CPtr(c.as_mut_ptr()),
                         &out,
-                        (m, k, n),
+                        dims,
                         &Epilogue::ADD,
-                        tile_avx2,
+                        blocking,
                     );
-                    check(&c, &want, k, &format!("avx2 {what}"));
+                    check(&c, &want, k, &format!("{name} {blocking:?} {what}"));
                 }
+                let mut c = vec![0.0f32; m * n];
+                // SAFETY: `out` addresses every element of c exactly once.
+                unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &Epilogue::ADD) };
+                check(&c, &want, k, &format!("dispatched {what}"));
             }
         }
     }
@@ -730,30 +870,6 @@ mod tests {
     #[test]
     fn the_epilogue_overwrites_adds_the_bias_once_and_writes_gelu() {
         let mut seed = 5u64;
-        let kernels: Vec<(
-            &str,
-            fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue),
-        )> = {
-            let mut v: Vec<(
-                &str,
-                fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue),
-            )> = vec![("portable", |a, b, c, o, d, e| {
-                gemm_blocked::<4, 8>(a, b, c, o, d, e, tile_portable)
-            })];
-            #[cfg(target_arch = "x86_64")]
-            if isa() != Isa::Portable {
-                v.push(("avx2", |a, b, c, o, d, e| {
-                    gemm_blocked::<6, 16>(a, b, c, o, d, e, tile_avx2)
-                }));
-            }
-            #[cfg(target_arch = "x86_64")]
-            if isa() == Isa::Avx512 {
-                v.push(("avx512", |a, b, c, o, d, e| {
-                    gemm_blocked::<6, 32>(a, b, c, o, d, e, tile_avx512)
-                }));
-            }
-            v
-        };
         for &(m, k, hw, images) in &[
             (5, 0, 7, 2),
             (13, 40, 9, 3),
@@ -784,8 +900,8 @@ mod tests {
                 }
             }
             let want_gelu: Vec<f64> = want.iter().map(|&v| gelu(v as f32) as f64).collect();
-            for (name, kernel) in &kernels {
-                let what = format!("{name} {m}x{k}x{n}");
+            for (name, kernel, blocking) in variants() {
+                let what = format!("{name} {blocking:?} {m}x{k}x{n}");
                 let mut c = vec![f32::NAN; m * n];
                 let mut g = vec![f32::NAN; m * n];
                 let epi = Epilogue {
@@ -797,7 +913,15 @@ mod tests {
                     // SAFETY: `out` addresses every element of c (and g) exactly once.
                     unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &epi) };
                 } else {
-                    kernel(&va, &vb, CPtr(c.as_mut_ptr()), &out, (m, k, n), &epi);
+                    kernel(
+                        &va,
+                        &vb,
+                        CPtr(c.as_mut_ptr()),
+                        &out,
+                        (m, k, n),
+                        &epi,
+                        blocking,
+                    );
                 }
                 check(&c, &want, k.max(1), &format!("{what} C"));
                 check(&g, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
@@ -811,7 +935,15 @@ mod tests {
                     // SAFETY: as above.
                     unsafe { gemm_view(&va, &vb, c1.as_mut_ptr(), &out, (m, k, n), &add) };
                 } else {
-                    kernel(&va, &vb, CPtr(c1.as_mut_ptr()), &out, (m, k, n), &add);
+                    kernel(
+                        &va,
+                        &vb,
+                        CPtr(c1.as_mut_ptr()),
+                        &out,
+                        (m, k, n),
+                        &add,
+                        blocking,
+                    );
                 }
                 let want1: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
                 check(&c1, &want1, k.max(1), &format!("{what} C + 1"));

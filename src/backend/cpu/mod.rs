@@ -1,5 +1,6 @@
 //! The rayon CPU backend: every kernel of the contract on host memory, parallel over outer loops.
 
+mod caches;
 mod conv;
 mod depthwise;
 mod elementwise;
@@ -9,6 +10,7 @@ mod norm;
 mod reduce;
 
 pub use elementwise::{erf, gelu, gelu_derivative};
+pub use matmul::gemm_plan;
 
 use super::{
     AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput, LayerNormGrads,
