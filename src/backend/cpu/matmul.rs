@@ -1,10 +1,12 @@
 //! CPU matrix product: a packed, cache-blocked, register-tiled GEMM (the BLIS scheme), no BLAS.
 //!
-//! C += A·B is cut into blocks: KC rows of B × NC columns are packed once into panels NR columns wide, and
-//! each rayon task packs an MC×KC block of A into panels MR rows tall. The micro-kernel keeps an MR×NR tile
-//! of C in registers and adds one outer product of an A column and a B row per step of k; its fixed-size
-//! loops are unrolled and vectorised by the compiler. It is compiled three times, with the instruction set
-//! chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code (4×8).
+//! C += A·B is cut into blocks: kc rows of B × nc columns are packed once into panels NR columns wide, and
+//! each rayon task packs an mc×kc block of A into panels MR rows tall; the block sizes come from this CPU's
+//! cache sizes, read at run time ([`blocking`]). The micro-kernel keeps an MR×NR tile of C in registers and
+//! adds one outer product of an A column and a B row per step of k; its fixed-size loops are unrolled and
+//! vectorised by the compiler. It prefetches its C tile before the k loop, so the tile's cache misses overlap
+//! the arithmetic. It is compiled three times, with the instruction set chosen at run time: AVX-512 (6×32
+//! tile), AVX2+FMA (6×16) and portable code (4×8).
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
