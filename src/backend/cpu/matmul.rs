@@ -96,6 +96,7 @@ fn blocking_for<const MR: usize, const NR: usize>(c: Caches) -> Blocking {
     let nc = (c.l3 / 2 / (kc * F)).clamp(NR * 8, NC_MAX) / NR * NR;
     Blocking { kc, mc, nc }
 }
+
 /// Below this many multiply-adds a product runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 16;
 
@@ -380,6 +381,8 @@ impl TileStore<'_> {
 /// to `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
 type TileFn = unsafe fn(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
     c: *mut f32,
     rows: &[usize],
@@ -397,6 +400,8 @@ type TileFn = unsafe fn(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx512(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
     c: *mut f32,
     r: &[usize],
@@ -405,7 +410,7 @@ unsafe fn tile_avx512(
     nr: usize,
     store: &TileStore,
 ) {
-    tile::<6, 32, true>(a, b, c, r, q, mr, nr, store)
+    tile::<6, 32, true>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -413,6 +418,8 @@ unsafe fn tile_avx512(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx2(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
     c: *mut f32,
     r: &[usize],
@@ -421,12 +428,14 @@ unsafe fn tile_avx2(
     nr: usize,
     store: &TileStore,
 ) {
-    tile::<6, 16, true>(a, b, c, r, q, mr, nr, store)
+    tile::<6, 16, true>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
 }
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_portable(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
     c: *mut f32,
     r: &[usize],
@@ -435,7 +444,7 @@ unsafe fn tile_portable(
     nr: usize,
     store: &TileStore,
 ) {
-    tile::<4, 8, false>(a, b, c, r, q, mr, nr, store)
+    tile::<4, 8, false>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
 }
 
 /// C[rows[i] + cols[j]] (+)= the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR] (+ bias[i]), for i < mr, j < nr,
@@ -448,6 +457,8 @@ unsafe fn tile_portable(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
     c: *mut f32,
     rows: &[usize],
@@ -469,7 +480,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
             }
         }
     }
-    let acc = micro_kernel::<MR, NR, FMA>(a, b);
+    let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
     let contiguous = cols[..nr]
         .iter()
         .enumerate()
@@ -516,18 +527,35 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
-/// One MR×NR tile: Σ_p a[p][0..MR] ⊗ b[p][0..NR], kept in registers.
+/// One MR×NR tile: Σ_p A(·, p) ⊗ b[p][0..NR], kept in registers, where A(i, p) = a[a_rows[i] + p·a_step]:
+/// a packed panel (a_rows = 0..MR, a_step = MR) or rows of a row-major A read in place (a_step = 1).
 #[inline(always)]
 fn micro_kernel<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
     b: &[f32],
 ) -> [[f32; NR]; MR] {
     let mut acc = [[0.0f32; NR]; MR];
-    for (ac, br) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        let ac: &[f32; MR] = ac.try_into().expect("chunks_exact yields MR values");
+    let kc = b.len() / NR;
+    let rows: [usize; MR] = a_rows[..MR].try_into().expect("MR row offsets");
+    if kc == 0 {
+        return acc;
+    }
+    // Every A index read below is at most max(rows) + (kc − 1)·a_step: checked once here, not per element.
+    let last = rows.iter().max().copied().unwrap_or(0) + (kc - 1) * a_step;
+    assert!(
+        last < a.len(),
+        "A panel index {last} past {} values",
+        a.len()
+    );
+    let ap = a.as_ptr();
+    for (p, br) in b.chunks_exact(NR).enumerate() {
         let br: &[f32; NR] = br.try_into().expect("chunks_exact yields NR values");
+        let off = p * a_step;
         for i in 0..MR {
-            let ai = ac[i];
+            // SAFETY: rows[i] + p·a_step ≤ last < a.len() (asserted above).
+            let ai = unsafe { *ap.add(rows[i] + off) };
             for j in 0..NR {
                 acc[i][j] = if FMA {
                     ai.mul_add(br[j], acc[i][j])
@@ -650,6 +678,11 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     // Row blocks of about equal height (a multiple of MR), at most mc rows each.
     let mc = m.div_ceil(m.div_ceil(mc)).div_ceil(MR) * MR;
     let row_blocks = m.div_ceil(mc);
+    // A row-major A (columns one apart) is read in place by the micro-kernel: its broadcasts are scalar
+    // loads anyway, and each row is a contiguous stream, so packing it would only copy it. Other layouts
+    // (transposed, or a blocked k axis) are packed into MR-row panels.
+    let a_in_place = a.cols == Axis::plain(1);
+    let packed_rows: [usize; MR] = std::array::from_fn(|i| i);
     let mut b_pack = Vec::new();
     for j0 in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - j0);
@@ -679,25 +712,53 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
                 let i0 = rb * mc;
                 let mc = mc.min(m - i0);
                 let a_panels = mc.div_ceil(MR);
-                a_pack.resize(a_panels * kc * MR, 0.0);
-                pack_a::<MR>(a, i0, mc, p0, kc, a_pack);
+                if !a_in_place {
+                    a_pack.resize(a_panels * kc * MR, 0.0);
+                    pack_a::<MR>(a, i0, mc, p0, kc, a_pack);
+                }
                 let q_end = ((ct + 1) * panels_per_task).min(b_panels);
                 let mut rows = [0usize; MR];
                 let mut cols = [0usize; NR];
+                let mut a_rows = packed_rows;
                 for q in ct * panels_per_task..q_end {
                     let jq = j0 + q * NR;
                     let nr = NR.min(n - jq);
                     out.cols.offsets(jq, nr, &mut cols);
                     let bp = &b_pack[q * kc * NR..(q + 1) * kc * NR];
-                    for (r, ap) in a_pack.chunks_exact(kc * MR).enumerate() {
+                    for r in 0..a_panels {
                         let ir = i0 + r * MR;
                         let mr = MR.min(m - ir);
                         out.rows.offsets(ir, mr, &mut rows);
                         let store = pass.rows(ir, mr);
+                        let (ap, a_step): (&[f32], usize) = if a_in_place {
+                            // Row i of A from column p0 on; a partial panel repeats its last row (read,
+                            // never stored).
+                            a.rows.offsets(ir, mr, &mut a_rows);
+                            let last = a_rows[mr - 1];
+                            for (i, o) in a_rows.iter_mut().enumerate() {
+                                *o = if i < mr { *o } else { last } + p0;
+                            }
+                            (a.data, 1)
+                        } else {
+                            (&a_pack[r * kc * MR..(r + 1) * kc * MR], MR)
+                        };
                         // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to this task alone (its
                         // row block and panel range), and the caller of `gemm_view` guarantees they are
                         // valid and distinct; the tile function was chosen for this CPU's instruction set.
-                        unsafe { tile_fn(ap, bp, c.get(), &rows, &cols, mr, nr, &store) };
+                        unsafe {
+                            tile_fn(
+                                ap,
+                                &a_rows,
+                                a_step,
+                                bp,
+                                c.get(),
+                                &rows,
+                                &cols,
+                                mr,
+                                nr,
+                                &store,
+                            )
+                        };
                     }
                 }
             };
