@@ -488,28 +488,28 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     for (i, row) in acc.iter().enumerate().take(mr) {
         let bias = store.bias.map_or(0.0, |b| b[i]);
         if contiguous {
-            // SAFETY: the caller guarantees these nr elements are ours; they are consecutive.
-            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(rows[i] + cols[0]), nr) };
+            // Raw-pointer reads and writes only: in an overwriting pass C may be uninitialised memory,
+            // which no slice may cover. SAFETY (all three blocks): the caller guarantees these nr
+            // consecutive elements of C (and of the GELU output) are ours.
+            let dst = unsafe { c.add(rows[i] + cols[0]) };
             // The row in a fixed-size array, so that every loop below has NR iterations and vectorises
             // (GELU's polynomials included).
             let mut v = *row;
             if !store.overwrite {
-                for (x, &d) in v.iter_mut().zip(dst.iter()) {
-                    *x += d;
+                for (j, x) in v.iter_mut().enumerate().take(nr) {
+                    *x += unsafe { *dst.add(j) };
                 }
             }
             for x in &mut v {
                 *x += bias;
             }
-            dst.copy_from_slice(&v[..nr]);
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, nr) };
             if let Some(g) = store.gelu_out {
                 let mut h = [0.0f32; NR];
                 for (o, &x) in h.iter_mut().zip(&v) {
                     *o = gelu(x);
                 }
-                // SAFETY: the same nr elements of the second output, ours as well.
-                let act = unsafe { std::slice::from_raw_parts_mut(g.add(rows[i] + cols[0]), nr) };
-                act.copy_from_slice(&h[..nr]);
+                unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), g.add(rows[i] + cols[0]), nr) };
             }
         } else {
             for (j, &t) in row.iter().enumerate().take(nr) {
@@ -965,6 +965,23 @@ mod tests {
             let want_gelu: Vec<f64> = want.iter().map(|&v| gelu(v as f32) as f64).collect();
             for (name, kernel, blocking) in variants() {
                 let what = format!("{name} {blocking:?} {m}x{k}x{n}");
+                // k = 0 never reaches the blocked loop: gemm_view handles it.
+                let run = |c: &mut [f32], epi: &Epilogue| {
+                    if k == 0 {
+                        // SAFETY: `out` addresses every element of c (and of the GELU output) once.
+                        unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), epi) };
+                    } else {
+                        kernel(
+                            &va,
+                            &vb,
+                            CPtr(c.as_mut_ptr()),
+                            &out,
+                            (m, k, n),
+                            epi,
+                            blocking,
+                        );
+                    }
+                };
                 let mut c = vec![f32::NAN; m * n];
                 let mut g = vec![f32::NAN; m * n];
                 let epi = Epilogue {
@@ -972,20 +989,7 @@ mod tests {
                     row_bias: Some(&bias),
                     gelu_out: Some(g.as_mut_ptr()),
                 };
-                if k == 0 {
-                    // SAFETY: `out` addresses every element of c (and g) exactly once.
-                    unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), &epi) };
-                } else {
-                    kernel(
-                        &va,
-                        &vb,
-                        CPtr(c.as_mut_ptr()),
-                        &out,
-                        (m, k, n),
-                        &epi,
-                        blocking,
-                    );
-                }
+                run(&mut c, &epi);
                 check(&c, &want, k.max(1), &format!("{what} C"));
                 check(&g, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
                 // Adding instead: C starts at 1 and gains the product and the bias once.
@@ -994,20 +998,7 @@ mod tests {
                     row_bias: Some(&bias),
                     ..Epilogue::ADD
                 };
-                if k == 0 {
-                    // SAFETY: as above.
-                    unsafe { gemm_view(&va, &vb, c1.as_mut_ptr(), &out, (m, k, n), &add) };
-                } else {
-                    kernel(
-                        &va,
-                        &vb,
-                        CPtr(c1.as_mut_ptr()),
-                        &out,
-                        (m, k, n),
-                        &add,
-                        blocking,
-                    );
-                }
+                run(&mut c1, &add);
                 let want1: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
                 check(&c1, &want1, k.max(1), &format!("{what} C + 1"));
             }
