@@ -10,6 +10,9 @@
 #   5. the same two step benchmarks on the CPU backend of the same machine, as the in-run peer.
 #
 # Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
+#        GPU_REPORT_QUICK=1 benches/gpu_report.sh [OUT_DIR]   a smoke run of every stage: `bench --quick`,
+#        one timed step, the 224 steps at batch 4. Its figures are not the report's. On llvmpipe the full
+#        run's GPU suite (stage 3) alone took over 17 minutes on a 2-core machine.
 #
 # A machine without the Vulkan loader: put the .deb of libvulkan1 (and, for an NVIDIA card, nothing else:
 # the driver ships its ICD) in .gl/ at the repository root; they are unpacked into / first. If the loader
@@ -29,6 +32,7 @@ if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
 fi
 
 cargo build --release --bin liera --example devices
+bin="${CARGO_TARGET_DIR:-target}/release"
 summary="$out/summary.txt"
 {
   echo "date: $(date -u +%F\ %T) UTC"
@@ -37,7 +41,7 @@ summary="$out/summary.txt"
   if command -v nvidia-smi >/dev/null 2>&1; then
     echo "card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
   fi
-  target/release/examples/devices 2>/dev/null
+  "$bin"/examples/devices 2>/dev/null
 } | tee "$summary"
 
 echo "== GPU tests (LIERA_REQUIRE_GPU=1)" | tee -a "$summary"
@@ -45,20 +49,27 @@ LIERA_REQUIRE_GPU=1 cargo test --release --test gpu_ops --test gpu_model --test 
   --test generators 2>&1 | grep -E "^test result|FAILED|panicked" | tee -a "$summary"
 
 echo "== liera bench --device gpu --json" | tee -a "$summary"
-LIERA_REQUIRE_GPU=1 target/release/liera bench --device gpu --json >"$out/bench-gpu.json"
-LIERA_REQUIRE_GPU=1 target/release/liera bench --device gpu --json --step convnext_atto --kinds full,liera \
-  --batch 32 --size 224 --reps 3 >"$out/step224-gpu.json"
-target/release/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch 64 --size 32 \
-  --reps 5 >"$out/step32-cpu.json"
-target/release/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch 32 --size 224 \
-  --reps 2 >"$out/step224-cpu.json"
+if [ -n "${GPU_REPORT_QUICK:-}" ]; then
+  echo "(GPU_REPORT_QUICK: a smoke run; these figures are not the report's)" | tee -a "$summary"
+  quick=(--quick) b224=4 r224=1 r32=1
+else
+  quick=() b224=32 r224=3 r32=5
+fi
+LIERA_REQUIRE_GPU=1 "$bin"/liera bench --device gpu --json "${quick[@]}" >"$out/bench-gpu.json"
+LIERA_REQUIRE_GPU=1 "$bin"/liera bench --device gpu --json --step convnext_atto --kinds full,liera \
+  --batch "$b224" --size 224 --reps "$r224" >"$out/step224-gpu.json"
+"$bin"/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch 64 --size 32 \
+  --reps "$r32" >"$out/step32-cpu.json"
+"$bin"/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch "$b224" --size 224 \
+  --reps "$((r224 > 2 ? 2 : r224))" >"$out/step224-cpu.json"
 
 # One line per figure: name, median ms, GFLOP/s or images/s, dispatches per step.
 python3 - "$out" <<'EOF' | tee -a "$summary"
 import json, sys, glob, os
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     doc = json.load(open(path))
-    print(f"-- {os.path.basename(path)}: {doc['device']}, {doc['threads']} threads")
+    gemm = f"; its GEMM: {doc['cpu_gemm']}" if doc["device"].startswith("cpu") and "cpu_gemm" in doc else ""
+    print(f"-- {os.path.basename(path)}: {doc['device']}, {doc['threads']} threads{gemm}")
     for r in doc["results"]:
         rate = f"{r['gflops']:.1f} GFLOP/s" if r.get("gflops") else f"{r.get('images_per_s') or 0:.1f} images/s"
         launches = r.get("launches_per_step")
