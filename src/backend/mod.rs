@@ -402,7 +402,8 @@ pub trait Backend: Send + Sync {
         geom: &Conv2dGeometry,
     ) -> Result<Storage>;
     /// (a, GELU(a)) with a = conv2d(x, w) + bias: a convolution and its activation, which a backend may
-    /// compute in one pass (the GPU's GEMM epilogue); the default is [`Backend::conv2d`] then GELU.
+    /// compute in one pass (both backends do for convolutions that run as a GEMM, in its epilogue); the
+    /// default is [`Backend::conv2d`] then GELU.
     fn conv2d_gelu(
         &self,
         x: &Storage,
