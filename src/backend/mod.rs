@@ -122,6 +122,22 @@ pub struct MatmulSpec {
     pub b_batch_stride: usize,
 }
 
+impl MatmulSpec {
+    /// One product (batch 1) of op(A) (m×k) and op(B) (k×n), both stored contiguously.
+    pub fn single(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Self {
+        MatmulSpec {
+            batch: 1,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            a_batch_stride: m * k,
+            b_batch_stride: k * n,
+        }
+    }
+}
+
 /// A tensor seen as (outer, len, inner) with one axis of length `len` singled out: the reduced axis of a
 /// sum, the normalised axis of a layer norm (NCHW channels: (N, C, H·W); last axis: (rows, C, 1)) or the
 /// class axis of a softmax.

@@ -60,8 +60,8 @@ impl Tensor {
     }
 
     /// GELU(conv2d(x, w) + b), the same as `x.conv2d(w, b, params)?.gelu()` (and recorded as those two
-    /// ops), computed in one launch where the backend fuses the activation into the convolution (the
-    /// GPU's GEMM epilogue).
+    /// ops), computed in one pass where the backend fuses the activation into the convolution (both
+    /// backends' GEMM epilogue).
     pub fn conv2d_gelu(
         &self,
         weight: &Tensor,

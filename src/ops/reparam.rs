@@ -185,16 +185,7 @@ impl Tensor {
                 ReparamForm::MulAffine => self.mul_affine_scaled(&p, s),
             };
         }
-        let spec = MatmulSpec {
-            batch: 1,
-            m: o,
-            k: r,
-            n,
-            trans_a: false,
-            trans_b: false,
-            a_batch_stride: o * r,
-            b_batch_stride: r * n,
-        };
+        let spec = MatmulSpec::single(o, r, n, false, false);
         let backend = self.device().backend();
         let y = backend.matmul_reparam(&b.storage(), &a.storage(), &spec, &self.storage(), op)?;
         let y = Tensor::from_storage(y, self.shape().clone(), self.device());
@@ -228,16 +219,7 @@ impl Tensor {
                 // ∂B = ∂P·Aᵀ (O×r): ∂P is the left operand, Aᵀ read from A (r×N).
                 let db = need_b
                     .then(|| {
-                        let spec = MatmulSpec {
-                            batch: 1,
-                            m: o,
-                            k: n,
-                            n: r,
-                            trans_a: false,
-                            trans_b: true,
-                            a_batch_stride: o * n,
-                            b_batch_stride: r * n,
-                        };
+                        let spec = MatmulSpec::single(o, n, r, false, true);
                         scaled(true, g, &saved_a, spec)
                             .map(|s| Tensor::from_storage(s, [o, r], dev))
                     })
@@ -245,16 +227,7 @@ impl Tensor {
                 // ∂A = Bᵀ·∂P (r×N): Bᵀ read from B (O×r), ∂P the right operand.
                 let da = need_a
                     .then(|| {
-                        let spec = MatmulSpec {
-                            batch: 1,
-                            m: r,
-                            k: o,
-                            n,
-                            trans_a: true,
-                            trans_b: false,
-                            a_batch_stride: o * r,
-                            b_batch_stride: o * n,
-                        };
+                        let spec = MatmulSpec::single(r, o, n, true, false);
                         scaled(false, &saved_b, g, spec)
                             .map(|s| Tensor::from_storage(s, [r, n], dev))
                     })
