@@ -20,13 +20,15 @@
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
+// Threads per workgroup: 8×8, each owning an 8×8 block of the 64×64 tile.
+const THREADS: u32 = 64u;
 // Words between rows of tile_a (TILE_M + 1: conflict-free column stores, see above).
 const A_STRIDE: u32 = 65u;
 
 var<workgroup> tile_a: array<f32, 1040>; // TILE_K × A_STRIDE, row-major by kk
 var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let shape = gemm_shape();
@@ -51,20 +53,25 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let k_begin = min(k, split * chunk);
     // A workgroup past the launch (the grid rounds up) runs no K steps.
     let k_end = select(k_begin, min(k, k_begin + chunk), live);
-    let tx = lid % 16u;
-    let ty = lid / 16u;
+    let tx = lid % 8u;
+    let ty = lid / 8u;
 
-    // Four named accumulators rather than an array: a dynamically indexed private array would live in
-    // memory on drivers that compile invocations into SIMD lanes (llvmpipe), a named vector in registers.
-    var acc0 = vec4<f32>();
-    var acc1 = vec4<f32>();
-    var acc2 = vec4<f32>();
-    var acc3 = vec4<f32>();
+    // Named accumulators rather than an array: a dynamically indexed private array would live in memory on
+    // drivers that compile invocations into SIMD lanes (llvmpipe), named vectors in registers. Row ty + 8·i
+    // is c{i}l (columns tx, tx + 8, tx + 16, tx + 24) and c{i}h (tx + 32 … tx + 56).
+    var c0l = vec4<f32>(); var c0h = vec4<f32>();
+    var c1l = vec4<f32>(); var c1h = vec4<f32>();
+    var c2l = vec4<f32>(); var c2h = vec4<f32>();
+    var c3l = vec4<f32>(); var c3h = vec4<f32>();
+    var c4l = vec4<f32>(); var c4h = vec4<f32>();
+    var c5l = vec4<f32>(); var c5h = vec4<f32>();
+    var c6l = vec4<f32>(); var c6h = vec4<f32>();
+    var c7l = vec4<f32>(); var c7h = vec4<f32>();
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Interior tiles (the common case) skip the per-element edge tests.
         let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k_end;
-        for (var r = 0u; r < 4u; r++) {
-            let e = lid + r * 256u;
+        for (var r = 0u; r < 16u; r++) {
+            let e = lid + r * THREADS;
             // A: consecutive threads walk kk first (contiguous in a row-major A).
             let ar = e / TILE_K;
             let ak = e % TILE_K;
@@ -72,8 +79,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
                 va = gemm_load_a(b, row0 + ar, k0 + ak);
             }
-            let ia = ak * A_STRIDE + ar;
-            tile_a[ia] = va;
+            tile_a[ak * A_STRIDE + ar] = va;
             // B: consecutive threads walk columns (contiguous in a row-major B).
             let bk = e / TILE_N;
             let bc = e % TILE_N;
@@ -81,41 +87,53 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if (full || (live && k0 + bk < k_end && col0 + bc < n)) {
                 vb = gemm_load_b(b, k0 + bk, col0 + bc);
             }
-            let ib = bk * TILE_N + bc;
-            tile_b[ib] = vb;
+            tile_b[bk * TILE_N + bc] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            // Thread (ty, tx) owns rows ty + 16·i and columns tx + 16·j: neighbouring threads read
-            // neighbouring columns of tile_b.
-            let av = vec4<f32>(tile_a[kk * A_STRIDE + ty], tile_a[kk * A_STRIDE + ty + 16u],
-                               tile_a[kk * A_STRIDE + ty + 32u], tile_a[kk * A_STRIDE + ty + 48u]);
-            let bv = vec4<f32>(tile_b[kk * TILE_N + tx], tile_b[kk * TILE_N + tx + 16u],
-                               tile_b[kk * TILE_N + tx + 32u], tile_b[kk * TILE_N + tx + 48u]);
-            acc0 += av.x * bv;
-            acc1 += av.y * bv;
-            acc2 += av.z * bv;
-            acc3 += av.w * bv;
+            let ia = kk * A_STRIDE + ty;
+            let al = vec4<f32>(tile_a[ia], tile_a[ia + 8u], tile_a[ia + 16u], tile_a[ia + 24u]);
+            let ah = vec4<f32>(tile_a[ia + 32u], tile_a[ia + 40u], tile_a[ia + 48u], tile_a[ia + 56u]);
+            let ib = kk * TILE_N + tx;
+            let bl = vec4<f32>(tile_b[ib], tile_b[ib + 8u], tile_b[ib + 16u], tile_b[ib + 24u]);
+            let bh = vec4<f32>(tile_b[ib + 32u], tile_b[ib + 40u], tile_b[ib + 48u], tile_b[ib + 56u]);
+            c0l += al.x * bl; c0h += al.x * bh;
+            c1l += al.y * bl; c1h += al.y * bh;
+            c2l += al.z * bl; c2h += al.z * bh;
+            c3l += al.w * bl; c3h += al.w * bh;
+            c4l += ah.x * bl; c4h += ah.x * bh;
+            c5l += ah.y * bl; c5h += ah.y * bh;
+            c6l += ah.z * bl; c6h += ah.z * bh;
+            c7l += ah.w * bl; c7h += ah.w * bh;
         }
         workgroupBarrier();
     }
     if (!live) {
         return;
     }
-    store_row(b, split, row0 + ty, col0 + tx, m, n, acc0);
-    store_row(b, split, row0 + ty + 16u, col0 + tx, m, n, acc1);
-    store_row(b, split, row0 + ty + 32u, col0 + tx, m, n, acc2);
-    store_row(b, split, row0 + ty + 48u, col0 + tx, m, n, acc3);
+    let r = row0 + ty;
+    let c = col0 + tx;
+    store_row(b, split, r, c, m, n, c0l, c0h);
+    store_row(b, split, r + 8u, c, m, n, c1l, c1h);
+    store_row(b, split, r + 16u, c, m, n, c2l, c2h);
+    store_row(b, split, r + 24u, c, m, n, c3l, c3h);
+    store_row(b, split, r + 32u, c, m, n, c4l, c4h);
+    store_row(b, split, r + 40u, c, m, n, c5l, c5h);
+    store_row(b, split, r + 48u, c, m, n, c6l, c6h);
+    store_row(b, split, r + 56u, c, m, n, c7l, c7h);
 }
 
-// Stores one thread's four results of a row: columns col, col + 16, col + 32, col + 48.
-fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, v: vec4<f32>) {
+// Stores one thread's eight results of a row: columns col + 8·j, j < 4 from lo and 4 ≤ j < 8 from hi.
+fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (row >= m) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
-        if (col + 16u * j < n) {
-            gemm_store(b, split, row, col + 16u * j, v[j]);
+        if (col + 8u * j < n) {
+            gemm_store(b, split, row, col + 8u * j, lo[j]);
+        }
+        if (col + 32u + 8u * j < n) {
+            gemm_store(b, split, row, col + 32u + 8u * j, hi[j]);
         }
     }
 }

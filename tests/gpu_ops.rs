@@ -227,6 +227,19 @@ proptest! {
         cross(&format!("{spec:?}"), &[a, b], |be, s| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]))?;
     }
 
+    /// Products of several 64×64 tiles: whole interior tiles (the kernel's unchecked fast path), ragged
+    /// edge tiles and K steps, every thread's 8×8 block of results, both layouts of each operand.
+    #[test]
+    fn tiled_matmul_across_tiles_matches_cpu(
+        m in 60usize..200, k in 1usize..300, n in 60usize..200, trans_a: bool, trans_b: bool,
+        seed in 0u64..1000,
+    ) {
+        let spec = MatmulSpec::single(m, k, n, trans_a, trans_b);
+        let a = values(seed, m * k, -1.0, 1.0);
+        let b = values(seed + 1, k * n, -1.0, 1.0);
+        cross(&format!("{spec:?}"), &[a, b], |be, s| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]))?;
+    }
+
     #[test]
     fn sum_axis_and_permute_match_cpu(
         outer in 1usize..6, len in 1usize..300, inner in 1usize..9,
