@@ -20,7 +20,7 @@
 //!   and kernels linearise the workgroup index, so no launch fails for being long.
 //! - Errors: wgpu validation and out-of-memory errors are caught (an uncaptured-error handler, and error
 //!   scopes around allocations) and returned as [`Error::Device`](crate::error::Error::Device).
-//! - Kernel choices: matmul and dense/grouped convolutions share one tiled GEMM (64×64 tiles, 4×4 per
+//! - Kernel choices: matmul and dense/grouped convolutions share one tiled GEMM (64×64 tiles, 8×8 per
 //!   thread, implicit im2col for convolutions) that splits K when there are few output tiles; a batched
 //!   product with a shared right operand runs as one GEMM; reductions over an axis use a workgroup per
 //!   output only for long axes with few outputs, otherwise a thread each. `LIERA_GPU_PROFILE=1` times
