@@ -197,7 +197,12 @@ fn pad_plane(
     }
 }
 
-/// out (ho×wo) += Σ_{p,q} k[p·kw + q] · src[i + p·dh][j + q·dw] over a padded source of width `src_w`.
+/// out (ho×wo) += Σ_{p,q} k[p·kw + q] · src[i + p·dh][j + q·dw] over a padded source whose rows are
+/// `src_w` apart and hold zeros from the plane's right edge to column [`span_cols`]`(wo, kw, dw)`.
+///
+/// Register-blocked: a block of output rows and [`span`]`(wo)` columns stays in vector registers while
+/// all kh·kw taps add into it, so each multiply-add reads one source value and nothing is stored until
+/// the block is done (an axpy per tap would load and store the output row kh·kw times).
 #[allow(clippy::too_many_arguments)]
 fn correlate_plane(
     src: &[f32],
@@ -209,25 +214,114 @@ fn correlate_plane(
     out: &mut [f32],
     wo: usize,
 ) {
-    for (i, orow) in out.chunks_exact_mut(wo).enumerate() {
+    let taps = Taps { k, kh, kw, dil };
+    // Two rows of four vectors or four rows of two: eight independent accumulator chains either way, enough
+    // to keep both FMA units of a core busy.
+    if span(wo) == WIDE_SPAN {
+        correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo);
+    } else {
+        correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo);
+    }
+}
+
+/// One plane's kernel: its weights (kh × kw, row-major) and dilation.
+struct Taps<'a> {
+    k: &'a [f32],
+    kh: usize,
+    kw: usize,
+    dil: [usize; 2],
+}
+
+/// Output columns per register block: 64 (four AVX-512 vectors) for rows wider than 32, else 32.
+const WIDE_SPAN: usize = 64;
+const NARROW_SPAN: usize = 32;
+
+fn span(wo: usize) -> usize {
+    if wo > NARROW_SPAN {
+        WIDE_SPAN
+    } else {
+        NARROW_SPAN
+    }
+}
+
+/// Row stride of a padded source for [`correlate_plane`]: the output row rounded up to whole spans, plus
+/// the kernel's reach, so every block reads inside its own row.
+fn span_cols(wo: usize, kw: usize, dil_w: usize) -> usize {
+    wo.next_multiple_of(span(wo)) + (kw - 1) * dil_w
+}
+
+fn correlate_rows<const R: usize, const SPAN: usize>(
+    src: &[f32],
+    src_w: usize,
+    taps: &Taps,
+    out: &mut [f32],
+    wo: usize,
+) {
+    let ho = out.len() / wo;
+    super::elementwise::widest(
+        #[inline(always)]
+        || {
+            let mut i = 0;
+            while i + R <= ho {
+                correlate_block::<R, SPAN>(src, src_w, taps, out, wo, i);
+                i += R;
+            }
+            for i in i..ho {
+                correlate_block::<1, SPAN>(src, src_w, taps, out, wo, i);
+            }
+        },
+    );
+}
+
+/// Output rows i .. i + R of [`correlate_plane`], SPAN columns at a time. The loops over the block are
+/// written like the GEMM micro-kernel's (fixed trip counts, raw reads after one bounds check), the shape
+/// the compiler turns into vector FMAs on registers.
+#[inline(always)]
+fn correlate_block<const R: usize, const SPAN: usize>(
+    src: &[f32],
+    src_w: usize,
+    taps: &Taps,
+    out: &mut [f32],
+    wo: usize,
+    i: usize,
+) {
+    let Taps { k, kh, kw, dil } = *taps;
+    assert!(k.len() >= kh * kw, "depthwise: {} weights for {kh}×{kw} taps", k.len());
+    let sp = src.as_ptr();
+    for j0 in (0..wo).step_by(SPAN) {
+        // The largest source index read below, checked once rather than per value.
+        let last = (i + R - 1 + (kh - 1) * dil[0]) * src_w + j0 + (kw - 1) * dil[1] + SPAN - 1;
+        assert!(last < src.len(), "depthwise: source index {last} past {}", src.len());
+        let mut acc = [[0.0f32; SPAN]; R];
         for p in 0..kh {
-            let srow = &src[(i + p * dil[0]) * src_w..];
             for q in 0..kw {
                 let wv = k[p * kw + q];
-                let s = &srow[q * dil[1]..q * dil[1] + wo];
-                for (o, &v) in orow.iter_mut().zip(s) {
-                    *o += wv * v;
+                let base = (i + p * dil[0]) * src_w + j0 + q * dil[1];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: base + r·src_w + t ≤ last < src.len() (asserted above).
+                        let v = unsafe { *sp.add(base + r * src_w + t) };
+                        *a = v.mul_add(wv, *a);
+                    }
                 }
+            }
+        }
+        let len = SPAN.min(wo - j0);
+        for (r, acc) in acc.iter().enumerate() {
+            let row = &mut out[(i + r) * wo + j0..][..len];
+            for (o, &a) in row.iter_mut().zip(acc) {
+                *o += a;
             }
         }
     }
 }
 
-/// The padded input buffer's size for stride 1: (H + 2·pad_h) × (W + 2·pad_w).
+/// The padded input buffer's rows and row stride for stride 1: H + 2·pad_h rows of W + 2·pad_w values
+/// (with [`correlate_plane`]'s zero columns past them).
 fn padded_input_dims(g: &Conv2dGeometry) -> (usize, usize) {
     (
         g.h_in + 2 * g.params.padding[0],
-        g.w_in + 2 * g.params.padding[1],
+        span_cols(g.w_out, g.kw, g.params.dilation[1]),
     )
 }
 
@@ -271,7 +365,7 @@ fn depthwise_input_grad_unit_stride(dy: &[f32], w: &[f32], dx: &mut [f32], g: &C
     let top = ((g.kh - 1) * p.dilation[0]) as isize - p.padding[0] as isize;
     let left = ((g.kw - 1) * p.dilation[1]) as isize - p.padding[1] as isize;
     let rows = g.h_in + (g.kh - 1) * p.dilation[0];
-    let cols = g.w_in + (g.kw - 1) * p.dilation[1];
+    let cols = span_cols(g.w_in, g.kw, p.dilation[1]);
     dx.par_chunks_mut(hw_in).enumerate().for_each_init(
         || (Vec::new(), vec![0.0f32; taps]),
         |(buf, flipped), (plane_idx, dx_plane)| {
@@ -487,4 +581,69 @@ fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry
         }
     }
     dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::SplitMix64;
+    use crate::shape::{Conv2dParams, Shape};
+
+    fn close(what: &str, fast: &[f32], direct: &[f32]) {
+        assert_eq!(fast.len(), direct.len(), "{what}: lengths");
+        for (i, (&a, &b)) in fast.iter().zip(direct).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{what}: element {i}: {a} against {b}"
+            );
+        }
+    }
+
+    /// The stride-1 paths (a padded plane, register blocks of 2 × 64 or 4 × 32 outputs) against the direct
+    /// loops, at row widths on both sides of each span and row counts that leave a remainder block.
+    #[test]
+    fn padded_plane_paths_match_the_direct_loops() {
+        let mut rng = SplitMix64::new(5);
+        let d = Conv2dParams::default();
+        let cases = [
+            (5, 17, 7, d.padding(3)),
+            (7, 33, 7, d.padding(3)),
+            (6, 56, 7, d.padding(3)),
+            (3, 70, 7, d.padding(3)),
+            (9, 40, 3, d.padding(2).dilation(2)),
+            (6, 29, 5, d),
+            (4, 130, 3, d.padding(1)),
+        ];
+        for (h, w, k, params) in cases {
+            let (n, c) = (2, 3);
+            let x_shape = Shape::new([n, c, h, w]);
+            let g = Conv2dGeometry::new(&x_shape, &Shape::new([c, 1, k, k]), params.groups(c))
+                .expect("a valid geometry");
+            let mut draw = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+            };
+            let x = draw(x_shape.numel());
+            let wt = draw(c * k * k);
+            let dy = draw(g.output_shape().numel());
+            let what = format!("{h}×{w}, {k}×{k}, {params:?}");
+
+            let mut fast = vec![0.0; dy.len()];
+            let mut direct = vec![0.0; dy.len()];
+            depthwise_forward_unit_stride(&x, &wt, &mut fast, &g);
+            depthwise_forward(&x, &wt, &mut direct, &g);
+            close(&format!("forward {what}"), &fast, &direct);
+
+            let mut fast = vec![0.0; x.len()];
+            let mut direct = vec![0.0; x.len()];
+            depthwise_input_grad_unit_stride(&dy, &wt, &mut fast, &g);
+            depthwise_input_grad(&dy, &wt, &mut direct, &g);
+            close(&format!("input grad {what}"), &fast, &direct);
+
+            close(
+                &format!("weight grad {what}"),
+                &depthwise_weight_grad_unit_stride(&x, &dy, &g),
+                &depthwise_weight_grad(&x, &dy, &g),
+            );
+        }
+    }
 }

@@ -86,7 +86,7 @@ pub fn gelu_derivative(x: f32) -> f32 {
 /// the `target_feature` function, so its loops are vectorised with AVX-512 or AVX2 where available (the
 /// crate itself is built for baseline x86-64, which has only 4-wide SSE2).
 #[inline(always)]
-fn widest<R>(body: impl FnOnce() -> R) -> R {
+pub(super) fn widest<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
