@@ -387,7 +387,7 @@ fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) 
     let p = g.params;
     let mut dw = vec![0.0f32; g.c_out * taps];
     dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
-        let mut buf = Vec::new();
+        let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
         for n in 0..g.batch {
             let plane_idx = n * g.c_out + c;
             let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
@@ -402,18 +402,105 @@ fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) 
                 p.padding[0] as isize,
                 p.padding[1] as isize,
             );
-            for (pq, acc) in dw_c.iter_mut().enumerate() {
-                let (kp, kq) = (pq / g.kw, pq % g.kw);
-                let mut sum = 0.0f32;
-                for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
-                    let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
-                    sum += dot(drow, &buf[start..start + g.w_out]);
+            let src = Source { values: &buf, row_stride: cols };
+            match g.kw {
+                3 => weight_grad_plane::<3>(src, dy_plane, g, dw_c, &mut dy_buf),
+                5 => weight_grad_plane::<5>(src, dy_plane, g, dw_c, &mut dy_buf),
+                7 => weight_grad_plane::<7>(src, dy_plane, g, dw_c, &mut dy_buf),
+                _ => {
+                    for (pq, acc) in dw_c.iter_mut().enumerate() {
+                        let (kp, kq) = (pq / g.kw, pq % g.kw);
+                        let mut sum = 0.0f32;
+                        for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
+                            let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
+                            sum += dot(drow, &buf[start..start + g.w_out]);
+                        }
+                        *acc += sum;
+                    }
                 }
-                *acc += sum;
             }
         }
     });
     dw
+}
+
+/// A padded plane: `values` with rows `row_stride` apart.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+}
+
+/// dy values per step of the weight gradient: one AVX-512 vector.
+const LANES: usize = 16;
+
+/// dw[p][q] += Σ_i Σ_j dy[i][j]·src[i + p·dh][j + q·dw] for one plane of a stride-1 convolution with KW
+/// taps per kernel row. For each kernel row p the KW sums are kept as vectors of partial sums while dy is
+/// read once, a vector at a time (KW multiply-adds per dy vector, each reading one source vector); dy's
+/// rows are first copied into `dy_buf` with zeros up to whole vectors, so no row needs a scalar tail.
+fn weight_grad_plane<const KW: usize>(
+    src: Source,
+    dy: &[f32],
+    g: &Conv2dGeometry,
+    dw: &mut [f32],
+    dy_buf: &mut Vec<f32>,
+) {
+    let (ho, wo, kh, dil) = (g.h_out, g.w_out, g.kh, g.params.dilation);
+    let stride = wo.next_multiple_of(LANES);
+    dy_buf.clear();
+    dy_buf.resize(ho * stride, 0.0);
+    for (to, from) in dy_buf.chunks_exact_mut(stride).zip(dy.chunks_exact(wo)) {
+        to[..wo].copy_from_slice(from);
+    }
+    // The largest source index read below, checked once rather than per value.
+    let last = (ho - 1 + (kh - 1) * dil[0]) * src.row_stride + stride - 1 + (KW - 1) * dil[1];
+    assert!(
+        last < src.values.len() && dw.len() >= kh * KW,
+        "depthwise weight gradient: source index {last} past {} values",
+        src.values.len()
+    );
+    super::elementwise::widest(
+        #[inline(always)]
+        || {
+            for p in 0..kh {
+                let row0 = p * dil[0] * src.row_stride;
+                let sums = weight_grad_row::<KW>(src.values, src.row_stride, row0, dil[1], dy_buf, stride);
+                for (d, s) in dw[p * KW..(p + 1) * KW].iter_mut().zip(sums) {
+                    *d += s;
+                }
+            }
+        },
+    );
+}
+
+/// Σ_i Σ_j dy[i][j]·src[row0 + i·src_w + j + q·dq] for q < KW (dy: rows of `stride` values, a multiple of
+/// LANES); the caller has checked that every source index read is in bounds.
+#[inline(always)]
+fn weight_grad_row<const KW: usize>(
+    src: &[f32],
+    src_w: usize,
+    row0: usize,
+    dq: usize,
+    dy: &[f32],
+    stride: usize,
+) -> [f32; KW] {
+    let sp = src.as_ptr();
+    let mut acc = [[0.0f32; LANES]; KW];
+    for (i, drow) in dy.chunks_exact(stride).enumerate() {
+        let row = row0 + i * src_w;
+        for (j, d) in drow.chunks_exact(LANES).enumerate() {
+            let d: &[f32; LANES] = d.try_into().expect("LANES values");
+            let at = row + j * LANES;
+            for (q, a) in acc.iter_mut().enumerate() {
+                for t in 0..LANES {
+                    // SAFETY: at + q·dq + t is at most the index the caller checked.
+                    let v = unsafe { *sp.add(at + q * dq + t) };
+                    a[t] = v.mul_add(d[t], a[t]);
+                }
+            }
+        }
+    }
+    acc.map(|a| a.iter().sum())
 }
 
 // Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
@@ -613,6 +700,7 @@ mod tests {
             (9, 40, 3, d.padding(2).dilation(2)),
             (6, 29, 5, d),
             (4, 130, 3, d.padding(1)),
+            (5, 21, 4, d.padding(2)),
         ];
         for (h, w, k, params) in cases {
             let (n, c) = (2, 3);
