@@ -1,7 +1,8 @@
-//! The 7×7 depthwise convolutions of one ConvNeXt-atto training step at 3×224×224, batch 32 (the four
-//! stages: 40 channels at 56×56, 80 at 28×28, 160 at 14×14, 320 at 7×7), on the CPU backend: forward,
-//! input gradient and weight gradient, median milliseconds and GFLOP/s (2 flops per multiply-add).
-//! `cargo bench --bench depthwise [-- --quick]` (all rayon threads; `RAYON_NUM_THREADS` sets them).
+//! The 7×7 depthwise convolutions of one ConvNeXt-atto training step, one per stage (40, 80, 160 and 320
+//! channels), at 3×224×224 with batch 32 (planes of 56, 28, 14 and 7) and at 32×32 with batch 64 (8, 4, 2
+//! and 1), on the CPU backend: forward, input gradient and weight gradient, median milliseconds and
+//! GFLOP/s (2 flops per multiply-add). `cargo bench --bench depthwise [-- --quick] [224|32]` (all rayon
+//! threads; `RAYON_NUM_THREADS` sets them).
 
 use liera::job::bench::time_median;
 use liera::shape::{Conv2dGeometry, Conv2dParams, Shape};
@@ -14,20 +15,47 @@ fn ramp(n: usize, seed: usize) -> Vec<f32> {
 }
 
 fn main() -> liera::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (batch, reps) = if quick { (4, 3) } else { (32, 7) };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let wanted = |group: &str| {
+        !args.iter().any(|a| a == "224" || a == "32") || args.iter().any(|a| a == group)
+    };
     let device = Device::cpu();
+    let reps = if quick { 3 } else { 7 };
+    println!("{}, median of {reps}", device.name());
+    if wanted("224") {
+        run(&device, "at 224", if quick { 4 } else { 32 }, 56, reps)?;
+    }
+    if wanted("32") {
+        run(&device, "at 32", if quick { 8 } else { 64 }, 8, reps)?;
+    }
+    Ok(())
+}
+
+/// The four stages' depthwise layers at batch `batch`, the first stage's planes `side`×`side`.
+fn run(device: &Device, label: &str, batch: usize, side: usize, reps: usize) -> liera::Result<()> {
     let b = device.backend();
-    println!("{}, batch {batch}, median of {reps}", device.name());
     println!(
         "{:<28} {:>16} {:>16} {:>16}",
-        "depthwise 7×7, pad 3", "forward", "input grad", "weight grad"
+        format!("7×7, pad 3, {label}, batch {batch}"),
+        "forward",
+        "input grad",
+        "weight grad"
     );
     let (mut total_s, mut total_flops) = ([0.0f64; 3], 0.0);
-    for (c, side) in [(40usize, 56usize), (80, 28), (160, 14), (320, 7)] {
+    for (c, side) in [
+        (40usize, side),
+        (80, side / 2),
+        (160, side / 4),
+        (320, side / 8),
+    ] {
         let x_shape = Shape::new([batch, c, side, side]);
         let w_shape = Shape::new([c, 1, 7, 7]);
-        let g = Conv2dGeometry::new(&x_shape, &w_shape, Conv2dParams::default().padding(3).groups(c))?;
+        let g = Conv2dGeometry::new(
+            &x_shape,
+            &w_shape,
+            Conv2dParams::default().padding(3).groups(c),
+        )?;
         let x = b.upload(&ramp(x_shape.numel(), 1))?;
         let w = b.upload(&ramp(w_shape.numel(), 2))?;
         let dy = b.upload(&ramp(g.output_shape().numel(), 3))?;

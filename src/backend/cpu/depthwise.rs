@@ -4,8 +4,12 @@
 //!
 //! Three paths per direction: direct loops per channel plane for any stride, whose inner loop walks a
 //! contiguous output row with the valid column range worked out once so no bounds test sits in it; for
-//! stride 1, a zero-padded copy of each plane followed by bounds-free row axpys (or dot products); and for
-//! small planes, a channels-last layout whose inner loop runs over channels.
+//! stride 1, a zero-padded copy of each plane followed by register-blocked loops (a block of outputs, or of
+//! the weight gradient's partial sums, stays in vector registers across all taps); and for planes under
+//! 8 wide, a channels-last layout whose inner loop runs over channels. The stride-1 and channels-last loops
+//! are compiled for the widest vector instruction set the CPU has (`elementwise::widest`); they are plain
+//! functions called from it, because a loop inside a closure that captures its surroundings compiled to
+//! scalar code. `cargo bench --bench depthwise` times the ConvNeXt-atto shapes.
 
 use super::conv::{for_each_tap_row, in_col};
 use crate::shape::Conv2dGeometry;
@@ -161,9 +165,8 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> 
 }
 
 // Depthwise convolutions with stride 1 (every ConvNeXt block): each plane is first copied into a
-// zero-padded buffer, after which every tap reads a plain window and the inner loop is a bounds-free axpy
-// (or dot product) over an output row. Small planes (8×8, 4×4) are where this matters: the generic loops
-// above spend more time on range arithmetic than on arithmetic.
+// zero-padded buffer, after which every tap reads a plain window: no bounds test sits in the loops, and a
+// block of outputs can gather all its taps in registers.
 
 /// Copies `plane` (h×w) into `buf` (rows×cols, zeroed) with its (0, 0) at (top, left); offsets may be
 /// negative (then the plane's leading rows or columns are cut off).
@@ -217,10 +220,10 @@ fn correlate_plane(
     let taps = Taps { k, kh, kw, dil };
     // Two rows of four vectors or four rows of two: eight independent accumulator chains either way, enough
     // to keep both FMA units of a core busy.
-    if span(wo) == WIDE_SPAN {
-        correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo);
-    } else {
-        correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo);
+    match span(wo) {
+        WIDE_SPAN => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
+        NARROW_SPAN => correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo),
+        _ => correlate_rows::<8, SHORT_SPAN>(src, src_w, &taps, out, wo),
     }
 }
 
@@ -235,12 +238,15 @@ struct Taps<'a> {
 /// Output columns per register block: 64 (four AVX-512 vectors) for rows wider than 32, else 32.
 const WIDE_SPAN: usize = 64;
 const NARROW_SPAN: usize = 32;
+const SHORT_SPAN: usize = 16;
 
 fn span(wo: usize) -> usize {
     if wo > NARROW_SPAN {
         WIDE_SPAN
-    } else {
+    } else if wo > SHORT_SPAN {
         NARROW_SPAN
+    } else {
+        SHORT_SPAN
     }
 }
 
@@ -286,12 +292,20 @@ fn correlate_block<const R: usize, const SPAN: usize>(
     i: usize,
 ) {
     let Taps { k, kh, kw, dil } = *taps;
-    assert!(k.len() >= kh * kw, "depthwise: {} weights for {kh}×{kw} taps", k.len());
+    assert!(
+        k.len() >= kh * kw,
+        "depthwise: {} weights for {kh}×{kw} taps",
+        k.len()
+    );
     let sp = src.as_ptr();
     for j0 in (0..wo).step_by(SPAN) {
         // The largest source index read below, checked once rather than per value.
         let last = (i + R - 1 + (kh - 1) * dil[0]) * src_w + j0 + (kw - 1) * dil[1] + SPAN - 1;
-        assert!(last < src.len(), "depthwise: source index {last} past {}", src.len());
+        assert!(
+            last < src.len(),
+            "depthwise: source index {last} past {}",
+            src.len()
+        );
         let mut acc = [[0.0f32; SPAN]; R];
         for p in 0..kh {
             for q in 0..kw {
@@ -402,7 +416,10 @@ fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) 
                 p.padding[0] as isize,
                 p.padding[1] as isize,
             );
-            let src = Source { values: &buf, row_stride: cols };
+            let src = Source {
+                values: &buf,
+                row_stride: cols,
+            };
             match g.kw {
                 3 => weight_grad_plane::<3>(src, dy_plane, g, dw_c, &mut dy_buf),
                 5 => weight_grad_plane::<5>(src, dy_plane, g, dw_c, &mut dy_buf),
@@ -464,7 +481,8 @@ fn weight_grad_plane<const KW: usize>(
         || {
             for p in 0..kh {
                 let row0 = p * dil[0] * src.row_stride;
-                let sums = weight_grad_row::<KW>(src.values, src.row_stride, row0, dil[1], dy_buf, stride);
+                let sums =
+                    weight_grad_row::<KW>(src.values, src.row_stride, row0, dil[1], dy_buf, stride);
                 for (d, s) in dw[p * KW..(p + 1) * KW].iter_mut().zip(sums) {
                     *d += s;
                 }
@@ -503,13 +521,14 @@ fn weight_grad_row<const KW: usize>(
     acc.map(|a| a.iter().sum())
 }
 
-// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
-// 4×4 down to 1×1) run channels-last: each image is transposed to (pixel, channel), so the inner loop runs
+// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages
+// at 32×32 input, 4×4 down to 1×1, and 7×7 at 224) run channels-last: each image is transposed to (pixel, channel), so the inner loop runs
 // over channels (tens to hundreds, full vectors) instead of over a handful of pixels, and only the taps
 // that land inside the image are visited (a 7×7 kernel on a 1×1 plane with padding 3 has one such tap).
 
-/// Output rows shorter than this take the channels-last path.
-const SMALL_PLANE: usize = 16;
+/// Output rows shorter than this take the channels-last path. (`cargo bench --bench depthwise`: 8-wide
+/// planes ran about 1.6× faster on the padded-plane path, 7-wide ones 2× slower.)
+const SMALL_PLANE: usize = 8;
 
 /// Which of the two per-image depthwise products to run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -596,24 +615,121 @@ fn depthwise_channels_last(
             );
             dst_cl.clear();
             dst_cl.resize(c * dst_hw, 0.0);
+            channels_last_image(src_cl, &wt, dst_cl, g, dir);
+            to_channels_first(dst_cl, c, dst_hw, dst_img);
+        },
+    );
+}
+
+/// One image of [`depthwise_channels_last`], compiled for the widest instruction set: for each output
+/// pixel and block of channels, the forward sums its valid taps in registers and stores once; the input
+/// gradient holds dy's block in registers and adds it, weighted, into each tap's input pixel.
+fn channels_last_image(
+    src: &[f32],
+    wt: &[f32],
+    dst: &mut [f32],
+    g: &Conv2dGeometry,
+    dir: Direction,
+) {
+    super::elementwise::widest(
+        #[inline(always)]
+        || {
+            let c = g.c_in;
+            let mut valid = Vec::with_capacity(g.kh * g.kw);
             for i in 0..g.h_out {
                 for j in 0..g.w_out {
                     let out_px = i * g.w_out + j;
-                    for_each_valid_tap(g, i, j, |t, in_px| {
-                        let wrow = &wt[t * c..(t + 1) * c];
-                        let (from, to) = match dir {
-                            Direction::Forward => (in_px, out_px),
-                            Direction::InputGrad => (out_px, in_px),
-                        };
-                        let s = &src_cl[from * c..(from + 1) * c];
-                        let d = &mut dst_cl[to * c..(to + 1) * c];
-                        for ((o, &v), &wv) in d.iter_mut().zip(s).zip(wrow) {
-                            *o += wv * v;
+                    valid.clear();
+                    for_each_valid_tap(g, i, j, |t, in_px| valid.push((t, in_px)));
+                    match dir {
+                        Direction::Forward => {
+                            gather_pixel(src, wt, c, &valid, &mut dst[out_px * c..][..c])
                         }
-                    });
+                        Direction::InputGrad => {
+                            scatter_pixel(&src[out_px * c..][..c], wt, c, &valid, dst)
+                        }
+                    }
                 }
             }
-            to_channels_first(dst_cl, c, dst_hw, dst_img);
+        },
+    );
+}
+
+/// Channels per register block of the channels-last kernels: four AVX-512 vectors.
+const CHANNEL_BLOCK: usize = 64;
+
+/// out[ch] = Σ over the valid taps (t, px) of w[t][ch]·src[px][ch] (rows of c values).
+#[inline(always)]
+fn gather_pixel(src: &[f32], wt: &[f32], c: usize, valid: &[(usize, usize)], out: &mut [f32]) {
+    let blocks = c / CHANNEL_BLOCK * CHANNEL_BLOCK;
+    for c0 in (0..blocks).step_by(CHANNEL_BLOCK) {
+        let mut acc = [0.0f32; CHANNEL_BLOCK];
+        for &(t, px) in valid {
+            let s: &[f32; CHANNEL_BLOCK] = src[px * c + c0..][..CHANNEL_BLOCK]
+                .try_into()
+                .expect("a block");
+            let w: &[f32; CHANNEL_BLOCK] = wt[t * c + c0..][..CHANNEL_BLOCK]
+                .try_into()
+                .expect("a block");
+            for ((a, &s), &w) in acc.iter_mut().zip(s).zip(w) {
+                *a = s.mul_add(w, *a);
+            }
+        }
+        out[c0..c0 + CHANNEL_BLOCK].copy_from_slice(&acc);
+    }
+    for &(t, px) in valid {
+        let (s, w) = (&src[px * c..][..c], &wt[t * c..][..c]);
+        for ch in blocks..c {
+            out[ch] = s[ch].mul_add(w[ch], out[ch]);
+        }
+    }
+}
+
+/// dst[o][ch] += d[ch]·src[s][ch] for each pair (s, o) (rows of c values): the input gradient's
+/// w[t]·dy into input pixel px for the pairs (t, px), the weight gradient's dy·x[px] into tap t's row for
+/// (px, t).
+#[inline(always)]
+fn scatter_pixel(d: &[f32], src: &[f32], c: usize, pairs: &[(usize, usize)], dst: &mut [f32]) {
+    let blocks = c / CHANNEL_BLOCK * CHANNEL_BLOCK;
+    for c0 in (0..blocks).step_by(CHANNEL_BLOCK) {
+        let d: &[f32; CHANNEL_BLOCK] = d[c0..c0 + CHANNEL_BLOCK].try_into().expect("a block");
+        for &(s, o) in pairs {
+            let v: &[f32; CHANNEL_BLOCK] = src[s * c + c0..][..CHANNEL_BLOCK]
+                .try_into()
+                .expect("a block");
+            let o: &mut [f32; CHANNEL_BLOCK] = (&mut dst[o * c + c0..][..CHANNEL_BLOCK])
+                .try_into()
+                .expect("a block");
+            for ((o, &d), &v) in o.iter_mut().zip(d).zip(v) {
+                *o = d.mul_add(v, *o);
+            }
+        }
+    }
+    for &(s, o) in pairs {
+        let v = &src[s * c..][..c];
+        let o = &mut dst[o * c..][..c];
+        for ch in blocks..c {
+            o[ch] = d[ch].mul_add(v[ch], o[ch]);
+        }
+    }
+}
+
+/// One image's share of [`depthwise_weight_grad_channels_last`]: acc[t][ch] += Σ over output pixels of
+/// dy[px][ch]·x[tap t's input pixel][ch], compiled for the widest instruction set.
+fn weight_grad_image(x: &[f32], dy: &[f32], g: &Conv2dGeometry, acc: &mut [f32]) {
+    super::elementwise::widest(
+        #[inline(always)]
+        || {
+            let c = g.c_in;
+            let mut pairs = Vec::with_capacity(g.kh * g.kw);
+            for i in 0..g.h_out {
+                for j in 0..g.w_out {
+                    let out_px = i * g.w_out + j;
+                    pairs.clear();
+                    for_each_valid_tap(g, i, j, |t, in_px| pairs.push((in_px, t)));
+                    scatter_pixel(&dy[out_px * c..][..c], x, c, &pairs, acc);
+                }
+            }
         },
     );
 }
@@ -640,18 +756,7 @@ fn depthwise_weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Conv2dGeometry
                     hw_out,
                     &mut dy_cl,
                 );
-                for i in 0..g.h_out {
-                    for j in 0..g.w_out {
-                        let d = &dy_cl[(i * g.w_out + j) * c..(i * g.w_out + j + 1) * c];
-                        for_each_valid_tap(g, i, j, |t, in_px| {
-                            let xs = &x_cl[in_px * c..(in_px + 1) * c];
-                            for ((a, &dv), &xv) in acc[t * c..(t + 1) * c].iter_mut().zip(d).zip(xs)
-                            {
-                                *a += dv * xv;
-                            }
-                        });
-                    }
-                }
+                weight_grad_image(&x_cl, &dy_cl, g, &mut acc);
             }
             acc
         })
@@ -686,6 +791,54 @@ mod tests {
         }
     }
 
+    fn draw(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect()
+    }
+
+    /// The channels-last paths (blocks of 64 channels and the remainder) against the direct loops, on
+    /// planes under 8 wide, stride 1 and 2.
+    #[test]
+    fn channels_last_paths_match_the_direct_loops() {
+        let mut rng = SplitMix64::new(9);
+        let d = Conv2dParams::default();
+        for (n, c, h, w, k, params) in [
+            (2, 3, 5, 6, 7, d.padding(3)),
+            (3, 70, 7, 7, 7, d.padding(3)),
+            (1, 130, 2, 3, 3, d.padding(1)),
+            (2, 64, 6, 5, 3, d.padding(1).stride(2)),
+            (1, 200, 1, 1, 7, d.padding(3)),
+        ] {
+            let x_shape = Shape::new([n, c, h, w]);
+            let g = Conv2dGeometry::new(&x_shape, &Shape::new([c, 1, k, k]), params.groups(c))
+                .expect("a valid geometry");
+            assert!(g.w_out < SMALL_PLANE);
+            let x = draw(&mut rng, x_shape.numel());
+            let wt = draw(&mut rng, c * k * k);
+            let dy = draw(&mut rng, g.output_shape().numel());
+            let what = format!("{c} channels, {h}×{w}, {k}×{k}, {:?}", g.params);
+
+            let mut fast = vec![0.0; dy.len()];
+            let mut direct = vec![0.0; dy.len()];
+            depthwise_channels_last(&x, &wt, &mut fast, &g, Direction::Forward);
+            depthwise_forward(&x, &wt, &mut direct, &g);
+            close(&format!("forward {what}"), &fast, &direct);
+
+            let mut fast = vec![0.0; x.len()];
+            let mut direct = vec![0.0; x.len()];
+            depthwise_channels_last(&dy, &wt, &mut fast, &g, Direction::InputGrad);
+            depthwise_input_grad(&dy, &wt, &mut direct, &g);
+            close(&format!("input grad {what}"), &fast, &direct);
+
+            close(
+                &format!("weight grad {what}"),
+                &depthwise_weight_grad_channels_last(&x, &dy, &g),
+                &depthwise_weight_grad(&x, &dy, &g),
+            );
+        }
+    }
+
     /// The stride-1 paths (a padded plane, register blocks of 2 × 64 or 4 × 32 outputs) against the direct
     /// loops, at row widths on both sides of each span and row counts that leave a remainder block.
     #[test]
@@ -707,13 +860,10 @@ mod tests {
             let x_shape = Shape::new([n, c, h, w]);
             let g = Conv2dGeometry::new(&x_shape, &Shape::new([c, 1, k, k]), params.groups(c))
                 .expect("a valid geometry");
-            let mut draw = |len: usize| -> Vec<f32> {
-                (0..len).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
-            };
-            let x = draw(x_shape.numel());
-            let wt = draw(c * k * k);
-            let dy = draw(g.output_shape().numel());
-            let what = format!("{h}×{w}, {k}×{k}, {params:?}");
+            let x = draw(&mut rng, x_shape.numel());
+            let wt = draw(&mut rng, c * k * k);
+            let dy = draw(&mut rng, g.output_shape().numel());
+            let what = format!("{h}×{w}, {k}×{k}, {:?}", g.params);
 
             let mut fast = vec![0.0; dy.len()];
             let mut direct = vec![0.0; dy.len()];
