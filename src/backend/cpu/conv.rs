@@ -403,6 +403,53 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     Ok(dx)
 }
 
+/// The weight gradient of a 1×1 convolution with more input than output channels (ConvNeXt's fc2), as
+/// dWᵀ = Σ_n X_n·dY_nᵀ per group, one image at a time: X_n (channels × pixels) is then read in place by
+/// the GEMM and the packed operand is dY_nᵀ, which has the fewer channels. The other orientation,
+/// dW = dY·Xᵀ, packs (gathers) the whole input, k/og times more values for the same arithmetic.
+fn pointwise_weight_grad_transposed(x: &[f32], dy: &[f32], g: &Conv2dGeometry, dw: &mut [f32]) {
+    let hw = g.h_in * g.w_in;
+    let (k, og) = (g.c_in_per_group(), g.c_out_per_group());
+    // dWᵀ of one group, row-major (k × og), so the GEMM stores whole rows; transposed into dw at the end.
+    let mut dw_t = vec![0.0f32; k * og];
+    let out = OutView {
+        rows: Axis::plain(og),
+        cols: Axis::plain(1),
+    };
+    for grp in 0..g.params.groups {
+        dw_t.fill(0.0);
+        for n in 0..g.batch {
+            let patches = MatView {
+                data: &x[(n * g.c_in + grp * k) * hw..],
+                rows: Axis::plain(hw),
+                cols: Axis::plain(1),
+            };
+            let grad_t = MatView {
+                data: &dy[(n * g.c_out + grp * og) * hw..],
+                rows: Axis::plain(1),
+                cols: Axis::plain(hw),
+            };
+            // SAFETY: `out` addresses dw_t, k × og elements, each once.
+            unsafe {
+                gemm_view(
+                    &patches,
+                    &grad_t,
+                    dw_t.as_mut_ptr(),
+                    &out,
+                    (k, hw, og),
+                    &Epilogue::ADD,
+                )
+            };
+        }
+        let dw_g = &mut dw[grp * og * k..(grp + 1) * og * k];
+        for (c, row) in dw_t.chunks_exact(og).enumerate() {
+            for (o, &v) in row.iter().enumerate() {
+                dw_g[o * k + c] = v;
+            }
+        }
+    }
+}
+
 /// ∂L/∂w from the input x and dy = ∂L/∂y: per group, ∂W_g = G_g · X̃_gᵀ with the batch folded into the
 /// reduction (k) axis of the GEMM.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
@@ -420,6 +467,10 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let mut dw = vec![0.0f32; g.c_out * k];
+    if is_pointwise(g) && k > og {
+        pointwise_weight_grad_transposed(x, dy, g, &mut dw);
+        return Ok(dw);
+    }
     let chunk = images_per_chunk(k, hw_out, g.batch);
     let mut col = Vec::new();
     for grp in 0..g.params.groups {
