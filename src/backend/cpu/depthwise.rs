@@ -527,7 +527,7 @@ fn weight_grad_row<const KW: usize>(
 // that land inside the image are visited (a 7×7 kernel on a 1×1 plane with padding 3 has one such tap).
 
 /// Output rows shorter than this take the channels-last path. (`cargo bench --bench depthwise`: 8-wide
-/// planes ran about 1.6× faster on the padded-plane path, 7-wide ones 2× slower.)
+/// planes ran 1.5–2× faster on the padded-plane path, 7-wide ones about 2.5× slower.)
 const SMALL_PLANE: usize = 8;
 
 /// Which of the two per-image depthwise products to run.
