@@ -11,6 +11,12 @@
 //                                   chunk sum db[c] = Σ_{n,oh,ow} dy[n,c,oh,ow]: a chunk's result is dw then
 //                                   db, and with one chunk db goes to out2.
 // The valid tap (or output) ranges are computed up front, so the inner loops carry no bounds tests.
+//
+// With stride 1, dilation 1 and padding below the kernel size (every ConvNeXt block), the forward and the
+// input gradient run instead as dw_forward_rows and dw_input_grad_rows: a thread per 4 consecutive outputs
+// of a row, sliding a window of 4 source values along each kernel row, so that every 4 multiply-adds read
+// one source value and one weight (the thread-per-output kernels read both for each one). The input gradient
+// is then a correlation too: dx = dy ⋆ (the kernel flipped in both directions), dy padded by k − 1 − pad.
 
 // The parameter block `ConvParams` (the geometry, groups, splits, has_bias, chunk) is generated from the
 // Rust struct of the same name (src/backend/gpu/shaders.rs) and added to this module by the host.
@@ -18,6 +24,8 @@
 @group(0) @binding(0) var<uniform> params: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dy_in: array<f32>;
+// The correlated plane of dw_forward_rows (x) and dw_input_grad_rows (dy).
+@group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -177,4 +185,96 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         }
     }
     out[i] = acc;
+}
+
+@compute @workgroup_size(256)
+fn dw_forward_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    correlate_rows(linear_workgroup(wg, nwg) * 256u + lid, false);
+}
+
+@compute @workgroup_size(256)
+fn dw_input_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    correlate_rows(linear_workgroup(wg, nwg) * 256u + lid, true);
+}
+
+// src[row + col] of a source row `width` wide, 0 outside it.
+fn src_at(row: u32, col: i32, width: u32) -> f32 {
+    if (col < 0 || col >= i32(width)) {
+        return 0.0;
+    }
+    return src[row + u32(col)];
+}
+
+// Outputs 4·t .. 4·t + 3 of one row (thread t of the row) of the stride-1, dilation-1 correlation
+// out[plane, r, j] = Σ_{p,q} k[p, q]·src[plane, r + p − pad_h, j + q − pad_w] (0 outside src), with
+// k = w[c] and the forward's geometry, or (flip) k = w[c] flipped and the input gradient's geometry
+// (src = dy, out = dx, pad = kernel − 1 − pad).
+fn correlate_rows(i: u32, flip: bool) {
+    var src_h = params.h_in;
+    var src_w = params.w_in;
+    var out_h = params.h_out;
+    var out_w = params.w_out;
+    var pad_h = params.pad_h;
+    var pad_w = params.pad_w;
+    if (flip) {
+        src_h = params.h_out;
+        src_w = params.w_out;
+        out_h = params.h_in;
+        out_w = params.w_in;
+        pad_h = params.kh - 1u - params.pad_h;
+        pad_w = params.kw - 1u - params.pad_w;
+    }
+    let quads = (out_w + 3u) / 4u;
+    if (i >= params.batch * params.c_out * out_h * quads) {
+        return;
+    }
+    let row_quad = udivmod(i, quads);
+    let plane_row = udivmod(row_quad.x, out_h);
+    let plane = plane_row.x;
+    let r = plane_row.y;
+    let c = udivmod(plane, params.c_out).y;
+    let j0 = row_quad.y * 4u;
+    var b = 0.0;
+    if (!flip && params.has_bias != 0u) {
+        b = bias[c];
+    }
+    var a0 = b;
+    var a1 = b;
+    var a2 = b;
+    var a3 = b;
+    let pr = tap_range(r, 1u, 1u, pad_h, src_h, params.kh);
+    let col0 = i32(j0) - i32(pad_w);
+    for (var p = pr.x; p < pr.y; p++) {
+        let src_row = (plane * src_h + r + p - pad_h) * src_w;
+        let wp = select(p, params.kh - 1u - p, flip);
+        let w_row = (c * params.kh + wp) * params.kw;
+        // Window slot s holds the source value for output j0 + s at the current tap q.
+        var v0 = src_at(src_row, col0, src_w);
+        var v1 = src_at(src_row, col0 + 1, src_w);
+        var v2 = src_at(src_row, col0 + 2, src_w);
+        for (var q = 0u; q < params.kw; q++) {
+            let v3 = src_at(src_row, col0 + i32(q) + 3, src_w);
+            let wv = w[w_row + select(q, params.kw - 1u - q, flip)];
+            a0 += wv * v0;
+            a1 += wv * v1;
+            a2 += wv * v2;
+            a3 += wv * v3;
+            v0 = v1;
+            v1 = v2;
+            v2 = v3;
+        }
+    }
+    let at = (plane * out_h + r) * out_w + j0;
+    out[at] = a0;
+    if (j0 + 1u < out_w) {
+        out[at + 1u] = a1;
+    }
+    if (j0 + 2u < out_w) {
+        out[at + 2u] = a2;
+    }
+    if (j0 + 3u < out_w) {
+        out[at + 3u] = a3;
+    }
 }

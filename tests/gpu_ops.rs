@@ -307,6 +307,19 @@ proptest! {
         }
     }
 
+    /// The sliding-window depthwise kernels (stride 1, dilation 1, padding below the kernel size): row
+    /// widths that leave 0 to 3 outputs in the last window, the 7×7 ConvNeXt layer, and the fallback when
+    /// the padding reaches the kernel size.
+    #[test]
+    fn depthwise_rows_match_cpu(
+        batch in 1usize..3, channels in 1usize..5, h in 1usize..10, w in 1usize..60, k in 1usize..8,
+        padding in 0usize..8, bias: bool, seed in 0u64..1000,
+    ) {
+        if let Some(g) = geometry(batch, 1, 1, channels, (h, w), (k, k), 1, padding.min(k), 1) {
+            conv_cross(&g, bias, seed)?;
+        }
+    }
+
     #[test]
     fn layer_norm_matches_cpu(
         outer in 1usize..5, len in 1usize..150, inner in 1usize..20,

@@ -56,12 +56,20 @@ impl GpuBackend {
         if g.is_depthwise() {
             let out = self.alloc(n_out)?;
             let inputs = [Some(x.raw()), Some(w.raw()), bias.map(|b| b.raw())];
+            let (entry, threads) = if slides_rows(g) {
+                (
+                    "dw_forward_rows",
+                    g.batch * g.c_out * g.h_out * g.w_out.div_ceil(4),
+                )
+            } else {
+                ("dw_forward", n_out)
+            };
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
-                "dw_forward",
+                entry,
                 &conv_params(g, bias.is_some())?.words(),
                 Bindings::new(&inputs, &[out.raw()]),
-                n_out,
+                threads,
             )?;
             return Ok(Self::wrap(out));
         }
@@ -87,12 +95,20 @@ impl GpuBackend {
         let n_in = g.batch * g.c_in * g.h_in * g.w_in;
         if g.is_depthwise() {
             let out = self.alloc(n_in)?;
+            let (entry, threads) = if slides_rows(g) {
+                (
+                    "dw_input_grad_rows",
+                    g.batch * g.c_in * g.h_in * g.w_in.div_ceil(4),
+                )
+            } else {
+                ("dw_input_grad", n_in)
+            };
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
-                "dw_input_grad",
+                entry,
                 &conv_params(g, false)?.words(),
                 Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
-                n_in,
+                threads,
             )?;
             return Ok(Self::wrap(out));
         }
@@ -234,6 +250,14 @@ fn is_patchify(g: &Conv2dGeometry) -> bool {
 
 /// Index of the split count in the conv2d parameter block (its word offset in [`ConvParams`]).
 const CONV_SPLIT_SLOT: usize = std::mem::offset_of!(ConvParams, splits) / 4;
+
+/// Whether a depthwise convolution's forward and input gradient take depthwise.wgsl's sliding-window
+/// kernels (`dw_forward_rows`, `dw_input_grad_rows`): stride 1, dilation 1, and padding below the kernel
+/// size on each axis (so the input gradient is a correlation of dy with a padding of kernel − 1 − pad ≥ 0).
+fn slides_rows(g: &Conv2dGeometry) -> bool {
+    let p = g.params;
+    p.stride == [1, 1] && p.dilation == [1, 1] && p.padding[0] < g.kh && p.padding[1] < g.kw
+}
 
 /// The parameter block of a convolution kernel (conv2d.wgsl or depthwise.wgsl): the geometry, groups,
 /// one K split (the gemm sets the real count) and `has_bias`; `chunk` is 0 (only dw_weight_grad sets it).
