@@ -5,8 +5,8 @@
 use liera::Conv2dParams;
 
 /// erf(x) = 2/√π · e^(−x²) · Σ_{n≥0} 2ⁿ·x²ⁿ⁺¹ / (1·3·5···(2n+1)): a series of positive terms, so no
-/// cancellation at any x (the Maclaurin series, whose terms alternate, lost up to 10⁻³ to rounding near
-/// |x| = 5, which finite differences then magnified into false failures). Past |x| = 6, erf is ±1 to f64
+/// cancellation at any x (the Maclaurin series, whose terms alternate, lost up to 10⁻³ to rounding at
+/// |x| = 5.9, which finite differences then magnified into false failures). Past |x| = 6, erf is ±1 to f64
 /// precision (erfc(6) ≈ 2·10⁻¹⁷).
 pub fn erf64(x: f64) -> f64 {
     if x.abs() >= 6.0 {

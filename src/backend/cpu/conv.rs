@@ -403,6 +403,11 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     Ok(dx)
 }
 
+/// Pixels per image from which [`pointwise_weight_grad_transposed`] is used: it runs one GEMM per image, and
+/// below this (ConvNeXt's stages at 32×32 input have 64 pixels or fewer) the per-product overhead of many
+/// small GEMMs outweighs the packing it saves.
+const TRANSPOSED_MIN_PIXELS: usize = 256;
+
 /// The weight gradient of a 1×1 convolution with more input than output channels (ConvNeXt's fc2), as
 /// dWᵀ = Σ_n X_n·dY_nᵀ per group, one image at a time: X_n (channels × pixels) is then read in place by
 /// the GEMM and the packed operand is dY_nᵀ, which has the fewer channels. The other orientation,
@@ -467,7 +472,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let mut dw = vec![0.0f32; g.c_out * k];
-    if is_pointwise(g) && k > og {
+    if is_pointwise(g) && k > og && hw_in >= TRANSPOSED_MIN_PIXELS {
         pointwise_weight_grad_transposed(x, dy, g, &mut dw);
         return Ok(dw);
     }
@@ -513,4 +518,54 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
         }
     }
     Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::{Conv2dParams, Shape};
+
+    /// The per-image transposed weight gradient of 1×1 convolutions (planes of at least
+    /// TRANSPOSED_MIN_PIXELS, more input than output channels, one and two groups) against the sum it
+    /// stands for, dw[o][c] = Σ_n Σ_px dy[n, o, px]·x[n, g·k + c, px] within o's group g.
+    #[test]
+    fn transposed_pointwise_weight_gradient_matches_the_sum() {
+        for (groups, c_in, c_out, (h, w)) in [(1, 24, 8, (16, 17)), (2, 40, 6, (20, 13))] {
+            let n = 3;
+            let x_shape = Shape::new([n, c_in, h, w]);
+            let g = Conv2dGeometry::new(
+                &x_shape,
+                &Shape::new([c_out, c_in / groups, 1, 1]),
+                Conv2dParams::default().groups(groups),
+            )
+            .expect("a valid geometry");
+            assert!(h * w >= TRANSPOSED_MIN_PIXELS);
+            let hw = h * w;
+            let x: Vec<f32> = (0..x_shape.numel())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let dy: Vec<f32> = (0..n * c_out * hw)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let dw = conv2d_weight_grad(&x, &dy, &g).expect("a weight gradient");
+            let (k, og) = (c_in / groups, c_out / groups);
+            for o in 0..c_out {
+                for c in 0..k {
+                    let grp = o / og;
+                    let want: f64 = (0..n)
+                        .flat_map(|b| (0..hw).map(move |p| (b, p)))
+                        .map(|(b, p)| {
+                            dy[(b * c_out + o) * hw + p] as f64
+                                * x[(b * c_in + grp * k + c) * hw + p] as f64
+                        })
+                        .sum();
+                    let got = dw[o * k + c] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "groups {groups}: dw[{o}][{c}] = {got}, the sum is {want}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -218,8 +218,8 @@ fn correlate_plane(
     wo: usize,
 ) {
     let taps = Taps { k, kh, kw, dil };
-    // Two rows of four vectors or four rows of two: eight independent accumulator chains either way, enough
-    // to keep both FMA units of a core busy.
+    // Two rows of four AVX-512 vectors, four rows of two or eight rows of one: eight independent accumulator
+    // chains each way, enough to keep both FMA units of a core busy.
     match span(wo) {
         WIDE_SPAN => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
         NARROW_SPAN => correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo),
@@ -235,7 +235,8 @@ struct Taps<'a> {
     dil: [usize; 2],
 }
 
-/// Output columns per register block: 64 (four AVX-512 vectors) for rows wider than 32, else 32.
+/// Output columns per register block: 64 (four AVX-512 vectors) for rows wider than 32, 32 for rows wider
+/// than 16, else 16.
 const WIDE_SPAN: usize = 64;
 const NARROW_SPAN: usize = 32;
 const SHORT_SPAN: usize = 16;
@@ -521,10 +522,11 @@ fn weight_grad_row<const KW: usize>(
     acc.map(|a| a.iter().sum())
 }
 
-// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages
-// at 32×32 input, 4×4 down to 1×1, and 7×7 at 224) run channels-last: each image is transposed to (pixel, channel), so the inner loop runs
-// over channels (tens to hundreds, full vectors) instead of over a handful of pixels, and only the taps
-// that land inside the image are visited (a 7×7 kernel on a 1×1 plane with padding 3 has one such tap).
+// Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
+// 4×4 down to 1×1 at 32×32 input and 7×7 at 224) run channels-last: each image is transposed to (pixel,
+// channel), so the inner loop runs over channels (tens to hundreds, full vectors) instead of over a handful
+// of pixels, and only the taps that land inside the image are visited (a 7×7 kernel on a 1×1 plane with
+// padding 3 has one such tap).
 
 /// Output rows shorter than this take the channels-last path. (`cargo bench --bench depthwise`: 8-wide
 /// planes ran 1.5–2× faster on the padded-plane path, 7-wide ones about 2.5× slower.)
