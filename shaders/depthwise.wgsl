@@ -17,6 +17,9 @@
 // of a row, sliding a window of 4 source values along each kernel row, so that every 4 multiply-adds read
 // one source value and one weight (the thread-per-output kernels read both for each one). The input gradient
 // is then a correlation too: dx = dy ⋆ (the kernel flipped in both directions), dy padded by k − 1 − pad.
+// dw_weight_grad_rows, for the same geometries, gives each thread 4 consecutive taps (p, q0 .. q0 + 3) of one
+// channel and slides a window of 4 input values along each row of dy: one dy and one x read per 4
+// multiply-adds. It is laid out like dw_weight_grad (a chunk's result is dw then db).
 
 // The parameter block `ConvParams` (the geometry, groups, splits, has_bias, chunk) is generated from the
 // Rust struct of the same name (src/backend/gpu/shaders.rs) and added to this module by the host.
@@ -276,5 +279,88 @@ fn correlate_rows(i: u32, flip: bool) {
     }
     if (j0 + 3u < out_w) {
         out[at + 3u] = a3;
+    }
+}
+
+@compute @workgroup_size(256)
+fn dw_weight_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    // Thread per (image chunk, c, p, group of 4 taps q0 .. q0 + 3), then per (image chunk, c) for db.
+    let chunk = params.chunk;
+    let quads = (params.kw + 3u) / 4u;
+    let tap_threads = params.c_out * params.kh * quads;
+    let threads = tap_threads + select(0u, params.c_out, params.has_bias != 0u);
+    let chunks = (params.batch + chunk - 1u) / chunk;
+    let i = linear_workgroup(wg, nwg) * 256u + lid;
+    if (i >= chunks * threads) {
+        return;
+    }
+    let kc = udivmod(i, threads);
+    let n_begin = kc.x * chunk;
+    let n_end = min(params.batch, n_begin + chunk);
+    let n_w = params.c_out * params.kh * params.kw;
+    let base = kc.x * (n_w + select(0u, params.c_out, params.has_bias != 0u));
+    let hw = params.h_out * params.w_out;
+    if (kc.y >= tap_threads) {
+        // The bias gradient of channel c over the chunk's images.
+        let c = kc.y - tap_threads;
+        var acc = 0.0;
+        for (var n = n_begin; n < n_end; n++) {
+            let start = (n * params.c_out + c) * hw;
+            for (var j = 0u; j < hw; j++) {
+                acc += dy[start + j];
+            }
+        }
+        if (chunks == 1u) {
+            out2[c] = acc;
+        } else {
+            out[base + n_w + c] = acc;
+        }
+        return;
+    }
+    let cp_quad = udivmod(kc.y, quads);
+    let cp = udivmod(cp_quad.x, params.kh);
+    let c = cp.x;
+    let p = cp.y;
+    let q0 = cp_quad.y * 4u;
+    // The output rows whose tap row p reads a real input row.
+    let ohr = tap_range(p, 1u, 1u, params.pad_h, params.h_in, params.h_out);
+    // Window slot s holds x at column ow + q0 + s − pad_w for the current output column ow.
+    let col0 = i32(q0) - i32(params.pad_w);
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    for (var n = n_begin; n < n_end; n++) {
+        let plane = n * params.c_out + c;
+        for (var oh = ohr.x; oh < ohr.y; oh++) {
+            let x_row = (plane * params.h_in + oh + p - params.pad_h) * params.w_in;
+            let dy_row = (plane * params.h_out + oh) * params.w_out;
+            var v0 = src_at(x_row, col0, params.w_in);
+            var v1 = src_at(x_row, col0 + 1, params.w_in);
+            var v2 = src_at(x_row, col0 + 2, params.w_in);
+            for (var ow = 0u; ow < params.w_out; ow++) {
+                let v3 = src_at(x_row, col0 + i32(ow) + 3, params.w_in);
+                let d = dy[dy_row + ow];
+                a0 += d * v0;
+                a1 += d * v1;
+                a2 += d * v2;
+                a3 += d * v3;
+                v0 = v1;
+                v1 = v2;
+                v2 = v3;
+            }
+        }
+    }
+    let at = (c * params.kh + p) * params.kw + q0;
+    out[base + at] = a0;
+    if (q0 + 1u < params.kw) {
+        out[base + at + 1u] = a1;
+    }
+    if (q0 + 2u < params.kw) {
+        out[base + at + 2u] = a2;
+    }
+    if (q0 + 3u < params.kw) {
+        out[base + at + 3u] = a3;
     }
 }

@@ -183,16 +183,23 @@ impl GpuBackend {
                     .chain(db.as_ref().map(GpuBuffer::raw))
                     .collect(),
             };
+            // The sliding-window kernel has a thread per 4 taps of a kernel row (and per bias).
+            let (entry, threads) = if slides_rows(g) {
+                let tap_threads = g.c_out * g.kh * g.kw.div_ceil(4);
+                ("dw_weight_grad_rows", chunks * (tap_threads + n_b))
+            } else {
+                ("dw_weight_grad", chunks * per_chunk)
+            };
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
-                "dw_weight_grad",
+                entry,
                 &ConvParams {
                     chunk: u32_of("a convolution size", chunk)?,
                     ..conv_params(g, with_bias)?
                 }
                 .words(),
                 Bindings::new(&[Some(x.raw()), Some(dy.raw())], &outputs),
-                chunks * per_chunk,
+                threads,
             )?;
             if let Some(partial) = partial {
                 let outs: Vec<&GpuBuffer> = std::iter::once(&out).chain(db.as_ref()).collect();
@@ -251,9 +258,9 @@ fn is_patchify(g: &Conv2dGeometry) -> bool {
 /// Index of the split count in the conv2d parameter block (its word offset in [`ConvParams`]).
 const CONV_SPLIT_SLOT: usize = std::mem::offset_of!(ConvParams, splits) / 4;
 
-/// Whether a depthwise convolution's forward and input gradient take depthwise.wgsl's sliding-window
-/// kernels (`dw_forward_rows`, `dw_input_grad_rows`): stride 1, dilation 1, and padding below the kernel
-/// size on each axis (so the input gradient is a correlation of dy with a padding of kernel − 1 − pad ≥ 0).
+/// Whether a depthwise convolution takes depthwise.wgsl's sliding-window kernels (`dw_forward_rows`,
+/// `dw_input_grad_rows`, `dw_weight_grad_rows`): stride 1, dilation 1, and padding below the kernel size on
+/// each axis (so the input gradient is a correlation of dy with a padding of kernel − 1 − pad ≥ 0).
 fn slides_rows(g: &Conv2dGeometry) -> bool {
     let p = g.params;
     p.stride == [1, 1] && p.dilation == [1, 1] && p.padding[0] < g.kh && p.padding[1] < g.kw
