@@ -134,6 +134,19 @@ fn dw_input_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     out[i] = acc;
 }
 
+// Channel c's bias gradient over images n_begin .. n_end: Σ_{n,oh,ow} dy[n, c, oh, ow].
+fn chunk_bias_grad(c: u32, n_begin: u32, n_end: u32) -> f32 {
+    let hw = params.h_out * params.w_out;
+    var acc = 0.0;
+    for (var n = n_begin; n < n_end; n++) {
+        let start = (n * params.c_out + c) * hw;
+        for (var j = 0u; j < hw; j++) {
+            acc += dy[start + j];
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(256)
 fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
@@ -150,16 +163,8 @@ fn dw_weight_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let kc = udivmod(i, per_chunk);
     let n_end = min(params.batch, (kc.x + 1u) * chunk);
     if (kc.y >= n_w) {
-        // The bias gradient of channel c over the chunk's images.
         let c = kc.y - n_w;
-        let hw = params.h_out * params.w_out;
-        var acc = 0.0;
-        for (var n = kc.x * chunk; n < n_end; n++) {
-            let start = (n * params.c_out + c) * hw;
-            for (var j = 0u; j < hw; j++) {
-                acc += dy[start + j];
-            }
-        }
+        let acc = chunk_bias_grad(c, kc.x * chunk, n_end);
         if (chunks == 1u) {
             out2[c] = acc;
         } else {
@@ -202,6 +207,11 @@ fn dw_input_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     correlate_rows(linear_workgroup(wg, nwg) * 256u + lid, true);
 }
 
+// The first three slots of a sliding window: src at columns col0, col0 + 1, col0 + 2 of a row.
+fn window3(row: u32, col0: i32, width: u32) -> vec3<f32> {
+    return vec3<f32>(src_at(row, col0, width), src_at(row, col0 + 1, width), src_at(row, col0 + 2, width));
+}
+
 // src[row + col] of a source row `width` wide, 0 outside it.
 fn src_at(row: u32, col: i32, width: u32) -> f32 {
     if (col < 0 || col >= i32(width)) {
@@ -239,46 +249,38 @@ fn correlate_rows(i: u32, flip: bool) {
     let r = plane_row.y;
     let c = udivmod(plane, params.c_out).y;
     let j0 = row_quad.y * 4u;
-    var b = 0.0;
+    var acc = vec4<f32>();
     if (!flip && params.has_bias != 0u) {
-        b = bias[c];
+        acc = vec4<f32>(bias[c]);
     }
-    var a0 = b;
-    var a1 = b;
-    var a2 = b;
-    var a3 = b;
     let pr = tap_range(r, 1u, 1u, pad_h, src_h, params.kh);
     let col0 = i32(j0) - i32(pad_w);
     for (var p = pr.x; p < pr.y; p++) {
         let src_row = (plane * src_h + r + p - pad_h) * src_w;
         let wp = select(p, params.kh - 1u - p, flip);
         let w_row = (c * params.kh + wp) * params.kw;
-        // Window slot s holds the source value for output j0 + s at the current tap q.
-        var v0 = src_at(src_row, col0, src_w);
-        var v1 = src_at(src_row, col0 + 1, src_w);
-        var v2 = src_at(src_row, col0 + 2, src_w);
+        // Window slot s holds the source value for output j0 + s at the current tap q; acc[s] is output j0 + s.
+        var win = window3(src_row, col0, src_w);
         for (var q = 0u; q < params.kw; q++) {
-            let v3 = src_at(src_row, col0 + i32(q) + 3, src_w);
-            let wv = w[w_row + select(q, params.kw - 1u - q, flip)];
-            a0 += wv * v0;
-            a1 += wv * v1;
-            a2 += wv * v2;
-            a3 += wv * v3;
-            v0 = v1;
-            v1 = v2;
-            v2 = v3;
+            let v = vec4<f32>(win, src_at(src_row, col0 + i32(q) + 3, src_w));
+            acc += w[w_row + select(q, params.kw - 1u - q, flip)] * v;
+            win = v.yzw;
         }
     }
-    let at = (plane * out_h + r) * out_w + j0;
-    out[at] = a0;
-    if (j0 + 1u < out_w) {
-        out[at + 1u] = a1;
+    store_quad((plane * out_h + r) * out_w + j0, out_w - j0, acc);
+}
+
+// out[at + s] = v[s] for the first min(4, count) slots s (count ≥ 1).
+fn store_quad(at: u32, count: u32, v: vec4<f32>) {
+    out[at] = v.x;
+    if (count > 1u) {
+        out[at + 1u] = v.y;
     }
-    if (j0 + 2u < out_w) {
-        out[at + 2u] = a2;
+    if (count > 2u) {
+        out[at + 2u] = v.z;
     }
-    if (j0 + 3u < out_w) {
-        out[at + 3u] = a3;
+    if (count > 3u) {
+        out[at + 3u] = v.w;
     }
 }
 
@@ -300,17 +302,9 @@ fn dw_weight_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let n_end = min(params.batch, n_begin + chunk);
     let n_w = params.c_out * params.kh * params.kw;
     let base = kc.x * (n_w + select(0u, params.c_out, params.has_bias != 0u));
-    let hw = params.h_out * params.w_out;
     if (kc.y >= tap_threads) {
-        // The bias gradient of channel c over the chunk's images.
         let c = kc.y - tap_threads;
-        var acc = 0.0;
-        for (var n = n_begin; n < n_end; n++) {
-            let start = (n * params.c_out + c) * hw;
-            for (var j = 0u; j < hw; j++) {
-                acc += dy[start + j];
-            }
-        }
+        let acc = chunk_bias_grad(c, n_begin, n_end);
         if (chunks == 1u) {
             out2[c] = acc;
         } else {
@@ -325,42 +319,22 @@ fn dw_weight_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let q0 = cp_quad.y * 4u;
     // The output rows whose tap row p reads a real input row.
     let ohr = tap_range(p, 1u, 1u, params.pad_h, params.h_in, params.h_out);
-    // Window slot s holds x at column ow + q0 + s − pad_w for the current output column ow.
+    // Window slot s holds x at column ow + q0 + s − pad_w for the current output column ow; acc[s] is tap
+    // q0 + s.
     let col0 = i32(q0) - i32(params.pad_w);
-    var a0 = 0.0;
-    var a1 = 0.0;
-    var a2 = 0.0;
-    var a3 = 0.0;
+    var acc = vec4<f32>();
     for (var n = n_begin; n < n_end; n++) {
         let plane = n * params.c_out + c;
         for (var oh = ohr.x; oh < ohr.y; oh++) {
             let x_row = (plane * params.h_in + oh + p - params.pad_h) * params.w_in;
             let dy_row = (plane * params.h_out + oh) * params.w_out;
-            var v0 = src_at(x_row, col0, params.w_in);
-            var v1 = src_at(x_row, col0 + 1, params.w_in);
-            var v2 = src_at(x_row, col0 + 2, params.w_in);
+            var win = window3(x_row, col0, params.w_in);
             for (var ow = 0u; ow < params.w_out; ow++) {
-                let v3 = src_at(x_row, col0 + i32(ow) + 3, params.w_in);
-                let d = dy[dy_row + ow];
-                a0 += d * v0;
-                a1 += d * v1;
-                a2 += d * v2;
-                a3 += d * v3;
-                v0 = v1;
-                v1 = v2;
-                v2 = v3;
+                let v = vec4<f32>(win, src_at(x_row, col0 + i32(ow) + 3, params.w_in));
+                acc += dy[dy_row + ow] * v;
+                win = v.yzw;
             }
         }
     }
-    let at = (c * params.kh + p) * params.kw + q0;
-    out[base + at] = a0;
-    if (q0 + 1u < params.kw) {
-        out[base + at + 1u] = a1;
-    }
-    if (q0 + 2u < params.kw) {
-        out[base + at + 2u] = a2;
-    }
-    if (q0 + 3u < params.kw) {
-        out[base + at + 3u] = a3;
-    }
+    store_quad(base + (c * params.kh + p) * params.kw + q0, params.kw - q0, acc);
 }
