@@ -4,15 +4,9 @@
 //! GFLOP/s (2 flops per multiply-add). `cargo bench --bench depthwise [-- --quick] [224|32]` (all rayon
 //! threads; `RAYON_NUM_THREADS` sets them).
 
-use liera::job::bench::time_median;
+use liera::job::bench::{ramp, time_median};
 use liera::shape::{Conv2dGeometry, Conv2dParams, Shape};
 use liera::Device;
-
-fn ramp(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7 + seed) % 23) as f32 / 23.0 - 0.5)
-        .collect()
-}
 
 fn main() -> liera::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,9 +50,9 @@ fn run(device: &Device, label: &str, batch: usize, side: usize, reps: usize) -> 
             &w_shape,
             Conv2dParams::default().padding(3).groups(c),
         )?;
-        let x = b.upload(&ramp(x_shape.numel(), 1))?;
-        let w = b.upload(&ramp(w_shape.numel(), 2))?;
-        let dy = b.upload(&ramp(g.output_shape().numel(), 3))?;
+        let x = b.upload(&ramp(x_shape.numel(), 101))?;
+        let w = b.upload(&ramp(w_shape.numel(), 103))?;
+        let dy = b.upload(&ramp(g.output_shape().numel(), 107))?;
         let flops = 2.0 * g.macs() as f64;
         let times = [
             time_median(reps, || b.conv2d(&x, &w, None, &g).map(drop))?,

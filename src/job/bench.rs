@@ -61,7 +61,9 @@ fn median(mut t: Vec<f64>) -> f64 {
     }
 }
 
-fn ramp(n: usize, modulus: usize) -> Vec<f32> {
+/// n deterministic benchmark values in [−0.5, 0.5): (i·7919 mod modulus)/modulus − 0.5 (a prime modulus
+/// gives each operand its own pattern).
+pub fn ramp(n: usize, modulus: usize) -> Vec<f32> {
     (0..n)
         .map(|i| ((i * 7919) % modulus) as f32 / modulus as f32 - 0.5)
         .collect()
