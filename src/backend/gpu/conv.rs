@@ -160,18 +160,13 @@ impl GpuBackend {
         let n_w = g.c_out * g.c_in_per_group() * taps;
         let n_b = if with_bias { g.c_out } else { 0 };
         if g.is_depthwise() {
-            // A chunk's result is dw then db (`per_chunk` values). Its threads: one per (c, p, q) and per
-            // bias, or in the sliding-window kernel one per 4 taps of a kernel row and per bias.
-            let per_chunk = n_w + n_b;
-            let rows = slides_rows(g);
-            let chunk_threads = if rows {
-                g.c_out * g.kh * g.kw.div_ceil(4) + n_b
-            } else {
-                per_chunk
-            };
-            // Split the batch into chunks when one chunk's threads alone are too few.
+            // Split the batch into chunks when the (c, p, q) alone give too few threads. (The count is by
+            // outputs even for the sliding-window kernel, which has about a quarter as many threads per
+            // chunk: sizing by its threads split more layers and added summing launches, 302 per atto step
+            // against the budget of 300 in tests/gpu_model.rs.)
             let threads = self.min_parallel_workgroups * WG as usize;
-            let chunks = threads.div_ceil(chunk_threads).clamp(1, g.batch);
+            let per_chunk = n_w + n_b;
+            let chunks = threads.div_ceil(per_chunk).clamp(1, g.batch);
             let chunk = g.batch.div_ceil(chunks);
             let chunks = g.batch.div_ceil(chunk);
             let out = self.alloc(n_w)?;
@@ -191,20 +186,23 @@ impl GpuBackend {
                     .chain(db.as_ref().map(GpuBuffer::raw))
                     .collect(),
             };
+            // The sliding-window kernel has a thread per 4 taps of a kernel row (and per bias).
+            let (entry, threads) = if slides_rows(g) {
+                let tap_threads = g.c_out * g.kh * g.kw.div_ceil(4);
+                ("dw_weight_grad_rows", chunks * (tap_threads + n_b))
+            } else {
+                ("dw_weight_grad", chunks * per_chunk)
+            };
             self.launch_elements(
                 &ShaderVariant::plain(Family::Depthwise),
-                if rows {
-                    "dw_weight_grad_rows"
-                } else {
-                    "dw_weight_grad"
-                },
+                entry,
                 &ConvParams {
                     chunk: u32_of("a convolution size", chunk)?,
                     ..conv_params(g, with_bias)?
                 }
                 .words(),
                 Bindings::new(&[Some(x.raw()), Some(dy.raw())], &outputs),
-                chunks * chunk_threads,
+                threads,
             )?;
             if let Some(partial) = partial {
                 let outs: Vec<&GpuBuffer> = std::iter::once(&out).chain(db.as_ref()).collect();
