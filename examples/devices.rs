@@ -1,6 +1,7 @@
 //! Prints the devices liera can run on: the CPU backend and the GPU adapter wgpu finds (or why none).
 //! `.ci/run` runs it so CI's log names the adapter its GPU tests ran on. With `LIERA_REQUIRE_GPU=1` a
-//! missing adapter makes it exit non-zero. It also prints the adapter limits the kernels size themselves by.
+//! missing adapter makes it exit non-zero. It also prints the adapter limits the kernels size themselves by,
+//! and which form of the GEMM runs.
 //! `cargo run --example devices`.
 
 use liera::backend::gpu::{GpuBackend, GpuOptions};
@@ -26,6 +27,18 @@ fn main() {
                 l.max_storage_buffers_per_shader_stage,
                 l.max_compute_workgroup_storage_size / 1024,
                 l.max_storage_buffer_binding_size >> 20
+            );
+            let info = gpu.adapter_info();
+            println!(
+                "     subgroups: {} (sizes {}..={}); the GEMM {}",
+                gpu.adapter_features().contains(wgpu::Features::SUBGROUP),
+                info.subgroup_min_size,
+                info.subgroup_max_size,
+                if gpu.gemm_uses_subgroups() {
+                    "shares A by subgroup broadcasts (gemm_subgroup.wgsl)"
+                } else {
+                    "reads A from workgroup memory (gemm_workgroup.wgsl)"
+                }
             );
         }
         Err(e) => {

@@ -1,4 +1,4 @@
-// gemm.wgsl — kernel: gemm, the tiled matrix-product core shared by matmul.wgsl and conv2d.wgsl.
+// gemm.wgsl — the tiled matrix-product core (gemm_tile) shared by matmul.wgsl and conv2d.wgsl.
 //
 // C[b] = A[b]·B[b] with A[b] M×K and B[b] K×N for b < batch. The file it is combined with supplies the
 // operands and the result through functions, so one tiling serves plain, transposed and implicit-GEMM
@@ -30,9 +30,16 @@ const A_STRIDE: u32 = 65u;
 var<workgroup> tile_a: array<f32, 1040>; // TILE_K × A_STRIDE, row-major by kk
 var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
 
-@compute @workgroup_size(64)
-fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+// A's values at rows ty + 8·i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
+struct ARow {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// The work of one thread of a 64-thread workgroup: `lid` loads its share of the tiles, (ty, tx) are the rows
+// and columns of its 8×8 block (any bijection of the 64 threads onto 8×8), and `lane0` is passed through to
+// gemm_a_values.
+fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u32) {
     let shape = gemm_shape();
     let batch = shape.x;
     let m = shape.y;
@@ -55,8 +62,6 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let k_begin = min(k, split * chunk);
     // A workgroup past the launch (the grid rounds up) runs no K steps.
     let k_end = select(k_begin, min(k, k_begin + chunk), live);
-    let tx = lid % 8u;
-    let ty = lid / 8u;
 
     // Named accumulators rather than an array: a dynamically indexed private array would live in memory on
     // drivers that compile invocations into SIMD lanes (llvmpipe), named vectors in registers. Row ty + 8·i
@@ -93,9 +98,9 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let ia = kk * A_STRIDE + ty;
-            let al = vec4<f32>(tile_a[ia], tile_a[ia + 8u], tile_a[ia + 16u], tile_a[ia + 24u]);
-            let ah = vec4<f32>(tile_a[ia + 32u], tile_a[ia + 40u], tile_a[ia + 48u], tile_a[ia + 56u]);
+            let a = gemm_a_values(kk * A_STRIDE + ty, tx, lane0);
+            let al = a.lo;
+            let ah = a.hi;
             let ib = kk * TILE_N + tx;
             let bl = vec4<f32>(tile_b[ib], tile_b[ib + 8u], tile_b[ib + 16u], tile_b[ib + 24u]);
             let bh = vec4<f32>(tile_b[ib + 32u], tile_b[ib + 40u], tile_b[ib + 48u], tile_b[ib + 56u]);

@@ -141,6 +141,19 @@ fn geometry(
 }
 
 fn conv_cross(g: &Conv2dGeometry, with_bias: bool, seed: u64) -> Result<(), TestCaseError> {
+    match gpu_device() {
+        Some(gpu) => conv_cross_on(gpu.backend(), g, with_bias, seed),
+        None => Ok(()),
+    }
+}
+
+/// [`conv_cross`] on the GPU backend `gpu`.
+fn conv_cross_on(
+    gpu: &dyn Backend,
+    g: &Conv2dGeometry,
+    with_bias: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
     let xn = g.input_shape().numel();
     let wn = g.weight_shape().numel();
     let yn = g.output_shape().numel();
@@ -164,7 +177,7 @@ fn conv_cross(g: &Conv2dGeometry, with_bias: bool, seed: u64) -> Result<(), Test
             db,
         ])
     };
-    cross(&format!("conv2d {g:?}"), &inputs, launch)
+    cross_on(&format!("conv2d {g:?}"), gpu, &inputs, launch)
 }
 
 proptest! {
@@ -237,7 +250,28 @@ proptest! {
         let spec = MatmulSpec::single(m, k, n, trans_a, trans_b);
         let a = values(seed, m * k, -1.0, 1.0);
         let b = values(seed + 1, k * n, -1.0, 1.0);
-        cross(&format!("{spec:?}"), &[a, b], |be, s| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]))?;
+        let inputs = [a, b];
+        let launch = |be: &dyn Backend, s: &[Storage]| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]);
+        cross(&format!("{spec:?}"), &inputs, launch)?;
+        // The same products on the GEMM's other form (on llvmpipe the default one uses subgroups).
+        if let Some(gpu) = workgroup_gemm_backend() {
+            cross_on(&format!("{spec:?}, workgroup-memory GEMM"), gpu, &inputs, launch)?;
+        }
+    }
+
+    #[test]
+    fn workgroup_memory_gemm_convolutions_match_cpu(
+        batch in 1usize..3, cin in 1usize..5, cout in 1usize..70, groups in 1usize..3,
+        h in 1usize..10, w in 1usize..10, kh in 1usize..4, kw in 1usize..4,
+        stride in 1usize..3, padding in 0usize..3, bias: bool, seed in 0u64..1000,
+    ) {
+        // The convolutions' implicit GEMMs in the form that reads A from workgroup memory (the other tests
+        // run the default form, which uses subgroups where the adapter has them); up to 138 output
+        // channels, so the weight rows cross a 64-row tile.
+        let Some(gpu) = workgroup_gemm_backend() else { return Ok(()) };
+        if let Some(g) = geometry(batch, cin, cout, groups, (h, w), (kh, kw), stride, padding, 1) {
+            conv_cross_on(gpu, &g, bias, seed)?;
+        }
     }
 
     #[test]
@@ -383,6 +417,46 @@ fn narrow_backend() -> Option<&'static GpuBackend> {
             ..GpuOptions::default()
         },
     )
+}
+
+/// A GPU backend whose GEMM kernels never use subgroups (gemm_workgroup.wgsl), for the adapters where the
+/// default backend does.
+fn workgroup_gemm_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            subgroups: Some(false),
+            ..GpuOptions::default()
+        },
+    )
+}
+
+#[test]
+fn the_gemm_uses_subgroups_where_the_adapter_offers_them_in_fitting_sizes() {
+    if gpu_device().is_none() {
+        return;
+    }
+    let gpu = GpuBackend::new(GpuOptions {
+        subgroups: Some(true),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    let info = gpu.adapter_info();
+    let (lo, hi) = (info.subgroup_min_size, info.subgroup_max_size);
+    let fits = gpu.adapter_features().contains(wgpu::Features::SUBGROUP)
+        && lo >= 8
+        && hi <= 64
+        && lo.is_power_of_two()
+        && hi.is_power_of_two();
+    assert_eq!(
+        gpu.gemm_uses_subgroups(),
+        fits,
+        "{}: subgroup sizes {lo}..={hi}",
+        info.name
+    );
+    let off = workgroup_gemm_backend().unwrap();
+    assert!(!off.gemm_uses_subgroups());
 }
 
 /// A second GPU backend on the test adapter, with `options`, made once into `cell` (None without a GPU).

@@ -7,6 +7,7 @@ use super::shaders::{Family, ShaderVariant};
 use super::{GpuBackend, Launch};
 use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
 
 /// Dispatches recorded before the encoder is submitted without being asked.
 const MAX_PENDING: u32 = 128;
@@ -64,7 +65,29 @@ impl<'a> Bindings<'a> {
 
 impl GpuBackend {
     /// The cached pipeline for an entry point of a module variant (built on first use).
+    ///
+    /// A GEMM module is built in its subgroup form while the backend uses subgroups. Should that form fail
+    /// to build (an adapter that reports subgroups but whose shader backend lacks a builtin it uses), the
+    /// backend says so once on stderr and keeps to the workgroup-memory form from then on.
     fn pipeline(
+        &self,
+        variant: &ShaderVariant,
+        entry: &'static str,
+    ) -> Result<wgpu::ComputePipeline> {
+        let subgroups = self.gemm_uses_subgroups() && variant.uses_gemm();
+        match self.build_pipeline(&variant.clone().with_subgroups(subgroups), entry) {
+            Err(e) if subgroups => {
+                if self.gemm_subgroups.swap(false, Ordering::Relaxed) {
+                    eprintln!("liera: the subgroup GEMM did not build on {} ({e}); using the workgroup-memory GEMM", self.adapter.name);
+                }
+                self.build_pipeline(variant, entry)
+            }
+            built => built,
+        }
+    }
+
+    /// The cached pipeline for exactly this variant (built on first use).
+    fn build_pipeline(
         &self,
         variant: &ShaderVariant,
         entry: &'static str,

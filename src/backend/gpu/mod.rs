@@ -108,6 +108,10 @@ pub struct GpuBackend {
     param_stride: u64,
     /// Output tiles below which a GEMM splits K (see [`GpuOptions::min_parallel_workgroups`]).
     min_parallel_workgroups: usize,
+    /// The GEMM modules are built in their subgroup form (cleared if that form fails to build).
+    gemm_subgroups: std::sync::atomic::AtomicBool,
+    /// What the adapter offers (see [`GpuBackend::adapter_features`]).
+    adapter_features: wgpu::Features,
     /// Per-kernel (launches, seconds) when `LIERA_GPU_PROFILE=1`: each launch then waits for the GPU,
     /// which serialises everything, so this is for finding slow kernels, not for throughput.
     profile: Option<Mutex<HashMap<String, (u64, f64)>>>,

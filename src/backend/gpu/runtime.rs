@@ -29,6 +29,10 @@ pub struct GpuOptions {
     /// Caps the storage bindings of the multi-tensor kernels (default: the adapter's limit, at most
     /// [`MAX_WIDE_SLOTS`]; at least 8). Tests use a small cap to spread a few tensors over several launches.
     pub max_wide_slots: Option<u32>,
+    /// Whether the GEMM kernels may use subgroup operations (gemm_subgroup.wgsl) where the adapter offers
+    /// them with suitable sizes (default: yes, unless `LIERA_GPU_SUBGROUPS=0`). `Some(false)` keeps the
+    /// workgroup-memory form everywhere (tests and benchmarks compare the two).
+    pub subgroups: Option<bool>,
 }
 
 /// The most storage bindings the multi-tensor kernels (multi.wgsl) use, however many the adapter allows.
@@ -137,10 +141,25 @@ impl GpuBackend {
                 info.name, limits.max_compute_invocations_per_workgroup
             )));
         }
+        // The subgroup GEMM takes its thread roles from whole 8-lane groups of a subgroup: every size the
+        // adapter may pick must be a multiple of 8 (a power of two from 8) and at most the 64 threads of a
+        // workgroup.
+        let sizes_fit =
+            |lo: u32, hi: u32| lo >= 8 && hi <= 64 && lo.is_power_of_two() && hi.is_power_of_two();
+        let gemm_subgroups = options
+            .subgroups
+            .unwrap_or_else(|| std::env::var("LIERA_GPU_SUBGROUPS").map_or(true, |v| v != "0"))
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && sizes_fit(info.subgroup_min_size, info.subgroup_max_size);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("liera"),
                 required_limits: limits.clone(),
+                required_features: if gemm_subgroups {
+                    wgpu::Features::SUBGROUP
+                } else {
+                    wgpu::Features::empty()
+                },
                 ..Default::default()
             })
             .await
@@ -258,6 +277,8 @@ impl GpuBackend {
             pending: Mutex::new(Pending::default()),
             param_stride,
             min_parallel_workgroups,
+            gemm_subgroups: std::sync::atomic::AtomicBool::new(gemm_subgroups),
+            adapter_features: adapter.features(),
             profile: std::env::var("LIERA_GPU_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(|| Mutex::new(HashMap::new())),
@@ -274,6 +295,17 @@ impl GpuBackend {
     /// The limits the device was opened with (the adapter's own), e.g. the largest buffer it can bind.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// True while the GEMM kernels run in their subgroup form (see [`GpuOptions::subgroups`]).
+    pub fn gemm_uses_subgroups(&self) -> bool {
+        self.gemm_subgroups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The features the adapter offers (the device is opened with only those liera uses).
+    pub fn adapter_features(&self) -> wgpu::Features {
+        self.adapter_features
     }
 
     /// The adapter's description (name, backend, device type).

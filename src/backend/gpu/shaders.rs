@@ -21,6 +21,14 @@ const ELEMENTWISE: ShaderFile = (
 );
 const REDUCE: ShaderFile = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const GEMM: ShaderFile = ("gemm.wgsl", include_str!("../../../shaders/gemm.wgsl"));
+const GEMM_WORKGROUP: ShaderFile = (
+    "gemm_workgroup.wgsl",
+    include_str!("../../../shaders/gemm_workgroup.wgsl"),
+);
+const GEMM_SUBGROUP: ShaderFile = (
+    "gemm_subgroup.wgsl",
+    include_str!("../../../shaders/gemm_subgroup.wgsl"),
+);
 const MATMUL: ShaderFile = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
 const CONV2D: ShaderFile = ("conv2d.wgsl", include_str!("../../../shaders/conv2d.wgsl"));
 const DEPTHWISE: ShaderFile = (
@@ -42,6 +50,8 @@ pub const ALL_FILES: &[ShaderFile] = &[
     ELEMENTWISE,
     REDUCE,
     GEMM,
+    GEMM_WORKGROUP,
+    GEMM_SUBGROUP,
     MATMUL,
     CONV2D,
     DEPTHWISE,
@@ -59,9 +69,10 @@ pub enum Family {
     Elementwise,
     /// Sums over an axis and permutes (reduce.wgsl).
     Reduce,
-    /// Batched matmul on the shared tiled GEMM (gemm.wgsl + matmul.wgsl).
+    /// Batched matmul on the shared tiled GEMM (gemm.wgsl + its entry file + matmul.wgsl).
     Matmul,
-    /// Dense and grouped conv2d and its gradients as implicit GEMMs (gemm.wgsl + conv2d.wgsl).
+    /// Dense and grouped conv2d and its gradients as implicit GEMMs (gemm.wgsl + its entry file +
+    /// conv2d.wgsl).
     Conv2d,
     /// Depthwise conv2d and its gradients (depthwise.wgsl).
     Depthwise,
@@ -82,13 +93,14 @@ pub enum Family {
 }
 
 impl Family {
-    /// The files of this family's module, in order.
+    /// The files of this family's module, in order (the GEMM families with the workgroup-memory entry file;
+    /// see [`ShaderVariant::files`] for the subgroup form).
     pub fn files(self) -> &'static [ShaderFile] {
         match self {
             Family::Elementwise => &[COMMON, ELEMENTWISE],
             Family::Reduce => &[COMMON, REDUCE],
-            Family::Matmul => &[COMMON, GEMM, MATMUL],
-            Family::Conv2d => &[COMMON, GEMM, CONV2D],
+            Family::Matmul => &[COMMON, GEMM, GEMM_WORKGROUP, MATMUL],
+            Family::Conv2d => &[COMMON, GEMM, GEMM_WORKGROUP, CONV2D],
             Family::Depthwise => &[COMMON, DEPTHWISE],
             Family::Norm => &[COMMON, NORM],
             Family::Grn => &[COMMON, GRN],
@@ -281,6 +293,9 @@ pub struct ShaderVariant {
     pub family: Family,
     /// WGSL `const` declarations appended after the files.
     pub defines: String,
+    /// The GEMM families' subgroup form (gemm_subgroup.wgsl in place of gemm_workgroup.wgsl), which needs
+    /// an adapter with subgroups; the runtime picks it (see `GpuBackend::new`), launchers never do.
+    pub subgroups: bool,
 }
 
 impl ShaderVariant {
@@ -289,7 +304,32 @@ impl ShaderVariant {
         ShaderVariant {
             family,
             defines: defines.into(),
+            subgroups: false,
         }
+    }
+    /// True for the families built on the tiled GEMM (gemm.wgsl).
+    pub fn uses_gemm(&self) -> bool {
+        matches!(self.family, Family::Matmul | Family::Conv2d)
+    }
+    /// This variant in its subgroup form when `on` and it uses the GEMM; otherwise unchanged.
+    pub fn with_subgroups(mut self, on: bool) -> Self {
+        self.subgroups = on && self.uses_gemm();
+        self
+    }
+    /// The files of this module, in order: the family's, with gemm_subgroup.wgsl in place of
+    /// gemm_workgroup.wgsl in the subgroup form.
+    pub fn files(&self) -> Vec<ShaderFile> {
+        self.family
+            .files()
+            .iter()
+            .map(|&f| {
+                if self.subgroups && f == GEMM_WORKGROUP {
+                    GEMM_SUBGROUP
+                } else {
+                    f
+                }
+            })
+            .collect()
     }
     /// The elementwise module for the op variant named `op` (e.g. `"MulExpScaled"`, see
     /// [`UnaryOp::name`](crate::backend::UnaryOp::name)): `OP` is its generated op-code constant.
@@ -351,16 +391,16 @@ impl ShaderVariant {
                     .trim_end()
             })
             .collect();
-        format!("{:?} [{}]", self.family, consts.join(", "))
+        let form = if self.subgroups { " (subgroups)" } else { "" };
+        format!("{:?}{form} [{}]", self.family, consts.join(", "))
     }
     /// The parts of [`ShaderVariant::source`] in order, by name: the family's files, then (each under a
     /// one-line `//` header) the generated prelude, if any, and the specialisation constants.
     fn parts(&self) -> Vec<(&'static str, String)> {
         let mut parts: Vec<(&'static str, String)> = self
-            .family
             .files()
-            .iter()
-            .map(|&(name, text)| {
+            .into_iter()
+            .map(|(name, text)| {
                 let mut text = text.to_string();
                 if !text.ends_with('\n') {
                     text.push('\n');
@@ -459,5 +499,12 @@ pub fn all_variants() -> Vec<ShaderVariant> {
     for slots in [8, 32, 64] {
         v.push(ShaderVariant::plain(Family::Multi { slots }));
     }
+    // The subgroup form of every GEMM module.
+    let subgroup_forms: Vec<ShaderVariant> = v
+        .iter()
+        .filter(|x| x.uses_gemm())
+        .map(|x| x.clone().with_subgroups(true))
+        .collect();
+    v.extend(subgroup_forms);
     v
 }

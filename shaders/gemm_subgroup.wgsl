@@ -1,0 +1,41 @@
+// gemm_subgroup.wgsl — kernel: gemm (gemm.wgsl's tile) on adapters with subgroups, A's values shared by broadcasts.
+//
+// The eight threads that share rows ty + 8·i (tx = 0 … 7) need the same eight A values at every K step.
+// Here they sit in one subgroup, at consecutive lanes from lane0: thread tx reads only row ty + 8·tx from
+// workgroup memory and gets the other rows from its neighbours by subgroup broadcast or shuffle, one
+// workgroup-memory read per K step instead of eight (on llvmpipe such reads are gathers and dominated the
+// kernel).
+//
+// The roles come from the subgroup builtins, not from the invocation index, since WGSL does not promise how
+// invocations are grouped: thread t = subgroup_id · subgroup_size + lane owns rows t / 8 and columns t % 8.
+// That is a bijection onto 0 … 63 when every subgroup is full, which the host ensures by using this file
+// only on adapters whose subgroup sizes are all multiples of 8 from 8 to 64 (an 8-lane group then never
+// straddles two subgroups). Broadcasts need a constant lane, so 8-lane subgroups (llvmpipe) take them;
+// wider ones shuffle from lane0 + i.
+
+// The subgroups are 8 lanes wide (the same for the whole subgroup, so the branch on it does not diverge).
+var<private> eight_lanes: bool;
+
+@compute @workgroup_size(64)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sg: u32,
+        @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let t = sg * sg_size + lane;
+    eight_lanes = sg_size == 8u;
+    gemm_tile(wg, nwg, lid, t / 8u, t % 8u, lane - lane % 8u);
+}
+
+// The eight A values of a thread (rows ty + 8·i; `at` is row ty's index in tile_a), from lanes lane0 + i.
+fn gemm_a_values(at: u32, tx: u32, lane0: u32) -> ARow {
+    let mine = tile_a[at + 8u * tx];
+    if (eight_lanes) {
+        return ARow(vec4<f32>(subgroupBroadcast(mine, 0u), subgroupBroadcast(mine, 1u),
+                              subgroupBroadcast(mine, 2u), subgroupBroadcast(mine, 3u)),
+                    vec4<f32>(subgroupBroadcast(mine, 4u), subgroupBroadcast(mine, 5u),
+                              subgroupBroadcast(mine, 6u), subgroupBroadcast(mine, 7u)));
+    }
+    return ARow(vec4<f32>(subgroupShuffle(mine, lane0), subgroupShuffle(mine, lane0 + 1u),
+                          subgroupShuffle(mine, lane0 + 2u), subgroupShuffle(mine, lane0 + 3u)),
+                vec4<f32>(subgroupShuffle(mine, lane0 + 4u), subgroupShuffle(mine, lane0 + 5u),
+                          subgroupShuffle(mine, lane0 + 6u), subgroupShuffle(mine, lane0 + 7u)));
+}
