@@ -487,41 +487,60 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         .all(|(j, &o)| o == cols[0] + j);
     for (i, row) in acc.iter().enumerate().take(mr) {
         let bias = store.bias.map_or(0.0, |b| b[i]);
-        if contiguous {
-            // Raw-pointer reads and writes only: in an overwriting pass C may be uninitialised memory,
-            // which no slice may cover. SAFETY (all three blocks): the caller guarantees these nr
-            // consecutive elements of C (and of the GELU output) are ours.
-            let dst = unsafe { c.add(rows[i] + cols[0]) };
-            // The row in a fixed-size array, so that every loop below has NR iterations and vectorises
-            // (GELU's polynomials included).
-            let mut v = *row;
-            if !store.overwrite {
+        // The row in a fixed-size array, so that every loop below has NR iterations and vectorises (GELU's
+        // polynomials included), whether C's columns are consecutive or not (a tile that straddles two
+        // images of a batch-blocked output reads and writes C element by element, but its arithmetic
+        // stays vectorised). Raw-pointer reads and writes only: in an overwriting pass C may be
+        // uninitialised memory, which no slice may cover. SAFETY (all blocks below): the caller guarantees
+        // these nr elements of C (and of the GELU output) are ours.
+        let mut v = *row;
+        if !store.overwrite {
+            if contiguous {
+                let src = unsafe { c.add(rows[i] + cols[0]) };
                 for (j, x) in v.iter_mut().enumerate().take(nr) {
-                    *x += unsafe { *dst.add(j) };
+                    *x += unsafe { *src.add(j) };
+                }
+            } else {
+                for (x, &o) in v.iter_mut().zip(&cols[..nr]) {
+                    *x += unsafe { *c.add(rows[i] + o) };
                 }
             }
-            for x in &mut v {
-                *x += bias;
+        }
+        for x in &mut v {
+            *x += bias;
+        }
+        unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) };
+        if let Some(g) = store.gelu_out {
+            let mut h = [0.0f32; NR];
+            for (o, &x) in h.iter_mut().zip(&v) {
+                *o = gelu(x);
             }
-            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, nr) };
-            if let Some(g) = store.gelu_out {
-                let mut h = [0.0f32; NR];
-                for (o, &x) in h.iter_mut().zip(&v) {
-                    *o = gelu(x);
-                }
-                unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), g.add(rows[i] + cols[0]), nr) };
-            }
+            unsafe { store_row(&h, g, rows[i], cols, nr, contiguous) };
+        }
+    }
+}
+
+/// Writes the first `nr` values of `v` to `dst + row + cols[j]` (one copy when the columns are
+/// consecutive).
+///
+/// # Safety
+/// Those `nr` elements must be valid for writes and written by no one else meanwhile.
+#[inline(always)]
+unsafe fn store_row<const NR: usize>(
+    v: &[f32; NR],
+    dst: *mut f32,
+    row: usize,
+    cols: &[usize],
+    nr: usize,
+    contiguous: bool,
+) {
+    // SAFETY: the caller's guarantee, element by element.
+    unsafe {
+        if contiguous {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(row + cols[0]), nr);
         } else {
-            for (j, &t) in row.iter().enumerate().take(nr) {
-                let at = rows[i] + cols[j];
-                // SAFETY: as above, element by element.
-                unsafe {
-                    let v = if store.overwrite { t } else { *c.add(at) + t } + bias;
-                    *c.add(at) = v;
-                    if let Some(g) = store.gelu_out {
-                        *g.add(at) = gelu(v);
-                    }
-                }
+            for (&x, &o) in v.iter().zip(&cols[..nr]) {
+                *dst.add(row + o) = x;
             }
         }
     }
