@@ -614,6 +614,19 @@ fn pack_b<const NR: usize>(
     nc: usize,
     out: &mut [f32],
 ) {
+    // B's row offsets, once for all panels (a blocked row axis would cost a division per row).
+    let mut row_at = Vec::with_capacity(kc);
+    let (mut blk, mut off) = (p0 / b.rows.block, p0 % b.rows.block);
+    for _ in 0..kc {
+        row_at.push(blk * b.rows.block_stride + off * b.rows.stride);
+        off += 1;
+        if off == b.rows.block {
+            off = 0;
+            blk += 1;
+        }
+    }
+    let last_row = row_at.iter().copied().max().unwrap_or(0);
+    let row_at = &row_at;
     out.par_chunks_mut(kc * NR)
         .with_min_len(4)
         .enumerate()
@@ -626,16 +639,43 @@ fn pack_b<const NR: usize>(
                 .iter()
                 .enumerate()
                 .all(|(j, &o)| o == cols[0] + j);
-            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-                let base = b.rows.at(p0 + p);
-                if contiguous {
+            if contiguous {
+                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
                     row[..width].copy_from_slice(&b.data[base + cols[0]..base + cols[0] + width]);
-                } else {
-                    for (r, &o) in row.iter_mut().zip(&cols[..width]) {
-                        *r = b.data[base + o];
+                    row[width..].fill(0.0);
+                }
+                return;
+            }
+            // Scattered columns: a transposed B (the Xᵀ of a weight gradient) or a panel that straddles two
+            // images of a batch-blocked B. Element by element, in the order that reads memory along its
+            // contiguous axis: down each column when k is (a transposed B), else along each row.
+            let last_col = cols[..width].iter().copied().max().unwrap_or(0);
+            assert!(
+                last_row + last_col < b.data.len(),
+                "B index {} past {} values",
+                last_row + last_col,
+                b.data.len()
+            );
+            let src = b.data.as_ptr();
+            if b.rows.stride == 1 {
+                for (j, &o) in cols[..width].iter().enumerate() {
+                    for (p, &base) in row_at.iter().enumerate() {
+                        // SAFETY: base + o ≤ last_row + last_col < b.data.len() (asserted above).
+                        panel[p * NR + j] = unsafe { *src.add(base + o) };
                     }
                 }
-                row[width..].fill(0.0);
+            } else {
+                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
+                    for (r, &o) in row.iter_mut().zip(&cols[..width]) {
+                        // SAFETY: as above.
+                        *r = unsafe { *src.add(base + o) };
+                    }
+                }
+            }
+            if width < NR {
+                for row in panel.chunks_exact_mut(NR) {
+                    row[width..].fill(0.0);
+                }
             }
         });
 }
