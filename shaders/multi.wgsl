@@ -1,4 +1,4 @@
-// multi.wgsl — kernels over many tensors per launch: adamw_multi, sum_squares_multi.
+// multi.wgsl — kernels over many tensors per launch: adamw_multi, sum_squares_multi, lowrank_reparam_multi, lowrank_grads_multi.
 //
 // A training step updates every parameter and reduces every gradient; one launch per tensor would cost
 // one dispatch each (128 for ConvNeXt-atto). These kernels take many tensors per launch, each in its own
@@ -22,6 +22,19 @@
 //   tensor (a tree reduction) and writes the chunk's sum to s1[aux_offset + w]; the host sums those
 //   partials with reduce.wgsl's sum_axis. table holds two tensors per vec4: (len, first) in .xy for even t
 //   and in .zw for odd t.
+//
+// The adapters' low-rank reparameterisation of many layers per launch (ops/reparam.rs has the math; the
+// host gathers the layers of a step into few launches, see backend/gpu/lowrank.rs). Problem t is a kernel
+// W (O×N), factors B (O×r) and A (r×N) and the scale s; table[2t] = (O, r, N, first workgroup) and
+// table[2t+1] as below. The work is generated per problem slot like adamw_tensor (lowrank_reparam_problem,
+// lowrank_grads_problem).
+// lowrank_reparam_multi: problem t uses s(4t+1) … s(4t+4): W, B, A (read) and W' (written). One thread per
+//   element: P = Σ_q B[i, q]·A[q, j] (r terms), W' = W + s·P (form 1, LoRA), W ⊙ exp(s·P) (form 2, LieRA)
+//   or W ⊙ (1 + s·P) (form 3, first-order LieRA). table[2t+1] = (s bits, form, 0, 0).
+// lowrank_grads_multi: problem t uses s(6t+1) … s(6t+6): g = ∂L/∂W', z, B, A (read) and ∂B, ∂A (written).
+//   With G = s·(g ⊙ z) (z = W' for LieRA, W for first order, absent for LoRA): ∂B = G·Aᵀ (O×r), a thread per
+//   element summing over N, then ∂A = Bᵀ·G (r×N), a thread per element summing over O. table[2t+1] =
+//   (s bits, has z, O·r or 0 when ∂B is not wanted, r·N or 0 when ∂A is not wanted).
 
 struct MultiParams {
     // Tensors in this launch.
@@ -108,4 +121,56 @@ fn sum_squares_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (live && lid == 0u) {
         s1[params.aux_offset + wid] = sum;
     }
+}
+
+// The problem of workgroup wid (see lowrank_*_multi above): the last whose first workgroup ≤ wid.
+fn lowrank_problem(wid: u32) -> u32 {
+    var t = 0u;
+    while (t + 1u < params.count && params.table[2u * (t + 1u)].w <= wid) {
+        t += 1u;
+    }
+    return t;
+}
+
+// W' of one element from the kernel value w and the scaled update u = s·P.
+fn lowrank_form(w: f32, u: f32, form: u32) -> f32 {
+    switch form {
+        case 1u: { return w + u; }
+        case 2u: { return w * exp(u); }
+        default: { return w * (1.0 + u); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn lowrank_reparam_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let wid = linear_workgroup(wg, nwg);
+    if (wid >= params.groups) {
+        return;
+    }
+    let t = lowrank_problem(wid);
+    let e = params.table[2u * t];
+    let f = params.table[2u * t + 1u];
+    let i = (wid - e.w) * 256u + lid;
+    if (i >= e.x * e.z) {
+        return;
+    }
+    lowrank_reparam_problem(t, i, e.y, e.z, bitcast<f32>(f.x), f.y);
+}
+
+@compute @workgroup_size(256)
+fn lowrank_grads_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let wid = linear_workgroup(wg, nwg);
+    if (wid >= params.groups) {
+        return;
+    }
+    let t = lowrank_problem(wid);
+    let e = params.table[2u * t];
+    let f = params.table[2u * t + 1u];
+    let i = (wid - e.w) * 256u + lid;
+    if (i >= f.z + f.w) {
+        return;
+    }
+    lowrank_grads_problem(t, i, e.x, e.y, e.z, bitcast<f32>(f.x), f.y != 0u, f.z);
 }

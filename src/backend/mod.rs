@@ -280,6 +280,49 @@ pub(crate) fn matmul_reparam_composed<B: Backend + ?Sized>(
     be.binary(op, w, &p, &flat_layout(spec.batch * spec.m * spec.n))
 }
 
+/// [`Backend::low_rank_factor_grads`] as two products with a scaled operand.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn low_rank_factor_grads_composed<B: Backend + ?Sized>(
+    be: &B,
+    g: &Storage,
+    z: Option<&Storage>,
+    b: &Storage,
+    a: &Storage,
+    (o, r, n): (usize, usize, usize),
+    s: f32,
+    (need_b, need_a): (bool, bool),
+) -> Result<(Option<Storage>, Option<Storage>)> {
+    // ∂B = ∂P·Aᵀ (O×r): the scaled gradient is the left operand, Aᵀ read from A (r×N).
+    let db = need_b
+        .then(|| {
+            be.matmul_scaled_operand(
+                g,
+                a,
+                &MatmulSpec::single(o, n, r, false, true),
+                true,
+                s,
+                z,
+                o * n,
+            )
+        })
+        .transpose()?;
+    // ∂A = Bᵀ·∂P (r×N): Bᵀ read from B (O×r), the scaled gradient the right operand.
+    let da = need_a
+        .then(|| {
+            be.matmul_scaled_operand(
+                b,
+                g,
+                &MatmulSpec::single(r, o, n, true, false),
+                false,
+                s,
+                z,
+                o * n,
+            )
+        })
+        .transpose()?;
+    Ok((db, da))
+}
+
 /// [`Backend::matmul_scaled_operand`] composed: the scaled operand, then the product; `scaled` is (left,
 /// c, z, the operand's length).
 pub(crate) fn matmul_scaled_operand_composed<B: Backend + ?Sized>(
@@ -362,6 +405,23 @@ pub trait Backend: Send + Sync {
         x_len: usize,
     ) -> Result<Storage> {
         matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len))
+    }
+    /// Both factor gradients of an adapter's low-rank update P = B·A (B O×r, A r×N, `dims` = (O, r, N)):
+    /// with G = s·(g ⊙ z) (s·g without `z`), ∂B = G·Aᵀ (O×r) and ∂A = Bᵀ·G (r×N), each only when `need`
+    /// says so (∂B, ∂A). The default runs [`Backend::matmul_scaled_operand`] once per gradient; a backend
+    /// may gather them (the GPU launches many layers' together).
+    #[allow(clippy::too_many_arguments)]
+    fn low_rank_factor_grads(
+        &self,
+        g: &Storage,
+        z: Option<&Storage>,
+        b: &Storage,
+        a: &Storage,
+        dims: (usize, usize, usize),
+        s: f32,
+        need: (bool, bool),
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        low_rank_factor_grads_composed(self, g, z, b, a, dims, s, need)
     }
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.

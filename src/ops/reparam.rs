@@ -205,33 +205,17 @@ impl Tensor {
             move |g| {
                 let dev = g.device();
                 let z = z.as_ref().map(|z| z.storage());
-                let scaled = |left: bool, x: &Tensor, y: &Tensor, spec: MatmulSpec| {
-                    dev.backend().matmul_scaled_operand(
-                        &x.storage(),
-                        &y.storage(),
-                        &spec,
-                        left,
-                        s,
-                        z.as_ref(),
-                        o * n,
-                    )
-                };
-                // ∂B = ∂P·Aᵀ (O×r): ∂P is the left operand, Aᵀ read from A (r×N).
-                let db = need_b
-                    .then(|| {
-                        let spec = MatmulSpec::single(o, n, r, false, true);
-                        scaled(true, g, &saved_a, spec)
-                            .map(|s| Tensor::from_storage(s, [o, r], dev))
-                    })
-                    .transpose()?;
-                // ∂A = Bᵀ·∂P (r×N): Bᵀ read from B (O×r), ∂P the right operand.
-                let da = need_a
-                    .then(|| {
-                        let spec = MatmulSpec::single(r, o, n, true, false);
-                        scaled(false, &saved_b, g, spec)
-                            .map(|s| Tensor::from_storage(s, [r, n], dev))
-                    })
-                    .transpose()?;
+                let (db, da) = dev.backend().low_rank_factor_grads(
+                    &g.storage(),
+                    z.as_ref(),
+                    &saved_b.storage(),
+                    &saved_a.storage(),
+                    (o, r, n),
+                    s,
+                    (need_b, need_a),
+                )?;
+                let db = db.map(|s| Tensor::from_storage(s, [o, r], dev));
+                let da = da.map(|s| Tensor::from_storage(s, [r, n], dev));
                 Ok(vec![None, db, da])
             },
         ))

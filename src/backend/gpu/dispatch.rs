@@ -240,6 +240,8 @@ impl GpuBackend {
         storage: &[&wgpu::Buffer],
         groups: u64,
     ) -> Result<()> {
+        // Deferred low-rank work whose output this dispatch binds goes first (see lowrank.rs).
+        self.launch_deferred_if_bound(storage)?;
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
         if params.len() > PARAM_WORDS {
@@ -358,8 +360,9 @@ impl GpuBackend {
         pending.dispatches = 0;
     }
 
-    /// Submits everything recorded so far.
+    /// Submits everything recorded so far (and the deferred low-rank work).
     pub fn flush(&self) -> Result<()> {
+        self.launch_deferred()?;
         let mut pending = self.pending.lock().map_err(poisoned)?;
         self.submit(&mut pending);
         drop(pending);
@@ -386,6 +389,8 @@ impl GpuBackend {
         dst: &wgpu::Buffer,
         bytes: u64,
     ) -> Result<()> {
+        // A readback may be of deferred low-rank work: launch it first.
+        self.launch_deferred()?;
         let mut pending = self.pending.lock().map_err(poisoned)?;
         pending.end_pass();
         let encoder = pending.encoder.get_or_insert_with(|| {

@@ -37,6 +37,7 @@ mod conv;
 mod dispatch;
 mod elementwise;
 mod grn;
+mod lowrank;
 mod matmul;
 mod norm;
 mod optim;
@@ -112,6 +113,8 @@ pub struct GpuBackend {
     gemm_subgroups: std::sync::atomic::AtomicBool,
     /// What the adapter offers (see [`GpuBackend::adapter_features`]).
     adapter_features: wgpu::Features,
+    /// The adapters' low-rank work waiting to be launched together (see `lowrank.rs`).
+    deferred: Mutex<Option<lowrank::Deferred>>,
     /// Per-kernel (launches, seconds) when `LIERA_GPU_PROFILE=1`: each launch then waits for the GPU,
     /// which serialises everything, so this is for finding slow kernels, not for throughput.
     profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
@@ -180,6 +183,12 @@ impl Backend for GpuBackend {
         w: &Storage,
         op: BinaryOp,
     ) -> Result<Storage> {
+        // The adapters' W' = op(W, B·A) (one product, no transposes) joins the deferred low-rank group.
+        if spec.batch == 1 && !spec.trans_a && !spec.trans_b {
+            if let Some(y) = self.defer_lowrank_reparam(w, a, b, (spec.m, spec.k, spec.n), op)? {
+                return Ok(y);
+            }
+        }
         match self.launch_matmul_reparam(a, b, spec, w, op)? {
             Some(y) => Ok(y),
             None => super::matmul_reparam_composed(self, a, b, spec, w, op),
@@ -199,6 +208,21 @@ impl Backend for GpuBackend {
         match self.launch_matmul_scaled_operand(a, b, spec, left, c, z)? {
             Some(y) => Ok(y),
             None => super::matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len)),
+        }
+    }
+    fn low_rank_factor_grads(
+        &self,
+        g: &Storage,
+        z: Option<&Storage>,
+        b: &Storage,
+        a: &Storage,
+        dims: (usize, usize, usize),
+        s: f32,
+        need: (bool, bool),
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        match self.defer_lowrank_grads(g, z, b, a, dims, s, need)? {
+            Some(grads) => Ok(grads),
+            None => super::low_rank_factor_grads_composed(self, g, z, b, a, dims, s, need),
         }
     }
     fn sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {

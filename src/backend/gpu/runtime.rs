@@ -279,6 +279,7 @@ impl GpuBackend {
             min_parallel_workgroups,
             gemm_subgroups: std::sync::atomic::AtomicBool::new(gemm_subgroups),
             adapter_features: adapter.features(),
+            deferred: Mutex::new(None),
             profile: std::env::var("LIERA_GPU_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(|| Mutex::new(HashMap::new())),

@@ -126,7 +126,8 @@ impl Family {
 
 /// multi.wgsl's generated part for a wide layout of `slots` bindings: the storage bindings s1 … s`slots`
 /// (read_write arrays of f32), and the per-tensor work as a switch over the tensor t with one case per
-/// tensor slot, since WGSL cannot index bindings:
+/// tensor slot, since WGSL cannot index bindings (also `lowrank_reparam_problem` and
+/// `lowrank_grads_problem`, one case per low-rank problem, see multi.wgsl):
 /// - `adamw_tensor(t, i, has_moments, lr, weight_decay)`: element i of tensor t, whose p, g, m, v, p', m', v'
 ///   are s(7t+2) … s(7t+8) (s1 is the gradient scale), through multi.wgsl's `adamw_element`;
 /// - `sum_squares_tensor(t, first, end) -> f32`: Σ x² over elements first, first + 256, … below end of
@@ -172,7 +173,72 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
         ));
     }
     s.push_str("        default: {}\n    }\n    return acc;\n}\n");
+    s.push_str(
+        "fn lowrank_reparam_problem(t: u32, i: u32, r: u32, n: u32, s: f32, form: u32) {\n    switch t {\n",
+    );
+    for t in 0..lowrank_problems_per_launch(slots, LOWRANK_REPARAM_SLOTS) {
+        let [w, b, a, y] = std::array::from_fn(|k| LOWRANK_REPARAM_SLOTS * t + 1 + k as u32);
+        s.push_str(&format!(
+            "        case {t}u: {{
+            let row = i / n;
+            let col = i % n;
+            var p = 0.0;
+            for (var q = 0u; q < r; q++) {{
+                p += s{b}[row * r + q] * s{a}[q * n + col];
+            }}
+            s{y}[i] = lowrank_form(s{w}[i], s * p, form);
+        }}\n"
+        ));
+    }
+    s.push_str("        default: {}\n    }\n}\n");
+    s.push_str(
+        "fn lowrank_grads_problem(t: u32, i: u32, o: u32, r: u32, n: u32, s: f32, has_z: bool, nb: u32) {\n    switch t {\n",
+    );
+    for t in 0..lowrank_problems_per_launch(slots, LOWRANK_GRADS_SLOTS) {
+        let [g, z, b, a, db, da] = std::array::from_fn(|k| LOWRANK_GRADS_SLOTS * t + 1 + k as u32);
+        s.push_str(&format!(
+            "        case {t}u: {{
+            var acc = 0.0;
+            if (i < nb) {{
+                let row = i / r;
+                let q = i % r;
+                for (var j = 0u; j < n; j++) {{
+                    var gz = s{g}[row * n + j];
+                    if (has_z) {{
+                        gz *= s{z}[row * n + j];
+                    }}
+                    acc += gz * s{a}[q * n + j];
+                }}
+                s{db}[i] = s * acc;
+            }} else {{
+                let k = i - nb;
+                let q = k / n;
+                let j = k % n;
+                for (var row = 0u; row < o; row++) {{
+                    var gz = s{g}[row * n + j];
+                    if (has_z) {{
+                        gz *= s{z}[row * n + j];
+                    }}
+                    acc += s{b}[row * r + q] * gz;
+                }}
+                s{da}[k] = s * acc;
+            }}
+        }}\n"
+        ));
+    }
+    s.push_str("        default: {}\n    }\n}\n");
     s
+}
+
+/// Storage slots of one problem of multi.wgsl's lowrank_reparam_multi (W, B, A, W').
+pub const LOWRANK_REPARAM_SLOTS: u32 = 4;
+/// Storage slots of one problem of multi.wgsl's lowrank_grads_multi (g, z, B, A, ∂B, ∂A).
+pub const LOWRANK_GRADS_SLOTS: u32 = 6;
+
+/// Problems of `per` slots each that one low-rank launch takes on a wide layout of `slots` bindings: as
+/// many as fit, at two table rows each.
+pub fn lowrank_problems_per_launch(slots: u32, per: u32) -> u32 {
+    (slots / per).min(MULTI_TABLE_ROWS / 2)
 }
 
 /// Rows of multi.wgsl's parameter table (`MultiParams::table`).
