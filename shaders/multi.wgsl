@@ -28,9 +28,10 @@
 // W (O×N), factors B (O×r) and A (r×N) and the scale s; table[2t] = (O, r, N, first workgroup) and
 // table[2t+1] as below. The work is generated per problem slot like adamw_tensor (lowrank_reparam_problem,
 // lowrank_grads_problem).
-// lowrank_reparam_multi: problem t uses s(4t+1) … s(4t+4): W, B, A (read) and W' (written). One thread per
-//   element: P = Σ_q B[i, q]·A[q, j] (r terms), W' = W + s·P (form 1, LoRA), W ⊙ exp(s·P) (form 2, LieRA)
-//   or W ⊙ (1 + s·P) (form 3, first-order LieRA). table[2t+1] = (s bits, form, 0, 0).
+// lowrank_reparam_multi: problem t uses s(4t+1) … s(4t+4): W, B, A (read) and W' (written). A thread per
+//   four consecutive elements of a row (each B value read serves four): P = Σ_q B[i, q]·A[q, j] (r terms),
+//   W' = W + s·P (form 1, LoRA), W ⊙ exp(s·P) (form 2, LieRA) or W ⊙ (1 + s·P) (form 3, first-order
+//   LieRA). table[2t+1] = (s bits, form, 0, 0).
 // lowrank_grads_multi: problem t uses s(6t+1) … s(6t+6): g = ∂L/∂W', z, B, A (read) and ∂B, ∂A (written).
 //   With G = s·(g ⊙ z) (z = W' for LieRA, W for first order, absent for LoRA): ∂B = G·Aᵀ (O×r), a thread per
 //   element summing over N, then ∂A = Bᵀ·G (r×N), a thread per element summing over O. table[2t+1] =
@@ -152,7 +153,7 @@ fn lowrank_reparam_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let e = params.table[2u * t];
     let f = params.table[2u * t + 1u];
     let i = (wid - e.w) * 256u + lid;
-    if (i >= e.x * e.z) {
+    if (i >= e.x * ((e.z + 3u) / 4u)) {
         return;
     }
     lowrank_reparam_problem(t, i, e.y, e.z, bitcast<f32>(f.x), f.y);

@@ -96,7 +96,8 @@ impl GpuBackend {
         ];
         let problem = LowRankProblem {
             table,
-            threads: u32_of("elements", o * n)? as u64,
+            // A thread per four elements of a row (multi.wgsl).
+            threads: u32_of("elements", o * n.div_ceil(4))? as u64,
             slots,
             outputs: vec![y.clone()],
         };

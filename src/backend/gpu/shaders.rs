@@ -180,13 +180,20 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
         let [w, b, a, y] = std::array::from_fn(|k| LOWRANK_REPARAM_SLOTS * t + 1 + k as u32);
         s.push_str(&format!(
             "        case {t}u: {{
-            let row = i / n;
-            let col = i % n;
-            var p = 0.0;
+            let per_row = (n + 3u) / 4u;
+            let row = i / per_row;
+            let c0 = (i % per_row) * 4u;
+            var p = vec4<f32>();
             for (var q = 0u; q < r; q++) {{
-                p += s{b}[row * r + q] * s{a}[q * n + col];
+                let at = q * n;
+                let a = vec4<f32>(s{a}[at + c0], s{a}[at + min(c0 + 1u, n - 1u)],
+                                  s{a}[at + min(c0 + 2u, n - 1u)], s{a}[at + min(c0 + 3u, n - 1u)]);
+                p += s{b}[row * r + q] * a;
             }}
-            s{y}[i] = lowrank_form(s{w}[i], s * p, form);
+            for (var j = 0u; j < 4u && c0 + j < n; j++) {{
+                let e = row * n + c0 + j;
+                s{y}[e] = lowrank_form(s{w}[e], s * p[j], form);
+            }}
         }}\n"
         ));
     }
