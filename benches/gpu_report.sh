@@ -7,7 +7,9 @@
 #      convolution kind forward/dX/dW, and the convnext_atto training steps at 3×32×32, batch 64, with their
 #      launches per step (dispatches, bind groups, submits, buffers created);
 #   4. the convnext_atto step at 3×224×224, batch 32, full and LieRA r8;
-#   5. the same two step benchmarks on the CPU backend of the same machine, as the in-run peer.
+#   5. the same two step benchmarks on the CPU backend of the same machine, as the in-run peer;
+#   6. where the GEMM uses subgroups (see `examples/devices`' line), the 32-pixel steps again with
+#      LIERA_GPU_SUBGROUPS=0, the workgroup-memory GEMM, as its in-run peer.
 #
 # Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
 #        GPU_REPORT_QUICK=1 benches/gpu_report.sh [OUT_DIR]   a smoke run of every stage: `bench --quick`,
@@ -62,6 +64,13 @@ LIERA_REQUIRE_GPU=1 "$bin"/liera bench --device gpu --json --step convnext_atto 
   --reps "$r32" >"$out/step32-cpu.json"
 "$bin"/liera bench --device cpu --json --step convnext_atto --kinds full,liera --batch "$b224" --size 224 \
   --reps "$((r224 > 2 ? 2 : r224))" >"$out/step224-cpu.json"
+
+if "$bin"/examples/devices 2>/dev/null | grep -q "shares A by subgroup"; then
+  LIERA_REQUIRE_GPU=1 LIERA_GPU_SUBGROUPS=0 "$bin"/liera bench --device gpu --json --step convnext_atto \
+    --kinds full,liera --batch 64 --size 32 --reps "$r32" >"$out/step32-gpu-no-subgroups.json"
+  LIERA_REQUIRE_GPU=1 "$bin"/liera bench --device gpu --json --step convnext_atto \
+    --kinds full,liera --batch 64 --size 32 --reps "$r32" >"$out/step32-gpu-subgroups.json"
+fi
 
 # One line per figure: name, median ms, GFLOP/s or images/s, dispatches per step.
 python3 - "$out" <<'EOF' | tee -a "$summary"

@@ -142,36 +142,34 @@ fn lowrank_form(w: f32, u: f32, form: u32) -> f32 {
     }
 }
 
+// (problem, thread index within it, 1) for a thread of workgroup wid below `groups`, else (0, 0, 0).
+fn lowrank_thread(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec3<u32> {
+    let wid = linear_workgroup(wg, nwg);
+    if (wid >= params.groups) {
+        return vec3<u32>();
+    }
+    let t = lowrank_problem(wid);
+    return vec3<u32>(t, (wid - params.table[2u * t].w) * 256u + lid, 1u);
+}
+
 @compute @workgroup_size(256)
 fn lowrank_reparam_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
-    let wid = linear_workgroup(wg, nwg);
-    if (wid >= params.groups) {
-        return;
+    let p = lowrank_thread(wg, nwg, lid);
+    let e = params.table[2u * p.x];
+    let f = params.table[2u * p.x + 1u];
+    if (p.z == 1u && p.y < e.x * ((e.z + 3u) / 4u)) {
+        lowrank_reparam_problem(p.x, p.y, e.y, e.z, bitcast<f32>(f.x), f.y);
     }
-    let t = lowrank_problem(wid);
-    let e = params.table[2u * t];
-    let f = params.table[2u * t + 1u];
-    let i = (wid - e.w) * 256u + lid;
-    if (i >= e.x * ((e.z + 3u) / 4u)) {
-        return;
-    }
-    lowrank_reparam_problem(t, i, e.y, e.z, bitcast<f32>(f.x), f.y);
 }
 
 @compute @workgroup_size(256)
 fn lowrank_grads_multi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let wid = linear_workgroup(wg, nwg);
-    if (wid >= params.groups) {
-        return;
+    let p = lowrank_thread(wg, nwg, lid);
+    let e = params.table[2u * p.x];
+    let f = params.table[2u * p.x + 1u];
+    if (p.z == 1u && p.y < f.z + f.w) {
+        lowrank_grads_problem(p.x, p.y, e.x, e.y, e.z, bitcast<f32>(f.x), f.y != 0u, f.z);
     }
-    let t = lowrank_problem(wid);
-    let e = params.table[2u * t];
-    let f = params.table[2u * t + 1u];
-    let i = (wid - e.w) * 256u + lid;
-    if (i >= f.z + f.w) {
-        return;
-    }
-    lowrank_grads_problem(t, i, e.x, e.y, e.z, bitcast<f32>(f.x), f.y != 0u, f.z);
 }

@@ -280,18 +280,40 @@ pub(crate) fn matmul_reparam_composed<B: Backend + ?Sized>(
     be.binary(op, w, &p, &flat_layout(spec.batch * spec.m * spec.n))
 }
 
+/// The factor gradients of an adapter's low-rank update P = B·A (B O×r, A r×N): with G = s·(g ⊙ z), or s·g
+/// without z, ∂B = G·Aᵀ (O×r) and ∂A = Bᵀ·G (r×N).
+#[derive(Clone, Copy, Debug)]
+pub struct LowRankGrads<'a> {
+    /// ∂L/∂W′ (O×N).
+    pub g: &'a Storage,
+    /// The factor of the scaled gradient (O×N): W′ for LieRA, W for its first order, none for LoRA.
+    pub z: Option<&'a Storage>,
+    /// B (O×r).
+    pub b: &'a Storage,
+    /// A (r×N).
+    pub a: &'a Storage,
+    /// (O, r, N).
+    pub dims: (usize, usize, usize),
+    /// The adapter's scale s.
+    pub s: f32,
+    /// Which gradients are wanted: (∂B, ∂A).
+    pub need: (bool, bool),
+}
+
 /// [`Backend::low_rank_factor_grads`] as two products with a scaled operand.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn low_rank_factor_grads_composed<B: Backend + ?Sized>(
     be: &B,
-    g: &Storage,
-    z: Option<&Storage>,
-    b: &Storage,
-    a: &Storage,
-    (o, r, n): (usize, usize, usize),
-    s: f32,
-    (need_b, need_a): (bool, bool),
+    x: &LowRankGrads<'_>,
 ) -> Result<(Option<Storage>, Option<Storage>)> {
+    let LowRankGrads {
+        g,
+        z,
+        b,
+        a,
+        dims: (o, r, n),
+        s,
+        need: (need_b, need_a),
+    } = *x;
     // ∂B = ∂P·Aᵀ (O×r): the scaled gradient is the left operand, Aᵀ read from A (r×N).
     let db = need_b
         .then(|| {
@@ -406,22 +428,14 @@ pub trait Backend: Send + Sync {
     ) -> Result<Storage> {
         matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len))
     }
-    /// Both factor gradients of an adapter's low-rank update P = B·A (B O×r, A r×N, `dims` = (O, r, N)):
-    /// with G = s·(g ⊙ z) (s·g without `z`), ∂B = G·Aᵀ (O×r) and ∂A = Bᵀ·G (r×N), each only when `need`
-    /// says so (∂B, ∂A). The default runs [`Backend::matmul_scaled_operand`] once per gradient; a backend
-    /// may gather them (the GPU launches many layers' together).
-    #[allow(clippy::too_many_arguments)]
+    /// Both factor gradients of an adapter's low-rank update (see [`LowRankGrads`]), each only where asked.
+    /// The default runs [`Backend::matmul_scaled_operand`] once per gradient; a backend may gather them (the
+    /// GPU launches many layers' together).
     fn low_rank_factor_grads(
         &self,
-        g: &Storage,
-        z: Option<&Storage>,
-        b: &Storage,
-        a: &Storage,
-        dims: (usize, usize, usize),
-        s: f32,
-        need: (bool, bool),
+        x: &LowRankGrads<'_>,
     ) -> Result<(Option<Storage>, Option<Storage>)> {
-        low_rank_factor_grads_composed(self, g, z, b, a, dims, s, need)
+        low_rank_factor_grads_composed(self, x)
     }
 
     /// Sum over the middle axis: y[o, i] = Σ_l x[o, l, i]; y has outer·inner elements.

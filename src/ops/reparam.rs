@@ -18,7 +18,7 @@
 //! [`Tensor::adapt_low_rank`] takes the factors themselves (P = B·A) and runs the product and the form as
 //! one launch on a backend that fuses them, and each factor's gradient as one more.
 
-use crate::backend::{BinaryOp, MatmulSpec};
+use crate::backend::{BinaryOp, LowRankGrads, MatmulSpec};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -205,15 +205,15 @@ impl Tensor {
             move |g| {
                 let dev = g.device();
                 let z = z.as_ref().map(|z| z.storage());
-                let (db, da) = dev.backend().low_rank_factor_grads(
-                    &g.storage(),
-                    z.as_ref(),
-                    &saved_b.storage(),
-                    &saved_a.storage(),
-                    (o, r, n),
+                let (db, da) = dev.backend().low_rank_factor_grads(&LowRankGrads {
+                    g: &g.storage(),
+                    z: z.as_ref(),
+                    b: &saved_b.storage(),
+                    a: &saved_a.storage(),
+                    dims: (o, r, n),
                     s,
-                    (need_b, need_a),
-                )?;
+                    need: (need_b, need_a),
+                })?;
                 let db = db.map(|s| Tensor::from_storage(s, [o, r], dev));
                 let da = da.map(|s| Tensor::from_storage(s, [r, n], dev));
                 Ok(vec![None, db, da])

@@ -18,7 +18,7 @@ use super::shaders::{
     lowrank_problems_per_launch, LOWRANK_GRADS_SLOTS, LOWRANK_REPARAM_SLOTS, MULTI_TABLE_ROWS,
 };
 use super::GpuBackend;
-use crate::backend::{BinaryOp, Storage};
+use crate::backend::{BinaryOp, LowRankGrads, Storage};
 use crate::error::{Error, Result};
 
 /// Which kernel a deferred group runs.
@@ -104,19 +104,21 @@ impl GpuBackend {
         Ok(self.defer(LowRankKind::Reparam, problem)?.then_some(y))
     }
 
-    /// ∂B = G·Aᵀ and ∂A = Bᵀ·G with G = s·(g ⊙ z) (s·g without z), each only when asked, deferred (see
-    /// the module docs). `None` when this cannot be deferred.
-    #[allow(clippy::too_many_arguments)]
+    /// ∂B and ∂A (see [`LowRankGrads`]), each only when asked, deferred (see the module docs). `None` when
+    /// this cannot be deferred.
     pub(super) fn defer_lowrank_grads(
         &self,
-        g: &Storage,
-        z: Option<&Storage>,
-        b: &Storage,
-        a: &Storage,
-        (o, r, n): (usize, usize, usize),
-        s: f32,
-        (need_b, need_a): (bool, bool),
+        x: &LowRankGrads<'_>,
     ) -> Result<Option<(Option<Storage>, Option<Storage>)>> {
+        let LowRankGrads {
+            g,
+            z,
+            b,
+            a,
+            dims: (o, r, n),
+            s,
+            need: (need_b, need_a),
+        } = *x;
         if o * r * n == 0 || !(need_b || need_a) {
             return Ok(None);
         }

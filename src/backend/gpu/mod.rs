@@ -50,7 +50,7 @@ pub use runtime::{GpuBuffer, GpuOptions, MAX_WIDE_SLOTS};
 
 use super::{
     AdamWItem, AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput,
-    LaunchCounters, LayerNormGrads, LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+    LaunchCounters, LayerNormGrads, LayerNormOutput, LowRankGrads, MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -212,17 +212,11 @@ impl Backend for GpuBackend {
     }
     fn low_rank_factor_grads(
         &self,
-        g: &Storage,
-        z: Option<&Storage>,
-        b: &Storage,
-        a: &Storage,
-        dims: (usize, usize, usize),
-        s: f32,
-        need: (bool, bool),
+        x: &LowRankGrads<'_>,
     ) -> Result<(Option<Storage>, Option<Storage>)> {
-        match self.defer_lowrank_grads(g, z, b, a, dims, s, need)? {
+        match self.defer_lowrank_grads(x)? {
             Some(grads) => Ok(grads),
-            None => super::low_rank_factor_grads_composed(self, g, z, b, a, dims, s, need),
+            None => super::low_rank_factor_grads_composed(self, x),
         }
     }
     fn sum_axis(&self, x: &Storage, l: AxisLayout) -> Result<Storage> {

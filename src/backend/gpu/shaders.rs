@@ -203,6 +203,10 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
     );
     for t in 0..lowrank_problems_per_launch(slots, LOWRANK_GRADS_SLOTS) {
         let [g, z, b, a, db, da] = std::array::from_fn(|k| LOWRANK_GRADS_SLOTS * t + 1 + k as u32);
+        // g ⊙ z (or g) at (row, j).
+        let gz = format!(
+            "var gz = s{g}[row * n + j];\n                    if (has_z) {{ gz *= s{z}[row * n + j]; }}"
+        );
         s.push_str(&format!(
             "        case {t}u: {{
             var acc = 0.0;
@@ -210,10 +214,7 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
                 let row = i / r;
                 let q = i % r;
                 for (var j = 0u; j < n; j++) {{
-                    var gz = s{g}[row * n + j];
-                    if (has_z) {{
-                        gz *= s{z}[row * n + j];
-                    }}
+                    {gz}
                     acc += gz * s{a}[q * n + j];
                 }}
                 s{db}[i] = s * acc;
@@ -222,10 +223,7 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
                 let q = k / n;
                 let j = k % n;
                 for (var row = 0u; row < o; row++) {{
-                    var gz = s{g}[row * n + j];
-                    if (has_z) {{
-                        gz *= s{z}[row * n + j];
-                    }}
+                    {gz}
                     acc += s{b}[row * r + q] * gz;
                 }}
                 s{da}[k] = s * acc;
