@@ -77,7 +77,7 @@ python3 - "$out" <<'EOF' | tee -a "$summary"
 import json, sys, glob, os
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     doc = json.load(open(path))
-    gemm = f"; its GEMM: {doc['cpu_gemm']}" if doc["device"].startswith("cpu") and "cpu_gemm" in doc else ""
+    gemm = f"; its GEMM: {doc.get('gemm') or doc.get('cpu_gemm')}"
     print(f"-- {os.path.basename(path)}: {doc['device']}, {doc['threads']} threads{gemm}")
     for r in doc["results"]:
         rate = f"{r['gflops']:.1f} GFLOP/s" if r.get("gflops") else f"{r.get('images_per_s') or 0:.1f} images/s"

@@ -695,6 +695,10 @@ pub trait Backend: Send + Sync {
     fn is_software_gpu(&self) -> bool {
         false
     }
+
+    /// Which form of its matrix-product kernel this backend runs, for benchmark reports (the CPU's
+    /// instruction set, tile and blocking; the GPU's GEMM entry file).
+    fn gemm_form(&self) -> String;
 }
 
 /// Launch counts of a backend: what a GPU training step costs besides its arithmetic. Each dispatch pays a

@@ -75,6 +75,7 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
             "device": device.name(),
             "threads": rayon::current_num_threads(),
             "cpu_gemm": liera::backend::cpu::gemm_plan(),
+            "gemm": device.backend().gemm_form(),
             "peak_rss_bytes": peak,
             "results": results,
         });
@@ -90,6 +91,9 @@ pub(crate) fn run_bench(a: BenchArgs, device: &Device) -> Result<()> {
         rayon::current_num_threads()
     );
     println!("cpu GEMM: {}", liera::backend::cpu::gemm_plan());
+    if device.backend().is_asynchronous() {
+        println!("gpu GEMM: {}", device.backend().gemm_form());
+    }
     println!(
         "{:<66} {:>10} {:>9} {:>9} {:>9} {:>10}",
         "benchmark", "median ms", "GFLOP/s", "images/s", "peak MiB", "MiB/image"

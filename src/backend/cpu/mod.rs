@@ -67,6 +67,9 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
+    fn gemm_form(&self) -> String {
+        gemm_plan()
+    }
     fn upload(&self, data: &[f32]) -> Result<Storage> {
         Ok(wrap(data.to_vec()))
     }

@@ -138,6 +138,14 @@ impl Backend for GpuBackend {
     fn name(&self) -> String {
         format!("{} ({:?})", self.adapter.name, self.adapter.backend)
     }
+    fn gemm_form(&self) -> String {
+        if self.gemm_uses_subgroups() {
+            "64×64 tiles, 8×8 per thread, A shared by subgroup broadcasts (gemm_subgroup.wgsl)"
+                .into()
+        } else {
+            "64×64 tiles, 8×8 per thread, A from workgroup memory (gemm_workgroup.wgsl)".into()
+        }
+    }
 
     fn upload(&self, data: &[f32]) -> Result<Storage> {
         self.upload_buffer(data)
