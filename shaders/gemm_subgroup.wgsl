@@ -8,10 +8,15 @@
 //
 // The roles come from the subgroup builtins, not from the invocation index, since WGSL does not promise how
 // invocations are grouped: thread t = subgroup_id · subgroup_size + lane owns rows t / 8 and columns t % 8.
-// That is a bijection onto 0 … 63 when every subgroup is full, which the host ensures by using this file
-// only on adapters whose subgroup sizes are all multiples of 8 from 8 to 64 (an 8-lane group then never
-// straddles two subgroups). Broadcasts need a constant lane, so 8-lane subgroups (llvmpipe) take them;
-// wider ones shuffle from lane0 + i.
+// That is a bijection onto 0 … 63 when every subgroup is full, and an 8-lane group never straddles two
+// subgroups when their size is a multiple of 8. The host uses this file only on adapters whose subgroup
+// sizes are all powers of two from 8 to 64, so 64 is a multiple of the size, and for such workgroups
+// drivers fill every subgroup (Vulkan promises it outright only with the full-subgroups flag of
+// VK_EXT_subgroup_size_control, which WebGPU does not expose). A check of num_subgroups · subgroup_size
+// with a workgroup-memory fallback was tried: taken per K step it cost a quarter of the subgroup form's
+// speed on llvmpipe, and as separate copies of the tile it added about 3 s of shader compilation to a first
+// llvmpipe step, so it is not here. Broadcasts
+// need a constant lane, so 8-lane subgroups (llvmpipe) take them; wider ones shuffle from lane0 + i.
 
 // The subgroups are 8 lanes wide (the same for the whole subgroup, so the branch on it does not diverge).
 var<private> eight_lanes: bool;
