@@ -300,7 +300,7 @@ pub struct LowRankGrads<'a> {
     pub need: (bool, bool),
 }
 
-/// [`Backend::low_rank_factor_grads`] as two products with a scaled operand.
+/// [`Backend::low_rank_factor_grads`] from the backend's products and elementwise kernels.
 pub(crate) fn low_rank_factor_grads_composed<B: Backend + ?Sized>(
     be: &B,
     x: &LowRankGrads<'_>,
@@ -315,32 +315,26 @@ pub(crate) fn low_rank_factor_grads_composed<B: Backend + ?Sized>(
         need: (need_b, need_a),
     } = *x;
     // ∂B = ∂P·Aᵀ (O×r): the scaled gradient is the left operand, Aᵀ read from A (r×N).
-    let db = need_b
-        .then(|| {
-            be.matmul_scaled_operand(
-                g,
-                a,
-                &MatmulSpec::single(o, n, r, false, true),
-                true,
-                s,
-                z,
-                o * n,
-            )
-        })
-        .transpose()?;
+    let spec_b = MatmulSpec::single(o, n, r, false, true);
     // ∂A = Bᵀ·∂P (r×N): Bᵀ read from B (O×r), the scaled gradient the right operand.
+    let spec_a = MatmulSpec::single(r, o, n, true, false);
+    if need_b && need_a {
+        // Both: the scaled gradient ∂P = s·(g ⊙ z) once, then two plain products.
+        let dp = match z {
+            Some(z) => be.binary(BinaryOp::MulScaled(s), g, z, &flat_layout(o * n))?,
+            None => be.unary(UnaryOp::MulScalar(s), g, o * n)?,
+        };
+        return Ok((
+            Some(be.matmul(&dp, a, &spec_b)?),
+            Some(be.matmul(b, &dp, &spec_a)?),
+        ));
+    }
+    // One: the product with the scaled operand, which a backend may fuse.
+    let db = need_b
+        .then(|| be.matmul_scaled_operand(g, a, &spec_b, true, s, z, o * n))
+        .transpose()?;
     let da = need_a
-        .then(|| {
-            be.matmul_scaled_operand(
-                b,
-                g,
-                &MatmulSpec::single(r, o, n, true, false),
-                false,
-                s,
-                z,
-                o * n,
-            )
-        })
+        .then(|| be.matmul_scaled_operand(b, g, &spec_a, false, s, z, o * n))
         .transpose()?;
     Ok((db, da))
 }
@@ -429,8 +423,9 @@ pub trait Backend: Send + Sync {
         matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len))
     }
     /// Both factor gradients of an adapter's low-rank update (see [`LowRankGrads`]), each only where asked.
-    /// The default runs [`Backend::matmul_scaled_operand`] once per gradient; a backend may gather them (the
-    /// GPU launches many layers' together).
+    /// The default scales the gradient once and runs two products (or, for one gradient,
+    /// [`Backend::matmul_scaled_operand`]); a backend may gather them (the GPU launches many layers'
+    /// together).
     fn low_rank_factor_grads(
         &self,
         x: &LowRankGrads<'_>,
