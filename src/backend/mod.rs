@@ -422,6 +422,19 @@ pub trait Backend: Send + Sync {
     ) -> Result<Storage> {
         matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len))
     }
+    /// An adapter's kernel from its low-rank factors: W′ = op(W, B·A) for B (O×r), A (r×N) and W (O×N),
+    /// `dims` = (O, r, N), `op` one of the forms of [`Backend::matmul_reparam`]. The default is that product;
+    /// a backend may gather many layers' (the GPU does).
+    fn low_rank_reparam(
+        &self,
+        w: &Storage,
+        b: &Storage,
+        a: &Storage,
+        (o, r, n): (usize, usize, usize),
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op)
+    }
     /// Both factor gradients of an adapter's low-rank update (see [`LowRankGrads`]), each only where asked.
     /// The default scales the gradient once and runs two products (or, for one gradient,
     /// [`Backend::matmul_scaled_operand`]); a backend may gather them (the GPU launches many layers'

@@ -15,10 +15,12 @@
 //! [`BinaryOp::MulExpScaled`], [`BinaryOp::MulAffineScaled`] and [`BinaryOp::MulScaled`]; each gradient is
 //! only computed for an input that requires one (W is frozen under an adapter).
 //!
-//! [`Tensor::adapt_low_rank`] takes the factors themselves (P = B·A) and runs the product and the form as
-//! one launch on a backend that fuses them, and each factor's gradient as one more.
+//! [`Tensor::adapt_low_rank`] takes the factors themselves (P = B·A) and hands the product and the form to
+//! [`Backend::low_rank_reparam`](crate::backend::Backend::low_rank_reparam), and both factor gradients to
+//! [`Backend::low_rank_factor_grads`](crate::backend::Backend::low_rank_factor_grads): the CPU composes
+//! them from products and elementwise kernels, the GPU gathers many layers' into a few launches.
 
-use crate::backend::{BinaryOp, LowRankGrads, MatmulSpec};
+use crate::backend::{BinaryOp, LowRankGrads};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -139,9 +141,8 @@ impl Tensor {
     /// The adapted kernel from low-rank factors, P = B·A reshaped to W's shape (`self` = W, B (O, r),
     /// A (r, N), O·N = W's size): W + s·P, W ⊙ exp(s·P) or W ⊙ (1 + s·P), with the gradients of the table
     /// above and ∂B = ∂P·Aᵀ, ∂A = Bᵀ·∂P. The same values as `w.mul_exp_scaled(&b.matmul(a)?.reshape(…), s)`
-    /// and its siblings, in one launch forward and one per factor gradient where the backend fuses them
-    /// (the GPU: the product's epilogue applies the form, and the factor gradients read s·(g ⊙ ·) as they
-    /// load it). A W that requires a gradient takes the composed ops.
+    /// and its siblings, without the intermediate P: on the GPU each layer's W′ and factor gradients join
+    /// multi-layer launches (see the module docs). A W that requires a gradient takes the composed ops.
     pub fn adapt_low_rank(
         &self,
         b: &Tensor,
@@ -185,9 +186,13 @@ impl Tensor {
                 ReparamForm::MulAffine => self.mul_affine_scaled(&p, s),
             };
         }
-        let spec = MatmulSpec::single(o, r, n, false, false);
-        let backend = self.device().backend();
-        let y = backend.matmul_reparam(&b.storage(), &a.storage(), &spec, &self.storage(), op)?;
+        let y = self.device().backend().low_rank_reparam(
+            &self.storage(),
+            &b.storage(),
+            &a.storage(),
+            (o, r, n),
+            op,
+        )?;
         let y = Tensor::from_storage(y, self.shape().clone(), self.device());
         // ∂P = s·(g ⊙ z): z is the output (exact form), the kernel (first order) or absent (LoRA).
         let z = match form {

@@ -191,12 +191,6 @@ impl Backend for GpuBackend {
         w: &Storage,
         op: BinaryOp,
     ) -> Result<Storage> {
-        // The adapters' W' = op(W, B·A) (one product, no transposes) joins the deferred low-rank group.
-        if spec.batch == 1 && !spec.trans_a && !spec.trans_b {
-            if let Some(y) = self.defer_lowrank_reparam(w, a, b, (spec.m, spec.k, spec.n), op)? {
-                return Ok(y);
-            }
-        }
         match self.launch_matmul_reparam(a, b, spec, w, op)? {
             Some(y) => Ok(y),
             None => super::matmul_reparam_composed(self, a, b, spec, w, op),
@@ -216,6 +210,19 @@ impl Backend for GpuBackend {
         match self.launch_matmul_scaled_operand(a, b, spec, left, c, z)? {
             Some(y) => Ok(y),
             None => super::matmul_scaled_operand_composed(self, a, b, spec, (left, c, z, x_len)),
+        }
+    }
+    fn low_rank_reparam(
+        &self,
+        w: &Storage,
+        b: &Storage,
+        a: &Storage,
+        (o, r, n): (usize, usize, usize),
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        match self.defer_lowrank_reparam(w, b, a, (o, r, n), op)? {
+            Some(y) => Ok(y),
+            None => self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op),
         }
     }
     fn low_rank_factor_grads(
