@@ -495,7 +495,13 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         // these nr elements of C (and of the GELU output) are ours.
         let mut v = *row;
         if !store.overwrite {
-            if contiguous {
+            if contiguous && nr == NR {
+                // A whole row: a fixed-size read (vector loads, no remainder loop).
+                let old = unsafe { c.add(rows[i] + cols[0]).cast::<[f32; NR]>().read_unaligned() };
+                for (x, o) in v.iter_mut().zip(old) {
+                    *x += o;
+                }
+            } else if contiguous {
                 let src = unsafe { c.add(rows[i] + cols[0]) };
                 for (j, x) in v.iter_mut().enumerate().take(nr) {
                     *x += unsafe { *src.add(j) };
@@ -536,7 +542,11 @@ unsafe fn store_row<const NR: usize>(
 ) {
     // SAFETY: the caller's guarantee, element by element.
     unsafe {
-        if contiguous {
+        if contiguous && nr == NR {
+            // A whole row of the tile: a fixed-size write, a few vector stores (a copy of run-time length
+            // `nr` is a call to memcpy per row).
+            dst.add(row + cols[0]).cast::<[f32; NR]>().write_unaligned(*v);
+        } else if contiguous {
             std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(row + cols[0]), nr);
         } else {
             for (&x, &o) in v.iter().zip(&cols[..nr]) {
