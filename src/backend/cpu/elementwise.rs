@@ -4,9 +4,11 @@
 //! transcendental functions used in training (exp, and erf inside GELU) are written branch-free from
 //! polynomials, so the loops vectorise instead of calling libm once per element.
 
+use super::vec_written;
 use crate::backend::{AdamWStep, BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many elements a kernel runs on the calling thread (rayon's overhead would dominate).
 const PAR_MIN: usize = 1 << 14;
@@ -118,25 +120,28 @@ pub(super) fn widest<R>(body: impl FnOnce() -> R) -> R {
 
 /// out[i] = f(x[i]) in parallel chunks.
 fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    let body = |(o, xs): (&mut [f32], &[f32])| {
+    let body = |(o, xs): (&mut [MaybeUninit<f32>], &[f32])| {
         widest(
             #[inline(always)]
             || {
                 for (o, &v) in o.iter_mut().zip(xs) {
-                    *o = f(v);
+                    o.write(f(v));
                 }
             },
         )
     };
-    if x.len() < PAR_MIN {
-        body((&mut out, x));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(body);
+    // SAFETY: the chunks of `out` pair with those of x, which has its length: every element is written.
+    unsafe {
+        vec_written(x.len(), |out| {
+            if x.len() < PAR_MIN {
+                body((out, x));
+            } else {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(body);
+            }
+        })
     }
-    out
 }
 
 /// y = f(x).
@@ -184,7 +189,7 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
 /// layout the merge produces, each specialised so the loop vectorises).
 #[inline(always)]
 fn row_kernel(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     a: &[f32],
     sa: usize,
     b: &[f32],
@@ -197,24 +202,24 @@ fn row_kernel(
         || match (sa, sb) {
             (1, 1) => {
                 for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             (1, 0) => {
                 let y = b[0];
                 for (o, &x) in out.iter_mut().zip(&a[..n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             (0, 1) => {
                 let x = a[0];
                 for (o, &y) in out.iter_mut().zip(&b[..n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             _ => {
                 for (j, o) in out.iter_mut().enumerate() {
-                    *o = f(a[j * sa], b[j * sb]);
+                    o.write(f(a[j * sa], b[j * sb]));
                 }
             }
         },
@@ -230,26 +235,29 @@ fn map_binary(
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     let n = layout.numel();
-    let mut out = vec![0.0f32; n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     if layout.is_contiguous() {
-        let body = |(i, o): (usize, &mut [f32])| {
+        let body = |(i, o): (usize, &mut [MaybeUninit<f32>])| {
             let s = i * CHUNK;
             row_kernel(o, &a[s..], 1, &b[s..], 1, &f);
         };
-        if n < PAR_MIN {
-            row_kernel(&mut out, a, 1, b, 1, &f);
-        } else {
-            out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-        }
-        return out;
+        // SAFETY: row_kernel writes every element of each chunk, and the chunks cover `out`.
+        return unsafe {
+            vec_written(n, |out| {
+                if n < PAR_MIN {
+                    row_kernel(out, a, 1, b, 1, &f);
+                } else {
+                    out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+                }
+            })
+        };
     }
     let rank = layout.dims.len();
     let row = layout.dims[rank - 1];
     let (sa, sb) = (layout.a_strides[rank - 1], layout.b_strides[rank - 1]);
-    let row_body = |(r, out_row): (usize, &mut [f32])| {
+    let row_body = |(r, out_row): (usize, &mut [MaybeUninit<f32>])| {
         // Decode the row index into offsets over the outer axes (innermost outer axis first).
         let (mut rem, mut oa, mut ob) = (r, 0usize, 0usize);
         for ax in (0..rank - 1).rev() {
@@ -260,15 +268,20 @@ fn map_binary(
         }
         row_kernel(out_row, &a[oa..], sa, &b[ob..], sb, &f);
     };
-    if n < PAR_MIN {
-        out.chunks_mut(row).enumerate().for_each(row_body);
-    } else {
-        out.par_chunks_mut(row)
-            .enumerate()
-            .with_min_len((CHUNK / row).max(1))
-            .for_each(row_body);
+    // SAFETY: the rows cover the output (n is a multiple of the row length) and row_kernel writes each
+    // row whole.
+    unsafe {
+        vec_written(n, |out| {
+            if n < PAR_MIN {
+                out.chunks_mut(row).enumerate().for_each(row_body);
+            } else {
+                out.par_chunks_mut(row)
+                    .enumerate()
+                    .with_min_len((CHUNK / row).max(1))
+                    .for_each(row_body);
+            }
+        })
     }
-    out
 }
 
 /// The fused AdamW update (math in [`crate::backend::Backend::adamw_update`]): one pass over p, g, m, v.

@@ -21,6 +21,7 @@
 
 use super::caches::{caches, Caches};
 use super::elementwise::gelu;
+use super::vec_written;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -216,19 +217,13 @@ impl Epilogue<'_> {
     };
 }
 
-/// A vector of `len` floats written by `fill` without being zeroed first (the allocator's memory as it is).
+/// A vector of `len` floats written by `fill` through a raw pointer, without being zeroed first.
 ///
 /// # Safety
 /// `fill` must write all `len` floats through the pointer it is given before returning.
 pub(crate) unsafe fn vec_written_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
-    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialisation; the capacity is at least len.
-    unsafe { v.set_len(len) };
-    fill(v.as_mut_ptr().cast());
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: same allocation, layout and length; every element was written by `fill` (the caller's
-    // promise), and MaybeUninit<f32> has the layout of f32.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), len, v.capacity()) }
+    // SAFETY: the caller's promise is vec_written's.
+    unsafe { vec_written(len, |v| fill(v.as_mut_ptr().cast())) }
 }
 
 /// C[b] = op(A[b]) · op(B[b]), contiguous (batch, m, n).
@@ -497,7 +492,11 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         if !store.overwrite {
             if contiguous && nr == NR {
                 // A whole row: a fixed-size read (vector loads, no remainder loop).
-                let old = unsafe { c.add(rows[i] + cols[0]).cast::<[f32; NR]>().read_unaligned() };
+                let old = unsafe {
+                    c.add(rows[i] + cols[0])
+                        .cast::<[f32; NR]>()
+                        .read_unaligned()
+                };
                 for (x, o) in v.iter_mut().zip(old) {
                     *x += o;
                 }
@@ -545,7 +544,9 @@ unsafe fn store_row<const NR: usize>(
         if contiguous && nr == NR {
             // A whole row of the tile: a fixed-size write, a few vector stores (a copy of run-time length
             // `nr` is a call to memcpy per row).
-            dst.add(row + cols[0]).cast::<[f32; NR]>().write_unaligned(*v);
+            dst.add(row + cols[0])
+                .cast::<[f32; NR]>()
+                .write_unaligned(*v);
         } else if contiguous {
             std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(row + cols[0]), nr);
         } else {

@@ -5,6 +5,7 @@
 //! together, row by row of the normalised axis, so the inner loops are contiguous and vectorise for NCHW
 //! (inner = H·W); for the last axis (inner = 1) each slice is one row and its sums are scalar reductions.
 
+use super::vec_written;
 use crate::backend::AxisLayout;
 use crate::error::Result;
 use rayon::prelude::*;
@@ -19,52 +20,56 @@ pub fn layer_norm(
     eps: f32,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (len, inner) = (l.len, l.inner);
-    let mut y = vec![0.0f32; l.numel()];
     let mut mean = vec![0.0f32; l.outer * inner];
     let mut rstd = vec![0.0f32; l.outer * inner];
-    y.par_chunks_mut((len * inner).max(1))
-        .zip(
-            mean.par_chunks_mut(inner.max(1))
-                .zip(rstd.par_chunks_mut(inner.max(1))),
-        )
-        .enumerate()
-        .for_each(|(o, (ys, (mu, rs)))| {
-            let xs = &x[o * len * inner..(o + 1) * len * inner];
-            // Two passes (mean, then centred squares), all in f32: stable for the magnitudes a network
-            // produces and exact enough for the f64 reference tests.
-            mu.fill(0.0);
-            for c in 0..len {
-                for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
-                    *m += v;
-                }
-            }
-            mu.iter_mut().for_each(|m| *m /= len as f32);
-            rs.fill(0.0);
-            for c in 0..len {
-                for ((r, &m), &v) in rs
-                    .iter_mut()
-                    .zip(mu.iter())
-                    .zip(&xs[c * inner..(c + 1) * inner])
-                {
-                    let d = v - m;
-                    *r += d * d;
-                }
-            }
-            rs.iter_mut()
-                .for_each(|r| *r = 1.0 / (*r / len as f32 + eps).sqrt());
-            for c in 0..len {
-                let (wc, bc) = (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]));
-                let row = &mut ys[c * inner..(c + 1) * inner];
-                for (((yv, &v), &m), &r) in row
-                    .iter_mut()
-                    .zip(&xs[c * inner..(c + 1) * inner])
-                    .zip(mu.iter())
-                    .zip(rs.iter())
-                {
-                    *yv = (v - m) * r * wc + bc;
-                }
-            }
-        });
+    // SAFETY: the chunks cover y (numel = outer·len·inner) and each is written whole (every c, every i).
+    let y = unsafe {
+        vec_written(l.numel(), |y| {
+            y.par_chunks_mut((len * inner).max(1))
+                .zip(
+                    mean.par_chunks_mut(inner.max(1))
+                        .zip(rstd.par_chunks_mut(inner.max(1))),
+                )
+                .enumerate()
+                .for_each(|(o, (ys, (mu, rs)))| {
+                    let xs = &x[o * len * inner..(o + 1) * len * inner];
+                    // Two passes (mean, then centred squares), all in f32: stable for the magnitudes a network
+                    // produces and exact enough for the f64 reference tests.
+                    mu.fill(0.0);
+                    for c in 0..len {
+                        for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
+                            *m += v;
+                        }
+                    }
+                    mu.iter_mut().for_each(|m| *m /= len as f32);
+                    rs.fill(0.0);
+                    for c in 0..len {
+                        for ((r, &m), &v) in rs
+                            .iter_mut()
+                            .zip(mu.iter())
+                            .zip(&xs[c * inner..(c + 1) * inner])
+                        {
+                            let d = v - m;
+                            *r += d * d;
+                        }
+                    }
+                    rs.iter_mut()
+                        .for_each(|r| *r = 1.0 / (*r / len as f32 + eps).sqrt());
+                    for c in 0..len {
+                        let (wc, bc) = (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]));
+                        let row = &mut ys[c * inner..(c + 1) * inner];
+                        for (((yv, &v), &m), &r) in row
+                            .iter_mut()
+                            .zip(&xs[c * inner..(c + 1) * inner])
+                            .zip(mu.iter())
+                            .zip(rs.iter())
+                        {
+                            yv.write((v - m) * r * wc + bc);
+                        }
+                    }
+                });
+        })
+    };
     Ok((y, mean, rstd))
 }
 
@@ -80,66 +85,74 @@ pub fn layer_norm_backward(
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (len, inner) = (l.len, l.inner);
     let slice = (len * inner).max(1);
-    let mut dx = vec![0.0f32; l.numel()];
     // Tasks take whole runs of `group` outer slices (at least ~16k values, so a last-axis norm over N·H·W
     // rows of C does not become one task and four buffers per row) and return their run's contributions
     // to dweight and dbias; the runs are fixed, so the sums' order does not depend on scheduling.
     let group = (16_384 / slice).max(1);
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(group * slice)
-        .enumerate()
-        .map(|(t, dx_run)| {
-            let mut dw = vec![0.0f32; len];
-            let mut db = vec![0.0f32; len];
-            // mean over the axis of ĝ and of ĝ·x̂, per inner position, for the slice at hand
-            let mut mean_g = vec![0.0f32; inner];
-            let mut mean_gx = vec![0.0f32; inner];
-            for (s_in_run, dxs) in dx_run.chunks_mut(slice).enumerate() {
-                let o = t * group + s_in_run;
-                let base = o * len * inner;
-                let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
-                let (mu, rs) = (
-                    &mean[o * inner..(o + 1) * inner],
-                    &rstd[o * inner..(o + 1) * inner],
-                );
-                mean_g.fill(0.0);
-                mean_gx.fill(0.0);
-                for c in 0..len {
-                    let wc = weight.map_or(1.0, |w| w[c]);
-                    let (row_x, row_g) = (
-                        &xs[c * inner..(c + 1) * inner],
-                        &gs[c * inner..(c + 1) * inner],
-                    );
-                    let (mut sum_gx, mut sum_g) = (0.0f32, 0.0f32);
-                    for i in 0..inner {
-                        let xh = (row_x[i] - mu[i]) * rs[i];
-                        let g = row_g[i];
-                        sum_gx += g * xh;
-                        sum_g += g;
-                        mean_g[i] += wc * g;
-                        mean_gx[i] += wc * g * xh;
+    let mut partial: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    // SAFETY: the runs cover dx, and every slice of a run is written whole (every c, every i).
+    let dx = unsafe {
+        vec_written(l.numel(), |dx| {
+            partial = dx
+                .par_chunks_mut(group * slice)
+                .enumerate()
+                .map(|(t, dx_run)| {
+                    let mut dw = vec![0.0f32; len];
+                    let mut db = vec![0.0f32; len];
+                    // mean over the axis of ĝ and of ĝ·x̂, per inner position, for the slice at hand
+                    let mut mean_g = vec![0.0f32; inner];
+                    let mut mean_gx = vec![0.0f32; inner];
+                    for (s_in_run, dxs) in dx_run.chunks_mut(slice).enumerate() {
+                        let o = t * group + s_in_run;
+                        let base = o * len * inner;
+                        let (xs, gs) =
+                            (&x[base..base + len * inner], &dy[base..base + len * inner]);
+                        let (mu, rs) = (
+                            &mean[o * inner..(o + 1) * inner],
+                            &rstd[o * inner..(o + 1) * inner],
+                        );
+                        mean_g.fill(0.0);
+                        mean_gx.fill(0.0);
+                        for c in 0..len {
+                            let wc = weight.map_or(1.0, |w| w[c]);
+                            let (row_x, row_g) = (
+                                &xs[c * inner..(c + 1) * inner],
+                                &gs[c * inner..(c + 1) * inner],
+                            );
+                            let (mut sum_gx, mut sum_g) = (0.0f32, 0.0f32);
+                            for i in 0..inner {
+                                let xh = (row_x[i] - mu[i]) * rs[i];
+                                let g = row_g[i];
+                                sum_gx += g * xh;
+                                sum_g += g;
+                                mean_g[i] += wc * g;
+                                mean_gx[i] += wc * g * xh;
+                            }
+                            dw[c] += sum_gx;
+                            db[c] += sum_g;
+                        }
+                        let inv = 1.0 / len as f32;
+                        for c in 0..len {
+                            let wc = weight.map_or(1.0, |w| w[c]);
+                            let (row_x, row_g) = (
+                                &xs[c * inner..(c + 1) * inner],
+                                &gs[c * inner..(c + 1) * inner],
+                            );
+                            let row_dx = &mut dxs[c * inner..(c + 1) * inner];
+                            for i in 0..inner {
+                                let xh = (row_x[i] - mu[i]) * rs[i];
+                                row_dx[i].write(
+                                    rs[i]
+                                        * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv),
+                                );
+                            }
+                        }
                     }
-                    dw[c] += sum_gx;
-                    db[c] += sum_g;
-                }
-                let inv = 1.0 / len as f32;
-                for c in 0..len {
-                    let wc = weight.map_or(1.0, |w| w[c]);
-                    let (row_x, row_g) = (
-                        &xs[c * inner..(c + 1) * inner],
-                        &gs[c * inner..(c + 1) * inner],
-                    );
-                    let row_dx = &mut dxs[c * inner..(c + 1) * inner];
-                    for i in 0..inner {
-                        let xh = (row_x[i] - mu[i]) * rs[i];
-                        row_dx[i] =
-                            rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv);
-                    }
-                }
-            }
-            (dw, db)
+                    (dw, db)
+                })
+                .collect();
         })
-        .collect();
+    };
     let mut dweight = vec![0.0f32; len];
     let mut dbias = vec![0.0f32; len];
     for (dw, db) in partial {
