@@ -360,6 +360,14 @@ struct TileStore<'a> {
     bias: Option<&'a [f32]>,
     /// Also write GELU of the stored value here (last pass only).
     gelu_out: Option<*mut f32>,
+    /// Whether the tile's columns are consecutive in C (`cols[j] = cols[0] + j`), found once per B panel
+    /// by [`consecutive`].
+    cols_contiguous: bool,
+}
+
+/// Whether `offsets` are consecutive (each one more than the last).
+fn consecutive(offsets: &[usize]) -> bool {
+    offsets.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
 impl TileStore<'_> {
@@ -367,6 +375,13 @@ impl TileStore<'_> {
     fn rows(&self, ir: usize, mr: usize) -> TileStore<'_> {
         TileStore {
             bias: self.bias.map(|b| &b[ir..ir + mr]),
+            ..*self
+        }
+    }
+    /// The store of the tiles of one B panel, whose columns lie at `cols` in C.
+    fn panel(&self, cols: &[usize]) -> TileStore<'_> {
+        TileStore {
+            cols_contiguous: consecutive(cols),
             ..*self
         }
     }
@@ -465,9 +480,12 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     // C's tile is read (or written) only after the k loop: ask for its cache lines now, so that their
     // misses overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time
     // on large products without this).
+    // The first, middle and last column cover every cache line of a row of up to 32 consecutive floats
+    // (128 bytes, at most three lines); a fixed list, as an iterator here cost a few percent of the kernel
+    // on products with small k.
     #[cfg(target_arch = "x86_64")]
     for &row in &rows[..mr] {
-        for j in (0..nr).step_by(16).chain(std::iter::once(nr - 1)) {
+        for j in [0, nr / 2, nr - 1] {
             // SAFETY: prefetching is a hint: it never faults, and these addresses are C's anyway.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -476,10 +494,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         }
     }
     let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
-    let contiguous = cols[..nr]
-        .iter()
-        .enumerate()
-        .all(|(j, &o)| o == cols[0] + j);
+    let contiguous = store.cols_contiguous;
     for (i, row) in acc.iter().enumerate().take(mr) {
         let bias = store.bias.map_or(0.0, |b| b[i]);
         // The row in a fixed-size array, so that every loop below has NR iterations and vectorises (GELU's
@@ -646,11 +661,19 @@ fn pack_b<const NR: usize>(
             let width = NR.min(j0 + nc - jq);
             let mut cols = [0usize; NR];
             b.cols.offsets(jq, width, &mut cols);
-            let contiguous = cols[..width]
-                .iter()
-                .enumerate()
-                .all(|(j, &o)| o == cols[0] + j);
-            if contiguous {
+            if consecutive(&cols[..width]) && width == NR {
+                // Whole rows: fixed-size copies, a few vector moves each (a copy of run-time length is a
+                // call to memcpy per 128-byte row, a tenth of a product with k = 40).
+                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
+                    let src: &[f32; NR] = b.data[base + cols[0]..base + cols[0] + NR]
+                        .try_into()
+                        .expect("NR values");
+                    let dst: &mut [f32; NR] = row.try_into().expect("chunks of NR values");
+                    *dst = *src;
+                }
+                return;
+            }
+            if consecutive(&cols[..width]) {
                 for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
                     row[..width].copy_from_slice(&b.data[base + cols[0]..base + cols[0] + width]);
                     row[width..].fill(0.0);
@@ -763,6 +786,7 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
                 overwrite: epi.overwrite && p0 == 0,
                 bias: epi.row_bias.filter(|_| p0 == 0),
                 gelu_out: epi.gelu_out.filter(|_| p0 + kc == k),
+                cols_contiguous: false,
             };
             // Packing overwrites every element (padding included), so the buffer is only resized: no
             // zeroing pass per block.
@@ -794,12 +818,13 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
                     let jq = j0 + q * NR;
                     let nr = NR.min(n - jq);
                     out.cols.offsets(jq, nr, &mut cols);
+                    let panel_pass = pass.panel(&cols[..nr]);
                     let bp = &b_pack[q * kc * NR..(q + 1) * kc * NR];
                     for r in 0..a_panels {
                         let ir = i0 + r * MR;
                         let mr = MR.min(m - ir);
                         out.rows.offsets(ir, mr, &mut rows);
-                        let store = pass.rows(ir, mr);
+                        let store = panel_pass.rows(ir, mr);
                         let (ap, a_step): (&[f32], usize) = if a_in_place {
                             // Row i of A from column p0 on; a partial panel repeats its last row (read,
                             // never stored).
