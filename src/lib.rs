@@ -42,6 +42,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod peft;
+pub mod profile;
 pub mod report;
 pub mod shape;
 pub mod tensor;

@@ -166,6 +166,7 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Tensor {
+        crate::profile::forward_op(op);
         let device = inputs
             .first()
             .map(|t| t.device().clone())

@@ -174,35 +174,38 @@ impl Tensor {
                 let Some(g) = grads.remove(&t.id()) else {
                     continue;
                 };
-                let input_grads = (node.backward)(&g)?;
-                if input_grads.len() != node.inputs.len() {
-                    return Err(Error::invalid(
-                        "backward",
-                        format!(
-                            "rule of {} returned {} gradients for {} inputs",
-                            node.op,
-                            input_grads.len(),
-                            node.inputs.len()
-                        ),
-                    ));
-                }
-                for (input, gi) in node.inputs.iter().zip(input_grads) {
-                    let Some(gi) = gi else { continue };
-                    if !input.requires_grad() {
-                        continue;
+                crate::profile::backward_node(node.op, || -> Result<()> {
+                    let input_grads = (node.backward)(&g)?;
+                    if input_grads.len() != node.inputs.len() {
+                        return Err(Error::invalid(
+                            "backward",
+                            format!(
+                                "rule of {} returned {} gradients for {} inputs",
+                                node.op,
+                                input_grads.len(),
+                                node.inputs.len()
+                            ),
+                        ));
                     }
-                    if gi.shape() != input.shape() {
-                        return Err(Error::shape(
+                    for (input, gi) in node.inputs.iter().zip(input_grads) {
+                        let Some(gi) = gi else { continue };
+                        if !input.requires_grad() {
+                            continue;
+                        }
+                        if gi.shape() != input.shape() {
+                            return Err(Error::shape(
                             "backward",
                             format!("rule of {} returned a gradient of shape {} for an input of shape {}", node.op, gi.shape(), input.shape()),
                         ));
+                        }
+                        let total = match grads.remove(&input.id()) {
+                            Some(prev) => accumulate(&prev, &gi)?,
+                            None => gi,
+                        };
+                        grads.insert(input.id(), total);
                     }
-                    let total = match grads.remove(&input.id()) {
-                        Some(prev) => accumulate(&prev, &gi)?,
-                        None => gi,
-                    };
-                    grads.insert(input.id(), total);
-                }
+                    Ok(())
+                })?;
             }
             Ok(())
         })?;

@@ -207,6 +207,7 @@ impl StepRunner {
     /// Forward, backward, gradient clipping, AdamW update and the loss readback (which also waits for a
     /// GPU), as a training step of `liera finetune` does them; seconds.
     fn step(&mut self) -> Result<f64> {
+        crate::profile::mark();
         let t = Instant::now();
         let loss = self
             .model
@@ -287,12 +288,26 @@ pub fn training_steps_at(
     }
     let mut times = vec![Vec::with_capacity(reps); kinds.len()];
     let mut launches = vec![LaunchCounters::default(); kinds.len()];
+    // The op profile (LIERA_OP_PROFILE=1) covers the timed steps only, not the warm-ups.
+    crate::profile::reset();
     for _ in 0..reps.max(1) {
         for ((r, t), l) in runners.iter_mut().zip(&mut times).zip(&mut launches) {
             let before = device.backend().counters();
             t.push(r.step()?);
             *l = device.backend().counters() - before;
         }
+    }
+    if let Some(table) = crate::profile::report(reps.max(1) * kinds.len()) {
+        eprintln!(
+            "{label}, {} kind{} timed together ({}):\n{table}",
+            kinds.len(),
+            if kinds.len() == 1 {
+                ""
+            } else {
+                "s, the table averages them"
+            },
+            device.name()
+        );
     }
     Ok(kinds
         .iter()

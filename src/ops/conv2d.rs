@@ -106,6 +106,19 @@ fn check(
     Ok(geom)
 }
 
+/// The tape's name for a convolution, by kind, so that tapes and op profiles tell a ConvNeXt's layers
+/// apart: depthwise, 1×1 (the pointwise layers), or any other (the stem's and downsampling patchify
+/// convolutions).
+fn op_name(geom: &Conv2dGeometry) -> &'static str {
+    if geom.is_depthwise() {
+        "conv2d_depthwise"
+    } else if geom.kh == 1 && geom.kw == 1 {
+        "conv2d_1x1"
+    } else {
+        "conv2d"
+    }
+}
+
 /// Records the convolution of `x` whose output `storage` is already computed.
 fn record(
     x: &Tensor,
@@ -123,38 +136,44 @@ fn record(
     let has_bias = bias.is_some();
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
-    Tensor::from_op("conv2d", storage, geom.output_shape(), &inputs, move |g| {
-        let backend = g.device().backend();
-        let dx = if need[0] {
-            let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
-            Some(Tensor::from_storage(s, geom.input_shape(), g.device()))
-        } else {
-            None
-        };
-        let dev = g.device();
-        let (dw, db) = match (need[1], has_bias && need[2]) {
-            // Both from one pass where the backend fuses them.
-            (true, true) => {
-                let (dw, db) =
-                    backend.conv2d_weight_bias_grad(&saved_x.storage(), &g.storage(), &geom)?;
-                (Some(dw), Some(db))
+    Tensor::from_op(
+        op_name(&geom),
+        storage,
+        geom.output_shape(),
+        &inputs,
+        move |g| {
+            let backend = g.device().backend();
+            let dx = if need[0] {
+                let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
+                Some(Tensor::from_storage(s, geom.input_shape(), g.device()))
+            } else {
+                None
+            };
+            let dev = g.device();
+            let (dw, db) = match (need[1], has_bias && need[2]) {
+                // Both from one pass where the backend fuses them.
+                (true, true) => {
+                    let (dw, db) =
+                        backend.conv2d_weight_bias_grad(&saved_x.storage(), &g.storage(), &geom)?;
+                    (Some(dw), Some(db))
+                }
+                (true, false) => (
+                    Some(backend.conv2d_weight_grad(&saved_x.storage(), &g.storage(), &geom)?),
+                    None,
+                ),
+                (false, true) => (None, Some(g.sum(&[0, 2, 3], false)?.storage())),
+                (false, false) => (None, None),
+            };
+            let mut grads = vec![
+                dx,
+                dw.map(|s| Tensor::from_storage(s, geom.weight_shape(), dev)),
+            ];
+            if has_bias {
+                grads.push(db.map(|s| Tensor::from_storage(s, [geom.c_out], dev)));
             }
-            (true, false) => (
-                Some(backend.conv2d_weight_grad(&saved_x.storage(), &g.storage(), &geom)?),
-                None,
-            ),
-            (false, true) => (None, Some(g.sum(&[0, 2, 3], false)?.storage())),
-            (false, false) => (None, None),
-        };
-        let mut grads = vec![
-            dx,
-            dw.map(|s| Tensor::from_storage(s, geom.weight_shape(), dev)),
-        ];
-        if has_bias {
-            grads.push(db.map(|s| Tensor::from_storage(s, [geom.c_out], dev)));
-        }
-        Ok(grads)
-    })
+            Ok(grads)
+        },
+    )
 }
 
 /// The output shape of a convolution of `x` with a weight of shape `w` (for callers that plan buffers).
