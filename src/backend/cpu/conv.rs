@@ -403,54 +403,67 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     Ok(dx)
 }
 
-/// Pixels per image from which [`pointwise_weight_grad_transposed`] is used: it runs one GEMM per image, and
+/// Pixels per image from which [`pointwise_weight_grad_per_image`] is used: it runs one GEMM per image, and
 /// below this (ConvNeXt's stages at 32×32 input have 64 pixels or fewer) the per-product overhead of many
 /// small GEMMs outweighs the packing it saves.
-const TRANSPOSED_MIN_PIXELS: usize = 256;
+const PER_IMAGE_MIN_PIXELS: usize = 256;
 
-/// The weight gradient of a 1×1 convolution with more input than output channels (ConvNeXt's fc2), as
-/// dWᵀ = Σ_n X_n·dY_nᵀ per group, one image at a time: X_n (channels × pixels) is then read in place by
-/// the GEMM and the packed operand is dY_nᵀ, which has the fewer channels. The other orientation,
-/// dW = dY·Xᵀ, packs (gathers) the whole input, k/og times more values for the same arithmetic.
-fn pointwise_weight_grad_transposed(x: &[f32], dy: &[f32], g: &Conv2dGeometry, dw: &mut [f32]) {
+/// The weight gradient of a 1×1 convolution, Σ_n dY_n·X_nᵀ per group, one image at a time, so that the
+/// operand with more channels (channels × pixels, each channel's pixels contiguous) is the GEMM's A, read
+/// in place, and only the one with fewer channels is packed (transposed) as B:
+/// - more output than input channels (ConvNeXt's fc1): dW = dY_n·X_nᵀ, dY_n in place;
+/// - more input than output channels (fc2): dWᵀ = X_n·dY_nᵀ, X_n in place, transposed into dw at the end.
+///
+/// The batch-folded product of [`conv2d_weight_grad`] packs both operands, A by an element-wise gather
+/// along its blocked k axis.
+fn pointwise_weight_grad_per_image(x: &[f32], dy: &[f32], g: &Conv2dGeometry, dw: &mut [f32]) {
     let hw = g.h_in * g.w_in;
     let (k, og) = (g.c_in_per_group(), g.c_out_per_group());
-    // dWᵀ of one group, row-major (k × og), so the GEMM stores whole rows; transposed into dw at the end.
-    let mut dw_t = vec![0.0f32; k * og];
+    let x_is_a = k > og;
+    // The product of one group, row-major (rows × cols), so the GEMM stores whole rows.
+    let (rows, cols) = if x_is_a { (k, og) } else { (og, k) };
+    let mut acc = vec![0.0f32; rows * cols];
     let out = OutView {
-        rows: Axis::plain(og),
+        rows: Axis::plain(cols),
         cols: Axis::plain(1),
     };
     for grp in 0..g.params.groups {
-        dw_t.fill(0.0);
+        acc.fill(0.0);
         for n in 0..g.batch {
-            let patches = MatView {
-                data: &x[(n * g.c_in + grp * k) * hw..],
+            let x_img = &x[(n * g.c_in + grp * k) * hw..];
+            let dy_img = &dy[(n * g.c_out + grp * og) * hw..];
+            let (a, b) = if x_is_a { (x_img, dy_img) } else { (dy_img, x_img) };
+            let a = MatView {
+                data: a,
                 rows: Axis::plain(hw),
                 cols: Axis::plain(1),
             };
-            let grad_t = MatView {
-                data: &dy[(n * g.c_out + grp * og) * hw..],
+            let b_t = MatView {
+                data: b,
                 rows: Axis::plain(1),
                 cols: Axis::plain(hw),
             };
-            // SAFETY: `out` addresses dw_t, k × og elements, each once.
+            // SAFETY: `out` addresses acc, rows × cols elements, each once.
             unsafe {
                 gemm_view(
-                    &patches,
-                    &grad_t,
-                    dw_t.as_mut_ptr(),
+                    &a,
+                    &b_t,
+                    acc.as_mut_ptr(),
                     &out,
-                    (k, hw, og),
+                    (rows, hw, cols),
                     &Epilogue::ADD,
                 )
             };
         }
         let dw_g = &mut dw[grp * og * k..(grp + 1) * og * k];
-        for (c, row) in dw_t.chunks_exact(og).enumerate() {
-            for (o, &v) in row.iter().enumerate() {
-                dw_g[o * k + c] = v;
+        if x_is_a {
+            for (c, row) in acc.chunks_exact(og).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    dw_g[o * k + c] = v;
+                }
             }
+        } else {
+            dw_g.copy_from_slice(&acc);
         }
     }
 }
@@ -472,8 +485,8 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let mut dw = vec![0.0f32; g.c_out * k];
-    if is_pointwise(g) && k > og && hw_in >= TRANSPOSED_MIN_PIXELS {
-        pointwise_weight_grad_transposed(x, dy, g, &mut dw);
+    if is_pointwise(g) && hw_in >= PER_IMAGE_MIN_PIXELS {
+        pointwise_weight_grad_per_image(x, dy, g, &mut dw);
         return Ok(dw);
     }
     let chunk = images_per_chunk(k, hw_out, g.batch);
@@ -525,12 +538,17 @@ mod tests {
     use super::*;
     use crate::shape::{Conv2dParams, Shape};
 
-    /// The per-image transposed weight gradient of 1×1 convolutions (planes of at least
-    /// TRANSPOSED_MIN_PIXELS, more input than output channels, one and two groups) against the sum it
-    /// stands for, dw[o][c] = Σ_n Σ_px dy[n, o, px]·x[n, g·k + c, px] within o's group g.
+    /// The per-image weight gradient of 1×1 convolutions (planes of at least PER_IMAGE_MIN_PIXELS, more
+    /// input than output channels and the other way round, one and two groups) against the sum it stands
+    /// for, dw[o][c] = Σ_n Σ_px dy[n, o, px]·x[n, g·k + c, px] within o's group g.
     #[test]
-    fn transposed_pointwise_weight_gradient_matches_the_sum() {
-        for (groups, c_in, c_out, (h, w)) in [(1, 24, 8, (16, 17)), (2, 40, 6, (20, 13))] {
+    fn per_image_pointwise_weight_gradient_matches_the_sum() {
+        for (groups, c_in, c_out, (h, w)) in [
+            (1, 24, 8, (16, 17)),
+            (2, 40, 6, (20, 13)),
+            (1, 8, 40, (16, 17)),
+            (2, 6, 38, (20, 13)),
+        ] {
             let n = 3;
             let x_shape = Shape::new([n, c_in, h, w]);
             let g = Conv2dGeometry::new(
@@ -539,7 +557,7 @@ mod tests {
                 Conv2dParams::default().groups(groups),
             )
             .expect("a valid geometry");
-            assert!(h * w >= TRANSPOSED_MIN_PIXELS);
+            assert!(h * w >= PER_IMAGE_MIN_PIXELS);
             let hw = h * w;
             let x: Vec<f32> = (0..x_shape.numel())
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
