@@ -692,10 +692,38 @@ fn pack_b<const NR: usize>(
             );
             let src = b.data.as_ptr();
             if b.rows.stride == 1 {
-                for (j, &o) in cols[..width].iter().enumerate() {
-                    for (p, &base) in row_at.iter().enumerate() {
-                        // SAFETY: base + o ≤ last_row + last_col < b.data.len() (asserted above).
-                        panel[p * NR + j] = unsafe { *src.add(base + o) };
+                // k contiguous: 8 consecutive k of 8 columns are read as 8 runs and transposed through a
+                // fixed-size block (about twice as fast as element by element); single rows where 8 k are
+                // not consecutive (an image boundary of a blocked k axis) and the columns past the last 8.
+                let w8 = width / 8 * 8;
+                let mut p = 0;
+                while p < kc {
+                    let base = row_at[p];
+                    if p + 8 <= kc && consecutive(&row_at[p..p + 8]) {
+                        for j0 in (0..w8).step_by(8) {
+                            // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row +
+                            // last_col < b.data.len() (asserted above).
+                            let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
+                                src.add(base + cols[j0 + jj]).cast::<[f32; 8]>().read_unaligned()
+                            });
+                            for pp in 0..8 {
+                                let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
+                                panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8].copy_from_slice(&row);
+                            }
+                        }
+                        for (j, &o) in cols[..width].iter().enumerate().skip(w8) {
+                            for pp in 0..8 {
+                                // SAFETY: as above.
+                                panel[(p + pp) * NR + j] = unsafe { *src.add(base + pp + o) };
+                            }
+                        }
+                        p += 8;
+                    } else {
+                        for (j, &o) in cols[..width].iter().enumerate() {
+                            // SAFETY: base + o ≤ last_row + last_col < b.data.len() (asserted above).
+                            panel[p * NR + j] = unsafe { *src.add(base + o) };
+                        }
+                        p += 1;
                     }
                 }
             } else {
