@@ -432,7 +432,11 @@ fn pointwise_weight_grad_per_image(x: &[f32], dy: &[f32], g: &Conv2dGeometry, dw
         for n in 0..g.batch {
             let x_img = &x[(n * g.c_in + grp * k) * hw..];
             let dy_img = &dy[(n * g.c_out + grp * og) * hw..];
-            let (a, b) = if x_is_a { (x_img, dy_img) } else { (dy_img, x_img) };
+            let (a, b) = if x_is_a {
+                (x_img, dy_img)
+            } else {
+                (dy_img, x_img)
+            };
             let a = MatView {
                 data: a,
                 rows: Axis::plain(hw),

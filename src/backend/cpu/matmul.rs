@@ -704,11 +704,14 @@ fn pack_b<const NR: usize>(
                             // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row +
                             // last_col < b.data.len() (asserted above).
                             let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
-                                src.add(base + cols[j0 + jj]).cast::<[f32; 8]>().read_unaligned()
+                                src.add(base + cols[j0 + jj])
+                                    .cast::<[f32; 8]>()
+                                    .read_unaligned()
                             });
                             for pp in 0..8 {
                                 let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
-                                panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8].copy_from_slice(&row);
+                                panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8]
+                                    .copy_from_slice(&row);
                             }
                         }
                         for (j, &o) in cols[..width].iter().enumerate().skip(w8) {
