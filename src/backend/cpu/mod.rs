@@ -5,6 +5,7 @@ mod conv;
 mod depthwise;
 mod elementwise;
 mod grn;
+mod lowrank;
 mod matmul;
 mod norm;
 mod reduce;
@@ -14,7 +15,7 @@ pub use matmul::gemm_plan;
 
 use super::{
     AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput, LayerNormGrads,
-    LayerNormOutput, MatmulSpec, Storage, UnaryOp,
+    LayerNormOutput, LowRankGrads, MatmulSpec, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
@@ -114,6 +115,30 @@ impl Backend for CpuBackend {
     }
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         Ok(wrap(matmul::matmul(host(a)?, host(b)?, spec)))
+    }
+    fn low_rank_reparam(
+        &self,
+        w: &Storage,
+        b: &Storage,
+        a: &Storage,
+        dims: (usize, usize, usize),
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        match lowrank::low_rank_reparam(host(w)?, host(b)?, host(a)?, dims, op) {
+            Some(y) => Ok(wrap(y)),
+            None => {
+                let (o, r, n) = dims;
+                self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op)
+            }
+        }
+    }
+    fn low_rank_factor_grads(
+        &self,
+        x: &LowRankGrads<'_>,
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        let z = x.z.map(host).transpose()?;
+        let (db, da) = lowrank::low_rank_factor_grads(x, host(x.g)?, z, host(x.b)?, host(x.a)?);
+        Ok((db.map(wrap), da.map(wrap)))
     }
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {
         Ok(wrap(reduce::sum_axis(host(x)?, layout)))
