@@ -17,8 +17,8 @@
 //!
 //! [`Tensor::adapt_low_rank`] takes the factors themselves (P = B·A) and hands the product and the form to
 //! [`Backend::low_rank_reparam`](crate::backend::Backend::low_rank_reparam), and both factor gradients to
-//! [`Backend::low_rank_factor_grads`](crate::backend::Backend::low_rank_factor_grads): the CPU composes
-//! them from products and elementwise kernels, the GPU gathers many layers' into a few launches.
+//! [`Backend::low_rank_factor_grads`](crate::backend::Backend::low_rank_factor_grads): the CPU does each in
+//! one pass over the kernel (`backend/cpu/lowrank.rs`), the GPU gathers many layers' into a few launches.
 
 use crate::backend::{BinaryOp, LowRankGrads};
 use crate::error::{Error, Result};
