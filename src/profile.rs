@@ -107,7 +107,9 @@ pub fn report(steps: usize) -> Option<String> {
     let total: f64 = rows.iter().map(|r| r.1 .1).sum();
     let per = steps.max(1) as f64;
     let mut out = format!(
-        "op time per step (LIERA_OP_PROFILE, {steps} step{}; wall time of the calling thread):\n{:<28} {:>9} {:>9} {:>11} {:>7}\n",
+        "op time per step (LIERA_OP_PROFILE, {steps} step{}; wall time of the calling thread: kernel time on \
+         the CPU, only the time to record the work on the GPU, whose kernels LIERA_GPU_PROFILE times):\n\
+         {:<28} {:>9} {:>9} {:>11} {:>7}\n",
         if steps == 1 { "" } else { "s" },
         "op",
         "pass",
