@@ -135,9 +135,9 @@ impl Axis {
             (i / self.block) * self.block_stride + (i % self.block) * self.stride
         }
     }
-    /// Offsets of `len` consecutive indices from `i0`, without a division per index.
+    /// Offsets of `len` consecutive indices from `i0` into `out[..len]`, without a division per index.
     #[inline(always)]
-    fn offsets<const L: usize>(&self, i0: usize, len: usize, out: &mut [usize; L]) {
+    fn offsets(&self, i0: usize, len: usize, out: &mut [usize]) {
         if self.block == usize::MAX {
             for (j, o) in out.iter_mut().enumerate().take(len) {
                 *o = (i0 + j) * self.stride;
@@ -505,26 +505,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
         // these nr elements of C (and of the GELU output) are ours.
         let mut v = *row;
         if !store.overwrite {
-            if contiguous && nr == NR {
-                // A whole row: a fixed-size read (vector loads, no remainder loop).
-                let old = unsafe {
-                    c.add(rows[i] + cols[0])
-                        .cast::<[f32; NR]>()
-                        .read_unaligned()
-                };
-                for (x, o) in v.iter_mut().zip(old) {
-                    *x += o;
-                }
-            } else if contiguous {
-                let src = unsafe { c.add(rows[i] + cols[0]) };
-                for (j, x) in v.iter_mut().enumerate().take(nr) {
-                    *x += unsafe { *src.add(j) };
-                }
-            } else {
-                for (x, &o) in v.iter_mut().zip(&cols[..nr]) {
-                    *x += unsafe { *c.add(rows[i] + o) };
-                }
-            }
+            unsafe { add_row(&mut v, c, rows[i], cols, nr, contiguous) };
         }
         for x in &mut v {
             *x += bias;
@@ -536,6 +517,41 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
                 *o = gelu(x);
             }
             unsafe { store_row(&h, g, rows[i], cols, nr, contiguous) };
+        }
+    }
+}
+
+/// Adds `src + row + cols[j]` to the first `nr` values of `v`: the counterpart of [`store_row`], with the
+/// same three cases.
+///
+/// # Safety
+/// Those `nr` elements must be valid for reads and written by no one else meanwhile.
+#[inline(always)]
+unsafe fn add_row<const NR: usize>(
+    v: &mut [f32; NR],
+    src: *const f32,
+    row: usize,
+    cols: &[usize],
+    nr: usize,
+    contiguous: bool,
+) {
+    // SAFETY: the caller's guarantee, element by element.
+    unsafe {
+        if contiguous && nr == NR {
+            // A whole row: a fixed-size read (vector loads, no remainder loop).
+            let old = src.add(row + cols[0]).cast::<[f32; NR]>().read_unaligned();
+            for (x, o) in v.iter_mut().zip(old) {
+                *x += o;
+            }
+        } else if contiguous {
+            let src = src.add(row + cols[0]);
+            for (j, x) in v.iter_mut().enumerate().take(nr) {
+                *x += *src.add(j);
+            }
+        } else {
+            for (x, &o) in v.iter_mut().zip(&cols[..nr]) {
+                *x += *src.add(row + o);
+            }
         }
     }
 }
@@ -641,16 +657,8 @@ fn pack_b<const NR: usize>(
     out: &mut [f32],
 ) {
     // B's row offsets, once for all panels (a blocked row axis would cost a division per row).
-    let mut row_at = Vec::with_capacity(kc);
-    let (mut blk, mut off) = (p0 / b.rows.block, p0 % b.rows.block);
-    for _ in 0..kc {
-        row_at.push(blk * b.rows.block_stride + off * b.rows.stride);
-        off += 1;
-        if off == b.rows.block {
-            off = 0;
-            blk += 1;
-        }
-    }
+    let mut row_at = vec![0usize; kc];
+    b.rows.offsets(p0, kc, &mut row_at);
     let last_row = row_at.iter().copied().max().unwrap_or(0);
     let row_at = &row_at;
     out.par_chunks_mut(kc * NR)
@@ -661,22 +669,19 @@ fn pack_b<const NR: usize>(
             let width = NR.min(j0 + nc - jq);
             let mut cols = [0usize; NR];
             b.cols.offsets(jq, width, &mut cols);
-            if consecutive(&cols[..width]) && width == NR {
-                // Whole rows: fixed-size copies, a few vector moves each (a copy of run-time length is a
-                // call to memcpy per 128-byte row, a tenth of a product with k = 40).
-                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
-                    let src: &[f32; NR] = b.data[base + cols[0]..base + cols[0] + NR]
-                        .try_into()
-                        .expect("NR values");
-                    let dst: &mut [f32; NR] = row.try_into().expect("chunks of NR values");
-                    *dst = *src;
-                }
-                return;
-            }
             if consecutive(&cols[..width]) {
                 for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
-                    row[..width].copy_from_slice(&b.data[base + cols[0]..base + cols[0] + width]);
-                    row[width..].fill(0.0);
+                    let src = &b.data[base + cols[0]..base + cols[0] + width];
+                    if width == NR {
+                        // A whole row: a fixed-size copy, a few vector moves (a copy of run-time length
+                        // is a call to memcpy per 128-byte row, a tenth of a product with k = 40).
+                        let src: &[f32; NR] = src.try_into().expect("NR values");
+                        let dst: &mut [f32; NR] = row.try_into().expect("chunks of NR values");
+                        *dst = *src;
+                    } else {
+                        row[..width].copy_from_slice(src);
+                        row[width..].fill(0.0);
+                    }
                 }
                 return;
             }
@@ -755,9 +760,7 @@ fn pack_a<const MR: usize>(
     out: &mut [f32],
 ) {
     let mut kcols = vec![0usize; kc];
-    for (p, o) in kcols.iter_mut().enumerate() {
-        *o = a.cols.at(p0 + p);
-    }
+    a.cols.offsets(p0, kc, &mut kcols);
     for (r, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
         let ir = i0 + r * MR;
         let height = MR.min(i0 + mc - ir);
