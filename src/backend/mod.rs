@@ -280,6 +280,18 @@ pub(crate) fn matmul_reparam_composed<B: Backend + ?Sized>(
     be.binary(op, w, &p, &flat_layout(spec.batch * spec.m * spec.n))
 }
 
+/// [`Backend::low_rank_reparam`] as the product and the form: [`Backend::matmul_reparam`] of B·A.
+pub(crate) fn low_rank_reparam_composed<B: Backend + ?Sized>(
+    be: &B,
+    w: &Storage,
+    b: &Storage,
+    a: &Storage,
+    (o, r, n): (usize, usize, usize),
+    op: BinaryOp,
+) -> Result<Storage> {
+    be.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op)
+}
+
 /// The factor gradients of an adapter's low-rank update P = B·A (B O×r, A r×N): with G = s·(g ⊙ z), or s·g
 /// without z, ∂B = G·Aᵀ (O×r) and ∂A = Bᵀ·G (r×N).
 #[derive(Clone, Copy, Debug)]
@@ -430,10 +442,10 @@ pub trait Backend: Send + Sync {
         w: &Storage,
         b: &Storage,
         a: &Storage,
-        (o, r, n): (usize, usize, usize),
+        dims: (usize, usize, usize),
         op: BinaryOp,
     ) -> Result<Storage> {
-        self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op)
+        low_rank_reparam_composed(self, w, b, a, dims, op)
     }
     /// Both factor gradients of an adapter's low-rank update (see [`LowRankGrads`]), each only where asked.
     /// The default scales the gradient once and runs two products (or, for one gradient,

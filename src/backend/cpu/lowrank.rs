@@ -13,8 +13,9 @@
 //! rows, each with its own ∂A, summed in task order at the end (deterministic). The composed form
 //! writes ∂P and runs two GEMMs whose short side is r (a quarter of a 32-column tile for r = 8).
 
-use super::vec_written;
+use super::{host, vec_written};
 use crate::backend::{BinaryOp, LowRankGrads};
+use crate::error::Result;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -98,19 +99,18 @@ fn reparam_rows(
     }
 }
 
-/// (∂B, ∂A) of [`LowRankGrads`], each only where asked.
-pub fn low_rank_factor_grads(
-    x: &LowRankGrads<'_>,
-    g: &[f32],
-    z: Option<&[f32]>,
-    b: &[f32],
-    a: &[f32],
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+/// (∂B, ∂A) of [`LowRankGrads`], each only where asked; an error if a buffer belongs to another device.
+#[allow(clippy::type_complexity)]
+pub fn low_rank_factor_grads(x: &LowRankGrads<'_>) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
     let (o, r, n) = x.dims;
     let (need_b, need_a) = x.need;
     let s = x.s;
-    let (g, b, a) = (&g[..o * n], &b[..o * r], &a[..r * n]);
-    let z = z.map(|z| &z[..o * n]);
+    let (g, b, a) = (
+        &host(x.g)?[..o * n],
+        &host(x.b)?[..o * r],
+        &host(x.a)?[..r * n],
+    );
+    let z = x.z.map(host).transpose()?.map(|z| &z[..o * n]);
     let per_task = rows_per_task(n);
     let tasks = o.div_ceil(per_task);
     // Task t: rows t·per_task.., its rows of ∂B and its own ∂A (r×N).
@@ -192,7 +192,7 @@ pub fn low_rank_factor_grads(
         }
         da
     });
-    (db, da)
+    Ok((db, da))
 }
 
 #[cfg(test)]
@@ -262,7 +262,7 @@ mod tests {
                         s,
                         need,
                     };
-                    let (db, da) = low_rank_factor_grads(&x, &g, with_z.then_some(&w[..]), &b, &a);
+                    let (db, da) = low_rank_factor_grads(&x).expect("host buffers");
                     assert_eq!((db.is_some(), da.is_some()), need);
                     if let Some(db) = db {
                         for i in 0..o {

@@ -126,18 +126,14 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         match lowrank::low_rank_reparam(host(w)?, host(b)?, host(a)?, dims, op) {
             Some(y) => Ok(wrap(y)),
-            None => {
-                let (o, r, n) = dims;
-                self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op)
-            }
+            None => super::low_rank_reparam_composed(self, w, b, a, dims, op),
         }
     }
     fn low_rank_factor_grads(
         &self,
         x: &LowRankGrads<'_>,
     ) -> Result<(Option<Storage>, Option<Storage>)> {
-        let z = x.z.map(host).transpose()?;
-        let (db, da) = lowrank::low_rank_factor_grads(x, host(x.g)?, z, host(x.b)?, host(x.a)?);
+        let (db, da) = lowrank::low_rank_factor_grads(x)?;
         Ok((db.map(wrap), da.map(wrap)))
     }
     fn sum_axis(&self, x: &Storage, layout: AxisLayout) -> Result<Storage> {

@@ -217,12 +217,12 @@ impl Backend for GpuBackend {
         w: &Storage,
         b: &Storage,
         a: &Storage,
-        (o, r, n): (usize, usize, usize),
+        dims: (usize, usize, usize),
         op: BinaryOp,
     ) -> Result<Storage> {
-        match self.defer_lowrank_reparam(w, b, a, (o, r, n), op)? {
+        match self.defer_lowrank_reparam(w, b, a, dims, op)? {
             Some(y) => Ok(y),
-            None => self.matmul_reparam(b, a, &MatmulSpec::single(o, r, n, false, false), w, op),
+            None => super::low_rank_reparam_composed(self, w, b, a, dims, op),
         }
     }
     fn low_rank_factor_grads(
