@@ -1,8 +1,9 @@
 //! The 7×7 depthwise convolutions of one ConvNeXt-atto training step, one per stage (40, 80, 160 and 320
 //! channels), at 3×224×224 with batch 32 (planes of 56, 28, 14 and 7) and at 32×32 with batch 64 (8, 4, 2
 //! and 1), on the CPU backend: forward, input gradient and weight gradient, median milliseconds and
-//! GFLOP/s (2 flops per multiply-add). `cargo bench --bench depthwise [-- --quick] [224|32]` (all rayon
-//! threads; `RAYON_NUM_THREADS` sets them).
+//! GFLOP/s (2 flops per multiply-add). `cargo bench --bench depthwise [-- --quick] [224|32] [gpu]` (all
+//! rayon threads; `RAYON_NUM_THREADS` sets them). With `gpu` the GPU backend is timed instead: each call is
+//! followed by a one-value readback, so a time covers the kernels and one wait for the queue.
 
 use liera::job::bench::{ramp, time_median};
 use liera::shape::{Conv2dGeometry, Conv2dParams, Shape};
@@ -14,7 +15,11 @@ fn main() -> liera::Result<()> {
     let wanted = |group: &str| {
         !args.iter().any(|a| a == "224" || a == "32") || args.iter().any(|a| a == group)
     };
-    let device = Device::cpu();
+    let device = if args.iter().any(|a| a == "gpu") {
+        Device::gpu()?
+    } else {
+        Device::cpu()
+    };
     let reps = if quick { 3 } else { 7 };
     println!("{}, median of {reps}", device.name());
     if wanted("224") {
@@ -54,10 +59,21 @@ fn run(device: &Device, label: &str, batch: usize, side: usize, reps: usize) -> 
         let w = b.upload(&ramp(w_shape.numel(), 103))?;
         let dy = b.upload(&ramp(g.output_shape().numel(), 107))?;
         let flops = 2.0 * g.macs() as f64;
+        // Waits for the queue (a no-op on the CPU, whose kernels finish before they return).
+        let finish = || -> liera::Result<()> {
+            if b.is_asynchronous() {
+                b.download(&b.fill(1, 0.0)?)?;
+            }
+            Ok(())
+        };
         let times = [
-            time_median(reps, || b.conv2d(&x, &w, None, &g).map(drop))?,
-            time_median(reps, || b.conv2d_input_grad(&dy, &w, &g).map(drop))?,
-            time_median(reps, || b.conv2d_weight_grad(&x, &dy, &g).map(drop))?,
+            time_median(reps, || b.conv2d(&x, &w, None, &g).and_then(|_| finish()))?,
+            time_median(reps, || {
+                b.conv2d_input_grad(&dy, &w, &g).and_then(|_| finish())
+            })?,
+            time_median(reps, || {
+                b.conv2d_weight_grad(&x, &dy, &g).and_then(|_| finish())
+            })?,
         ];
         let cell = |s: f64| format!("{:7.2} ms {:5.1}", 1e3 * s, flops / s / 1e9);
         println!(

@@ -9,7 +9,9 @@
 #   4. the convnext_atto step at 3×224×224, batch 32, full and LieRA r8;
 #   5. the same two step benchmarks on the CPU backend of the same machine, as the in-run peer;
 #   6. where the GEMM uses subgroups (see `examples/devices`' line), the 32-pixel steps again with
-#      LIERA_GPU_SUBGROUPS=0, the workgroup-memory GEMM, as its in-run peer.
+#      LIERA_GPU_SUBGROUPS=0, the workgroup-memory GEMM, as its in-run peer;
+#   7. the atto step's depthwise layers (`cargo bench --bench depthwise -- gpu`) with the tiled kernels and
+#      with the sliding-window ones (LIERA_GPU_DW_TILES=1 and 0), alternating, two rounds.
 #
 # Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
 #        GPU_REPORT_QUICK=1 benches/gpu_report.sh [OUT_DIR]   a smoke run of every stage: `bench --quick`,
@@ -71,6 +73,17 @@ if "$bin"/examples/devices 2>/dev/null | grep -q "shares A by subgroup"; then
   LIERA_REQUIRE_GPU=1 "$bin"/liera bench --device gpu --json --step convnext_atto \
     --kinds full,liera --batch 64 --size 32 --reps "$r32" >"$out/step32-gpu-subgroups.json"
 fi
+
+echo "== depthwise layers, tiled (LIERA_GPU_DW_TILES=1) and sliding-window (=0), alternating" \
+  | tee -a "$summary"
+cargo bench --bench depthwise --no-run 2>/dev/null
+for round in 1 2; do
+  for tiles in 1 0; do
+    echo "-- round $round, LIERA_GPU_DW_TILES=$tiles" | tee -a "$summary"
+    LIERA_REQUIRE_GPU=1 LIERA_GPU_DW_TILES=$tiles cargo bench --bench depthwise -- "${quick[@]}" gpu \
+      2>/dev/null | tee -a "$summary"
+  done
+done
 
 # One line per figure: name, median ms, GFLOP/s or images/s, dispatches per step.
 python3 - "$out" <<'EOF' | tee -a "$summary"

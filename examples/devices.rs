@@ -1,7 +1,7 @@
 //! Prints the devices liera can run on: the CPU backend and the GPU adapter wgpu finds (or why none).
 //! `.ci/run` runs it so CI's log names the adapter its GPU tests ran on. With `LIERA_REQUIRE_GPU=1` a
 //! missing adapter makes it exit non-zero. It also prints the adapter limits the kernels size themselves by,
-//! and which form of the GEMM runs.
+//! and which forms of the GEMM and of the depthwise kernels run.
 //! `cargo run --example devices`.
 
 use liera::backend::gpu::{GpuBackend, GpuOptions};
@@ -38,6 +38,14 @@ fn main() {
                     "shares A by subgroup broadcasts (gemm_subgroup.wgsl)"
                 } else {
                     "reads A from workgroup memory (gemm_workgroup.wgsl)"
+                }
+            );
+            println!(
+                "     depthwise 7×7: {}",
+                if gpu.depthwise_uses_tiles() {
+                    "tiles and halos staged in workgroup memory (dw_*_tiled)"
+                } else {
+                    "sliding windows over global memory (dw_*_rows)"
                 }
             );
         }

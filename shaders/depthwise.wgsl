@@ -338,3 +338,227 @@ fn dw_weight_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     }
     store_quad(base + (c * params.kh + p) * params.kw + q0, params.kw - q0, acc);
 }
+
+// ---- Tiled kernels: a workgroup's source tile and its halo in workgroup memory ----
+//
+// dw_forward_tiled and dw_input_grad_tiled compute the same correlation as the *_rows kernels, for the same
+// geometries, with 64 threads per workgroup. A workgroup owns a tile of tile_planes planes × tile_h rows ×
+// tile_w columns of the output (tile_w a multiple of 4, 64 = tile_planes · tile_h · tile_w / 4). It first
+// copies the source values the tile reads, (tile_h + kh − 1) × (tile_w + kw − 1) per plane with zeros
+// outside the source, into dw_tile (rows tile_stride words apart, a width padded against bank conflicts); then each thread slides its window of 4 outputs along workgroup memory,
+// with no bounds tests. Each source value is read from global memory about once per workgroup instead of
+// once per tap row per thread. The host picks the tile from the output plane (see conv.rs) so that small
+// planes share a workgroup.
+//
+// dw_weight_grad_tiled is a tiled reduction: a workgroup per (image chunk, channel) walks the chunk's planes
+// tile by tile (tile_h × tile_w outputs of dy, and the x values under their taps), staging both tiles in
+// workgroup memory. Thread (g, k) holds tap row p and taps q0 .. q0 + 3 of quad k, and sums over the
+// tile's rows g, g + G, … (G row groups), sliding a window of 4 x values along each row. At the end the
+// row groups' sums are added in workgroup memory, and the bias gradient Σ dy is a workgroup sum. The result
+// is laid out like dw_weight_grad's (a chunk's result is dw then db; with one chunk, db goes to out2).
+
+// DW_THREADS (threads per workgroup), DW_TILE_WORDS and DW_DY_TILE_WORDS are generated from the Rust
+// constants of the same names (src/backend/gpu/shaders.rs), which conv.rs sizes the tiles by.
+var<workgroup> dw_tile: array<f32, DW_TILE_WORDS>;
+var<workgroup> dw_dy_tile: array<f32, DW_DY_TILE_WORDS>;
+var<workgroup> dw_partial: array<vec4<f32>, DW_THREADS>;
+
+@compute @workgroup_size(DW_THREADS)
+fn dw_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    correlate_tiled(linear_workgroup(wg, nwg), lid, false);
+}
+
+@compute @workgroup_size(DW_THREADS)
+fn dw_input_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    correlate_tiled(linear_workgroup(wg, nwg), lid, true);
+}
+
+// Workgroup `wid`'s tile of correlate_rows's correlation (the same geometry and `flip`).
+fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
+    var src_h = params.h_in;
+    var src_w = params.w_in;
+    var out_h = params.h_out;
+    var out_w = params.w_out;
+    var pad_h = params.pad_h;
+    var pad_w = params.pad_w;
+    if (flip) {
+        src_h = params.h_out;
+        src_w = params.w_out;
+        out_h = params.h_in;
+        out_w = params.w_in;
+        pad_h = params.kh - 1u - params.pad_h;
+        pad_w = params.kw - 1u - params.pad_w;
+    }
+    let planes = params.batch * params.c_out;
+    let tiles_w = (out_w + params.tile_w - 1u) / params.tile_w;
+    let tiles_h = (out_h + params.tile_h - 1u) / params.tile_h;
+    let plane_tiles = (planes + params.tile_planes - 1u) / params.tile_planes;
+    if (wid >= plane_tiles * tiles_h * tiles_w) {
+        return;
+    }
+    let t_col = udivmod(wid, tiles_w);
+    let t_row = udivmod(t_col.x, tiles_h);
+    let plane0 = t_row.x * params.tile_planes;
+    let r0 = t_row.y * params.tile_h;
+    let c0 = t_col.y * params.tile_w;
+    // The staged tile: per plane, tile rows r0 − pad_h .. and columns c0 − pad_w .. of the source.
+    let stage_w = params.tile_w + params.kw - 1u;
+    let stride = params.tile_stride;
+    let stage_h = params.tile_h + params.kh - 1u;
+    let per_plane = stage_h * stride;
+    for (var e = lid; e < params.tile_planes * stage_h * stage_w; e += DW_THREADS) {
+        let pe = udivmod(e, stage_h * stage_w);
+        let rc = udivmod(pe.y, stage_w);
+        let plane = plane0 + pe.x;
+        let r = i32(r0 + rc.x) - i32(pad_h);
+        let c = i32(c0 + rc.y) - i32(pad_w);
+        var v = 0.0;
+        if (plane < planes && r >= 0 && r < i32(src_h) && c >= 0 && c < i32(src_w)) {
+            v = src[(plane * src_h + u32(r)) * src_w + u32(c)];
+        }
+        dw_tile[pe.x * per_plane + rc.x * stride + rc.y] = v;
+    }
+    workgroupBarrier();
+    // Thread lid: plane slot pz, tile row ty, outputs 4·tx .. 4·tx + 3 of the row.
+    let quads = params.tile_w / 4u;
+    let tx_rest = udivmod(lid, quads);
+    let ty_pz = udivmod(tx_rest.x, params.tile_h);
+    let plane = plane0 + ty_pz.x;
+    let r = r0 + ty_pz.y;
+    let j0 = c0 + 4u * tx_rest.y;
+    if (plane >= planes || r >= out_h || j0 >= out_w) {
+        return;
+    }
+    let c = udivmod(plane, params.c_out).y;
+    var acc = vec4<f32>();
+    if (!flip && params.has_bias != 0u) {
+        acc = vec4<f32>(bias[c]);
+    }
+    for (var p = 0u; p < params.kh; p++) {
+        let base = ty_pz.x * per_plane + (ty_pz.y + p) * stride + 4u * tx_rest.y;
+        let wp = select(p, params.kh - 1u - p, flip);
+        let w_row = (c * params.kh + wp) * params.kw;
+        // Window slot s holds the staged value for output j0 + s at the current tap q.
+        var win = vec3<f32>(dw_tile[base], dw_tile[base + 1u], dw_tile[base + 2u]);
+        for (var q = 0u; q < params.kw; q++) {
+            let v = vec4<f32>(win, dw_tile[base + q + 3u]);
+            acc += w[w_row + select(q, params.kw - 1u - q, flip)] * v;
+            win = v.yzw;
+        }
+    }
+    store_quad((plane * out_h + r) * out_w + j0, out_w - j0, acc);
+}
+
+@compute @workgroup_size(DW_THREADS)
+fn dw_weight_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let wid = linear_workgroup(wg, nwg);
+    let chunk = params.chunk;
+    let chunks = (params.batch + chunk - 1u) / chunk;
+    if (wid >= chunks * params.c_out) {
+        return;
+    }
+    let kc = udivmod(wid, params.c_out);
+    let c = kc.y;
+    let n_begin = kc.x * chunk;
+    let n_end = min(params.batch, n_begin + chunk);
+    // Thread roles: tap quad k (row p, taps q0 .. q0 + 3) of `tap_quads`, row group g of `groups`.
+    let quads = (params.kw + 3u) / 4u;
+    let tap_quads = params.kh * quads;
+    let groups = DW_THREADS / tap_quads;
+    let kg = udivmod(lid, tap_quads);
+    let g = kg.x;
+    let pq = udivmod(kg.y, quads);
+    let p = pq.x;
+    let q0 = 4u * pq.y;
+    let in_group = g < groups;
+    let tw = params.tile_w;
+    let th = params.tile_h;
+    let stage_w = tw + params.kw - 1u;
+    let stride = params.tile_stride;
+    let stage_len = (th + params.kh - 1u) * stage_w;
+    let tiles_w = (params.w_out + tw - 1u) / tw;
+    let tiles = (params.h_out + th - 1u) / th * tiles_w;
+    var acc = vec4<f32>();
+    var bias_acc = 0.0;
+    for (var n = n_begin; n < n_end; n++) {
+        let plane = n * params.c_out + c;
+        for (var t = 0u; t < tiles; t++) {
+            let rc = udivmod(t, tiles_w);
+            let r0 = rc.x * th;
+            let c0 = rc.y * tw;
+            // dy at rows r0 .., columns c0 .. (0 past the plane), and x under its taps (0 outside x).
+            for (var e = lid; e < th * tw; e += DW_THREADS) {
+                let yx = udivmod(e, tw);
+                var v = 0.0;
+                if (r0 + yx.x < params.h_out && c0 + yx.y < params.w_out) {
+                    v = dy[(plane * params.h_out + r0 + yx.x) * params.w_out + c0 + yx.y];
+                }
+                dw_dy_tile[e] = v;
+                bias_acc += v;
+            }
+            for (var e = lid; e < stage_len; e += DW_THREADS) {
+                let yx = udivmod(e, stage_w);
+                let r = i32(r0 + yx.x) - i32(params.pad_h);
+                let col = i32(c0 + yx.y) - i32(params.pad_w);
+                var v = 0.0;
+                if (r >= 0 && r < i32(params.h_in) && col >= 0 && col < i32(params.w_in)) {
+                    v = x[(plane * params.h_in + u32(r)) * params.w_in + u32(col)];
+                }
+                dw_tile[yx.x * stride + yx.y] = v;
+            }
+            workgroupBarrier();
+            if (in_group) {
+                // acc[s] += Σ_j dy[row, j]·x[row + p, j + q0 + s] over this group's tile rows.
+                for (var row = g; row < th; row += groups) {
+                    let dy_row = row * tw;
+                    let base = (row + p) * stride + q0;
+                    var win = vec3<f32>(dw_tile[base], dw_tile[base + 1u], dw_tile[base + 2u]);
+                    for (var j = 0u; j < tw; j++) {
+                        let v = vec4<f32>(win, dw_tile[base + j + 3u]);
+                        acc += dw_dy_tile[dy_row + j] * v;
+                        win = v.yzw;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    dw_partial[lid] = acc;
+    let db = workgroup_sum_dw(lid, bias_acc);
+    // dw_partial is complete: workgroup_sum_dw's first barrier follows every store above.
+    let n_w = params.c_out * params.kh * params.kw;
+    let base_out = kc.x * (n_w + select(0u, params.c_out, params.has_bias != 0u));
+    if (lid < tap_quads) {
+        var sum = vec4<f32>();
+        for (var k = 0u; k < groups; k++) {
+            sum += dw_partial[k * tap_quads + lid];
+        }
+        store_quad(base_out + (c * params.kh + p) * params.kw + q0, params.kw - q0, sum);
+    }
+    if (lid == 0u && params.has_bias != 0u) {
+        if (chunks == 1u) {
+            out2[c] = db;
+        } else {
+            out[base_out + n_w + c] = db;
+        }
+    }
+}
+
+var<workgroup> dw_sum_scratch: array<f32, DW_THREADS>;
+
+// The sum of `value` over the DW_THREADS threads of the workgroup (a power of two; every thread must call
+// it): a tree reduction in workgroup memory.
+fn workgroup_sum_dw(lid: u32, value: f32) -> f32 {
+    dw_sum_scratch[lid] = value;
+    workgroupBarrier();
+    for (var half = DW_THREADS / 2u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            dw_sum_scratch[lid] += dw_sum_scratch[lid + half];
+        }
+        workgroupBarrier();
+    }
+    return dw_sum_scratch[0];
+}

@@ -341,16 +341,40 @@ proptest! {
         }
     }
 
-    /// The sliding-window depthwise kernels (stride 1, dilation 1, padding below the kernel size): row
-    /// widths that leave 0 to 3 outputs in the last window, the 7×7 ConvNeXt layer, and the fallback when
-    /// the padding reaches the kernel size.
+    /// The stride-1 depthwise kernels (stride 1, dilation 1, padding below the kernel size), tiled and
+    /// sliding-window: row widths that leave 0 to 3 outputs in the last window, the 7×7 ConvNeXt layer,
+    /// and the fallback when the padding reaches the kernel size.
     #[test]
     fn depthwise_rows_match_cpu(
         batch in 1usize..3, channels in 1usize..5, h in 1usize..10, w in 1usize..60, k in 1usize..8,
         padding in 0usize..8, bias: bool, seed in 0u64..1000,
     ) {
         if let Some(g) = geometry(batch, 1, 1, channels, (h, w), (k, k), 1, padding.min(k), 1) {
-            conv_cross(&g, bias, seed)?;
+            for b in [sliding_depthwise_backend(), tiled_depthwise_backend()].into_iter().flatten() {
+                conv_cross_on(b, &g, bias, seed)?;
+            }
+        }
+    }
+
+    /// The tiled depthwise kernels at sizes that reach every part of them: planes from 1×1 (several to a
+    /// workgroup, or too small for a tile) to 64×64 (several tiles each way, partial last tiles),
+    /// rectangular kernels up to 8×8, plane counts that leave the last workgroup's plane slots part empty,
+    /// and, on a backend that asks for many workgroups, the weight gradient split over image chunks.
+    #[test]
+    fn tiled_depthwise_kernels_match_cpu(
+        batch in 1usize..4, channels in 1usize..10, h in 1usize..65, w in 1usize..65,
+        kh in 1usize..9, kw in 1usize..9, ph in 0usize..8, pw in 0usize..8, bias: bool,
+        seed in 0u64..1000,
+    ) {
+        let x = Shape::new([batch, channels, h, w]);
+        let wt = Shape::new([channels, 1, kh, kw]);
+        let p = Conv2dParams {
+            stride: [1, 1], padding: [ph % kh, pw % kw], dilation: [1, 1], groups: channels,
+        };
+        if let Ok(g) = Conv2dGeometry::new(&x, &wt, p) {
+            for b in [tiled_depthwise_backend(), chunked_depthwise_backend()].into_iter().flatten() {
+                conv_cross_on(b, &g, bias, seed)?;
+            }
         }
     }
 
@@ -502,6 +526,44 @@ fn gathered_low_rank_reparameterisations_match_cpu() {
             close(&what, g, w).unwrap();
         }
     }
+}
+
+/// GPU backends whose stride-1 depthwise convolutions take the sliding-window kernels, and the tiled ones
+/// (whichever the adapter's default, both are tested).
+fn sliding_depthwise_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            depthwise_tiles: Some(false),
+            ..GpuOptions::default()
+        },
+    )
+}
+
+fn tiled_depthwise_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            depthwise_tiles: Some(true),
+            ..GpuOptions::default()
+        },
+    )
+}
+
+/// A tiled-depthwise GPU backend that wants 512 workgroups per launch, so the tiled weight gradient
+/// splits the batch into chunks (a workgroup per chunk and channel) and sums them.
+fn chunked_depthwise_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            depthwise_tiles: Some(true),
+            min_parallel_workgroups: Some(512),
+            ..GpuOptions::default()
+        },
+    )
 }
 
 /// A GPU backend whose GEMM kernels never use subgroups (gemm_workgroup.wgsl), for the adapters where the

@@ -3,7 +3,9 @@
 
 use super::dispatch::{u32_of, Bindings, WG};
 use super::runtime::GpuBuffer;
-use super::shaders::{ConvParams, Family, ShaderVariant};
+use super::shaders::{
+    ConvParams, Family, ShaderVariant, DW_DY_TILE_WORDS, DW_THREADS, DW_TILE_WORDS,
+};
 use super::GpuBackend;
 use crate::backend::{Storage, UnaryOp};
 use crate::error::Result;
@@ -54,24 +56,7 @@ impl GpuBackend {
         let bias = bias.map(|b| self.buf(b)).transpose()?;
         let n_out = g.batch * g.c_out * g.h_out * g.w_out;
         if g.is_depthwise() {
-            let out = self.alloc(n_out)?;
-            let inputs = [Some(x.raw()), Some(w.raw()), bias.map(|b| b.raw())];
-            let (entry, threads) = if slides_rows(g) {
-                (
-                    "dw_forward_rows",
-                    g.batch * g.c_out * g.h_out * g.w_out.div_ceil(4),
-                )
-            } else {
-                ("dw_forward", n_out)
-            };
-            self.launch_elements(
-                &ShaderVariant::plain(Family::Depthwise),
-                entry,
-                &conv_params(g, bias.is_some())?.words(),
-                Bindings::new(&inputs, &[out.raw()]),
-                threads,
-            )?;
-            return Ok(Self::wrap(out));
+            return self.launch_depthwise(x, w, bias, g, false);
         }
         // Per group: M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw.
         let out = self.gemm(
@@ -94,23 +79,7 @@ impl GpuBackend {
         let (dy, w) = (self.buf(dy)?, self.buf(w)?);
         let n_in = g.batch * g.c_in * g.h_in * g.w_in;
         if g.is_depthwise() {
-            let out = self.alloc(n_in)?;
-            let (entry, threads) = if slides_rows(g) {
-                (
-                    "dw_input_grad_rows",
-                    g.batch * g.c_in * g.h_in * g.w_in.div_ceil(4),
-                )
-            } else {
-                ("dw_input_grad", n_in)
-            };
-            self.launch_elements(
-                &ShaderVariant::plain(Family::Depthwise),
-                entry,
-                &conv_params(g, false)?.words(),
-                Bindings::new(&[Some(dy.raw()), Some(w.raw())], &[out.raw()]),
-                threads,
-            )?;
-            return Ok(Self::wrap(out));
+            return self.launch_depthwise(dy, w, None, g, true);
         }
         if is_patchify(g) {
             // Per group: M = (C_in/g)·kh·kw, N = batch·H_out·W_out, K = C_out/g; every pixel stored once.
@@ -164,9 +133,14 @@ impl GpuBackend {
             // outputs even for the sliding-window kernel, which has about a quarter as many threads per
             // chunk: sizing by its threads split more layers and added summing launches, 302 per atto step
             // against the budget of 300 in tests/gpu_model.rs.)
-            let threads = self.min_parallel_workgroups * WG as usize;
+            let tile = self.weight_grad_tile(g);
             let per_chunk = n_w + n_b;
-            let chunks = threads.div_ceil(per_chunk).clamp(1, g.batch);
+            let chunks = match tile {
+                // The tiled reduction has a workgroup per (chunk, channel).
+                Some(_) => self.min_parallel_workgroups.div_ceil(g.c_out),
+                None => (self.min_parallel_workgroups * WG as usize).div_ceil(per_chunk),
+            }
+            .clamp(1, g.batch);
             let chunk = g.batch.div_ceil(chunks);
             let chunks = g.batch.div_ceil(chunk);
             let out = self.alloc(n_w)?;
@@ -186,24 +160,31 @@ impl GpuBackend {
                     .chain(db.as_ref().map(GpuBuffer::raw))
                     .collect(),
             };
-            // The sliding-window kernel has a thread per 4 taps of a kernel row (and per bias).
-            let (entry, threads) = if slides_rows(g) {
-                let tap_threads = g.c_out * g.kh * g.kw.div_ceil(4);
-                ("dw_weight_grad_rows", chunks * (tap_threads + n_b))
-            } else {
-                ("dw_weight_grad", chunks * per_chunk)
+            let mut params = ConvParams {
+                chunk: u32_of("a convolution size", chunk)?,
+                ..conv_params(g, with_bias)?
             };
-            self.launch_elements(
-                &ShaderVariant::plain(Family::Depthwise),
-                entry,
-                &ConvParams {
-                    chunk: u32_of("a convolution size", chunk)?,
-                    ..conv_params(g, with_bias)?
+            let bindings = Bindings::new(&[Some(x.raw()), Some(dy.raw())], &outputs);
+            let variant = ShaderVariant::plain(Family::Depthwise);
+            match tile {
+                // A workgroup per (chunk, channel).
+                Some(t) => {
+                    (params.tile_w, params.tile_h, params.tile_stride) = (t.w, t.h, t.stride);
+                    let groups = (chunks * g.c_out) as u64;
+                    let words = params.words();
+                    self.launch(&variant, "dw_weight_grad_tiled", &words, bindings, groups)?;
                 }
-                .words(),
-                Bindings::new(&[Some(x.raw()), Some(dy.raw())], &outputs),
-                threads,
-            )?;
+                None => {
+                    // The sliding-window kernel has a thread per 4 taps of a kernel row (and per bias).
+                    let (entry, threads) = if slides_rows(g) {
+                        let tap_threads = g.c_out * g.kh * g.kw.div_ceil(4);
+                        ("dw_weight_grad_rows", chunks * (tap_threads + n_b))
+                    } else {
+                        ("dw_weight_grad", chunks * per_chunk)
+                    };
+                    self.launch_elements(&variant, entry, &params.words(), bindings, threads)?;
+                }
+            }
             if let Some(partial) = partial {
                 let outs: Vec<&GpuBuffer> = std::iter::once(&out).chain(db.as_ref()).collect();
                 self.sum_chunks(&partial, &outs, chunks)?;
@@ -229,6 +210,135 @@ impl GpuBackend {
         let dw = outs.next().expect("the weight gradient");
         Ok((dw, outs.next()))
     }
+}
+
+impl GpuBackend {
+    /// A depthwise convolution's forward (`input_grad` false: `src` is x, with the bias if any) or input
+    /// gradient (true: `src` is dy): the tiled kernel where the geometry slides and its tile fits, else the
+    /// sliding-window kernel, else the thread-per-output one.
+    fn launch_depthwise(
+        &self,
+        src: &GpuBuffer,
+        w: &GpuBuffer,
+        bias: Option<&GpuBuffer>,
+        g: &Conv2dGeometry,
+        input_grad: bool,
+    ) -> Result<Storage> {
+        let (out_h, out_w) = if input_grad {
+            (g.h_in, g.w_in)
+        } else {
+            (g.h_out, g.w_out)
+        };
+        let planes = g.batch * g.c_out;
+        let out = self.alloc(planes * out_h * out_w)?;
+        let mut params = conv_params(g, bias.is_some())?;
+        let bindings = Bindings::new(
+            &[Some(src.raw()), Some(w.raw()), bias.map(GpuBuffer::raw)],
+            &[out.raw()],
+        );
+        let variant = ShaderVariant::plain(Family::Depthwise);
+        let tile = (self.depthwise_tiles && slides_rows(g))
+            .then(|| correlation_tile(out_h, out_w, g.kh, g.kw))
+            .flatten();
+        if let Some(t) = tile {
+            (params.tile_w, params.tile_h) = (t.w, t.h);
+            (params.tile_planes, params.tile_stride) = (t.planes, t.stride);
+            let groups = planes.div_ceil(t.planes as usize)
+                * out_h.div_ceil(t.h as usize)
+                * out_w.div_ceil(t.w as usize);
+            let entry = if input_grad {
+                "dw_input_grad_tiled"
+            } else {
+                "dw_forward_tiled"
+            };
+            self.launch(&variant, entry, &params.words(), bindings, groups as u64)?;
+        } else {
+            let (entry, threads) = match (slides_rows(g), input_grad) {
+                (true, false) => ("dw_forward_rows", planes * out_h * out_w.div_ceil(4)),
+                (true, true) => ("dw_input_grad_rows", planes * out_h * out_w.div_ceil(4)),
+                (false, false) => ("dw_forward", planes * out_h * out_w),
+                (false, true) => ("dw_input_grad", planes * out_h * out_w),
+            };
+            self.launch_elements(&variant, entry, &params.words(), bindings, threads)?;
+        }
+        Ok(Self::wrap(out))
+    }
+
+    /// The dy tile of dw_weight_grad_tiled for a geometry that slides, or None where the tiled kernels are
+    /// off, the geometry does not slide, or the kernel is too large for its thread roles or tiles.
+    fn weight_grad_tile(&self, g: &Conv2dGeometry) -> Option<Tile> {
+        // Planes below MIN_REDUCTION_PLANE outputs keep the sliding-window kernel: a tile would be mostly
+        // halo, with two barriers per image.
+        if !self.depthwise_tiles || !slides_rows(g) || g.h_out * g.w_out < MIN_REDUCTION_PLANE {
+            return None;
+        }
+        reduction_tile(g.h_out, g.w_out, g.kh, g.kw)
+    }
+}
+
+/// The smallest output plane (in outputs) whose depthwise weight gradient takes the tiled reduction: 7×7,
+/// ConvNeXt's last stage at 224×224. (A choice by reasoning, not measured on hardware: on llvmpipe the
+/// tiled kernels are off.)
+const MIN_REDUCTION_PLANE: usize = 49;
+
+/// A workgroup's tile in depthwise.wgsl's tiled kernels: `planes` planes of `h` × `w` outputs, whose
+/// staged source rows are `stride` words apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tile {
+    w: u32,
+    h: u32,
+    planes: u32,
+    stride: u32,
+}
+
+impl Tile {
+    /// The tile of `planes` planes of `h` × `w` outputs for a `kh` × `kw` kernel, if its staged source
+    /// (h + kh − 1 rows per plane, each w + kw − 1 values padded to 1 mod 4 words) fits DW_TILE_WORDS.
+    fn fitting(w: usize, h: usize, planes: usize, kh: usize, kw: usize) -> Option<Tile> {
+        let row = w + kw - 1;
+        let stride = row + (5 - row % 4) % 4;
+        if planes * (h + kh - 1) * stride > DW_TILE_WORDS {
+            return None;
+        }
+        let u = |v: usize| u32::try_from(v).ok();
+        Some(Tile {
+            w: u(w)?,
+            h: u(h)?,
+            planes: u(planes)?,
+            stride: u(stride)?,
+        })
+    }
+}
+
+/// The tile of dw_forward_tiled and dw_input_grad_tiled for an output plane `out_h` × `out_w` and a
+/// kernel `kh` × `kw`: 4·DW_THREADS outputs, 4 per thread along a row; the width the plane's rounded up
+/// to a power of two within 4 ..= 32, the height likewise within what is left, and as many planes as fill
+/// the workgroup (so 7×7 planes go four to a workgroup). None when the staged source (the tile and its
+/// halo of kernel − 1 rows and columns, per plane) exceeds DW_TILE_WORDS: planes of 2×2 or less with a
+/// 7×7 kernel, which stay with the sliding-window kernels.
+fn correlation_tile(out_h: usize, out_w: usize, kh: usize, kw: usize) -> Option<Tile> {
+    let outputs = 4 * DW_THREADS;
+    let w = out_w.next_power_of_two().clamp(4, 32);
+    let h = out_h.next_power_of_two().min(outputs / w);
+    Tile::fitting(w, h, outputs / (w * h), kh, kw)
+}
+
+/// The dy tile of dw_weight_grad_tiled for an output plane `out_h` × `out_w` and a kernel `kh` × `kw`:
+/// whole rows up to 64 wide, as many as DW_DY_TILE_WORDS and the staged x tile (DW_TILE_WORDS, with the
+/// halo) allow. None when the kernel's tap quads (kh · ⌈kw/4⌉, one thread each) exceed the workgroup.
+fn reduction_tile(out_h: usize, out_w: usize, kh: usize, kw: usize) -> Option<Tile> {
+    if kh * kw.div_ceil(4) > DW_THREADS {
+        return None;
+    }
+    let w = out_w.min(64);
+    let staged_rows = DW_TILE_WORDS / (w + kw + 2); // the padded row is at most w + kw + 2 words
+    let h = out_h
+        .min(DW_DY_TILE_WORDS / w)
+        .min(staged_rows.checked_sub(kh - 1)?);
+    if h == 0 {
+        return None;
+    }
+    Tile::fitting(w, h, 1, kh, kw)
 }
 
 /// The forward GEMM's (batch = groups, M = C_out/g, N = batch·H_out·W_out, K = (C_in/g)·kh·kw).
@@ -294,6 +404,10 @@ fn conv_params(g: &Conv2dGeometry, has_bias: bool) -> Result<ConvParams> {
         splits: 1,
         has_bias: has_bias.into(),
         chunk: 0,
+        tile_w: 0,
+        tile_h: 0,
+        tile_planes: 0,
+        tile_stride: 0,
         _pad: 0,
     })
 }

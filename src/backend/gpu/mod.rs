@@ -111,6 +111,8 @@ pub struct GpuBackend {
     min_parallel_workgroups: usize,
     /// The GEMM modules are built in their subgroup form (cleared if that form fails to build).
     gemm_subgroups: std::sync::atomic::AtomicBool,
+    /// Stride-1 depthwise convolutions take the tiled kernels (see [`GpuOptions::depthwise_tiles`]).
+    depthwise_tiles: bool,
     /// What the adapter offers (see [`GpuBackend::adapter_features`]).
     adapter_features: wgpu::Features,
     /// The adapters' low-rank work waiting to be launched together (see `lowrank.rs`).

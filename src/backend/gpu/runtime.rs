@@ -33,6 +33,12 @@ pub struct GpuOptions {
     /// them with suitable sizes (default: yes, unless `LIERA_GPU_SUBGROUPS=0`). `Some(false)` keeps the
     /// workgroup-memory form everywhere (tests and benchmarks compare the two).
     pub subgroups: Option<bool>,
+    /// Whether stride-1 depthwise convolutions take depthwise.wgsl's tiled kernels, which stage each
+    /// workgroup's source tile and halo in workgroup memory, or its sliding-window kernels, which read
+    /// global memory directly. Default: `LIERA_GPU_DW_TILES` (`1` or `0`) where set, else tiled on a
+    /// hardware GPU and sliding-window on a CPU adapter such as llvmpipe, where the tiled kernels measured
+    /// slower (the README's GPU section has the figures). Tests and benchmarks set it to compare the two.
+    pub depthwise_tiles: Option<bool>,
 }
 
 /// The most storage bindings the multi-tensor kernels (multi.wgsl) use, however many the adapter allows.
@@ -247,6 +253,13 @@ impl GpuBackend {
         // Parameter blocks share one uniform buffer per batch at offsets the adapter can bind.
         let param_stride = ((PARAM_WORDS * 4) as u64)
             .next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(16) as u64);
+        let depthwise_tiles = options.depthwise_tiles.unwrap_or_else(|| {
+            match std::env::var("LIERA_GPU_DW_TILES").as_deref() {
+                Ok("1") => true,
+                Ok("0") => false,
+                _ => info.device_type != wgpu::DeviceType::Cpu,
+            }
+        });
         let min_parallel_workgroups = options.min_parallel_workgroups.unwrap_or(
             if info.device_type == wgpu::DeviceType::Cpu {
                 8
@@ -278,6 +291,7 @@ impl GpuBackend {
             param_stride,
             min_parallel_workgroups,
             gemm_subgroups: std::sync::atomic::AtomicBool::new(gemm_subgroups),
+            depthwise_tiles,
             adapter_features: adapter.features(),
             deferred: Mutex::new(None),
             profile: std::env::var("LIERA_GPU_PROFILE")
@@ -296,6 +310,12 @@ impl GpuBackend {
     /// The limits the device was opened with (the adapter's own), e.g. the largest buffer it can bind.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// True when stride-1 depthwise convolutions take the tiled kernels (see
+    /// [`GpuOptions::depthwise_tiles`]).
+    pub fn depthwise_uses_tiles(&self) -> bool {
+        self.depthwise_tiles
     }
 
     /// True while the GEMM kernels run in their subgroup form (see [`GpuOptions::subgroups`]).

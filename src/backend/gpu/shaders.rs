@@ -117,11 +117,27 @@ impl Family {
     pub fn prelude(self) -> String {
         match self {
             Family::Elementwise => op_codes::wgsl_constants(),
-            Family::Conv2d | Family::Depthwise => ConvParams::wgsl(),
+            Family::Conv2d => ConvParams::wgsl(),
+            Family::Depthwise => ConvParams::wgsl() + &depthwise_tile_wgsl(),
             Family::Multi { slots } => multi_slots_wgsl(slots),
             _ => String::new(),
         }
     }
+}
+
+/// Threads per workgroup of depthwise.wgsl's tiled kernels.
+pub const DW_THREADS: usize = 64;
+/// f32 words of the tiled kernels' staged source tile (`dw_tile`; 8 KiB).
+pub const DW_TILE_WORDS: usize = 2048;
+/// f32 words of dw_weight_grad_tiled's dy tile (`dw_dy_tile`): at most this many outputs per tile.
+pub const DW_DY_TILE_WORDS: usize = 256;
+
+/// depthwise.wgsl's generated sizes of its tiled kernels' workgroup and workgroup memory.
+fn depthwise_tile_wgsl() -> String {
+    format!(
+        "const DW_THREADS: u32 = {DW_THREADS}u;\nconst DW_TILE_WORDS: u32 = {DW_TILE_WORDS}u;\n\
+         const DW_DY_TILE_WORDS: u32 = {DW_DY_TILE_WORDS}u;\n"
+    )
 }
 
 /// multi.wgsl's generated part for a wide layout of `slots` bindings: the storage bindings s1 … s`slots`
@@ -352,6 +368,15 @@ wgsl_params! {
         has_bias,
         /// Images per chunk of dw_weight_grad (each chunk's partial sums are added by the host).
         chunk,
+        /// Output columns of a workgroup tile of depthwise.wgsl's tiled kernels.
+        tile_w,
+        /// Output rows of a workgroup tile of the tiled kernels.
+        tile_h,
+        /// Planes (image, channel) of a workgroup tile of the tiled forward and input gradient.
+        tile_planes,
+        /// Words between the rows of the tiled kernels' staged source tile (its width padded to 1 mod 4,
+        /// so that the 32 threads of 4 rows × 8 quads read 32 different banks).
+        tile_stride,
         /// Pads the block to a multiple of 16 bytes.
         _pad,
     }
