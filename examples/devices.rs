@@ -41,6 +41,14 @@ fn main() {
                 }
             );
             println!(
+                "     GEMM loads: {}",
+                if gpu.gemm_uses_quads() {
+                    "interior tiles by quads, vec4 where aligned"
+                } else {
+                    "value by value"
+                }
+            );
+            println!(
                 "     depthwise 7×7: {}",
                 if gpu.depthwise_uses_tiles() {
                     "tiles and halos staged in workgroup memory (dw_*_tiled)"

@@ -26,11 +26,35 @@
 
 @group(0) @binding(0) var<uniform> params: ConvParams;
 // mode 0: weight, input, bias; mode 1: weight, dy; mode 2: dy, input.
-@group(0) @binding(1) var<storage, read> a_src: array<f32>;
-@group(0) @binding(2) var<storage, read> b_src: array<f32>;
+// As vec4 arrays, for gemm_load_a4 / gemm_load_b4's aligned quads; a_at and b_at read one value.
+@group(0) @binding(1) var<storage, read> a_src: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b_src: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> c_out2: array<f32>;
+
+fn a_at(i: u32) -> f32 {
+    return a_src[i >> 2u][i & 3u];
+}
+
+fn b_at(i: u32) -> f32 {
+    return b_src[i >> 2u][i & 3u];
+}
+
+// The values at i .. i + 3: one vec4 load when i is a multiple of 4.
+fn a_quad(i: u32) -> vec4<f32> {
+    if (i % 4u == 0u) {
+        return a_src[i >> 2u];
+    }
+    return vec4<f32>(a_at(i), a_at(i + 1u), a_at(i + 2u), a_at(i + 3u));
+}
+
+fn b_quad(i: u32) -> vec4<f32> {
+    if (i % 4u == 0u) {
+        return b_src[i >> 2u];
+    }
+    return vec4<f32>(b_at(i), b_at(i + 1u), b_at(i + 2u), b_at(i + 3u));
+}
 
 fn c_in_per_group() -> u32 {
     return params.c_in / params.groups;
@@ -47,7 +71,7 @@ fn taps() -> u32 {
 fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
     if (POINTWISE) {
         // 1×1, stride 1, no padding: the patch matrix is the image itself.
-        return b_src[(n * params.c_in + g * c_in_per_group() + r) * params.h_in * params.w_in + pos];
+        return b_at((n * params.c_in + g * c_in_per_group() + r) * params.h_in * params.w_in + pos);
     }
     let ct = udivmod(r, taps());
     let c = ct.x;
@@ -59,7 +83,7 @@ fn patch_entry(g: u32, r: u32, n: u32, pos: u32) -> f32 {
         return 0.0;
     }
     let channel = n * params.c_in + g * c_in_per_group() + c;
-    return b_src[(channel * params.h_in + u32(ih)) * params.w_in + u32(iw)];
+    return b_at((channel * params.h_in + u32(ih)) * params.w_in + u32(iw));
 }
 
 fn gemm_splits() -> u32 {
@@ -91,28 +115,28 @@ fn gemm_load_a(g: u32, row: u32, kk: u32) -> f32 {
     switch CONV_MODE {
         case 0u: {
             // w[g·og + row, kk]
-            return a_src[(g * c_out_per_group() + row) * c_in_per_group() * taps() + kk];
+            return a_at((g * c_out_per_group() + row) * c_in_per_group() * taps() + kk);
         }
         case 1u: {
             // w[g·og + o, row, t] with kk = (o, t)
             if (POINTWISE) {
-                return a_src[(g * c_out_per_group() + kk) * c_in_per_group() + row];
+                return a_at((g * c_out_per_group() + kk) * c_in_per_group() + row);
             }
             let ot = udivmod(kk, taps());
             let o = ot.x;
             let t = ot.y;
-            return a_src[((g * c_out_per_group() + o) * c_in_per_group() + row) * taps() + t];
+            return a_at(((g * c_out_per_group() + o) * c_in_per_group() + row) * taps() + t);
         }
         case 3u: {
             // w[g·og + kk, row] with row = (c, p, q)
-            return a_src[(g * c_out_per_group() + kk) * c_in_per_group() * taps() + row];
+            return a_at((g * c_out_per_group() + kk) * c_in_per_group() * taps() + row);
         }
         default: {
             // dy[n, g·og + row, pos] with kk = (n, pos)
             let np = udivmod(kk, hw_out);
             let n = np.x;
             let pos = np.y;
-            return a_src[(n * params.c_out + g * c_out_per_group() + row) * hw_out + pos];
+            return a_at((n * params.c_out + g * c_out_per_group() + row) * hw_out + pos);
         }
     }
 }
@@ -130,7 +154,7 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             let nq = udivmod(col, hw_in);
             let n = nq.x;
             if (POINTWISE) {
-                return b_src[(n * params.c_out + g * c_out_per_group() + kk) * hw_out + nq.y];
+                return b_at((n * params.c_out + g * c_out_per_group() + kk) * hw_out + nq.y);
             }
             let ot = udivmod(kk, taps());
             let o = ot.x;
@@ -153,12 +177,12 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             if (oh >= params.h_out || ow >= params.w_out) {
                 return 0.0;
             }
-            return b_src[((n * params.c_out + g * c_out_per_group() + o) * params.h_out + oh) * params.w_out + ow];
+            return b_at(((n * params.c_out + g * c_out_per_group() + o) * params.h_out + oh) * params.w_out + ow);
         }
         case 3u: {
             // dy[n, g·og + kk, pos]
             let np = udivmod(col, hw_out);
-            return b_src[(np.x * params.c_out + g * c_out_per_group() + kk) * hw_out + np.y];
+            return b_at((np.x * params.c_out + g * c_out_per_group() + kk) * hw_out + np.y);
         }
         default: {
             if (HAS_BIAS && col == c_in_per_group() * taps()) {
@@ -168,6 +192,51 @@ fn gemm_load_b(g: u32, kk: u32, col: u32) -> f32 {
             return patch_entry(g, col, np.x, np.y);
         }
     }
+}
+
+// Interior tiles load by quads where some operand has contiguous quads and no value needs the taps'
+// index arithmetic: 1×1 convolutions, and the patchifying input gradient (dy's quads; the weights' are cheap).
+// Other convolutions keep gemm.wgsl's value-by-value loads, which spread a quad's 4 im2col index
+// computations over 4 threads (on llvmpipe the quads measured slower for a 3×3 convolution).
+fn gemm_quads() -> bool {
+    return POINTWISE || CONV_MODE == 3u;
+}
+
+// A at kk .. kk + 3 of a row: a quad load where those are consecutive in memory (the forward's weights; the
+// weight gradient's dy within one image), else value by value.
+fn gemm_load_a4(g: u32, row: u32, kk: u32) -> vec4<f32> {
+    let hw_out = params.h_out * params.w_out;
+    if (CONV_MODE == 0u) {
+        return a_quad((g * c_out_per_group() + row) * c_in_per_group() * taps() + kk);
+    }
+    if (CONV_MODE == 2u) {
+        let np = udivmod(kk, hw_out);
+        if (np.y + 3u < hw_out) {
+            return a_quad((np.x * params.c_out + g * c_out_per_group() + row) * hw_out + np.y);
+        }
+    }
+    return vec4<f32>(gemm_load_a(g, row, kk), gemm_load_a(g, row, kk + 1u), gemm_load_a(g, row, kk + 2u),
+                     gemm_load_a(g, row, kk + 3u));
+}
+
+// B at col .. col + 3 of a row: a quad load where those are consecutive in memory (a 1×1 convolution's
+// input or dy, dy of the patchifying input gradient, within one image), else value by value.
+fn gemm_load_b4(g: u32, kk: u32, col: u32) -> vec4<f32> {
+    let hw_out = params.h_out * params.w_out;
+    let pointwise_or_patchify = (POINTWISE && (CONV_MODE == 0u || CONV_MODE == 1u)) || CONV_MODE == 3u;
+    if (pointwise_or_patchify) {
+        // Modes 0 and 1 of a 1×1 convolution have as many input as output pixels.
+        let np = udivmod(col, hw_out);
+        if (np.y + 3u < hw_out) {
+            var plane = np.x * params.c_in + g * c_in_per_group() + kk; // x's channel (mode 0)
+            if (CONV_MODE != 0u) {
+                plane = np.x * params.c_out + g * c_out_per_group() + kk; // dy's channel
+            }
+            return b_quad(plane * hw_out + np.y);
+        }
+    }
+    return vec4<f32>(gemm_load_b(g, kk, col), gemm_load_b(g, kk, col + 1u), gemm_load_b(g, kk, col + 2u),
+                     gemm_load_b(g, kk, col + 3u));
 }
 
 fn gemm_store(g: u32, split: u32, row: u32, col: u32, value: f32) {

@@ -4,7 +4,14 @@
 // operands and the result through functions, so one tiling serves plain, transposed and implicit-GEMM
 // (im2col-free convolution) products:
 //   gemm_shape() -> (batch, M, N, K), gemm_splits() -> S, gemm_load_a(b, row, kk), gemm_load_b(b, kk, col),
-//   gemm_store(b, split, row, col, value).
+//   gemm_quads() -> bool, gemm_load_a4(b, row, kk) (A at kk .. kk + 3 of a row), gemm_load_b4(b, kk, col)
+//   (B at col .. col + 3 of a row), gemm_store(b, split, row, col, value).
+// Where GEMM_QUADS (a constant the host sets: on unless turned off for comparison) and gemm_quads() say so,
+// interior tiles are loaded by quads (gemm_load_quads): each thread loads 4
+// quads of A's tile (4 consecutive kk of a row) and 4 of B's (4 consecutive columns), so a file computes an
+// operand's index once per 4 values, and loads a quad as one vec4 where the operand is contiguous and
+// 16-byte aligned there (its arrays are vec4 arrays; the host rounds every buffer to 16 bytes). Edge tiles,
+// and products whose values each take their own index arithmetic (implicit im2col), load value by value.
 // Split-K: with S > 1 each output tile is computed by S workgroups over consecutive ranges of K, each
 // storing its partial sum for split s (the host adds the S partial results), so products with few output
 // tiles and a long K (weight gradients) still fill the device.
@@ -14,9 +21,9 @@
 // [kk][col], about 8 KiB in all): every value loaded from memory is used 64 times, and every value read from
 // workgroup memory 8 times (16 reads per 64 FMAs; the earlier 4×4 block per thread read twice as often, and on llvmpipe its
 // products were 1.6–1.9× slower).
-// A's tile rows are 65 words apart, not 64: its loader's neighbouring threads walk kk (contiguous in a
-// row-major A) and so store a column of the tile, which at a stride of 64 words would fall into one memory
-// bank 16 times over (a 16-way conflict on GPUs with 32 banks); at 65 the 16 stores hit 16 banks. Edges
+// A's tile rows are 66 words apart, not 64: its loader's threads t = 0 … 31 store quad t of the A tile,
+// word (4·(t % 4) + s)·A_STRIDE + t / 4 for the quad's value s, which at a stride of 64 would fall into
+// eight banks of 32 (a 4-way conflict); at 66 (≡ 2 mod 8) the 32 stores hit 32 banks. Edges
 // (sizes that are not tile multiples) load zeros and skip the stores.
 
 const TILE_M: u32 = 64u;
@@ -24,10 +31,10 @@ const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 // Threads per workgroup: 8×8, each owning an 8×8 block of the 64×64 tile.
 const THREADS: u32 = 64u;
-// Words between rows of tile_a (TILE_M + 1: conflict-free column stores, see above).
-const A_STRIDE: u32 = 65u;
+// Words between rows of tile_a (TILE_M + 2: conflict-free quad stores, see above).
+const A_STRIDE: u32 = 66u;
 
-var<workgroup> tile_a: array<f32, 1040>; // TILE_K × A_STRIDE, row-major by kk
+var<workgroup> tile_a: array<f32, 1056>; // TILE_K × A_STRIDE, row-major by kk
 var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
 
 // A's values at rows ty + 8·i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
@@ -77,24 +84,28 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Interior tiles (the common case) skip the per-element edge tests.
         let full = live && row0 + TILE_M <= m && col0 + TILE_N <= n && k0 + TILE_K <= k_end;
-        for (var r = 0u; r < 16u; r++) {
-            let e = lid + r * THREADS;
-            // A: consecutive threads walk kk first (contiguous in a row-major A).
-            let ar = e / TILE_K;
-            let ak = e % TILE_K;
-            var va = 0.0;
-            if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
-                va = gemm_load_a(b, row0 + ar, k0 + ak);
+        if (full && GEMM_QUADS && gemm_quads()) {
+            gemm_load_quads(b, lid, row0, col0, k0);
+        } else {
+            for (var r = 0u; r < 16u; r++) {
+                let e = lid + r * THREADS;
+                // A: consecutive threads walk kk first (contiguous in a row-major A).
+                let ar = e / TILE_K;
+                let ak = e % TILE_K;
+                var va = 0.0;
+                if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
+                    va = gemm_load_a(b, row0 + ar, k0 + ak);
+                }
+                tile_a[ak * A_STRIDE + ar] = va;
+                // B: consecutive threads walk columns (contiguous in a row-major B).
+                let bk = e / TILE_N;
+                let bc = e % TILE_N;
+                var vb = 0.0;
+                if (full || (live && k0 + bk < k_end && col0 + bc < n)) {
+                    vb = gemm_load_b(b, k0 + bk, col0 + bc);
+                }
+                tile_b[bk * TILE_N + bc] = vb;
             }
-            tile_a[ak * A_STRIDE + ar] = va;
-            // B: consecutive threads walk columns (contiguous in a row-major B).
-            let bk = e / TILE_N;
-            let bc = e % TILE_N;
-            var vb = 0.0;
-            if (full || (live && k0 + bk < k_end && col0 + bc < n)) {
-                vb = gemm_load_b(b, k0 + bk, col0 + bc);
-            }
-            tile_b[bk * TILE_N + bc] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
@@ -128,6 +139,31 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
     store_row(b, split, r + 40u, c, m, n, c5l, c5h);
     store_row(b, split, r + 48u, c, m, n, c6l, c6h);
     store_row(b, split, r + 56u, c, m, n, c7l, c7h);
+}
+
+// Thread lid's share of an interior K step's tiles (rows row0 …, columns col0 …, kk from k0; every value
+// inside the product): 4 quads of A (4 consecutive kk of a row; consecutive threads walk kk first,
+// contiguous in a row-major A) and 4 of B (4 consecutive columns of a row).
+fn gemm_load_quads(b: u32, lid: u32, row0: u32, col0: u32, k0: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        let e = lid + r * THREADS;
+        let ar = e / (TILE_K / 4u);
+        let ak = 4u * (e % (TILE_K / 4u));
+        let va = gemm_load_a4(b, row0 + ar, k0 + ak);
+        let at = ak * A_STRIDE + ar;
+        tile_a[at] = va.x;
+        tile_a[at + A_STRIDE] = va.y;
+        tile_a[at + 2u * A_STRIDE] = va.z;
+        tile_a[at + 3u * A_STRIDE] = va.w;
+        let bk = e / (TILE_N / 4u);
+        let bc = 4u * (e % (TILE_N / 4u));
+        let vb = gemm_load_b4(b, k0 + bk, col0 + bc);
+        let bt = bk * TILE_N + bc;
+        tile_b[bt] = vb.x;
+        tile_b[bt + 1u] = vb.y;
+        tile_b[bt + 2u] = vb.z;
+        tile_b[bt + 3u] = vb.w;
+    }
 }
 
 // Stores one thread's eight results of a row: columns col + 8·j, j < 4 from lo and 4 ≤ j < 8 from hi.

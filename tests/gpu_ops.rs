@@ -253,10 +253,47 @@ proptest! {
         let inputs = [a, b];
         let launch = |be: &dyn Backend, s: &[Storage]| Ok(vec![be.matmul(&s[0], &s[1], &spec)?]);
         cross(&format!("{spec:?}"), &inputs, launch)?;
-        // The same products on the GEMM's other form (on llvmpipe the default one uses subgroups).
+        // The same products on the GEMM's other form (on llvmpipe the default one uses subgroups), and
+        // with value-by-value loads (the default loads interior tiles by quads).
         if let Some(gpu) = workgroup_gemm_backend() {
             cross_on(&format!("{spec:?}, workgroup-memory GEMM"), gpu, &inputs, launch)?;
         }
+        if let Some(gpu) = value_load_gemm_backend() {
+            cross_on(&format!("{spec:?}, value loads"), gpu, &inputs, launch)?;
+        }
+    }
+
+    /// The GEMM's quad loads (interior tiles, vec4 where aligned) on the products that take them: batched
+    /// matmuls with shared operands, sizes that do and do not keep quads aligned, and every 1×1 convolution
+    /// mode and the patchifying input gradient with enough channels for whole 64×64 tiles (planes whose
+    /// pixel count is and is not a multiple of 4, so some quads cross images).
+    #[test]
+    fn quad_loads_match_cpu(
+        batch in 1usize..3, m in 60usize..140, k in 14usize..90, n in 60usize..140, trans_a: bool,
+        trans_b: bool, share_b: bool, cin in 14usize..80, cout in 14usize..80, h in 1usize..12,
+        w in 1usize..12, patch in 2usize..5, bias: bool, seed in 0u64..1000,
+    ) {
+        let Some(gpu) = quad_gemm_backend() else { return Ok(()) };
+        let b_bs = if share_b { 0 } else { k * n };
+        let spec = MatmulSpec {
+            batch, m, k, n, trans_a, trans_b, a_batch_stride: m * k, b_batch_stride: b_bs,
+        };
+        let a = values(seed, batch * m * k, -1.0, 1.0);
+        let b = values(seed + 1, if share_b { k * n } else { batch * k * n }, -1.0, 1.0);
+        cross_on(&format!("{spec:?}, quad loads"), gpu, &[a, b], |be, s| {
+            Ok(vec![be.matmul(&s[0], &s[1], &spec)?])
+        })?;
+        // And with both channel counts at least 64, so the weight gradient (M = C_out, N = C_in + bias)
+        // has interior tiles too.
+        for (ci, co) in [(cin, cout), (64 + cin % 16, 64 + cout % 16)] {
+            let pointwise = geometry(batch, ci, co, 1, (h, w), (1, 1), 1, 0, 1).unwrap();
+            conv_cross_on(gpu, &pointwise, bias, seed)?;
+        }
+        let c = 1 + cin % 6;
+        let x = Shape::new([batch, c, h * patch, w * patch]);
+        let wt = Shape::new([cout, c, patch, patch]);
+        let p = Conv2dParams { stride: [patch, patch], padding: [0, 0], dilation: [1, 1], groups: 1 };
+        conv_cross_on(gpu, &Conv2dGeometry::new(&x, &wt, p).unwrap(), bias, seed)?;
     }
 
     #[test]
@@ -526,6 +563,29 @@ fn gathered_low_rank_reparameterisations_match_cpu() {
             close(&what, g, w).unwrap();
         }
     }
+}
+
+/// GPU backends whose GEMM loads interior tiles by quads (the default), and value by value.
+fn quad_gemm_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            gemm_quads: Some(true),
+            ..GpuOptions::default()
+        },
+    )
+}
+
+fn value_load_gemm_backend() -> Option<&'static GpuBackend> {
+    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    second_backend(
+        &B,
+        GpuOptions {
+            gemm_quads: Some(false),
+            ..GpuOptions::default()
+        },
+    )
 }
 
 /// GPU backends whose stride-1 depthwise convolutions take the sliding-window kernels, and the tiled ones

@@ -75,6 +75,7 @@ impl GpuBackend {
         entry: &'static str,
     ) -> Result<wgpu::ComputePipeline> {
         let subgroups = self.gemm_uses_subgroups() && variant.uses_gemm();
+        let variant = &variant.clone().with_quads(self.gemm_quads);
         match self.build_pipeline(&variant.clone().with_subgroups(subgroups), entry) {
             Err(e) if subgroups => {
                 if self.gemm_subgroups.swap(false, Ordering::Relaxed) {

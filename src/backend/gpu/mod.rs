@@ -113,6 +113,8 @@ pub struct GpuBackend {
     gemm_subgroups: std::sync::atomic::AtomicBool,
     /// Stride-1 depthwise convolutions take the tiled kernels (see [`GpuOptions::depthwise_tiles`]).
     depthwise_tiles: bool,
+    /// The GEMM loads interior tiles by quads (see [`GpuOptions::gemm_quads`]).
+    gemm_quads: bool,
     /// What the adapter offers (see [`GpuBackend::adapter_features`]).
     adapter_features: wgpu::Features,
     /// The adapters' low-rank work waiting to be launched together (see `lowrank.rs`).
@@ -141,12 +143,17 @@ impl Backend for GpuBackend {
         format!("{} ({:?})", self.adapter.name, self.adapter.backend)
     }
     fn gemm_form(&self) -> String {
-        if self.gemm_uses_subgroups() {
-            "64×64 tiles, 8×8 per thread, A shared by subgroup broadcasts (gemm_subgroup.wgsl)"
-                .into()
+        let a = if self.gemm_uses_subgroups() {
+            "A shared by subgroup broadcasts (gemm_subgroup.wgsl)"
         } else {
-            "64×64 tiles, 8×8 per thread, A from workgroup memory (gemm_workgroup.wgsl)".into()
-        }
+            "A from workgroup memory (gemm_workgroup.wgsl)"
+        };
+        let loads = if self.gemm_quads {
+            "quad loads"
+        } else {
+            "value loads"
+        };
+        format!("64×64 tiles, 8×8 per thread, {a}, {loads}")
     }
 
     fn upload(&self, data: &[f32]) -> Result<Storage> {

@@ -39,6 +39,10 @@ pub struct GpuOptions {
     /// hardware GPU and sliding-window on a CPU adapter such as llvmpipe, where the tiled kernels measured
     /// slower (the README's GPU section has the figures). Tests and benchmarks set it to compare the two.
     pub depthwise_tiles: Option<bool>,
+    /// Whether the GEMM loads interior tiles by quads of 4 values (one vec4 load where the operand is
+    /// contiguous and aligned: matmuls, 1×1 convolutions) or value by value (default: quads, unless
+    /// `LIERA_GPU_QUADS=0`; tests and benchmarks compare the two).
+    pub gemm_quads: Option<bool>,
 }
 
 /// The most storage bindings the multi-tensor kernels (multi.wgsl) use, however many the adapter allows.
@@ -260,6 +264,9 @@ impl GpuBackend {
                 _ => info.device_type != wgpu::DeviceType::Cpu,
             }
         });
+        let gemm_quads = options
+            .gemm_quads
+            .unwrap_or_else(|| std::env::var("LIERA_GPU_QUADS").map_or(true, |v| v != "0"));
         let min_parallel_workgroups = options.min_parallel_workgroups.unwrap_or(
             if info.device_type == wgpu::DeviceType::Cpu {
                 8
@@ -292,6 +299,7 @@ impl GpuBackend {
             min_parallel_workgroups,
             gemm_subgroups: std::sync::atomic::AtomicBool::new(gemm_subgroups),
             depthwise_tiles,
+            gemm_quads,
             adapter_features: adapter.features(),
             deferred: Mutex::new(None),
             profile: std::env::var("LIERA_GPU_PROFILE")
@@ -316,6 +324,11 @@ impl GpuBackend {
     /// [`GpuOptions::depthwise_tiles`]).
     pub fn depthwise_uses_tiles(&self) -> bool {
         self.depthwise_tiles
+    }
+
+    /// True when the GEMM loads interior tiles by quads (see [`GpuOptions::gemm_quads`]).
+    pub fn gemm_uses_quads(&self) -> bool {
+        self.gemm_quads
     }
 
     /// True while the GEMM kernels run in their subgroup form (see [`GpuOptions::subgroups`]).

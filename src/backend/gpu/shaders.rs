@@ -392,6 +392,9 @@ pub struct ShaderVariant {
     /// The GEMM families' subgroup form (gemm_subgroup.wgsl in place of gemm_workgroup.wgsl), which needs
     /// an adapter with subgroups; the runtime picks it (see `GpuBackend::new`), launchers never do.
     pub subgroups: bool,
+    /// The GEMM families' quad loads (`GEMM_QUADS`: interior tiles loaded 4 values at a time, as vec4 where
+    /// aligned); the runtime picks it (see `GpuOptions::gemm_quads`), launchers never do.
+    pub quads: bool,
 }
 
 impl ShaderVariant {
@@ -401,6 +404,7 @@ impl ShaderVariant {
             family,
             defines: defines.into(),
             subgroups: false,
+            quads: false,
         }
     }
     /// True for the families built on the tiled GEMM (gemm.wgsl).
@@ -410,6 +414,11 @@ impl ShaderVariant {
     /// This variant in its subgroup form when `on` and it uses the GEMM; otherwise unchanged.
     pub fn with_subgroups(mut self, on: bool) -> Self {
         self.subgroups = on && self.uses_gemm();
+        self
+    }
+    /// This variant with quad loads when `on` and it uses the GEMM; otherwise unchanged.
+    pub fn with_quads(mut self, on: bool) -> Self {
+        self.quads = on && self.uses_gemm();
         self
     }
     /// The files of this module, in order: the family's, with gemm_subgroup.wgsl in place of
@@ -487,7 +496,12 @@ impl ShaderVariant {
                     .trim_end()
             })
             .collect();
-        let form = if self.subgroups { " (subgroups)" } else { "" };
+        let form = match (self.subgroups, self.quads) {
+            (true, true) => " (subgroups, quads)",
+            (true, false) => " (subgroups)",
+            (false, true) => " (quads)",
+            (false, false) => "",
+        };
         format!("{:?}{form} [{}]", self.family, consts.join(", "))
     }
     /// The parts of [`ShaderVariant::source`] in order, by name: the family's files, then (each under a
@@ -511,9 +525,14 @@ impl ShaderVariant {
                 format!("// generated from Rust (see Family::prelude)\n{prelude}"),
             ));
         }
+        let quads = if self.uses_gemm() {
+            format!("const GEMM_QUADS: bool = {};\n", self.quads)
+        } else {
+            String::new()
+        };
         parts.push((
             SPECIALISATION,
-            format!("// specialisation\n{}", self.defines),
+            format!("// specialisation\n{}{quads}", self.defines),
         ));
         parts
     }
@@ -595,12 +614,15 @@ pub fn all_variants() -> Vec<ShaderVariant> {
     for slots in [8, 32, 64] {
         v.push(ShaderVariant::plain(Family::Multi { slots }));
     }
-    // The subgroup form of every GEMM module.
-    let subgroup_forms: Vec<ShaderVariant> = v
+    // Every GEMM module in each form: subgroups, quad loads, both.
+    let forms: Vec<ShaderVariant> = v
         .iter()
         .filter(|x| x.uses_gemm())
-        .map(|x| x.clone().with_subgroups(true))
+        .flat_map(|x| {
+            [(true, false), (false, true), (true, true)]
+                .map(|(sg, q)| x.clone().with_subgroups(sg).with_quads(q))
+        })
         .collect();
-    v.extend(subgroup_forms);
+    v.extend(forms);
     v
 }
