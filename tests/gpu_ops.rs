@@ -1140,7 +1140,9 @@ fn a_repeated_step_creates_no_buffers_and_counts_its_launches() {
         a.dispatches, b.dispatches,
         "the same step records the same kernels"
     );
-    assert_eq!(b.bind_groups, b.dispatches, "{b:?}");
+    // Bind groups are kept (see gpu_model's bind_groups_are_reused_from_step_to_step), but this net
+    // uploads its input and parameters afresh each step, so most of its dispatches bind a new buffer.
+    assert!(b.bind_groups <= b.dispatches, "{b:?}");
     assert_eq!(b.readbacks, 1, "{b:?}");
     assert_eq!(b.submits, 1, "{b:?}: one submit, for the readback");
     // Uploads (small_conv_net builds its input and six parameters anew, and cross-entropy uploads the

@@ -271,26 +271,33 @@ impl GpuBackend {
         pending
             .params
             .extend_from_slice(bytemuck::cast_slice(&words));
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &ring,
-                offset,
-                size: std::num::NonZeroU64::new(PARAM_WORDS as u64 * 4),
-            }),
-        }];
-        for (i, b) in storage.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: b.as_entire_binding(),
-            });
-        }
-        self.count(Launch::BindGroup);
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout,
-            entries: &entries,
-        });
+        let buffers: Vec<&wgpu::Buffer> = std::iter::once(&ring)
+            .chain(storage.iter().copied())
+            .collect();
+        let bind_group =
+            self.pool
+                .bind_group(!std::ptr::eq(layout, &self.layout), &buffers, || {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &ring,
+                            offset: 0,
+                            size: std::num::NonZeroU64::new(PARAM_WORDS as u64 * 4),
+                        }),
+                    }];
+                    for (i, b) in storage.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: 1 + i as u32,
+                            resource: b.as_entire_binding(),
+                        });
+                    }
+                    self.count(Launch::BindGroup);
+                    self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(entry),
+                        layout,
+                        entries: &entries,
+                    })
+                });
         if pending.pass.is_none() {
             let encoder = pending.encoder.get_or_insert_with(|| {
                 self.device
@@ -309,7 +316,8 @@ impl GpuBackend {
         {
             let pass = pending.pass.as_mut().expect("a pass was just opened");
             pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
+            // The ring holds MAX_PENDING blocks, far below 4 GiB.
+            pass.set_bind_group(0, &bind_group, &[offset as u32]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
         pending.dispatches += 1;

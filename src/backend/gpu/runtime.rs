@@ -6,7 +6,7 @@ use super::dispatch::{Pending, PARAM_WORDS};
 use super::{GpuBackend, Launch};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,24 +88,67 @@ impl fmt::Debug for GpuBuffer {
 /// Free buffers by byte size.
 #[derive(Default)]
 pub(super) struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// The free buffers of each size, ordered by wgpu's buffer order (creation): `take` hands out the first,
+    /// so a step that allocates and frees as the step before it gets the same buffers in the same places,
+    /// and its bind groups repeat.
+    free: Mutex<HashMap<u64, BTreeSet<wgpu::Buffer>>>,
     pooled_bytes: AtomicU64,
+    /// Bind groups by what they bind (see [`BufferPool::bind_group`]). They live here because a bind group
+    /// keeps its buffers alive: when the pool lets a buffer go, the bind groups that name it go too.
+    bind_groups: Mutex<HashMap<BindGroupKey, wgpu::BindGroup>>,
 }
 
+/// A bind group's identity: the layout (`true`: the wide multi-tensor one) and the buffers bound at bindings
+/// 0, 1, … (the parameter ring first, bound with a dynamic offset, so one group serves every dispatch that
+/// binds the same storage buffers).
+type BindGroupKey = (bool, Vec<wgpu::Buffer>);
+
+/// Bind groups kept at most; past this the cache starts again (a workload whose buffers never repeat).
+const MAX_BIND_GROUPS: usize = 4096;
+
 impl BufferPool {
+    /// The bind group of the kernels' layout (`wide`: the multi-tensor layout) binding `buffers[0]` (the
+    /// parameter ring, at a dynamic offset) and `buffers[k]` at binding k, made by `create` the first
+    /// time. A training step binds the same pooled buffers step after step (see `free`), so after the first
+    /// steps its dispatches create no bind groups.
+    pub(super) fn bind_group(
+        &self,
+        wide: bool,
+        buffers: &[&wgpu::Buffer],
+        create: impl FnOnce() -> wgpu::BindGroup,
+    ) -> wgpu::BindGroup {
+        let key = (wide, buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>());
+        let Ok(mut cache) = self.bind_groups.lock() else {
+            return create();
+        };
+        if let Some(g) = cache.get(&key) {
+            return g.clone();
+        }
+        if cache.len() >= MAX_BIND_GROUPS {
+            cache.clear();
+        }
+        let g = create();
+        cache.insert(key, g.clone());
+        g
+    }
+
     fn take(&self, bytes: u64) -> Option<wgpu::Buffer> {
         let mut free = self.free.lock().ok()?;
-        let b = free.get_mut(&bytes)?.pop()?;
+        let b = free.get_mut(&bytes)?.pop_first()?;
         self.pooled_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Some(b)
     }
     fn put(&self, b: wgpu::Buffer) {
         let bytes = b.size();
         if self.pooled_bytes.load(Ordering::Relaxed) + bytes > POOL_MAX_BYTES {
-            return; // dropped: wgpu frees it once pending work is done
+            // Dropped: wgpu frees it once pending work is done and no bind group holds it.
+            if let Ok(mut cache) = self.bind_groups.lock() {
+                cache.retain(|(_, buffers), _| !buffers.contains(&b));
+            }
+            return;
         }
         if let Ok(mut free) = self.free.lock() {
-            free.entry(bytes).or_default().push(b);
+            free.entry(bytes).or_default().insert(b);
             self.pooled_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
@@ -197,7 +240,9 @@ impl GpuBackend {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
+                // Each dispatch's parameter block is at its own offset of one ring, given when the bind
+                // group is set, so bind groups can be kept and reused (see BufferPool::bind_group).
+                has_dynamic_offset: true,
                 min_binding_size: None,
             },
             count: None,
