@@ -207,6 +207,25 @@ fn dw_input_grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     correlate_rows(linear_workgroup(wg, nwg) * 256u + lid, true);
 }
 
+// The geometry of the stride-1 correlation out = k ⋆ src of the forward (flip false: src = x, out = y) or
+// of the input gradient (true: src = dy, out = dx, k flipped, padding kernel − 1 − pad).
+struct Correlation {
+    src_h: u32,
+    src_w: u32,
+    out_h: u32,
+    out_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+}
+
+fn correlation(flip: bool) -> Correlation {
+    if (flip) {
+        return Correlation(params.h_out, params.w_out, params.h_in, params.w_in,
+                           params.kh - 1u - params.pad_h, params.kw - 1u - params.pad_w);
+    }
+    return Correlation(params.h_in, params.w_in, params.h_out, params.w_out, params.pad_h, params.pad_w);
+}
+
 // The first three slots of a sliding window: src at columns col0, col0 + 1, col0 + 2 of a row.
 fn window3(row: u32, col0: i32, width: u32) -> vec3<f32> {
     return vec3<f32>(src_at(row, col0, width), src_at(row, col0 + 1, width), src_at(row, col0 + 2, width));
@@ -225,20 +244,13 @@ fn src_at(row: u32, col: i32, width: u32) -> f32 {
 // k = w[c] and the forward's geometry, or (flip) k = w[c] flipped and the input gradient's geometry
 // (src = dy, out = dx, pad = kernel − 1 − pad).
 fn correlate_rows(i: u32, flip: bool) {
-    var src_h = params.h_in;
-    var src_w = params.w_in;
-    var out_h = params.h_out;
-    var out_w = params.w_out;
-    var pad_h = params.pad_h;
-    var pad_w = params.pad_w;
-    if (flip) {
-        src_h = params.h_out;
-        src_w = params.w_out;
-        out_h = params.h_in;
-        out_w = params.w_in;
-        pad_h = params.kh - 1u - params.pad_h;
-        pad_w = params.kw - 1u - params.pad_w;
-    }
+    let cg = correlation(flip);
+    let src_h = cg.src_h;
+    let src_w = cg.src_w;
+    let out_h = cg.out_h;
+    let out_w = cg.out_w;
+    let pad_h = cg.pad_h;
+    let pad_w = cg.pad_w;
     let quads = (out_w + 3u) / 4u;
     if (i >= params.batch * params.c_out * out_h * quads) {
         return;
@@ -377,20 +389,13 @@ fn dw_input_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 
 // Workgroup `wid`'s tile of correlate_rows's correlation (the same geometry and `flip`).
 fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
-    var src_h = params.h_in;
-    var src_w = params.w_in;
-    var out_h = params.h_out;
-    var out_w = params.w_out;
-    var pad_h = params.pad_h;
-    var pad_w = params.pad_w;
-    if (flip) {
-        src_h = params.h_out;
-        src_w = params.w_out;
-        out_h = params.h_in;
-        out_w = params.w_in;
-        pad_h = params.kh - 1u - params.pad_h;
-        pad_w = params.kw - 1u - params.pad_w;
-    }
+    let cg = correlation(flip);
+    let src_h = cg.src_h;
+    let src_w = cg.src_w;
+    let out_h = cg.out_h;
+    let out_w = cg.out_w;
+    let pad_h = cg.pad_h;
+    let pad_w = cg.pad_w;
     let planes = params.batch * params.c_out;
     let tiles_w = (out_w + params.tile_w - 1u) / params.tile_w;
     let tiles_h = (out_h + params.tile_h - 1u) / params.tile_h;
