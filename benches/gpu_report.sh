@@ -11,7 +11,9 @@
 #   6. where the GEMM uses subgroups (see `examples/devices`' line), the 32-pixel steps again with
 #      LIERA_GPU_SUBGROUPS=0, the workgroup-memory GEMM, as its in-run peer;
 #   7. the atto step's depthwise layers (`cargo bench --bench depthwise -- gpu`) with the tiled kernels and
-#      with the sliding-window ones (LIERA_GPU_DW_TILES=1 and 0), alternating, two rounds.
+#      with the sliding-window ones (LIERA_GPU_DW_TILES=1 and 0), alternating, two rounds;
+#   8. the GPU kernel benchmark (`liera bench --device gpu`) with the GEMM's quad loads and with value loads
+#      (LIERA_GPU_QUADS=1 and 0), alternating, two rounds.
 #
 # Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
 #        GPU_REPORT_QUICK=1 benches/gpu_report.sh [OUT_DIR]   a smoke run of every stage: `bench --quick`,
@@ -85,7 +87,14 @@ for round in 1 2; do
   done
 done
 
-# One line per figure: name, median ms, GFLOP/s or images/s, dispatches per step.
+for round in 1 2; do
+  for q in 1 0; do
+    LIERA_REQUIRE_GPU=1 LIERA_GPU_QUADS=$q "$bin"/liera bench --device gpu --json "${quick[@]}" \
+      >"$out/kernels-quads$q-round$round.json"
+  done
+done
+
+# One line per figure: name, median ms, GFLOP/s or images/s, dispatches and bind groups per step.
 python3 - "$out" <<'EOF' | tee -a "$summary"
 import json, sys, glob, os
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
@@ -95,7 +104,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     for r in doc["results"]:
         rate = f"{r['gflops']:.1f} GFLOP/s" if r.get("gflops") else f"{r.get('images_per_s') or 0:.1f} images/s"
         launches = r.get("launches_per_step")
-        extra = f", {launches['dispatches']} dispatches/step" if launches else ""
+        extra = (f", {launches['dispatches']} dispatches and {launches['bind_groups']} new bind groups/step"
+                 if launches else "")
         print(f"{r['name']}: {1e3 * r['median_s']:.2f} ms, {rate}{extra}")
 EOF
 echo "written: $out/" >&2
