@@ -311,8 +311,8 @@ impl Tile {
 }
 
 /// The tile of dw_forward_tiled and dw_input_grad_tiled for an output plane `out_h` × `out_w` and a
-/// kernel `kh` × `kw`: 4·DW_THREADS outputs, 4 per thread along a row; the width the plane's rounded up
-/// to a power of two within 4 ..= 32, the height likewise within what is left, and as many planes as fill
+/// kernel `kh` × `kw`: 4·DW_THREADS outputs, 4 per thread along a row; the width is the plane's, rounded
+/// up to a power of two within 4 ..= 32, the height likewise within what is left, and as many planes as fill
 /// the workgroup (so 7×7 planes go four to a workgroup). None when the staged source (the tile and its
 /// halo of kernel − 1 rows and columns, per plane) exceeds DW_TILE_WORDS: planes of 2×2 or less with a
 /// 7×7 kernel, which stay with the sliding-window kernels.
