@@ -16,11 +16,13 @@
 // storing its partial sum for split s (the host adds the S partial results), so products with few output
 // tiles and a long K (weight gradients) still fill the device.
 // Each workgroup of 64 threads (8×8) computes a 64×64 tile of C; each thread keeps an 8×8 block of results in
-// registers, rows ty + 8·i and columns tx + 8·j (strided, so neighbouring threads read neighbouring words of
-// workgroup memory). K advances 16 at a time through two workgroup-memory tiles (A as [kk][row], B as
-// [kk][col], about 8 KiB in all): every value loaded from memory is used 64 times, and every value read from
-// workgroup memory 8 times (16 reads per 64 FMAs; the earlier 4×4 block per thread read twice as often, and on llvmpipe its
-// products were 1.6–1.9× slower).
+// registers, rows ty + 8·i (i < 8) and columns 4·tx + j and 32 + 4·tx + j (j < 4): two vec4s of B per K step,
+// each one workgroup-memory load (neighbouring threads read neighbouring vec4s). K advances 16 at a time
+// through two workgroup-memory tiles (A as [kk][row], B as [kk][col] in vec4s, about 8 KiB in all): every
+// value loaded from memory is used 64 times, and every value read from workgroup memory 8 times (10 reads per
+// 64 FMAs: 8 of A, 2 vec4s of B; the earlier 4×4 block per thread read twice as often, and on llvmpipe its
+// products were 1.6–1.9× slower). B's columns were strided (tx + 8·j) until the vec4 reads: eight scalar
+// reads per K step, and on llvmpipe the 1024³ matmul was 1.3–2× slower that way (README).
 // A's tile rows are 66 words apart, not 64: its loader's threads t = 0 … 31 store quad t of the A tile,
 // word (4·(t % 4) + s)·A_STRIDE + t / 4 for the quad's value s, which at a stride of 64 would fall into
 // eight banks of 32 (a 4-way conflict); at 66 (≡ 2 mod 8) the 32 stores hit 32 banks. Edges
@@ -35,7 +37,7 @@ const THREADS: u32 = 64u;
 const A_STRIDE: u32 = 66u;
 
 var<workgroup> tile_a: array<f32, 1056>; // TILE_K × A_STRIDE, row-major by kk
-var<workgroup> tile_b: array<f32, 1024>; // TILE_K × TILE_N, row-major by kk
+var<workgroup> tile_b: array<vec4<f32>, 256>; // TILE_K × TILE_N, row-major by kk, 4 columns per entry
 
 // A's values at rows ty + 8·i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
 struct ARow {
@@ -72,7 +74,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
 
     // Named accumulators rather than an array: a dynamically indexed private array would live in memory on
     // drivers that compile invocations into SIMD lanes (llvmpipe), named vectors in registers. Row ty + 8·i
-    // is c{i}l (columns tx, tx + 8, tx + 16, tx + 24) and c{i}h (tx + 32 … tx + 56).
+    // is c{i}l (columns 4·tx … 4·tx + 3) and c{i}h (32 + 4·tx … 35 + 4·tx).
     var c0l = vec4<f32>(); var c0h = vec4<f32>();
     var c1l = vec4<f32>(); var c1h = vec4<f32>();
     var c2l = vec4<f32>(); var c2h = vec4<f32>();
@@ -104,7 +106,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
                 if (full || (live && k0 + bk < k_end && col0 + bc < n)) {
                     vb = gemm_load_b(b, k0 + bk, col0 + bc);
                 }
-                tile_b[bk * TILE_N + bc] = vb;
+                tile_b[bk * (TILE_N / 4u) + bc / 4u][bc % 4u] = vb;
             }
         }
         workgroupBarrier();
@@ -112,9 +114,9 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
             let a = gemm_a_values(kk * A_STRIDE + ty, tx, lane0);
             let al = a.lo;
             let ah = a.hi;
-            let ib = kk * TILE_N + tx;
-            let bl = vec4<f32>(tile_b[ib], tile_b[ib + 8u], tile_b[ib + 16u], tile_b[ib + 24u]);
-            let bh = vec4<f32>(tile_b[ib + 32u], tile_b[ib + 40u], tile_b[ib + 48u], tile_b[ib + 56u]);
+            let ib = kk * (TILE_N / 4u) + tx;
+            let bl = tile_b[ib];
+            let bh = tile_b[ib + 8u];
             c0l += al.x * bl; c0h += al.x * bh;
             c1l += al.y * bl; c1h += al.y * bh;
             c2l += al.z * bl; c2h += al.z * bh;
@@ -130,7 +132,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
         return;
     }
     let r = row0 + ty;
-    let c = col0 + tx;
+    let c = col0 + 4u * tx;
     store_row(b, split, r, c, m, n, c0l, c0h);
     store_row(b, split, r + 8u, c, m, n, c1l, c1h);
     store_row(b, split, r + 16u, c, m, n, c2l, c2h);
@@ -159,24 +161,21 @@ fn gemm_load_quads(b: u32, lid: u32, row0: u32, col0: u32, k0: u32) {
         let bc = 4u * (e % (TILE_N / 4u));
         let vb = gemm_load_b4(b, k0 + bk, col0 + bc);
         let bt = bk * TILE_N + bc;
-        tile_b[bt] = vb.x;
-        tile_b[bt + 1u] = vb.y;
-        tile_b[bt + 2u] = vb.z;
-        tile_b[bt + 3u] = vb.w;
+        tile_b[bt / 4u] = vb;
     }
 }
 
-// Stores one thread's eight results of a row: columns col + 8·j, j < 4 from lo and 4 ≤ j < 8 from hi.
+// Stores one thread's eight results of a row: columns col + j from lo and col + 32 + j from hi (j < 4).
 fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (row >= m) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
-        if (col + 8u * j < n) {
-            gemm_store(b, split, row, col + 8u * j, lo[j]);
+        if (col + j < n) {
+            gemm_store(b, split, row, col + j, lo[j]);
         }
-        if (col + 32u + 8u * j < n) {
-            gemm_store(b, split, row, col + 32u + 8u * j, hi[j]);
+        if (col + 32u + j < n) {
+            gemm_store(b, split, row, col + 32u + j, hi[j]);
         }
     }
 }

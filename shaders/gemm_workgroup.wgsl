@@ -1,6 +1,6 @@
 // gemm_workgroup.wgsl — kernel: gemm (gemm.wgsl's tile) for every adapter, A's values read from workgroup memory.
 //
-// Thread lid owns rows ty = lid / 8 (+ 8·i) and columns tx = lid % 8 (+ 8·j) of the tile.
+// Thread lid owns rows ty = lid / 8 (+ 8·i) and the columns of tx = lid % 8 (see gemm.wgsl) of the tile.
 
 @compute @workgroup_size(64)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
