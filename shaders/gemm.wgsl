@@ -16,16 +16,18 @@
 // storing its partial sum for split s (the host adds the S partial results), so products with few output
 // tiles and a long K (weight gradients) still fill the device.
 // Each workgroup of 64 threads (8×8) computes a 64×64 tile of C; each thread keeps an 8×8 block of results in
-// registers, rows ty + 8·i (i < 8) and columns 4·tx + j and 32 + 4·tx + j (j < 4): two vec4s of B per K step,
-// each one workgroup-memory load (neighbouring threads read neighbouring vec4s). K advances 16 at a time
-// through two workgroup-memory tiles (A as [kk][row], B as [kk][col] in vec4s, about 8 KiB in all): every
-// value loaded from memory is used 64 times, and every value read from workgroup memory 8 times (10 reads per
-// 64 FMAs: 8 of A, 2 vec4s of B; the earlier 4×4 block per thread read twice as often, and on llvmpipe its
-// products were 1.6–1.9× slower). B's columns were strided (tx + 8·j) until the vec4 reads: eight scalar
-// reads per K step, and on llvmpipe the 1024³ matmul was 1.3–2× slower that way (README).
-// A's tile rows are 66 words apart, not 64: its loader's threads t = 0 … 31 store quad t of the A tile,
-// word (4·(t % 4) + s)·A_STRIDE + t / 4 for the quad's value s, which at a stride of 64 would fall into
-// eight banks of 32 (a 4-way conflict); at 66 (≡ 2 mod 8) the 32 stores hit 32 banks. Edges
+// registers, rows 8·ty + i (i < 8) and columns 4·tx + j and 32 + 4·tx + j (j < 4), so that a K step reads
+// its A values and its B values as two vec4s each from workgroup memory (neighbouring threads read
+// neighbouring vec4s of B; the 8 threads of a row block read the same A). K advances 16 at a time through two
+// workgroup-memory tiles (A as [kk][row], B as [kk][col], both in vec4s, about 8 KiB in all): every value
+// loaded from memory is used 64 times, and every value read from workgroup memory 8 times (4 vec4 reads per
+// 64 FMAs; the earlier 4×4 block per thread read twice as often, and on llvmpipe its products were 1.6–1.9×
+// slower). The rows and columns were strided (ty + 8·i, tx + 8·j) until the vec4 reads: 16 scalar reads per
+// K step, and on llvmpipe the 1024³ matmul was 1.3–2× slower that way (README).
+// A's tile rows are 68 words apart, not 64: a multiple of 4 for the vec4 reads, and the loader's quad stores
+// (threads t = 0 … 31 store quad t, word (4·(t % 4) + s)·A_STRIDE + t / 4 for its value s) then fall into
+// 16 banks of 32, a 2-way conflict, where a stride of 64 would give 8 banks (4-way). No multiple of 4 does
+// better; the stores are a quarter of the tile's workgroup-memory traffic. Edges
 // (sizes that are not tile multiples) load zeros and skip the stores.
 
 const TILE_M: u32 = 64u;
@@ -33,10 +35,10 @@ const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 // Threads per workgroup: 8×8, each owning an 8×8 block of the 64×64 tile.
 const THREADS: u32 = 64u;
-// Words between rows of tile_a (TILE_M + 2: conflict-free quad stores, see above).
-const A_STRIDE: u32 = 66u;
+// Words between rows of tile_a (TILE_M + 4: aligned vec4 reads, 2-way conflicts on the quad stores; see above).
+const A_STRIDE: u32 = 68u;
 
-var<workgroup> tile_a: array<f32, 1056>; // TILE_K × A_STRIDE, row-major by kk
+var<workgroup> tile_a: array<vec4<f32>, 272>; // TILE_K × A_STRIDE words, row-major by kk, in vec4s
 var<workgroup> tile_b: array<vec4<f32>, 256>; // TILE_K × TILE_N, row-major by kk, 4 columns per entry
 
 // A's values at rows ty + 8·i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
@@ -98,7 +100,8 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
                 if (full || (live && row0 + ar < m && k0 + ak < k_end)) {
                     va = gemm_load_a(b, row0 + ar, k0 + ak);
                 }
-                tile_a[ak * A_STRIDE + ar] = va;
+                let at = ak * A_STRIDE + ar;
+                tile_a[at / 4u][at % 4u] = va;
                 // B: consecutive threads walk columns (contiguous in a row-major B).
                 let bk = e / TILE_N;
                 let bc = e % TILE_N;
@@ -111,7 +114,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = gemm_a_values(kk * A_STRIDE + ty, tx, lane0);
+            let a = gemm_a_values(kk * A_STRIDE + 8u * ty, tx, lane0);
             let al = a.lo;
             let ah = a.hi;
             let ib = kk * (TILE_N / 4u) + tx;
@@ -131,16 +134,16 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
     if (!live) {
         return;
     }
-    let r = row0 + ty;
+    let r = row0 + 8u * ty;
     let c = col0 + 4u * tx;
     store_row(b, split, r, c, m, n, c0l, c0h);
-    store_row(b, split, r + 8u, c, m, n, c1l, c1h);
-    store_row(b, split, r + 16u, c, m, n, c2l, c2h);
-    store_row(b, split, r + 24u, c, m, n, c3l, c3h);
-    store_row(b, split, r + 32u, c, m, n, c4l, c4h);
-    store_row(b, split, r + 40u, c, m, n, c5l, c5h);
-    store_row(b, split, r + 48u, c, m, n, c6l, c6h);
-    store_row(b, split, r + 56u, c, m, n, c7l, c7h);
+    store_row(b, split, r + 1u, c, m, n, c1l, c1h);
+    store_row(b, split, r + 2u, c, m, n, c2l, c2h);
+    store_row(b, split, r + 3u, c, m, n, c3l, c3h);
+    store_row(b, split, r + 4u, c, m, n, c4l, c4h);
+    store_row(b, split, r + 5u, c, m, n, c5l, c5h);
+    store_row(b, split, r + 6u, c, m, n, c6l, c6h);
+    store_row(b, split, r + 7u, c, m, n, c7l, c7h);
 }
 
 // Thread lid's share of an interior K step's tiles (rows row0 …, columns col0 …, kk from k0; every value
@@ -153,10 +156,10 @@ fn gemm_load_quads(b: u32, lid: u32, row0: u32, col0: u32, k0: u32) {
         let ak = 4u * (e % (TILE_K / 4u));
         let va = gemm_load_a4(b, row0 + ar, k0 + ak);
         let at = ak * A_STRIDE + ar;
-        tile_a[at] = va.x;
-        tile_a[at + A_STRIDE] = va.y;
-        tile_a[at + 2u * A_STRIDE] = va.z;
-        tile_a[at + 3u * A_STRIDE] = va.w;
+        tile_a[at / 4u][at % 4u] = va.x;
+        tile_a[(at + A_STRIDE) / 4u][at % 4u] = va.y;
+        tile_a[(at + 2u * A_STRIDE) / 4u][at % 4u] = va.z;
+        tile_a[(at + 3u * A_STRIDE) / 4u][at % 4u] = va.w;
         let bk = e / (TILE_N / 4u);
         let bc = 4u * (e % (TILE_N / 4u));
         let vb = gemm_load_b4(b, k0 + bk, col0 + bc);
