@@ -245,18 +245,12 @@ fn src_at(row: u32, col: i32, width: u32) -> f32 {
 // (src = dy, out = dx, pad = kernel − 1 − pad).
 fn correlate_rows(i: u32, flip: bool) {
     let cg = correlation(flip);
-    let src_h = cg.src_h;
-    let src_w = cg.src_w;
-    let out_h = cg.out_h;
-    let out_w = cg.out_w;
-    let pad_h = cg.pad_h;
-    let pad_w = cg.pad_w;
-    let quads = (out_w + 3u) / 4u;
-    if (i >= params.batch * params.c_out * out_h * quads) {
+    let quads = (cg.out_w + 3u) / 4u;
+    if (i >= params.batch * params.c_out * cg.out_h * quads) {
         return;
     }
     let row_quad = udivmod(i, quads);
-    let plane_row = udivmod(row_quad.x, out_h);
+    let plane_row = udivmod(row_quad.x, cg.out_h);
     let plane = plane_row.x;
     let r = plane_row.y;
     let c = udivmod(plane, params.c_out).y;
@@ -265,21 +259,21 @@ fn correlate_rows(i: u32, flip: bool) {
     if (!flip && params.has_bias != 0u) {
         acc = vec4<f32>(bias[c]);
     }
-    let pr = tap_range(r, 1u, 1u, pad_h, src_h, params.kh);
-    let col0 = i32(j0) - i32(pad_w);
+    let pr = tap_range(r, 1u, 1u, cg.pad_h, cg.src_h, params.kh);
+    let col0 = i32(j0) - i32(cg.pad_w);
     for (var p = pr.x; p < pr.y; p++) {
-        let src_row = (plane * src_h + r + p - pad_h) * src_w;
+        let src_row = (plane * cg.src_h + r + p - cg.pad_h) * cg.src_w;
         let wp = select(p, params.kh - 1u - p, flip);
         let w_row = (c * params.kh + wp) * params.kw;
         // Window slot s holds the source value for output j0 + s at the current tap q; acc[s] is output j0 + s.
-        var win = window3(src_row, col0, src_w);
+        var win = window3(src_row, col0, cg.src_w);
         for (var q = 0u; q < params.kw; q++) {
-            let v = vec4<f32>(win, src_at(src_row, col0 + i32(q) + 3, src_w));
+            let v = vec4<f32>(win, src_at(src_row, col0 + i32(q) + 3, cg.src_w));
             acc += w[w_row + select(q, params.kw - 1u - q, flip)] * v;
             win = v.yzw;
         }
     }
-    store_quad((plane * out_h + r) * out_w + j0, out_w - j0, acc);
+    store_quad((plane * cg.out_h + r) * cg.out_w + j0, cg.out_w - j0, acc);
 }
 
 // out[at + s] = v[s] for the first min(4, count) slots s (count ≥ 1).
@@ -390,15 +384,9 @@ fn dw_input_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 // Workgroup `wid`'s tile of correlate_rows's correlation (the same geometry and `flip`).
 fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
     let cg = correlation(flip);
-    let src_h = cg.src_h;
-    let src_w = cg.src_w;
-    let out_h = cg.out_h;
-    let out_w = cg.out_w;
-    let pad_h = cg.pad_h;
-    let pad_w = cg.pad_w;
     let planes = params.batch * params.c_out;
-    let tiles_w = (out_w + params.tile_w - 1u) / params.tile_w;
-    let tiles_h = (out_h + params.tile_h - 1u) / params.tile_h;
+    let tiles_w = (cg.out_w + params.tile_w - 1u) / params.tile_w;
+    let tiles_h = (cg.out_h + params.tile_h - 1u) / params.tile_h;
     let plane_tiles = (planes + params.tile_planes - 1u) / params.tile_planes;
     if (wid >= plane_tiles * tiles_h * tiles_w) {
         return;
@@ -408,7 +396,7 @@ fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
     let plane0 = t_row.x * params.tile_planes;
     let r0 = t_row.y * params.tile_h;
     let c0 = t_col.y * params.tile_w;
-    // The staged tile: per plane, tile rows r0 − pad_h .. and columns c0 − pad_w .. of the source.
+    // The staged tile: per plane, tile rows r0 − cg.pad_h .. and columns c0 − cg.pad_w .. of the source.
     let stage_w = params.tile_w + params.kw - 1u;
     let stride = params.tile_stride;
     let stage_h = params.tile_h + params.kh - 1u;
@@ -417,11 +405,11 @@ fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
         let pe = udivmod(e, stage_h * stage_w);
         let rc = udivmod(pe.y, stage_w);
         let plane = plane0 + pe.x;
-        let r = i32(r0 + rc.x) - i32(pad_h);
-        let c = i32(c0 + rc.y) - i32(pad_w);
+        let r = i32(r0 + rc.x) - i32(cg.pad_h);
+        let c = i32(c0 + rc.y) - i32(cg.pad_w);
         var v = 0.0;
-        if (plane < planes && r >= 0 && r < i32(src_h) && c >= 0 && c < i32(src_w)) {
-            v = src[(plane * src_h + u32(r)) * src_w + u32(c)];
+        if (plane < planes && r >= 0 && r < i32(cg.src_h) && c >= 0 && c < i32(cg.src_w)) {
+            v = src[(plane * cg.src_h + u32(r)) * cg.src_w + u32(c)];
         }
         dw_tile[pe.x * per_plane + rc.x * stride + rc.y] = v;
     }
@@ -433,7 +421,7 @@ fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
     let plane = plane0 + ty_pz.x;
     let r = r0 + ty_pz.y;
     let j0 = c0 + 4u * tx_rest.y;
-    if (plane >= planes || r >= out_h || j0 >= out_w) {
+    if (plane >= planes || r >= cg.out_h || j0 >= cg.out_w) {
         return;
     }
     let c = udivmod(plane, params.c_out).y;
@@ -453,7 +441,7 @@ fn correlate_tiled(wid: u32, lid: u32, flip: bool) {
             win = v.yzw;
         }
     }
-    store_quad((plane * out_h + r) * out_w + j0, out_w - j0, acc);
+    store_quad((plane * cg.out_h + r) * cg.out_w + j0, cg.out_w - j0, acc);
 }
 
 @compute @workgroup_size(DW_THREADS)
