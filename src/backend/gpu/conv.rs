@@ -314,7 +314,7 @@ impl Tile {
 /// kernel `kh` × `kw`: 4·DW_THREADS outputs, 4 per thread along a row; the width is the plane's, rounded
 /// up to a power of two within 4 ..= 32, the height likewise within what is left, and as many planes as fill
 /// the workgroup (so 7×7 planes go four to a workgroup). None when the staged source (the tile and its
-/// halo of kernel − 1 rows and columns, per plane) exceeds DW_TILE_WORDS: planes of 2×2 or less with a
+/// halo of kernel − 1 rows and columns, per plane) exceeds DW_TILE_WORDS: planes of 4×4 or less with a
 /// 7×7 kernel, which stay with the sliding-window kernels.
 fn correlation_tile(out_h: usize, out_w: usize, kh: usize, kw: usize) -> Option<Tile> {
     let outputs = 4 * DW_THREADS;
@@ -410,4 +410,43 @@ fn conv_params(g: &Conv2dGeometry, has_bias: bool) -> Result<ConvParams> {
         tile_stride: 0,
         _pad: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiles of ConvNeXt's 7×7 depthwise planes: 256 outputs per workgroup, small planes shared, and
+    /// the planes too small for a staged tile (4×4 and less) left to the sliding-window kernels.
+    #[test]
+    fn correlation_tiles_of_the_convnext_planes() {
+        let tile = |side: usize| correlation_tile(side, side, 7, 7).map(|t| (t.w, t.h, t.planes));
+        assert_eq!(tile(56), Some((32, 8, 1)));
+        assert_eq!(tile(28), Some((32, 8, 1)));
+        assert_eq!(tile(14), Some((16, 16, 1)));
+        assert_eq!(tile(8), Some((8, 8, 4)));
+        assert_eq!(tile(7), Some((8, 8, 4)));
+        assert_eq!(tile(4), None);
+        assert_eq!(tile(1), None);
+        // Rows padded to 1 mod 4 words: 32 + 6 = 38 → 41.
+        assert_eq!(correlation_tile(56, 56, 7, 7).map(|t| t.stride), Some(41));
+    }
+
+    /// The weight gradient's dy tiles: whole rows up to 64 wide, at most 256 outputs; kernels whose tap
+    /// quads exceed the workgroup have none.
+    #[test]
+    fn reduction_tiles_fit_their_workgroup_memory() {
+        let tile = |side: usize, k: usize| reduction_tile(side, side, k, k).map(|t| (t.w, t.h));
+        assert_eq!(tile(56, 7), Some((56, 4)));
+        assert_eq!(tile(14, 7), Some((14, 14)));
+        assert_eq!(tile(7, 7), Some((7, 7)));
+        assert_eq!(tile(100, 3), Some((64, 4)));
+        assert_eq!(tile(56, 31), None);
+        for (side, k) in [(56, 7), (64, 9), (9, 9), (64, 15)] {
+            if let Some(t) = reduction_tile(side, side, k, k) {
+                assert!((t.w * t.h) as usize <= DW_DY_TILE_WORDS);
+                assert!((t.h as usize + k - 1) * t.stride as usize <= DW_TILE_WORDS);
+            }
+        }
+    }
 }
