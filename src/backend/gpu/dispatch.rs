@@ -75,13 +75,17 @@ impl GpuBackend {
         entry: &'static str,
     ) -> Result<wgpu::ComputePipeline> {
         let subgroups = self.gemm_uses_subgroups() && variant.uses_gemm();
-        let variant = &variant.clone().with_quads(self.gemm_quads);
-        match self.build_pipeline(&variant.clone().with_subgroups(subgroups), entry) {
+        // One copy of the variant per dispatch, in the forms the runtime picks.
+        let chosen = variant
+            .clone()
+            .with_quads(self.gemm_quads)
+            .with_subgroups(subgroups);
+        match self.build_pipeline(&chosen, entry) {
             Err(e) if subgroups => {
                 if self.gemm_subgroups.swap(false, Ordering::Relaxed) {
                     eprintln!("liera: the subgroup GEMM did not build on {} ({e}); using the workgroup-memory GEMM", self.adapter.name);
                 }
-                self.build_pipeline(variant, entry)
+                self.build_pipeline(&chosen.with_subgroups(false), entry)
             }
             built => built,
         }
