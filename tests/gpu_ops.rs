@@ -104,6 +104,18 @@ fn unary_op(code: u8, c: f32) -> UnaryOp {
     }
 }
 
+/// Functions `name() -> Option<&'static GpuBackend>`, each a second GPU backend made once with the given
+/// `GpuOptions` fields (the rest default); None without a GPU.
+macro_rules! second_backends {
+    ($($(#[$doc:meta])* $name:ident: { $($field:ident: $value:expr),* $(,)? };)*) => {$(
+        $(#[$doc])*
+        fn $name() -> Option<&'static GpuBackend> {
+            static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
+            second_backend(&B, GpuOptions { $($field: $value,)* ..GpuOptions::default() })
+        }
+    )*};
+}
+
 const BINARY_OPS: [BinaryOp; 10] = [
     BinaryOp::Add,
     BinaryOp::Sub,
@@ -466,18 +478,11 @@ proptest! {
     }
 }
 
-/// A GPU backend whose multi-tensor kernels get the smallest wide layout (8 storage bindings: one
-/// parameter per AdamW launch, 7 tensors per sum-of-squares launch), so a few tensors take several
-/// launches; and the default backend (the adapter's own limit, 32 on llvmpipe).
-fn narrow_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            max_wide_slots: Some(8),
-            ..GpuOptions::default()
-        },
-    )
+second_backends! {
+    /// A GPU backend whose multi-tensor kernels get the smallest wide layout (8 storage bindings: one
+    /// parameter per AdamW launch, 7 tensors per sum-of-squares launch), so a few tensors take several
+    /// launches; and the default backend (the adapter's own limit, 32 on llvmpipe).
+    narrow_backend: { max_wide_slots: Some(8), };
 }
 
 /// Many layers' low-rank reparameterisations in a row, then one backward pass: the GPU gathers them into
@@ -565,78 +570,22 @@ fn gathered_low_rank_reparameterisations_match_cpu() {
     }
 }
 
-/// GPU backends whose GEMM loads interior tiles by quads (the default), and value by value.
-fn quad_gemm_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            gemm_quads: Some(true),
-            ..GpuOptions::default()
-        },
-    )
-}
-
-fn value_load_gemm_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            gemm_quads: Some(false),
-            ..GpuOptions::default()
-        },
-    )
-}
-
-/// GPU backends whose stride-1 depthwise convolutions take the sliding-window kernels, and the tiled ones
-/// (whichever the adapter's default, both are tested).
-fn sliding_depthwise_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            depthwise_tiles: Some(false),
-            ..GpuOptions::default()
-        },
-    )
-}
-
-fn tiled_depthwise_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            depthwise_tiles: Some(true),
-            ..GpuOptions::default()
-        },
-    )
-}
-
-/// A tiled-depthwise GPU backend that wants 512 workgroups per launch, so the tiled weight gradient
-/// splits the batch into chunks (a workgroup per chunk and channel) and sums them.
-fn chunked_depthwise_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            depthwise_tiles: Some(true),
-            min_parallel_workgroups: Some(512),
-            ..GpuOptions::default()
-        },
-    )
-}
-
-/// A GPU backend whose GEMM kernels never use subgroups (gemm_workgroup.wgsl), for the adapters where the
-/// default backend does.
-fn workgroup_gemm_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            subgroups: Some(false),
-            ..GpuOptions::default()
-        },
-    )
+second_backends! {
+    /// GPU backends whose GEMM loads interior tiles by quads (the default), and value by value.
+    quad_gemm_backend: { gemm_quads: Some(true), };
+    /// See `quad_gemm_backend`.
+    value_load_gemm_backend: { gemm_quads: Some(false), };
+    /// GPU backends whose stride-1 depthwise convolutions take the sliding-window kernels, and the tiled ones
+    /// (whichever the adapter's default, both are tested).
+    sliding_depthwise_backend: { depthwise_tiles: Some(false), };
+    /// See `sliding_depthwise_backend`.
+    tiled_depthwise_backend: { depthwise_tiles: Some(true), };
+    /// A tiled-depthwise GPU backend that wants 512 workgroups per launch, so the tiled weight gradient
+    /// splits the batch into chunks (a workgroup per chunk and channel) and sums them.
+    chunked_depthwise_backend: { depthwise_tiles: Some(true), min_parallel_workgroups: Some(512), };
+    /// A GPU backend whose GEMM kernels never use subgroups (gemm_workgroup.wgsl), for the adapters where the
+    /// default backend does.
+    workgroup_gemm_backend: { subgroups: Some(false), };
 }
 
 #[test]
@@ -786,17 +735,10 @@ proptest! {
     }
 }
 
-/// A second GPU backend whose dispatches may use at most 4 workgroups per dimension, so launches of a few
-/// dozen workgroups are split over x, y and z exactly as launches of more than 65535 are on the real limit.
-fn split_backend() -> Option<&'static GpuBackend> {
-    static B: OnceLock<Option<GpuBackend>> = OnceLock::new();
-    second_backend(
-        &B,
-        GpuOptions {
-            max_workgroups_per_dim: Some(4),
-            ..GpuOptions::default()
-        },
-    )
+second_backends! {
+    /// A second GPU backend whose dispatches may use at most 4 workgroups per dimension, so launches of a few
+    /// dozen workgroups are split over x, y and z exactly as launches of more than 65535 are on the real limit.
+    split_backend: { max_workgroups_per_dim: Some(4), };
 }
 
 /// A kernel launch on some backend: inputs in, outputs out.
