@@ -39,9 +39,15 @@ var<workgroup> wg_sum_scratch: array<f32, 256>;
 // The sum of `value` over the 256 threads of the workgroup (every thread must call it): a tree reduction in
 // workgroup memory.
 fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    return workgroup_sum_of(lid, value, 256u);
+}
+
+// The sum of `value` over a workgroup of `threads` threads, a power of two up to 256 (every thread must
+// call it, with the same `threads`).
+fn workgroup_sum_of(lid: u32, value: f32, threads: u32) -> f32 {
     wg_sum_scratch[lid] = value;
     workgroupBarrier();
-    for (var half = 128u; half > 0u; half = half / 2u) {
+    for (var half = threads / 2u; half > 0u; half = half / 2u) {
         if (lid < half) {
             wg_sum_scratch[lid] += wg_sum_scratch[lid + half];
         }

@@ -520,8 +520,8 @@ fn dw_weight_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
         }
     }
     dw_partial[lid] = acc;
-    let db = workgroup_sum_dw(lid, bias_acc);
-    // dw_partial is complete: workgroup_sum_dw's first barrier follows every store above.
+    let db = workgroup_sum_of(lid, bias_acc, DW_THREADS);
+    // dw_partial is complete: workgroup_sum_of's first barrier follows every store above.
     let n_w = params.c_out * params.kh * params.kw;
     let base_out = kc.x * (n_w + select(0u, params.c_out, params.has_bias != 0u));
     if (lid < tap_quads) {
@@ -538,20 +538,4 @@ fn dw_weight_grad_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
             out[base_out + n_w + c] = db;
         }
     }
-}
-
-var<workgroup> dw_sum_scratch: array<f32, DW_THREADS>;
-
-// The sum of `value` over the DW_THREADS threads of the workgroup (a power of two; every thread must call
-// it): a tree reduction in workgroup memory.
-fn workgroup_sum_dw(lid: u32, value: f32) -> f32 {
-    dw_sum_scratch[lid] = value;
-    workgroupBarrier();
-    for (var half = DW_THREADS / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            dw_sum_scratch[lid] += dw_sum_scratch[lid + half];
-        }
-        workgroupBarrier();
-    }
-    return dw_sum_scratch[0];
 }
