@@ -332,12 +332,21 @@ pub(crate) unsafe fn gemm_view(
             (m, k, n),
             epi,
             blocking::<6, 32>(),
+            Split::Auto,
             tile_avx512,
         ),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            gemm_blocked::<6, 16>(a, b, c, out, (m, k, n), epi, blocking::<6, 16>(), tile_avx2)
-        }
+        Isa::Avx2Fma => gemm_blocked::<6, 16>(
+            a,
+            b,
+            c,
+            out,
+            (m, k, n),
+            epi,
+            blocking::<6, 16>(),
+            Split::Auto,
+            tile_avx2,
+        ),
         _ => gemm_blocked::<4, 8>(
             a,
             b,
@@ -346,6 +355,7 @@ pub(crate) unsafe fn gemm_view(
             (m, k, n),
             epi,
             blocking::<4, 8>(),
+            Split::Auto,
             tile_portable,
         ),
     }
@@ -375,6 +385,16 @@ impl TileStore<'_> {
     fn rows(&self, ir: usize, mr: usize) -> TileStore<'_> {
         TileStore {
             bias: self.bias.map(|b| &b[ir..ir + mr]),
+            ..*self
+        }
+    }
+    /// The store of one pass over k of the whole epilogue: it overwrites and adds the bias on the first
+    /// pass only, and writes GELU on the last only.
+    fn pass(&self, first: bool, last: bool) -> TileStore<'_> {
+        TileStore {
+            overwrite: self.overwrite && first,
+            bias: self.bias.filter(|_| first),
+            gelu_out: self.gelu_out.filter(|_| last),
             ..*self
         }
     }
@@ -647,7 +667,9 @@ impl CPtr {
 }
 
 /// Packs rows p0..p0+kc, columns j0..j0+nc of B into panels of NR columns: panel q holds, for each p, the
-/// NR values B[p, j0 + q·NR ..], zero-padded past the last column.
+/// NR values B[p, j0 + q·NR ..], zero-padded past the last column. On rayon's threads when `parallel`
+/// (groups of panels per task), else on the calling thread.
+#[allow(clippy::too_many_arguments)]
 fn pack_b<const NR: usize>(
     b: &MatView,
     p0: usize,
@@ -655,99 +677,161 @@ fn pack_b<const NR: usize>(
     j0: usize,
     nc: usize,
     out: &mut [f32],
+    parallel: bool,
 ) {
     // B's row offsets, once for all panels (a blocked row axis would cost a division per row).
     let mut row_at = vec![0usize; kc];
     b.rows.offsets(p0, kc, &mut row_at);
-    let last_row = row_at.iter().copied().max().unwrap_or(0);
     let row_at = &row_at;
-    out.par_chunks_mut(kc * NR)
-        .with_min_len(4)
-        .enumerate()
-        .for_each(|(q, panel)| {
-            let jq = j0 + q * NR;
-            let width = NR.min(j0 + nc - jq);
-            let mut cols = [0usize; NR];
-            b.cols.offsets(jq, width, &mut cols);
-            if consecutive(&cols[..width]) {
-                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
-                    let src = &b.data[base + cols[0]..base + cols[0] + width];
-                    if width == NR {
-                        // A whole row: a fixed-size copy, a few vector moves (a copy of run-time length
-                        // is a call to memcpy per 128-byte row, a tenth of a product with k = 40).
-                        let src: &[f32; NR] = src.try_into().expect("NR values");
-                        let dst: &mut [f32; NR] = row.try_into().expect("chunks of NR values");
-                        *dst = *src;
-                    } else {
-                        row[..width].copy_from_slice(src);
-                        row[width..].fill(0.0);
-                    }
-                }
-                return;
+    let group = |g: usize, chunk: &mut [f32]| {
+        pack_b_panels::<NR>(b, row_at, j0 + g * PACK_GROUP * NR, j0 + nc, chunk)
+    };
+    let len = (nc.div_ceil(NR) * kc * NR).min(out.len());
+    let group_len = kc * NR * PACK_GROUP;
+    if parallel {
+        out[..len]
+            .par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(g, chunk)| group(g, chunk));
+    } else {
+        out[..len]
+            .chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(g, chunk)| group(g, chunk));
+    }
+}
+
+/// Panels packed together by [`pack_b_panels`]: their rows are read as one run of up to PACK_GROUP·NR
+/// consecutive floats of each row of B.
+const PACK_GROUP: usize = 8;
+
+/// Packs the panels of `out` (each kc·NR floats, kc = `row_at.len()`), the first starting at column `jq0`,
+/// the columns ending at `j_end`. Panels of NR consecutive columns are copied row by row across the whole
+/// group, so each row of B is read as one run (the reads stream along memory instead of jumping to a new
+/// row of B every NR floats, a page apart in an NCHW tensor); other panels element by element.
+fn pack_b_panels<const NR: usize>(
+    b: &MatView,
+    row_at: &[usize],
+    jq0: usize,
+    j_end: usize,
+    out: &mut [f32],
+) {
+    let kc = row_at.len();
+    let last_row = row_at.iter().copied().max().unwrap_or(0);
+    let panels = out.len() / (kc * NR);
+    // The first column of each whole, consecutive panel (None: scattered or partial).
+    let mut firsts = [None; PACK_GROUP];
+    for (q, first) in firsts.iter_mut().enumerate().take(panels) {
+        let jq = jq0 + q * NR;
+        let width = NR.min(j_end - jq);
+        let mut cols = [0usize; NR];
+        b.cols.offsets(jq, width, &mut cols);
+        if width == NR && consecutive(&cols) {
+            *first = Some(cols[0]);
+            continue;
+        }
+        pack_b_panel_scattered::<NR>(
+            b,
+            row_at,
+            last_row,
+            &cols[..width],
+            &mut out[q * kc * NR..(q + 1) * kc * NR],
+        );
+    }
+    for (p, &base) in row_at.iter().enumerate() {
+        for (q, first) in firsts.iter().enumerate().take(panels) {
+            if let Some(c0) = *first {
+                // A fixed-size copy: a few vector moves (a copy of run-time length is a call to memcpy
+                // per 128-byte row, a tenth of a product with k = 40).
+                let src: &[f32; NR] = b.data[base + c0..base + c0 + NR]
+                    .try_into()
+                    .expect("NR values");
+                let at = q * kc * NR + p * NR;
+                let dst: &mut [f32; NR] = (&mut out[at..at + NR]).try_into().expect("NR values");
+                *dst = *src;
             }
-            // Scattered columns: a transposed B (the Xᵀ of a weight gradient) or a panel that straddles two
-            // images of a batch-blocked B. Element by element, in the order that reads memory along its
-            // contiguous axis: down each column when k is (a transposed B), else along each row.
-            let last_col = cols[..width].iter().copied().max().unwrap_or(0);
-            assert!(
-                last_row + last_col < b.data.len(),
-                "B index {} past {} values",
-                last_row + last_col,
-                b.data.len()
-            );
-            let src = b.data.as_ptr();
-            if b.rows.stride == 1 {
-                // k contiguous: 8 consecutive k of 8 columns are read as 8 runs and transposed through a
-                // fixed-size block (about twice as fast as element by element); single rows where 8 k are
-                // not consecutive (an image boundary of a blocked k axis) and the columns past the last 8.
-                let w8 = width / 8 * 8;
-                let mut p = 0;
-                while p < kc {
-                    let base = row_at[p];
-                    if p + 8 <= kc && consecutive(&row_at[p..p + 8]) {
-                        for j0 in (0..w8).step_by(8) {
-                            // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row +
-                            // last_col < b.data.len() (asserted above).
-                            let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
-                                src.add(base + cols[j0 + jj])
-                                    .cast::<[f32; 8]>()
-                                    .read_unaligned()
-                            });
-                            for pp in 0..8 {
-                                let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
-                                panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8]
-                                    .copy_from_slice(&row);
-                            }
-                        }
-                        for (j, &o) in cols[..width].iter().enumerate().skip(w8) {
-                            for pp in 0..8 {
-                                // SAFETY: as above.
-                                panel[(p + pp) * NR + j] = unsafe { *src.add(base + pp + o) };
-                            }
-                        }
-                        p += 8;
-                    } else {
-                        for (j, &o) in cols[..width].iter().enumerate() {
-                            // SAFETY: base + o ≤ last_row + last_col < b.data.len() (asserted above).
-                            panel[p * NR + j] = unsafe { *src.add(base + o) };
-                        }
-                        p += 1;
+        }
+    }
+}
+
+/// Packs one panel whose `cols` (at most NR) are not NR consecutive columns of B, zero-padded: a
+/// transposed B (the Xᵀ of a weight gradient), a panel that straddles two images of a batch-blocked B, or
+/// the last, partial panel.
+fn pack_b_panel_scattered<const NR: usize>(
+    b: &MatView,
+    row_at: &[usize],
+    last_row: usize,
+    cols: &[usize],
+    panel: &mut [f32],
+) {
+    let (kc, width) = (row_at.len(), cols.len());
+    if consecutive(cols) {
+        for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
+            row[..width].copy_from_slice(&b.data[base + cols[0]..base + cols[0] + width]);
+            row[width..].fill(0.0);
+        }
+        return;
+    }
+    // Element by element, in the order that reads memory along its contiguous axis: down each column when
+    // k is (a transposed B), else along each row.
+    let last_col = cols.iter().copied().max().unwrap_or(0);
+    assert!(
+        last_row + last_col < b.data.len(),
+        "B index {} past {} values",
+        last_row + last_col,
+        b.data.len()
+    );
+    let src = b.data.as_ptr();
+    if b.rows.stride == 1 {
+        // k contiguous: 8 consecutive k of 8 columns are read as 8 runs and transposed through a
+        // fixed-size block (about twice as fast as element by element); single rows where 8 k are not
+        // consecutive (an image boundary of a blocked k axis) and the columns past the last 8.
+        let w8 = width / 8 * 8;
+        let mut p = 0;
+        while p < kc {
+            let base = row_at[p];
+            if p + 8 <= kc && consecutive(&row_at[p..p + 8]) {
+                for j0 in (0..w8).step_by(8) {
+                    // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row + last_col <
+                    // b.data.len() (asserted above).
+                    let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
+                        src.add(base + cols[j0 + jj])
+                            .cast::<[f32; 8]>()
+                            .read_unaligned()
+                    });
+                    for pp in 0..8 {
+                        let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
+                        panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8].copy_from_slice(&row);
                     }
                 }
-            } else {
-                for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
-                    for (r, &o) in row.iter_mut().zip(&cols[..width]) {
+                for (j, &o) in cols.iter().enumerate().skip(w8) {
+                    for pp in 0..8 {
                         // SAFETY: as above.
-                        *r = unsafe { *src.add(base + o) };
+                        panel[(p + pp) * NR + j] = unsafe { *src.add(base + pp + o) };
                     }
                 }
-            }
-            if width < NR {
-                for row in panel.chunks_exact_mut(NR) {
-                    row[width..].fill(0.0);
+                p += 8;
+            } else {
+                for (j, &o) in cols.iter().enumerate() {
+                    // SAFETY: base + o ≤ last_row + last_col < b.data.len() (asserted above).
+                    panel[p * NR + j] = unsafe { *src.add(base + o) };
                 }
+                p += 1;
             }
-        });
+        }
+    } else {
+        for (row, &base) in panel.chunks_exact_mut(NR).zip(row_at) {
+            for (r, &o) in row.iter_mut().zip(cols) {
+                // SAFETY: as above.
+                *r = unsafe { *src.add(base + o) };
+            }
+        }
+    }
+    if width < NR {
+        for row in panel.chunks_exact_mut(NR) {
+            row[width..].fill(0.0);
+        }
+    }
 }
 
 /// Packs rows i0..i0+mc, columns p0..p0+kc of A into panels of MR rows (zero-padded).
@@ -785,6 +869,140 @@ fn pack_a<const MR: usize>(
     }
 }
 
+/// How the threads share a product's work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// [`Split::Columns`] for wide products (many more columns than rows, as a convolution over a batch),
+    /// else [`Split::Shared`]; `LIERA_GEMM_SPLIT=shared|columns` forces one, for tuning experiments.
+    Auto,
+    /// Per block of B (kc × nc): the threads pack it together, wait, then share its tiles (row blocks ×
+    /// ranges of panels), and wait again. Suits products with many rows, whose A blocks the threads split.
+    Shared,
+    /// Each task owns a range of columns of C for the whole product: it packs its own B columns pass by
+    /// pass and computes every row against them, with no wait between tasks. Suits wide products whose A
+    /// (a layer's weights) is small: B is read once, A is shared from the caches.
+    Columns,
+}
+
+impl Split {
+    fn forced() -> Option<Split> {
+        static FORCED: OnceLock<Option<Split>> = OnceLock::new();
+        *FORCED.get_or_init(|| match std::env::var("LIERA_GEMM_SPLIT").ok()?.as_str() {
+            "shared" => Some(Split::Shared),
+            "columns" => Some(Split::Columns),
+            _ => None,
+        })
+    }
+}
+
+/// One pass over k (rows p0..p0+kc of B) of a blocked product: what every tile of the pass needs.
+struct Pass<'a> {
+    a: &'a MatView<'a>,
+    /// A is row-major and read in place (see [`gemm_blocked`]), else packed per row block.
+    a_in_place: bool,
+    c: CPtr,
+    out: &'a OutView,
+    m: usize,
+    n: usize,
+    p0: usize,
+    kc: usize,
+    store: TileStore<'a>,
+    tile_fn: TileFn,
+}
+
+impl Pass<'_> {
+    /// Packs rows i0..i0+mc of this pass's A columns into `a_pack` (resized to fit), when A is not read
+    /// in place.
+    fn pack_a<const MR: usize>(&self, (i0, mc): (usize, usize), a_pack: &mut Vec<f32>) {
+        if !self.a_in_place {
+            a_pack.resize(mc.div_ceil(MR) * self.kc * MR, 0.0);
+            pack_a::<MR>(self.a, i0, mc, self.p0, self.kc, a_pack);
+        }
+    }
+
+    /// The tiles of rows i0..i0+mc × the B panels `panels` (global panel indices; panel q's column is
+    /// q·NR), B packed in `b_pack` from panel `first_panel` on, and A's rows packed by [`Pass::pack_a`] in
+    /// `a_pack` (unused when A is read in place).
+    fn tiles<const MR: usize, const NR: usize>(
+        &self,
+        (i0, mc): (usize, usize),
+        panels: std::ops::Range<usize>,
+        (b_pack, first_panel): (&[f32], usize),
+        a_pack: &[f32],
+    ) {
+        let (m, n, p0, kc) = (self.m, self.n, self.p0, self.kc);
+        let a_panels = mc.div_ceil(MR);
+        let mut rows = [0usize; MR];
+        let mut cols = [0usize; NR];
+        let mut a_rows: [usize; MR] = std::array::from_fn(|i| i);
+        for q in panels {
+            let jq = q * NR;
+            let nr = NR.min(n - jq);
+            self.out.cols.offsets(jq, nr, &mut cols);
+            let panel_store = self.store.panel(&cols[..nr]);
+            let at = (q - first_panel) * kc * NR;
+            let bp = &b_pack[at..at + kc * NR];
+            for r in 0..a_panels {
+                let ir = i0 + r * MR;
+                let mr = MR.min(m - ir);
+                self.out.rows.offsets(ir, mr, &mut rows);
+                let store = panel_store.rows(ir, mr);
+                let (ap, a_step): (&[f32], usize) = if self.a_in_place {
+                    // Row i of A from column p0 on; a partial panel repeats its last row (read, never
+                    // stored).
+                    self.a.rows.offsets(ir, mr, &mut a_rows);
+                    let last = a_rows[mr - 1];
+                    for (i, o) in a_rows.iter_mut().enumerate() {
+                        *o = if i < mr { *o } else { last } + p0;
+                    }
+                    (self.a.data, 1)
+                } else {
+                    (&a_pack[r * kc * MR..(r + 1) * kc * MR], MR)
+                };
+                // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to the calling task alone (its
+                // row block and panel range), and the caller of `gemm_view` guarantees they are valid and
+                // distinct; the tile function was chosen for this CPU's instruction set.
+                unsafe {
+                    (self.tile_fn)(
+                        ap,
+                        &a_rows,
+                        a_step,
+                        bp,
+                        self.c.get(),
+                        &rows,
+                        &cols,
+                        mr,
+                        nr,
+                        &store,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// The columns of one task of [`Split::Columns`] (a multiple of NR): at least 8 panels; at most nc, and
+/// few enough that the task's packed B (kc × columns) fits in half of L2, where it is reused by every row
+/// block; and small enough to give every thread 8 tasks, so that the last ones balance the threads.
+fn column_task_width<const NR: usize>(n: usize, blocking: Blocking) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let l2_fit = caches().l2 / 2 / (blocking.kc * std::mem::size_of::<f32>());
+    let balanced = n.div_ceil(8 * threads);
+    balanced
+        .min(l2_fit)
+        .min(blocking.nc)
+        .max(8 * NR)
+        .div_ceil(NR)
+        * NR
+}
+
+/// Whether [`Split::Auto`] takes [`Split::Columns`]: a wide product (at least four times as many columns as
+/// rows) with at least 4 column tasks per thread.
+fn columns_split<const NR: usize>(m: usize, n: usize, blocking: Blocking) -> bool {
+    let threads = rayon::current_num_threads().max(1);
+    n >= 4 * m && n.div_ceil(column_task_width::<NR>(n, blocking)) >= 4 * threads
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_blocked<const MR: usize, const NR: usize>(
     a: &MatView,
@@ -794,6 +1012,7 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     (m, k, n): (usize, usize, usize),
     epi: &Epilogue,
     blocking: Blocking,
+    split: Split,
     tile_fn: TileFn,
 ) {
     let serial = m * n * k < PAR_MIN_MACS;
@@ -809,23 +1028,90 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     // loads anyway, and each row is a contiguous stream, so packing it would only copy it. Other layouts
     // (transposed, or a blocked k axis) are packed into MR-row panels.
     let a_in_place = a.cols == Axis::plain(1);
-    let packed_rows: [usize; MR] = std::array::from_fn(|i| i);
+    // The epilogue as a store (shareable with the tasks); each pass keeps its part of it.
+    let whole = TileStore {
+        overwrite: epi.overwrite,
+        bias: epi.row_bias,
+        gelu_out: epi.gelu_out,
+        cols_contiguous: false,
+    };
+    let pass = |p0: usize| {
+        let kc = kc_max.min(k - p0);
+        Pass {
+            a,
+            a_in_place,
+            c,
+            out,
+            m,
+            n,
+            p0,
+            kc,
+            store: whole.pass(p0 == 0, p0 + kc == k),
+            tile_fn,
+        }
+    };
+    let split = match split {
+        Split::Auto => Split::forced().unwrap_or(if columns_split::<NR>(m, n, blocking) {
+            Split::Columns
+        } else {
+            Split::Shared
+        }),
+        s => s,
+    };
+    if split == Split::Columns {
+        let width = column_task_width::<NR>(n, blocking);
+        let blocks: Vec<(usize, usize)> = (0..k)
+            .step_by(kc_max)
+            .flat_map(|p0| (0..m).step_by(mc).map(move |i0| (p0, i0)))
+            .collect();
+        // A packed once for all tasks (when it is not read in place): one block per pass and row block.
+        let mut a_packs = vec![Vec::new(); blocks.len()];
+        let pack = |(&(p0, i0), a_pack): (&(usize, usize), &mut Vec<f32>)| {
+            pass(p0).pack_a::<MR>((i0, mc.min(m - i0)), a_pack)
+        };
+        if serial {
+            blocks.iter().zip(&mut a_packs).for_each(pack);
+        } else {
+            blocks.par_iter().zip(&mut a_packs).for_each(pack);
+        }
+        let a_packs = &a_packs;
+        // A task: columns j0..j0+width, every pass over k and every row block; its B buffer is reused by
+        // the tasks a thread runs (packing overwrites it, padding included).
+        let task = |b_pack: &mut Vec<f32>, t: usize| {
+            let j0 = t * width;
+            let cols = width.min(n - j0);
+            let panels = j0 / NR..(j0 + cols).div_ceil(NR);
+            let mut a_blocks = a_packs.iter();
+            for p0 in (0..k).step_by(kc_max) {
+                let pass = pass(p0);
+                b_pack.resize(panels.len() * pass.kc * NR, 0.0);
+                pack_b::<NR>(b, p0, pass.kc, j0, cols, b_pack, false);
+                for i0 in (0..m).step_by(mc) {
+                    let a_pack = a_blocks.next().expect("a block per pass and row block");
+                    let rows = (i0, mc.min(m - i0));
+                    pass.tiles::<MR, NR>(rows, panels.clone(), (b_pack, panels.start), a_pack);
+                }
+            }
+        };
+        let tasks = n.div_ceil(width);
+        if serial {
+            let mut b_pack = Vec::new();
+            (0..tasks).for_each(|t| task(&mut b_pack, t));
+        } else {
+            (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+        }
+        return;
+    }
     let mut b_pack = Vec::new();
     for j0 in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - j0);
         let b_panels = nc.div_ceil(NR);
         for p0 in (0..k).step_by(kc_max) {
-            let kc = kc_max.min(k - p0);
-            let pass = TileStore {
-                overwrite: epi.overwrite && p0 == 0,
-                bias: epi.row_bias.filter(|_| p0 == 0),
-                gelu_out: epi.gelu_out.filter(|_| p0 + kc == k),
-                cols_contiguous: false,
-            };
+            let pass = pass(p0);
             // Packing overwrites every element (padding included), so the buffer is only resized: no
             // zeroing pass per block.
-            b_pack.resize(b_panels * kc * NR, 0.0);
-            pack_b::<NR>(b, p0, kc, j0, nc, &mut b_pack);
+            b_pack.resize(b_panels * pass.kc * NR, 0.0);
+            pack_b::<NR>(b, p0, pass.kc, j0, nc, &mut b_pack, !serial);
             // Tasks: a row block × a range of B panels (a few, so that skinny products still split).
             let panels_per_task = if row_blocks >= 4 {
                 b_panels
@@ -833,72 +1119,25 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
                 8.min(b_panels)
             };
             let col_tasks = b_panels.div_ceil(panels_per_task);
+            let first = j0 / NR;
             let b_pack = &b_pack;
+            let pass = &pass;
             // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding included).
             let task = |a_pack: &mut Vec<f32>, t: usize| {
                 let (rb, ct) = (t / col_tasks, t % col_tasks);
                 let i0 = rb * mc;
-                let mc = mc.min(m - i0);
-                let a_panels = mc.div_ceil(MR);
-                if !a_in_place {
-                    a_pack.resize(a_panels * kc * MR, 0.0);
-                    pack_a::<MR>(a, i0, mc, p0, kc, a_pack);
-                }
-                let q_end = ((ct + 1) * panels_per_task).min(b_panels);
-                let mut rows = [0usize; MR];
-                let mut cols = [0usize; NR];
-                let mut a_rows = packed_rows;
-                for q in ct * panels_per_task..q_end {
-                    let jq = j0 + q * NR;
-                    let nr = NR.min(n - jq);
-                    out.cols.offsets(jq, nr, &mut cols);
-                    let panel_pass = pass.panel(&cols[..nr]);
-                    let bp = &b_pack[q * kc * NR..(q + 1) * kc * NR];
-                    for r in 0..a_panels {
-                        let ir = i0 + r * MR;
-                        let mr = MR.min(m - ir);
-                        out.rows.offsets(ir, mr, &mut rows);
-                        let store = panel_pass.rows(ir, mr);
-                        let (ap, a_step): (&[f32], usize) = if a_in_place {
-                            // Row i of A from column p0 on; a partial panel repeats its last row (read,
-                            // never stored).
-                            a.rows.offsets(ir, mr, &mut a_rows);
-                            let last = a_rows[mr - 1];
-                            for (i, o) in a_rows.iter_mut().enumerate() {
-                                *o = if i < mr { *o } else { last } + p0;
-                            }
-                            (a.data, 1)
-                        } else {
-                            (&a_pack[r * kc * MR..(r + 1) * kc * MR], MR)
-                        };
-                        // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to this task alone (its
-                        // row block and panel range), and the caller of `gemm_view` guarantees they are
-                        // valid and distinct; the tile function was chosen for this CPU's instruction set.
-                        unsafe {
-                            tile_fn(
-                                ap,
-                                &a_rows,
-                                a_step,
-                                bp,
-                                c.get(),
-                                &rows,
-                                &cols,
-                                mr,
-                                nr,
-                                &store,
-                            )
-                        };
-                    }
-                }
+                let q0 = first + ct * panels_per_task;
+                let q1 = (q0 + panels_per_task).min(first + b_panels);
+                let rows = (i0, mc.min(m - i0));
+                pass.pack_a::<MR>(rows, a_pack);
+                pass.tiles::<MR, NR>(rows, q0..q1, (b_pack, first), a_pack);
             };
             let tasks = row_blocks * col_tasks;
             if serial {
                 let mut a_pack = Vec::new();
                 (0..tasks).for_each(|t| task(&mut a_pack, t));
             } else {
-                (0..tasks)
-                    .into_par_iter()
-                    .for_each_init(Vec::new, |a_pack, t| task(a_pack, t));
+                (0..tasks).into_par_iter().for_each_init(Vec::new, task);
             }
         }
     }
@@ -916,21 +1155,22 @@ mod tests {
     }
 
     type Kernel =
-        fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue, Blocking);
+        fn(&MatView, &MatView, CPtr, &OutView, (usize, usize, usize), &Epilogue, Blocking, Split);
 
     /// Every micro-kernel this CPU can run, each with a small blocking that puts block edges (k across kc,
-    /// rows across mc, columns across nc) inside modest shapes, and with this machine's own blocking.
-    fn variants() -> Vec<(&'static str, Kernel, Blocking)> {
+    /// rows across mc, columns across nc) inside modest shapes and with this machine's own blocking, and
+    /// each with both ways of splitting the work among threads.
+    fn variants() -> Vec<(&'static str, Kernel, Blocking, Split)> {
         let mut kernels: Vec<(&str, Kernel, Blocking)> = vec![(
             "portable",
-            |a, b, c, o, d, e, bl| gemm_blocked::<4, 8>(a, b, c, o, d, e, bl, tile_portable),
+            |a, b, c, o, d, e, bl, s| gemm_blocked::<4, 8>(a, b, c, o, d, e, bl, s, tile_portable),
             blocking::<4, 8>(),
         )];
         #[cfg(target_arch = "x86_64")]
         if isa() != Isa::Portable {
             kernels.push((
                 "avx2",
-                |a, b, c, o, d, e, bl| gemm_blocked::<6, 16>(a, b, c, o, d, e, bl, tile_avx2),
+                |a, b, c, o, d, e, bl, s| gemm_blocked::<6, 16>(a, b, c, o, d, e, bl, s, tile_avx2),
                 blocking::<6, 16>(),
             ));
         }
@@ -938,7 +1178,9 @@ mod tests {
         if isa() == Isa::Avx512 {
             kernels.push((
                 "avx512",
-                |a, b, c, o, d, e, bl| gemm_blocked::<6, 32>(a, b, c, o, d, e, bl, tile_avx512),
+                |a, b, c, o, d, e, bl, s| {
+                    gemm_blocked::<6, 32>(a, b, c, o, d, e, bl, s, tile_avx512)
+                },
                 blocking::<6, 32>(),
             ));
         }
@@ -947,8 +1189,13 @@ mod tests {
             mc: 24,
             nc: 256,
         };
-        let mut all: Vec<_> = kernels.iter().map(|&(n, k, _)| (n, k, small)).collect();
-        all.extend(kernels);
+        let mut all = Vec::new();
+        for split in [Split::Shared, Split::Columns] {
+            for &(name, kernel, own) in &kernels {
+                all.push((name, kernel, small, split));
+                all.push((name, kernel, own, split));
+            }
+        }
         all
     }
 
@@ -993,7 +1240,7 @@ mod tests {
                     cols: Axis::plain(1),
                 };
                 let what = format!("{m}x{k}x{n} ta {ta} tb {tb}");
-                for (name, kernel, blocking) in variants() {
+                for (name, kernel, blocking, split) in variants() {
                     let mut c = vec![0.0f32; m * n];
                     let dims = (m, k, n);
                     kernel(
@@ -1004,8 +1251,14 @@ mod tests {
                         dims,
                         &Epilogue::ADD,
                         blocking,
+                        split,
                     );
-                    check(&c, &want, k, &format!("{name} {blocking:?} {what}"));
+                    check(
+                        &c,
+                        &want,
+                        k,
+                        &format!("{name} {blocking:?} {split:?} {what}"),
+                    );
                 }
                 let mut c = vec![0.0f32; m * n];
                 // SAFETY: `out` addresses every element of c exactly once.
@@ -1092,8 +1345,8 @@ mod tests {
                 }
             }
             let want_gelu: Vec<f64> = want.iter().map(|&v| gelu(v as f32) as f64).collect();
-            for (name, kernel, blocking) in variants() {
-                let what = format!("{name} {blocking:?} {m}x{k}x{n}");
+            for (name, kernel, blocking, split) in variants() {
+                let what = format!("{name} {blocking:?} {split:?} {m}x{k}x{n}");
                 // k = 0 never reaches the blocked loop: gemm_view handles it.
                 let run = |c: &mut [f32], epi: &Epilogue| {
                     if k == 0 {
@@ -1108,6 +1361,7 @@ mod tests {
                             (m, k, n),
                             epi,
                             blocking,
+                            split,
                         );
                     }
                 };
