@@ -279,7 +279,7 @@ fn isa() -> Isa {
 }
 
 /// C += A·B, or C = A·B with the extras of `epi`, for general views (A m×k, B k×n) into the output view at
-/// `c`.
+/// `c`, on rayon's threads.
 ///
 /// # Safety
 /// Every element `c + out.rows.at(i) + out.cols.at(j)` for i < m, j < n must be valid for writes, distinct
@@ -290,8 +290,40 @@ pub(crate) unsafe fn gemm_view(
     b: &MatView,
     c: *mut f32,
     out: &OutView,
+    dims: (usize, usize, usize),
+    epi: &Epilogue,
+) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_view_split(a, b, c, out, dims, epi, Split::Auto) }
+}
+
+/// [`gemm_view`] on the calling thread only: for products that callers already run in parallel with each
+/// other (a product per task), where splitting each one again would only add waits.
+///
+/// # Safety
+/// As for [`gemm_view`].
+pub(crate) unsafe fn gemm_view_serial(
+    a: &MatView,
+    b: &MatView,
+    c: *mut f32,
+    out: &OutView,
+    dims: (usize, usize, usize),
+    epi: &Epilogue,
+) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_view_split(a, b, c, out, dims, epi, Split::Serial) }
+}
+
+/// # Safety
+/// As for [`gemm_view`].
+unsafe fn gemm_view_split(
+    a: &MatView,
+    b: &MatView,
+    c: *mut f32,
+    out: &OutView,
     (m, k, n): (usize, usize, usize),
     epi: &Epilogue,
+    split: Split,
 ) {
     if let Some(bias) = epi.row_bias {
         assert!(
@@ -332,7 +364,7 @@ pub(crate) unsafe fn gemm_view(
             (m, k, n),
             epi,
             blocking::<6, 32>(),
-            Split::Auto,
+            split,
             tile_avx512,
         ),
         #[cfg(target_arch = "x86_64")]
@@ -355,7 +387,7 @@ pub(crate) unsafe fn gemm_view(
             (m, k, n),
             epi,
             blocking::<4, 8>(),
-            Split::Auto,
+            split,
             tile_portable,
         ),
     }
@@ -882,6 +914,8 @@ pub(crate) enum Split {
     /// pass and computes every row against them, with no wait between tasks. Suits wide products whose A
     /// (a layer's weights) is small: B is read once, A is shared from the caches.
     Columns,
+    /// Everything on the calling thread (in the order of [`Split::Shared`]).
+    Serial,
 }
 
 impl Split {
@@ -1015,7 +1049,7 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
     split: Split,
     tile_fn: TileFn,
 ) {
-    let serial = m * n * k < PAR_MIN_MACS;
+    let serial = split == Split::Serial || m * n * k < PAR_MIN_MACS;
     let Blocking {
         kc: kc_max,
         mc,
