@@ -2,7 +2,8 @@
 //!
 //! C += A·B is cut into blocks: kc rows of B × nc columns are packed once into panels NR columns wide, and
 //! each rayon task packs an mc×kc block of A into panels MR rows tall; the block sizes come from this CPU's
-//! cache sizes, read at run time ([`blocking`]). The micro-kernel keeps an MR×NR tile of C in registers and
+//! cache sizes, read at run time ([`blocking`]). How the threads share the blocks is the [`Split`]: each
+//! packed block of B shared by all, or, for wide products, each task its own columns of C. The micro-kernel keeps an MR×NR tile of C in registers and
 //! adds one outer product of an A column and a B row per step of k; its fixed-size loops are unrolled and
 //! vectorised by the compiler. It prefetches its C tile before the k loop, so the tile's cache misses overlap
 //! the arithmetic. It is compiled three times, with the instruction set chosen at run time: AVX-512 (6×32
