@@ -12,7 +12,7 @@ use super::depthwise::{
 };
 use super::elementwise::gelu;
 use super::matmul::{
-    gemm_view, gemm_view_serial, vec_written_by, Axis, Epilogue, MatView, OutView,
+    gemm_view, gemm_view_split, vec_written_by, Axis, Epilogue, MatView, OutView, Split,
 };
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
@@ -461,13 +461,14 @@ fn pointwise_weight_grad<'a>(x: &'a [f32], dy: &'a [f32], g: &Conv2dGeometry, dw
                 };
                 // SAFETY: `out` addresses acc, rows × cols elements, each once.
                 unsafe {
-                    gemm_view_serial(
+                    gemm_view_split(
                         &a,
                         &b_t,
                         acc.as_mut_ptr(),
                         &out,
                         (rows, hw, cols),
                         &Epilogue::ADD,
+                        Split::Serial,
                     )
                 };
             }

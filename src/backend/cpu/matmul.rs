@@ -298,26 +298,13 @@ pub(crate) unsafe fn gemm_view(
     unsafe { gemm_view_split(a, b, c, out, dims, epi, Split::Auto) }
 }
 
-/// [`gemm_view`] on the calling thread only: for products that callers already run in parallel with each
-/// other (a product per task), where splitting each one again would only add waits.
+/// [`gemm_view`] with the threads' share of the work chosen by the caller: [`Split::Serial`] keeps it on
+/// the calling thread, for products that callers already run in parallel with each other (a product per
+/// task), where splitting each one again would only add waits.
 ///
 /// # Safety
 /// As for [`gemm_view`].
-pub(crate) unsafe fn gemm_view_serial(
-    a: &MatView,
-    b: &MatView,
-    c: *mut f32,
-    out: &OutView,
-    dims: (usize, usize, usize),
-    epi: &Epilogue,
-) {
-    // SAFETY: the caller's promise.
-    unsafe { gemm_view_split(a, b, c, out, dims, epi, Split::Serial) }
-}
-
-/// # Safety
-/// As for [`gemm_view`].
-unsafe fn gemm_view_split(
+pub(crate) unsafe fn gemm_view_split(
     a: &MatView,
     b: &MatView,
     c: *mut f32,
