@@ -3,9 +3,9 @@
 //! C += A·B is cut into blocks: kc rows of B × nc columns are packed once into panels NR columns wide, and
 //! each rayon task packs an mc×kc block of A into panels MR rows tall; the block sizes come from this CPU's
 //! cache sizes, read at run time ([`blocking`]). How the threads share the blocks is the [`Split`]: each
-//! packed block of B shared by all, or, for wide products, each task its own columns of C. The micro-kernel keeps an MR×NR tile of C in registers and
-//! adds one outer product of an A column and a B row per step of k; its fixed-size loops are unrolled and
-//! vectorised by the compiler. It prefetches its C tile before the k loop, so the tile's cache misses overlap
+//! packed block of B shared by all, or, for wide products, each task its own columns of C. The
+//! micro-kernel keeps an MR×NR tile of C in registers and adds one outer product of an A column and a B
+//! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C tile before the k loop, so the tile's cache misses overlap
 //! the arithmetic. It is compiled three times, with the instruction set chosen at run time: AVX-512 (6×32
 //! tile), AVX2+FMA (6×16) and portable code (4×8).
 //!
@@ -900,8 +900,9 @@ fn pack_a<const MR: usize>(
 /// How the threads share a product's work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Split {
-    /// [`Split::Columns`] for wide products (many more columns than rows, as a convolution over a batch),
-    /// else [`Split::Shared`]; `LIERA_GEMM_SPLIT=shared|columns` forces one, for tuning experiments.
+    /// [`Split::Columns`] for wide products (many more columns than rows, as a convolution over a batch;
+    /// see [`columns_split`]), else [`Split::Shared`]; `LIERA_GEMM_SPLIT=shared|columns` forces one, for
+    /// tuning experiments.
     Auto,
     /// Per block of B (kc × nc): the threads pack it together, wait, then share its tiles (row blocks ×
     /// ranges of panels), and wait again. Suits products with many rows, whose A blocks the threads split.
