@@ -1258,6 +1258,8 @@ mod tests {
             (6, 16, 32),
             // n past one nc block, k past one kc block and m past one mc block, for every variant
             (40, 300, 2100),
+            // wide enough for the dispatched product to take the column split (`columns_split`)
+            (13, 37, COLUMNS_MIN + 33),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
