@@ -5,9 +5,10 @@
 //! cache sizes, read at run time ([`blocking`]). How the threads share the blocks is the [`Split`]: each
 //! packed block of B shared by all, or, for wide products, each task its own columns of C. The
 //! micro-kernel keeps an MR×NR tile of C in registers and adds one outer product of an A column and a B
-//! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C tile before the k loop, so the tile's cache misses overlap
-//! the arithmetic. It is compiled three times, with the instruction set chosen at run time: AVX-512 (6×32
-//! tile), AVX2+FMA (6×16) and portable code (4×8).
+//! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C
+//! tile before the k loop, so the tile's cache misses overlap the arithmetic. It is compiled three times,
+//! with the instruction set chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code
+//! (4×8).
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
@@ -364,7 +365,7 @@ pub(crate) unsafe fn gemm_view_split(
             (m, k, n),
             epi,
             blocking::<6, 16>(),
-            Split::Auto,
+            split,
             tile_avx2,
         ),
         _ => gemm_blocked::<4, 8>(
@@ -714,7 +715,7 @@ fn pack_b<const NR: usize>(
     let group = |g: usize, chunk: &mut [f32]| {
         pack_b_panels::<NR>(b, row_at, j0 + g * per_group * NR, j0 + nc, chunk)
     };
-    let len = (panels * kc * NR).min(out.len());
+    let len = panels * kc * NR;
     let group_len = kc * NR * per_group;
     if parallel {
         out[..len]
