@@ -41,7 +41,7 @@ const A_STRIDE: u32 = 68u;
 var<workgroup> tile_a: array<vec4<f32>, 272>; // TILE_K × A_STRIDE words, row-major by kk, in vec4s
 var<workgroup> tile_b: array<vec4<f32>, 256>; // TILE_K × TILE_N, row-major by kk, 4 columns per entry
 
-// A's values at rows ty + 8·i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
+// A's values at rows 8·ty + i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
 struct ARow {
     lo: vec4<f32>,
     hi: vec4<f32>,
@@ -75,7 +75,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
     let k_end = select(k_begin, min(k, k_begin + chunk), live);
 
     // Named accumulators rather than an array: a dynamically indexed private array would live in memory on
-    // drivers that compile invocations into SIMD lanes (llvmpipe), named vectors in registers. Row ty + 8·i
+    // drivers that compile invocations into SIMD lanes (llvmpipe), named vectors in registers. Row 8·ty + i
     // is c{i}l (columns 4·tx … 4·tx + 3) and c{i}h (32 + 4·tx … 35 + 4·tx).
     var c0l = vec4<f32>(); var c0h = vec4<f32>();
     var c1l = vec4<f32>(); var c1h = vec4<f32>();
