@@ -39,7 +39,7 @@
 //! gives the GEMM time of one step per library. Every shape's results are compared across the three.
 //!
 //! Run with `cargo bench --bench matmul` (`-- --quick` for fewer rounds; `-- 224px` or `-- square 32px`
-//! for those groups of shapes only).
+//! for those groups of shapes only, `-- 64x10x320` for one shape).
 
 use liera::{Device, Tensor};
 use std::time::Instant;
@@ -225,12 +225,18 @@ fn main() {
     for (tag, batch, chans, size) in STEPS {
         atto_step_gemms(&mut gemms, tag, batch, chans, size);
     }
-    // Arguments that are not flags pick groups of shapes: square, 32px, 224px.
+    // Arguments that are not flags pick groups of shapes (square, 32px, 224px) or single shapes (`64x10x320`).
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    gemms.retain(|g| only.is_empty() || g.uses.iter().any(|u| only.iter().any(|o| o == u.step)));
+    gemms.retain(|g| {
+        let shape = format!("{}x{}x{}", g.m, g.k, g.n);
+        only.is_empty()
+            || only
+                .iter()
+                .any(|o| *o == shape || g.uses.iter().any(|u| o == u.step))
+    });
 
     println!(
         "\n{:<20} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8}  uses (×count per step)",

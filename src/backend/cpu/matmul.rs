@@ -3,7 +3,8 @@
 //! C += A·B is cut into blocks: kc rows of B × nc columns are packed once into panels NR columns wide, and
 //! each rayon task packs an mc×kc block of A into panels MR rows tall; the block sizes come from this CPU's
 //! cache sizes, read at run time ([`blocking`]). How the threads share the blocks is the [`Split`]: each
-//! packed block of B shared by all, or, for wide products, each task its own columns of C. The
+//! packed block of B shared by all; for wide products, each task its own columns of C; for deep products
+//! with a small C (weight gradients), each task its own range of k, the partial sums added at the end. The
 //! micro-kernel keeps an MR×NR tile of C in registers and adds one outer product of an A column and a B
 //! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C
 //! tile before the k loop, so the tile's cache misses overlap the arithmetic. It is compiled three times,
@@ -26,6 +27,7 @@ use super::elementwise::gelu;
 use super::vec_written;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// The block sizes of the packed product for one micro-kernel shape.
@@ -100,8 +102,12 @@ fn blocking_for<const MR: usize, const NR: usize>(c: Caches) -> Blocking {
     Blocking { kc, mc, nc }
 }
 
-/// Below this many multiply-adds a product runs on the calling thread.
-const PAR_MIN_MACS: usize = 1 << 16;
+/// Below this many multiply-adds a product runs on the calling thread: handing work to the pool and
+/// waking its threads costs tens of microseconds, as long as such a product takes on one core. At 2¹⁶
+/// the classifier head's products (about 2·10⁵ multiply-adds) ran at 0.13–0.21 of the `gemm` crate's
+/// speed on the 2-core AMD EPYC (Zen 3) development machine, at 2¹⁹ at 0.2–0.4 (`cargo bench --bench
+/// matmul -- 32px 224px`; the `gemm` crate itself stays on one thread below 48·48·256).
+const PAR_MIN_MACS: usize = 1 << 19;
 
 /// How one matrix index maps to memory: index i lies at `(i / block)·block_stride + (i % block)·stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +238,7 @@ pub(crate) unsafe fn vec_written_by(len: usize, fill: impl FnOnce(*mut f32)) -> 
 pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     let MatmulSpec { batch, m, k, n, .. } = *spec;
     let fill = |c: CPtr| {
-        (0..batch).into_par_iter().for_each(|bi| {
+        let product = |bi: usize| {
             let a_mat = &a[bi * spec.a_batch_stride..bi * spec.a_batch_stride + m * k];
             let b_mat = &b[bi * spec.b_batch_stride..bi * spec.b_batch_stride + k * n];
             let out = OutView {
@@ -250,7 +256,14 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
                     &Epilogue::OVERWRITE,
                 )
             }
-        })
+        };
+        // One product is split among the threads by gemm_view itself (or kept on this thread when small):
+        // a parallel loop over one item would only hand it to a pool thread and wait.
+        if batch == 1 {
+            product(0)
+        } else {
+            (0..batch).into_par_iter().for_each(product)
+        }
     };
     // SAFETY: the products overwrite every element of each matrix (k = 0 included, as zeros).
     unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
@@ -401,9 +414,9 @@ fn consecutive(offsets: &[usize]) -> bool {
     offsets.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
-impl TileStore<'_> {
+impl<'a> TileStore<'a> {
     /// The store of the tile at rows ir..ir+mr (its slice of the bias).
-    fn rows(&self, ir: usize, mr: usize) -> TileStore<'_> {
+    fn rows(&self, ir: usize, mr: usize) -> TileStore<'a> {
         TileStore {
             bias: self.bias.map(|b| &b[ir..ir + mr]),
             ..*self
@@ -411,7 +424,7 @@ impl TileStore<'_> {
     }
     /// The store of one pass over k of the whole epilogue: it overwrites and adds the bias on the first
     /// pass only, and writes GELU on the last only.
-    fn pass(&self, first: bool, last: bool) -> TileStore<'_> {
+    fn pass(&self, first: bool, last: bool) -> TileStore<'a> {
         TileStore {
             overwrite: self.overwrite && first,
             bias: self.bias.filter(|_| first),
@@ -420,7 +433,7 @@ impl TileStore<'_> {
         }
     }
     /// The store of the tiles of one B panel, whose columns lie at `cols` in C.
-    fn panel(&self, cols: &[usize]) -> TileStore<'_> {
+    fn panel(&self, cols: &[usize]) -> TileStore<'a> {
         TileStore {
             cols_contiguous: consecutive(cols),
             ..*self
@@ -901,17 +914,23 @@ fn pack_a<const MR: usize>(
 /// How the threads share a product's work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Split {
-    /// [`Split::Columns`] for wide products (many more columns than rows, as a convolution over a batch;
-    /// see [`columns_split`]), else [`Split::Shared`]; `LIERA_GEMM_SPLIT=shared|columns` forces one, for
-    /// tuning experiments.
+    /// [`Split::Depth`] for deep products with a small C (see [`depth_split`]), [`Split::Columns`] for wide
+    /// products (many more columns than rows, as a convolution over a batch; see [`columns_split`]), else
+    /// [`Split::Shared`]; `LIERA_GEMM_SPLIT=shared|columns|depth` forces one, for tuning experiments.
     Auto,
-    /// Per block of B (kc × nc): the threads pack it together, wait, then share its tiles (row blocks ×
-    /// ranges of panels), and wait again. Suits products with many rows, whose A blocks the threads split.
+    /// Per block of B (kc × nc): the threads pack it together, wait, then share its tiles, and wait again.
+    /// The tiles go as jobs (a row block × a B panel), each task an equal, contiguous run of them
+    /// ([`TASKS_PER_THREAD`] tasks per thread). Suits products with many rows.
     Shared,
     /// Each task owns a range of columns of C for the whole product: it packs its own B columns pass by
     /// pass and computes every row against them, with no wait between tasks. Suits wide products whose A
     /// (a layer's weights) is small: B is read once, A is shared from the caches.
     Columns,
+    /// k cut into equal parts (see [`depth_parts`]), each summed by one task on its own into a partial
+    /// C, the partial sums then added in order. Suits deep products with a small C (weight gradients),
+    /// whose passes over k are too little work each to share among the threads. At most
+    /// [`DEPTH_PARTS`] threads work on one such product.
+    Depth,
     /// Everything on the calling thread (in the order of [`Split::Shared`]).
     Serial,
 }
@@ -922,6 +941,7 @@ impl Split {
         *FORCED.get_or_init(|| match std::env::var("LIERA_GEMM_SPLIT").ok()?.as_str() {
             "shared" => Some(Split::Shared),
             "columns" => Some(Split::Columns),
+            "depth" => Some(Split::Depth),
             _ => None,
         })
     }
@@ -933,7 +953,7 @@ struct Pass<'a> {
     /// A is row-major and read in place (see [`gemm_blocked`]), else packed per row block.
     a_in_place: bool,
     c: CPtr,
-    out: &'a OutView,
+    out: OutView,
     m: usize,
     n: usize,
     p0: usize,
@@ -1041,14 +1061,49 @@ fn columns_split<const NR: usize>(m: usize, n: usize, blocking: Blocking) -> boo
     n >= COLUMNS_MIN.max(4 * m) && n.div_ceil(column_task_width::<NR>(n, blocking)) >= 4 * threads
 }
 
+/// Where a run of passes over k stores its tiles: C with the product's epilogue, or a partial sum of
+/// [`Split::Depth`].
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    c: CPtr,
+    out: OutView,
+    store: TileStore<'a>,
+}
+
+/// Tasks per thread in a pass of [`Split::Shared`]: each takes an equal, contiguous run of the pass's
+/// (row block, B panel) jobs.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Fewest floats of a B block (kc × nc) packed on several threads; a smaller one is packed by the calling
+/// thread, where a fork and join would cost more than the copy.
+const PAR_PACK_MIN: usize = 1 << 15;
+
+/// Parts of [`Split::Depth`]: a fixed count, so that the result does not depend on the threads.
+const DEPTH_PARTS: usize = 8;
+
+/// Most elements of C for [`Split::Depth`], whose parts each keep an m×n partial sum.
+const DEPTH_MAX_OUTPUT: usize = 1 << 17;
+
+/// The parts of a depth-split product with k rows of B: [`DEPTH_PARTS`], or one per pass over k if fewer.
+fn depth_parts(k: usize, kc: usize) -> usize {
+    k.div_ceil(kc).clamp(1, DEPTH_PARTS)
+}
+
+/// Whether [`Split::Auto`] takes [`Split::Depth`]: a deep product (at least four passes over k) with a
+/// small C (at most [`DEPTH_MAX_OUTPUT`] elements), such as a weight gradient, where each pass is too
+/// little work to share among the threads. Decided by the shape alone.
+fn depth_split(m: usize, k: usize, n: usize, kc: usize) -> bool {
+    k.div_ceil(kc) >= 4 && m * n <= DEPTH_MAX_OUTPUT
+}
+
 #[allow(clippy::too_many_arguments)]
-fn gemm_blocked<const MR: usize, const NR: usize>(
-    a: &MatView,
+fn gemm_blocked<'a, const MR: usize, const NR: usize>(
+    a: &'a MatView<'a>,
     b: &MatView,
     c: CPtr,
     out: &OutView,
     (m, k, n): (usize, usize, usize),
-    epi: &Epilogue,
+    epi: &Epilogue<'a>,
     blocking: Blocking,
     split: Split,
     tile_fn: TileFn,
@@ -1073,111 +1128,206 @@ fn gemm_blocked<const MR: usize, const NR: usize>(
         gelu_out: epi.gelu_out,
         cols_contiguous: false,
     };
-    let pass = |p0: usize| {
-        let kc = kc_max.min(k - p0);
+    // One pass over k, rows p0..p0+kc of B (kc ≤ kc_max), of a run of passes over `ks` into `target`: the
+    // run's first pass overwrites and adds the bias, its last writes GELU (as far as the target asks).
+    let pass = |target: Target<'a>, ks: &Range<usize>, p0: usize| {
+        let kc = kc_max.min(ks.end - p0);
         Pass {
             a,
             a_in_place,
-            c,
-            out,
+            c: target.c,
+            out: target.out,
             m,
             n,
             p0,
             kc,
-            store: whole.pass(p0 == 0, p0 + kc == k),
+            store: target.store.pass(p0 == ks.start, p0 + kc == ks.end),
             tile_fn,
         }
     };
+    let whole = Target {
+        c,
+        out: *out,
+        store: whole,
+    };
     let split = match split {
-        Split::Auto => Split::forced().unwrap_or(if columns_split::<NR>(m, n, blocking) {
+        Split::Auto => Split::forced().unwrap_or(if depth_split(m, k, n, kc_max) {
+            Split::Depth
+        } else if columns_split::<NR>(m, n, blocking) {
             Split::Columns
         } else {
             Split::Shared
         }),
         s => s,
     };
-    if split == Split::Columns {
-        let width = column_task_width::<NR>(n, blocking);
-        let blocks: Vec<(usize, usize)> = (0..k)
-            .step_by(kc_max)
-            .flat_map(|p0| (0..m).step_by(mc).map(move |i0| (p0, i0)))
-            .collect();
-        // A packed once for all tasks (when it is not read in place): one block per pass and row block.
-        let mut a_packs = vec![Vec::new(); blocks.len()];
-        let pack = |(&(p0, i0), a_pack): (&(usize, usize), &mut Vec<f32>)| {
-            pass(p0).pack_a::<MR>((i0, mc.min(m - i0)), a_pack)
-        };
-        if serial {
-            blocks.iter().zip(&mut a_packs).for_each(pack);
+    // The shared split of the passes over `ks` into `target`, on the calling thread when `serial`.
+    let shared = |target: Target<'a>, ks: Range<usize>, serial: bool| {
+        let threads = if serial {
+            1
         } else {
-            blocks.par_iter().zip(&mut a_packs).for_each(pack);
-        }
-        let a_packs = &a_packs;
-        // A task: columns j0..j0+width, every pass over k and every row block; its B buffer is reused by
-        // the tasks a thread runs (packing overwrites it, padding included).
-        let task = |b_pack: &mut Vec<f32>, t: usize| {
-            let j0 = t * width;
-            let cols = width.min(n - j0);
-            let panels = j0 / NR..(j0 + cols).div_ceil(NR);
-            let mut a_blocks = a_packs.iter();
-            for p0 in (0..k).step_by(kc_max) {
-                let pass = pass(p0);
-                b_pack.resize(panels.len() * pass.kc * NR, 0.0);
-                pack_b::<NR>(b, p0, pass.kc, j0, cols, b_pack, false);
-                for i0 in (0..m).step_by(mc) {
-                    let a_pack = a_blocks.next().expect("a block per pass and row block");
-                    let rows = (i0, mc.min(m - i0));
-                    pass.tiles::<MR, NR>(rows, panels.clone(), (b_pack, panels.start), a_pack);
+            rayon::current_num_threads().max(1)
+        };
+        let mut b_pack = Vec::new();
+        for j0 in (0..n).step_by(nc_max) {
+            let nc = nc_max.min(n - j0);
+            let b_panels = nc.div_ceil(NR);
+            let first = j0 / NR;
+            // The pass's work as jobs (row block, B panel), row block by row block; each task takes a
+            // contiguous run of them, so the threads' shares differ by at most one job.
+            let jobs = row_blocks * b_panels;
+            let tasks = (threads * TASKS_PER_THREAD).min(jobs);
+            for p0 in ks.clone().step_by(kc_max) {
+                let pass = pass(target, &ks, p0);
+                // Packing overwrites every element (padding included), so the buffer is only resized: no
+                // zeroing pass per block.
+                b_pack.resize(b_panels * pass.kc * NR, 0.0);
+                let pack_parallel = tasks > 1 && pass.kc * nc >= PAR_PACK_MIN;
+                pack_b::<NR>(b, p0, pass.kc, j0, nc, &mut b_pack, pack_parallel);
+                let b_pack = &b_pack;
+                let pass = &pass;
+                // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding
+                // included); a task whose run starts or ends inside a row block packs that block's A too.
+                let task = |a_pack: &mut Vec<f32>, t: usize| {
+                    let (mut job, end) = (t * jobs / tasks, (t + 1) * jobs / tasks);
+                    while job < end {
+                        let rb = job / b_panels;
+                        let block_end = ((rb + 1) * b_panels).min(end);
+                        let rows = (rb * mc, mc.min(m - rb * mc));
+                        let panels = first + job - rb * b_panels..first + block_end - rb * b_panels;
+                        pass.pack_a::<MR>(rows, a_pack);
+                        pass.tiles::<MR, NR>(rows, panels, (b_pack, first), a_pack);
+                        job = block_end;
+                    }
+                };
+                if tasks == 1 {
+                    task(&mut Vec::new(), 0);
+                } else {
+                    (0..tasks).into_par_iter().for_each_init(Vec::new, task);
                 }
             }
-        };
-        let tasks = n.div_ceil(width);
-        if serial {
-            let mut b_pack = Vec::new();
-            (0..tasks).for_each(|t| task(&mut b_pack, t));
-        } else {
-            (0..tasks).into_par_iter().for_each_init(Vec::new, task);
         }
-        return;
-    }
-    let mut b_pack = Vec::new();
-    for j0 in (0..n).step_by(nc_max) {
-        let nc = nc_max.min(n - j0);
-        let b_panels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(kc_max) {
-            let pass = pass(p0);
-            // Packing overwrites every element (padding included), so the buffer is only resized: no
-            // zeroing pass per block.
-            b_pack.resize(b_panels * pass.kc * NR, 0.0);
-            pack_b::<NR>(b, p0, pass.kc, j0, nc, &mut b_pack, !serial);
-            // Tasks: a row block × a range of B panels (a few, so that skinny products still split).
-            let panels_per_task = if row_blocks >= 4 {
-                b_panels
-            } else {
-                8.min(b_panels)
+    };
+    match split {
+        Split::Columns => {
+            let width = column_task_width::<NR>(n, blocking);
+            let blocks: Vec<(usize, usize)> = (0..k)
+                .step_by(kc_max)
+                .flat_map(|p0| (0..m).step_by(mc).map(move |i0| (p0, i0)))
+                .collect();
+            // A packed once for all tasks (when it is not read in place): one block per pass and row block.
+            let mut a_packs = vec![Vec::new(); blocks.len()];
+            let pack = |(&(p0, i0), a_pack): (&(usize, usize), &mut Vec<f32>)| {
+                pass(whole, &(0..k), p0).pack_a::<MR>((i0, mc.min(m - i0)), a_pack)
             };
-            let col_tasks = b_panels.div_ceil(panels_per_task);
-            let first = j0 / NR;
-            let b_pack = &b_pack;
-            let pass = &pass;
-            // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding included).
-            let task = |a_pack: &mut Vec<f32>, t: usize| {
-                let (rb, ct) = (t / col_tasks, t % col_tasks);
-                let i0 = rb * mc;
-                let q0 = first + ct * panels_per_task;
-                let q1 = (q0 + panels_per_task).min(first + b_panels);
-                let rows = (i0, mc.min(m - i0));
-                pass.pack_a::<MR>(rows, a_pack);
-                pass.tiles::<MR, NR>(rows, q0..q1, (b_pack, first), a_pack);
-            };
-            let tasks = row_blocks * col_tasks;
             if serial {
-                let mut a_pack = Vec::new();
-                (0..tasks).for_each(|t| task(&mut a_pack, t));
+                blocks.iter().zip(&mut a_packs).for_each(pack);
+            } else {
+                blocks.par_iter().zip(&mut a_packs).for_each(pack);
+            }
+            let a_packs = &a_packs;
+            // A task: columns j0..j0+width, every pass over k and every row block; its B buffer is reused by
+            // the tasks a thread runs (packing overwrites it, padding included).
+            let task = |b_pack: &mut Vec<f32>, t: usize| {
+                let j0 = t * width;
+                let cols = width.min(n - j0);
+                let panels = j0 / NR..(j0 + cols).div_ceil(NR);
+                let mut a_blocks = a_packs.iter();
+                for p0 in (0..k).step_by(kc_max) {
+                    let pass = pass(whole, &(0..k), p0);
+                    b_pack.resize(panels.len() * pass.kc * NR, 0.0);
+                    pack_b::<NR>(b, p0, pass.kc, j0, cols, b_pack, false);
+                    for i0 in (0..m).step_by(mc) {
+                        let a_pack = a_blocks.next().expect("a block per pass and row block");
+                        let rows = (i0, mc.min(m - i0));
+                        pass.tiles::<MR, NR>(rows, panels.clone(), (b_pack, panels.start), a_pack);
+                    }
+                }
+            };
+            let tasks = n.div_ceil(width);
+            if serial {
+                let mut b_pack = Vec::new();
+                (0..tasks).for_each(|t| task(&mut b_pack, t));
             } else {
                 (0..tasks).into_par_iter().for_each_init(Vec::new, task);
             }
         }
+        Split::Depth => {
+            let parts = depth_parts(k, kc_max);
+            // Part q: k from q·k/parts, equal parts (in passes of at most kc from the part's start).
+            let part_ks = |q: usize| q * k / parts..(q + 1) * k / parts;
+            // Part 0 sums into C with the epilogue's overwrite and bias but not its GELU (that comes after
+            // the other parts); parts 1.. overwrite partial sums of their own, row-major m×n.
+            let plain = OutView {
+                rows: Axis::plain(n),
+                cols: Axis::plain(1),
+            };
+            let mut partials = vec![0.0f32; (parts - 1) * m * n];
+            let run = |q: usize, partial: Option<&mut [f32]>| match partial {
+                None => shared(
+                    Target {
+                        store: TileStore {
+                            gelu_out: None,
+                            ..whole.store
+                        },
+                        ..whole
+                    },
+                    part_ks(q),
+                    true,
+                ),
+                Some(partial) => shared(
+                    Target {
+                        c: CPtr(partial.as_mut_ptr()),
+                        out: plain,
+                        store: TileStore {
+                            overwrite: true,
+                            bias: None,
+                            gelu_out: None,
+                            cols_contiguous: false,
+                        },
+                    },
+                    part_ks(q),
+                    true,
+                ),
+            };
+            let chunks = std::iter::once(None).chain(partials.chunks_mut(m * n).map(Some));
+            if serial {
+                chunks.enumerate().for_each(|(q, p)| run(q, p));
+            } else {
+                chunks
+                    .enumerate()
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each(|(q, p)| run(q, p));
+            }
+            // C += the partial sums, in part order (so the result does not depend on the threads), then
+            // GELU of the total.
+            let partials = &partials;
+            let gelu_out = epi.gelu_out.map(CPtr);
+            let rows = |i: usize| {
+                for j in 0..n {
+                    let at = out.rows.at(i) + out.cols.at(j);
+                    // SAFETY: element (i, j) of C (and of the GELU output) is ours, the caller's promise;
+                    // part 0 wrote it.
+                    unsafe {
+                        let cij = c.get().add(at);
+                        let mut v = *cij;
+                        for q in 1..parts {
+                            v += partials[(q - 1) * m * n + i * n + j];
+                        }
+                        *cij = v;
+                        if let Some(g) = gelu_out {
+                            *g.get().add(at) = gelu(v);
+                        }
+                    }
+                }
+            };
+            if serial {
+                (0..m).for_each(rows);
+            } else {
+                (0..m).into_par_iter().for_each(rows);
+            }
+        }
+        _ => shared(whole, 0..k, serial),
     }
 }
 
@@ -1197,7 +1347,7 @@ mod tests {
 
     /// Every micro-kernel this CPU can run, each with a small blocking that puts block edges (k across kc,
     /// rows across mc, columns across nc) inside modest shapes and with this machine's own blocking, and
-    /// each with both ways of splitting the work among threads.
+    /// each with every way of splitting the work among threads.
     fn variants() -> Vec<(&'static str, Kernel, Blocking, Split)> {
         let mut kernels: Vec<(&str, Kernel, Blocking)> = vec![(
             "portable",
@@ -1228,7 +1378,7 @@ mod tests {
             nc: 256,
         };
         let mut all = Vec::new();
-        for split in [Split::Shared, Split::Columns] {
+        for split in [Split::Shared, Split::Columns, Split::Depth] {
             for &(name, kernel, own) in &kernels {
                 all.push((name, kernel, small, split));
                 all.push((name, kernel, own, split));
@@ -1261,6 +1411,9 @@ mod tests {
             (40, 300, 2100),
             // wide enough for the dispatched product to take the column split (`columns_split`)
             (13, 37, COLUMNS_MIN + 33),
+            // deep enough for it to take the depth split (`depth_split`: kc is at most 512), with k
+            // not a multiple of the parts
+            (9, 2100, 11),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
@@ -1306,6 +1459,27 @@ mod tests {
                 check(&c, &want, k, &format!("dispatched {what}"));
             }
         }
+    }
+
+    /// The automatic split follows the shape: deep products with a small C (weight gradients) split k,
+    /// wide ones with few rows (convolutions over a batch) split columns, the rest share each pass.
+    #[test]
+    fn the_split_follows_the_shape() {
+        let kc = 336;
+        assert!(depth_split(160, 100_352, 40, kc));
+        assert!(depth_split(9, 2100, 11, 512));
+        // Too shallow (three passes), or C too large for a partial per part.
+        assert!(!depth_split(160, 3 * kc, 40, kc));
+        assert!(!depth_split(1024, 1024, 1024, kc));
+        assert_eq!(depth_parts(100_352, kc), DEPTH_PARTS);
+        assert_eq!(depth_parts(3 * kc + 1, kc), 4);
+        let b = Blocking {
+            kc,
+            mc: 96,
+            nc: 2048,
+        };
+        assert!(columns_split::<16>(40, 100_352, b));
+        assert!(!columns_split::<16>(4096, 4096, b));
     }
 
     /// Blocked axes: the batch of an NCHW tensor as the columns of one matrix, written back into NCHW.
