@@ -477,6 +477,10 @@ unsafe fn tile_avx512(
     tile::<6, 32, true>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
 }
 
+/// The AVX2+FMA micro-kernel, written with intrinsics rather than left to the compiler's vectoriser: the
+/// 6×16 tile stays in twelve registers through the k loop and, for a whole tile whose rows are runs of 16
+/// floats in C and that writes no GELU (most tiles), goes from those registers into C. Other tiles are
+/// stored by [`store_tile`]. The same sums in the same order as [`tile`], so the same results.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -486,13 +490,74 @@ unsafe fn tile_avx2(
     a_step: usize,
     b: &[f32],
     c: *mut f32,
-    r: &[usize],
-    q: &[usize],
+    rows: &[usize],
+    cols: &[usize],
     mr: usize,
     nr: usize,
     store: &TileStore,
 ) {
-    tile::<6, 16, true>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    const NR: usize = 16;
+    // SAFETY: prefetching never faults.
+    unsafe { prefetch_c(c, rows, cols, mr, nr) };
+    let kc = b.len() / NR;
+    let r: [usize; MR] = a_rows[..MR].try_into().expect("MR row offsets");
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if kc > 0 {
+        // Every A index read below is at most max(r) + (kc − 1)·a_step: checked once here.
+        let last = r.iter().max().copied().unwrap_or(0) + (kc - 1) * a_step;
+        assert!(
+            last < a.len(),
+            "A panel index {last} past {} values",
+            a.len()
+        );
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for p in 0..kc {
+            // SAFETY: b holds kc·NR values; the A indices are bounded above.
+            unsafe {
+                let b0 = _mm256_loadu_ps(bp.add(p * NR));
+                let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                let off = p * a_step;
+                for (row, &ri) in acc.iter_mut().zip(&r) {
+                    let ai = _mm256_broadcast_ss(&*ap.add(ri + off));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+            }
+        }
+    }
+    if mr == MR && nr == NR && store.cols_contiguous && store.gelu_out.is_none() {
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: the caller guarantees row i's NR consecutive elements of C are ours.
+            unsafe {
+                let dst = c.add(rows[i] + cols[0]);
+                let (mut x0, mut x1) = (row[0], row[1]);
+                if !store.overwrite {
+                    x0 = _mm256_add_ps(x0, _mm256_loadu_ps(dst));
+                    x1 = _mm256_add_ps(x1, _mm256_loadu_ps(dst.add(8)));
+                }
+                if let Some(bias) = store.bias {
+                    let bi = _mm256_set1_ps(bias[i]);
+                    x0 = _mm256_add_ps(x0, bi);
+                    x1 = _mm256_add_ps(x1, bi);
+                }
+                _mm256_storeu_ps(dst, x0);
+                _mm256_storeu_ps(dst.add(8), x1);
+            }
+        }
+        return;
+    }
+    let mut tile = [[0.0f32; NR]; MR];
+    for (t, row) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each row of the array holds NR = 16 floats.
+        unsafe {
+            _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), row[1]);
+        }
+    }
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { store_tile(&tile, c, rows, cols, mr, nr, store) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -531,23 +596,56 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     nr: usize,
     store: &TileStore,
 ) {
-    // C's tile is read (or written) only after the k loop: ask for its cache lines now, so that their
-    // misses overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time
-    // on large products without this).
-    // The first, middle and last column cover every cache line of a row of up to 32 consecutive floats
-    // (128 bytes, at most three lines); a fixed list, as an iterator here cost a few percent of the kernel
-    // on products with small k.
+    // SAFETY: prefetching never faults.
+    unsafe { prefetch_c(c, rows, cols, mr, nr) };
+    let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { store_tile(&acc, c, rows, cols, mr, nr, store) }
+}
+
+/// Asks for the cache lines of C's tile (rows `rows[..mr]`, columns `cols[..nr]`) before the k loop.
+///
+/// C's tile is read (or written) only after the k loop: asking for its lines now lets their misses
+/// overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time on large
+/// products without this). The first, middle and last column cover every cache line of a row of up to 32
+/// consecutive floats (128 bytes, at most three lines); a fixed list, as an iterator here cost a few
+/// percent of the kernel on products with small k.
+///
+/// # Safety
+/// None beyond computing the addresses: a prefetch never faults.
+#[inline(always)]
+unsafe fn prefetch_c(c: *mut f32, rows: &[usize], cols: &[usize], mr: usize, nr: usize) {
     #[cfg(target_arch = "x86_64")]
     for &row in &rows[..mr] {
         for j in [0, nr / 2, nr - 1] {
             // SAFETY: prefetching is a hint: it never faults, and these addresses are C's anyway.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(c.add(row + cols[j]).cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(row + cols[j]).cast::<i8>());
             }
         }
     }
-    let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (c, rows, cols, mr, nr);
+}
+
+/// Stores the leading `mr`×`nr` corner of a computed tile into C as `store` says: added to C or
+/// overwriting it, plus the bias, then GELU of it into the second output if asked.
+///
+/// # Safety
+/// Those `mr·nr` elements of C (and of `store.gelu_out`) must be valid, distinct and written by no one
+/// else meanwhile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile<const MR: usize, const NR: usize>(
+    acc: &[[f32; NR]; MR],
+    c: *mut f32,
+    rows: &[usize],
+    cols: &[usize],
+    mr: usize,
+    nr: usize,
+    store: &TileStore,
+) {
     let contiguous = store.cols_contiguous;
     for (i, row) in acc.iter().enumerate().take(mr) {
         let bias = store.bias.map_or(0.0, |b| b[i]);
