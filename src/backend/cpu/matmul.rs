@@ -1172,6 +1172,16 @@ struct Target<'a> {
 /// (row block, B panel) jobs.
 const TASKS_PER_THREAD: usize = 4;
 
+/// The tasks of one pass of [`Split::Shared`] with `jobs` (row block, B panel) jobs: one on the calling
+/// thread when `serial`, else [`TASKS_PER_THREAD`] per thread, at most one per job.
+fn pass_tasks(serial: bool, jobs: usize) -> usize {
+    if serial {
+        1
+    } else {
+        (rayon::current_num_threads().max(1) * TASKS_PER_THREAD).min(jobs)
+    }
+}
+
 /// Fewest floats of a B block (kc × nc) packed on several threads; a smaller one is packed by the calling
 /// thread, where a fork and join would cost more than the copy.
 const PAR_PACK_MIN: usize = 1 << 15;
@@ -1260,11 +1270,6 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     };
     // The shared split of the passes over `ks` into `target`, on the calling thread when `serial`.
     let shared = |target: Target<'a>, ks: Range<usize>, serial: bool| {
-        let threads = if serial {
-            1
-        } else {
-            rayon::current_num_threads().max(1)
-        };
         let mut b_pack = Vec::new();
         for j0 in (0..n).step_by(nc_max) {
             let nc = nc_max.min(n - j0);
@@ -1273,7 +1278,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
             // The pass's work as jobs (row block, B panel), row block by row block; each task takes a
             // contiguous run of them, so the threads' shares differ by at most one job.
             let jobs = row_blocks * b_panels;
-            let tasks = (threads * TASKS_PER_THREAD).min(jobs);
+            let tasks = pass_tasks(serial, jobs);
             for p0 in ks.clone().step_by(kc_max) {
                 let pass = pass(target, &ks, p0);
                 // Packing overwrites every element (padding included), so the buffer is only resized: no
@@ -1578,6 +1583,11 @@ mod tests {
         };
         assert!(columns_split::<16>(40, 100_352, b));
         assert!(!columns_split::<16>(4096, 4096, b));
+        // A serial product (Split::Serial, or one too small to share) runs its passes as one task on the
+        // calling thread; a shared one gives each thread work.
+        assert_eq!(pass_tasks(true, 40), 1);
+        assert!(pass_tasks(false, 40) >= rayon::current_num_threads().min(40));
+        assert_eq!(pass_tasks(false, 1), 1);
     }
 
     /// Blocked axes: the batch of an NCHW tensor as the columns of one matrix, written back into NCHW.
