@@ -13,7 +13,10 @@
 #   7. the atto step's depthwise layers (`cargo bench --bench depthwise -- gpu`) with the tiled kernels and
 #      with the sliding-window ones (LIERA_GPU_DW_TILES=1 and 0), alternating, two rounds;
 #   8. the GPU kernel benchmark (`liera bench --device gpu`) with the GEMM's quad loads and with value loads
-#      (LIERA_GPU_QUADS=1 and 0), alternating, two rounds.
+#      (LIERA_GPU_QUADS=1 and 0), alternating, two rounds;
+#   9. the same benchmark and the 32-pixel steps with 128×128 and with 64×64 GEMM tiles
+#      (LIERA_GPU_GEMM_TILE=128 and 64; a hardware GPU's default is 128 where its limits allow it),
+#      alternating, two rounds.
 #
 # Usage: benches/gpu_report.sh [OUT_DIR]   (default: gpu-report/; JSON files and a summary.txt land there)
 #        GPU_REPORT_QUICK=1 benches/gpu_report.sh [OUT_DIR]   a smoke run of every stage: `bench --quick`,
@@ -91,6 +94,15 @@ for round in 1 2; do
   for q in 1 0; do
     LIERA_REQUIRE_GPU=1 LIERA_GPU_QUADS=$q "$bin"/liera bench --device gpu --json "${quick[@]}" \
       >"$out/kernels-quads$q-round$round.json"
+  done
+done
+
+for round in 1 2; do
+  for t in 128 64; do
+    LIERA_REQUIRE_GPU=1 LIERA_GPU_GEMM_TILE=$t "$bin"/liera bench --device gpu --json "${quick[@]}" \
+      >"$out/kernels-tile$t-round$round.json"
+    LIERA_REQUIRE_GPU=1 LIERA_GPU_GEMM_TILE=$t "$bin"/liera bench --device gpu --json --step convnext_atto \
+      --kinds full,liera --batch 64 --size 32 --reps "$r32" >"$out/step32-tile$t-round$round.json"
   done
 done
 

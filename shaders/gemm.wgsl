@@ -15,31 +15,36 @@
 // Split-K: with S > 1 each output tile is computed by S workgroups over consecutive ranges of K, each
 // storing its partial sum for split s (the host adds the S partial results), so products with few output
 // tiles and a long K (weight gradients) still fill the device.
-// Each workgroup of 64 threads (8×8) computes a 64×64 tile of C; each thread keeps an 8×8 block of results in
-// registers, rows 8·ty + i (i < 8) and columns 4·tx + j and 32 + 4·tx + j (j < 4), so that a K step reads
-// its A values and its B values as two vec4s each from workgroup memory (neighbouring threads read
-// neighbouring vec4s of B; the 8 threads of a row block read the same A). K advances 16 at a time through two
-// workgroup-memory tiles (A as [kk][row], B as [kk][col], both in vec4s, about 8 KiB in all): every value
-// loaded from memory is used 64 times, and every value read from workgroup memory 8 times (4 vec4 reads per
-// 64 FMAs; the earlier 4×4 block per thread read twice as often, and on llvmpipe its products were 1.6–1.9×
-// slower). The rows and columns were strided (ty + 8·i, tx + 8·j) until the vec4 reads: 16 scalar reads per
-// K step, and on llvmpipe the 1024³ matmul was 1.3–2× slower that way (README).
-// A's tile rows are 68 words apart, not 64: a multiple of 4 for the vec4 reads, and the loader's quad stores
-// (threads t = 0 … 31 store quad t, word (4·(t % 4) + s)·A_STRIDE + t / 4 for its value s) then fall into
-// 16 banks of 32, a 2-way conflict, where a stride of 64 would give 8 banks (4-way). No multiple of 4 does
-// better; the stores are a quarter of the tile's workgroup-memory traffic. Edges
-// (sizes that are not tile multiples) load zeros and skip the stores.
+// A workgroup computes a T×T tile of C, T = GEMM_TILE (a constant the host sets from the adapter's limits:
+// 64, or 128 where a workgroup may have 256 threads and 16,640 bytes of workgroup memory), with (T/8)²
+// threads; each thread keeps an 8×8 block of results in registers, rows 8·ty + i (i < 8) and columns
+// 4·tx + j and T/2 + 4·tx + j (j < 4), so that a K step reads its A values and its B values as two vec4s
+// each from workgroup memory (neighbouring threads read neighbouring vec4s of B; the T/8 threads of a row
+// block read the same A). K advances 16 at a time through two workgroup-memory tiles (A as [kk][row], B as
+// [kk][col], both in vec4s, about 8 KiB in all at T = 64, 16 KiB at 128): every value loaded from memory is
+// used T times, and every value read from workgroup memory 8 times (4 vec4 reads per 64 FMAs; the earlier
+// 4×4 block per thread read twice as often, and on llvmpipe its products were 1.6–1.9× slower). The rows
+// and columns were strided (ty + 8·i, tx + 8·j) until the vec4 reads: 16 scalar reads per K step, and on
+// llvmpipe the 1024³ matmul was 1.3–2× slower that way (README).
+// A's tile rows are T + 4 words apart, not T: a multiple of 4 for the vec4 reads, and the loader's quad
+// stores (threads t = 0 … 31 store quad t, word (4·(t % 4) + s)·A_STRIDE + t / 4 for its value s) then fall
+// into 16 banks of 32, a 2-way conflict, where a stride of T would give 8 banks (4-way). No multiple of 4
+// does better; the stores are a quarter of the tile's workgroup-memory traffic. Edges (sizes that are not
+// tile multiples) load zeros and skip the stores.
 
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
+const TILE_M: u32 = GEMM_TILE;
+const TILE_N: u32 = GEMM_TILE;
 const TILE_K: u32 = 16u;
-// Threads per workgroup: 8×8, each owning an 8×8 block of the 64×64 tile.
-const THREADS: u32 = 64u;
+// Threads across a row block (and row blocks): T/8, each thread owning an 8×8 block of the tile.
+const TX: u32 = GEMM_TILE / 8u;
+const THREADS: u32 = TX * TX;
 // Words between rows of tile_a (TILE_M + 4: aligned vec4 reads, 2-way conflicts on the quad stores; see above).
-const A_STRIDE: u32 = 68u;
+const A_STRIDE: u32 = TILE_M + 4u;
+// Values of each operand's tile per thread (the value-by-value loader), and quads (the quad loader).
+const LOADS: u32 = TILE_M * TILE_K / THREADS;
 
-var<workgroup> tile_a: array<vec4<f32>, 272>; // TILE_K × A_STRIDE words, row-major by kk, in vec4s
-var<workgroup> tile_b: array<vec4<f32>, 256>; // TILE_K × TILE_N, row-major by kk, 4 columns per entry
+var<workgroup> tile_a: array<vec4<f32>, TILE_K * A_STRIDE / 4u>; // row-major by kk, in vec4s
+var<workgroup> tile_b: array<vec4<f32>, TILE_K * TILE_N / 4u>; // row-major by kk, 4 columns per entry
 
 // A's values at rows 8·ty + i of one K step of the tile: lo for i < 4, hi for 4 ≤ i < 8.
 struct ARow {
@@ -47,9 +52,9 @@ struct ARow {
     hi: vec4<f32>,
 }
 
-// The work of one thread of a 64-thread workgroup: `lid` loads its share of the tiles, (ty, tx) are the rows
-// and columns of its 8×8 block (any bijection of the 64 threads onto 8×8), and `lane0` is passed through to
-// gemm_a_values.
+// The work of one thread of a THREADS-thread workgroup: `lid` loads its share of the tiles, (ty, tx) are the
+// rows and columns of its 8×8 block (any bijection of the threads onto TX × TX), and `lane0` is passed
+// through to gemm_a_values.
 fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u32) {
     let shape = gemm_shape();
     let batch = shape.x;
@@ -91,7 +96,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
         if (full && GEMM_QUADS && gemm_quads()) {
             gemm_load_quads(b, lid, row0, col0, k0);
         } else {
-            for (var r = 0u; r < 16u; r++) {
+            for (var r = 0u; r < LOADS; r++) {
                 let e = lid + r * THREADS;
                 // A: consecutive threads walk kk first (contiguous in a row-major A).
                 let ar = e / TILE_K;
@@ -119,7 +124,7 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
             let ah = a.hi;
             let ib = kk * (TILE_N / 4u) + tx;
             let bl = tile_b[ib];
-            let bh = tile_b[ib + 8u];
+            let bh = tile_b[ib + TX];
             c0l += al.x * bl; c0h += al.x * bh;
             c1l += al.y * bl; c1h += al.y * bh;
             c2l += al.z * bl; c2h += al.z * bh;
@@ -147,10 +152,10 @@ fn gemm_tile(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, ty: u32, tx: u32, lane0: u
 }
 
 // Thread lid's share of an interior K step's tiles (rows row0 …, columns col0 …, kk from k0; every value
-// inside the product): 4 quads of A (4 consecutive kk of a row; consecutive threads walk kk first,
-// contiguous in a row-major A) and 4 of B (4 consecutive columns of a row).
+// inside the product): LOADS / 4 quads of A (4 consecutive kk of a row; consecutive threads walk kk first,
+// contiguous in a row-major A) and as many of B (4 consecutive columns of a row).
 fn gemm_load_quads(b: u32, lid: u32, row0: u32, col0: u32, k0: u32) {
-    for (var r = 0u; r < 4u; r++) {
+    for (var r = 0u; r < LOADS / 4u; r++) {
         let e = lid + r * THREADS;
         let ar = e / (TILE_K / 4u);
         let ak = 4u * (e % (TILE_K / 4u));
@@ -168,7 +173,7 @@ fn gemm_load_quads(b: u32, lid: u32, row0: u32, col0: u32, k0: u32) {
     }
 }
 
-// Stores one thread's eight results of a row: columns col + j from lo and col + 32 + j from hi (j < 4).
+// Stores one thread's eight results of a row: columns col + j from lo and col + TILE_N/2 + j from hi (j < 4).
 fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (row >= m) {
         return;
@@ -177,8 +182,8 @@ fn store_row(b: u32, split: u32, row: u32, col: u32, m: u32, n: u32, lo: vec4<f3
         if (col + j < n) {
             gemm_store(b, split, row, col + j, lo[j]);
         }
-        if (col + 32u + j < n) {
-            gemm_store(b, split, row, col + 32u + j, hi[j]);
+        if (col + TILE_N / 2u + j < n) {
+            gemm_store(b, split, row, col + TILE_N / 2u + j, hi[j]);
         }
     }
 }

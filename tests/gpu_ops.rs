@@ -13,7 +13,7 @@
 mod common;
 
 use common::{gpu_device, Rng};
-use liera::backend::gpu::{GpuBackend, GpuOptions};
+use liera::backend::gpu::{gemm_tile_fits, GpuBackend, GpuOptions};
 use liera::backend::{AxisLayout, Backend, BinaryOp, MatmulSpec, Storage, UnaryOp};
 use liera::shape::{merge_broadcast_dims, Conv2dGeometry, Conv2dParams, Shape};
 use liera::{Device, Tensor};
@@ -586,6 +586,86 @@ second_backends! {
     /// A GPU backend whose GEMM kernels never use subgroups (gemm_workgroup.wgsl), for the adapters where the
     /// default backend does.
     workgroup_gemm_backend: { subgroups: Some(false), };
+}
+
+/// GPU backends with 128×128 GEMM tiles (256 threads per workgroup: a hardware GPU's default where its
+/// limits allow, 64×64 on llvmpipe) in the GEMM's three forms: the default (subgroups where the adapter
+/// has them, quad loads), A from workgroup memory, and value-by-value loads. None, with a message, where the
+/// adapter's limits do not allow such tiles.
+fn wide_tile_backends() -> Vec<&'static GpuBackend> {
+    static B: OnceLock<Vec<GpuBackend>> = OnceLock::new();
+    let Some(limits) = quad_gemm_backend().map(|g| g.limits().clone()) else {
+        return Vec::new();
+    };
+    B.get_or_init(|| {
+        if !gemm_tile_fits(128, &limits) {
+            eprintln!("skipped: this adapter's limits do not allow 128×128 GEMM tiles");
+            return Vec::new();
+        }
+        [(None, None), (Some(false), None), (None, Some(false))]
+            .into_iter()
+            .map(|(subgroups, gemm_quads)| {
+                GpuBackend::new(GpuOptions {
+                    gemm_tile: Some(128),
+                    subgroups,
+                    gemm_quads,
+                    ..GpuOptions::default()
+                })
+                .expect("a 128-tile GPU backend on an adapter whose limits allow it")
+            })
+            .collect()
+    })
+    .iter()
+    .collect()
+}
+
+/// A GEMM tile side the kernels do not have is refused with an error that names it.
+#[test]
+fn an_unknown_gemm_tile_side_is_an_error() {
+    if gpu_device().is_none() {
+        return;
+    }
+    let err = GpuBackend::new(GpuOptions {
+        gemm_tile: Some(96),
+        ..GpuOptions::default()
+    })
+    .expect_err("96 is no GEMM tile side");
+    assert!(
+        err.to_string().contains("96 is not a GEMM tile side"),
+        "{err}"
+    );
+}
+
+proptest! {
+    // Each case runs three backends' products and convolutions.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// The GEMM with 128×128 tiles in each of its forms: products across several such tiles (interior and
+    /// ragged edges, shared and transposed operands), 1×1 convolutions with channel counts on both sides of
+    /// 128 (interior tiles in every mode, quads crossing images), and convolutions with taps.
+    #[test]
+    fn wide_gemm_tiles_match_cpu(
+        batch in 1usize..3, m in 100usize..300, k in 1usize..200, n in 100usize..300, trans_a: bool,
+        trans_b: bool, share_b: bool, cin in 100usize..160, cout in 100usize..160, h in 1usize..6,
+        w in 1usize..6, kh in 1usize..4, bias: bool, seed in 0u64..1000,
+    ) {
+        let b_bs = if share_b { 0 } else { k * n };
+        let spec = MatmulSpec {
+            batch, m, k, n, trans_a, trans_b, a_batch_stride: m * k, b_batch_stride: b_bs,
+        };
+        let a = values(seed, batch * m * k, -1.0, 1.0);
+        let b = values(seed + 1, if share_b { k * n } else { batch * k * n }, -1.0, 1.0);
+        let pointwise = geometry(batch, cin, cout, 1, (h, w), (1, 1), 1, 0, 1).unwrap();
+        for (form, gpu) in wide_tile_backends().into_iter().enumerate() {
+            cross_on(&format!("{spec:?}, 128 tiles, form {form}"), gpu, &[a.clone(), b.clone()], |be, s| {
+                Ok(vec![be.matmul(&s[0], &s[1], &spec)?])
+            })?;
+            conv_cross_on(gpu, &pointwise, bias, seed)?;
+            if let Some(g) = geometry(batch, 1 + cin % 5, cout, 1, (h + 2, w + 2), (kh, kh), 1, kh / 2, 1) {
+                conv_cross_on(gpu, &g, bias, seed)?;
+            }
+        }
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ impl GpuBackend {
     ) -> Result<(Storage, Storage)> {
         let n_out = g.batch * g.c_out * g.h_out * g.w_out;
         let [groups, m, n, k] = forward_shape(g);
-        let tiles = groups * m.div_ceil(64) * n.div_ceil(64);
+        let tile = self.gemm_tile as usize;
+        let tiles = groups * m.div_ceil(tile) * n.div_ceil(tile);
         if g.is_depthwise() || self.k_splits(tiles, k, n_out) > 1 {
             let a = self.launch_conv2d(x, w, bias, g)?;
             let h = self.launch_unary(UnaryOp::Gelu, &a, n_out)?;

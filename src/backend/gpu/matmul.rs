@@ -51,7 +51,8 @@ impl GpuBackend {
         [batch, m, n, k]: [usize; 4],
     ) -> Result<Vec<GpuBuffer>> {
         let total: usize = lens.iter().sum();
-        let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
+        let tile = self.gemm_tile as usize;
+        let tiles = batch * m.div_ceil(tile) * n.div_ceil(tile);
         let splits = self.k_splits(tiles, k, total);
         params[split_slot] = splits as u32;
         let outs = lens
@@ -144,7 +145,8 @@ impl GpuBackend {
             _ => return Ok(None),
         };
         let len = spec.m * spec.n;
-        let tiles = spec.m.div_ceil(64) * spec.n.div_ceil(64);
+        let tile = self.gemm_tile as usize;
+        let tiles = spec.m.div_ceil(tile) * spec.n.div_ceil(tile);
         if spec.batch != 1 || self.k_splits(tiles, spec.k, len) > 1 {
             return Ok(None);
         }

@@ -46,7 +46,7 @@ mod runtime;
 pub mod shaders;
 mod softmax;
 
-pub use runtime::{GpuBuffer, GpuOptions, MAX_WIDE_SLOTS};
+pub use runtime::{gemm_tile_fits, GpuBuffer, GpuOptions, MAX_WIDE_SLOTS};
 
 use super::{
     AdamWItem, AdamWStep, AxisLayout, Backend, BinaryOp, GrnGrads, GrnLayout, GrnOutput,
@@ -115,6 +115,8 @@ pub struct GpuBackend {
     depthwise_tiles: bool,
     /// The GEMM loads interior tiles by quads (see [`GpuOptions::gemm_quads`]).
     gemm_quads: bool,
+    /// The GEMM's tile side (see [`GpuOptions::gemm_tile`]).
+    gemm_tile: u32,
     /// What the adapter offers (see [`GpuBackend::adapter_features`]).
     adapter_features: wgpu::Features,
     /// The adapters' low-rank work waiting to be launched together (see `lowrank.rs`).
@@ -153,7 +155,10 @@ impl Backend for GpuBackend {
         } else {
             "value loads"
         };
-        format!("64×64 tiles, 8×8 per thread, {a}, {loads}")
+        format!(
+            "{0}×{0} tiles, 8×8 per thread, {a}, {loads}",
+            self.gemm_tile
+        )
     }
 
     fn upload(&self, data: &[f32]) -> Result<Storage> {

@@ -3,6 +3,7 @@
 //! in `dispatch.rs`.
 
 use super::dispatch::{Pending, PARAM_WORDS};
+use super::shaders::{gemm_workgroup_bytes, GEMM_TILES};
 use super::{GpuBackend, Launch};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
@@ -43,6 +44,62 @@ pub struct GpuOptions {
     /// contiguous and aligned: matmuls, 1×1 convolutions) or value by value (default: quads, unless
     /// `LIERA_GPU_QUADS=0`; tests and benchmarks compare the two).
     pub gemm_quads: Option<bool>,
+    /// The GEMM's tile side, 64 or 128 (see [`GEMM_TILES`]). Default: `LIERA_GPU_GEMM_TILE` where set,
+    /// else 128 on a hardware GPU whose limits allow its workgroups (256 threads,
+    /// [`gemm_workgroup_bytes`]`(128)` bytes of workgroup memory) and 64 otherwise, on a CPU adapter such
+    /// as llvmpipe included. A tile the adapter cannot run is an error. Tests and benchmarks set it to
+    /// compare the two.
+    pub gemm_tile: Option<u32>,
+}
+
+/// Whether an adapter with these limits can run the GEMM with tile side `tile`: (tile/8)² threads per
+/// workgroup and [`gemm_workgroup_bytes`] of workgroup memory.
+pub fn gemm_tile_fits(tile: u32, limits: &wgpu::Limits) -> bool {
+    let threads = (tile / 8) * (tile / 8);
+    threads <= limits.max_compute_invocations_per_workgroup
+        && threads <= limits.max_compute_workgroup_size_x
+        && gemm_workgroup_bytes(tile) <= limits.max_compute_workgroup_storage_size
+}
+
+/// The GEMM tile side for a new backend (see [`GpuOptions::gemm_tile`]).
+fn gemm_tile_for(
+    options: &GpuOptions,
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+) -> Result<u32> {
+    let asked = match options.gemm_tile {
+        Some(t) => Some(t),
+        None => match std::env::var("LIERA_GPU_GEMM_TILE") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                Error::invalid(
+                    "LIERA_GPU_GEMM_TILE",
+                    format!("`{v}` is not a tile side; use one of {GEMM_TILES:?}"),
+                )
+            })?),
+            Err(_) => None,
+        },
+    };
+    match asked {
+        Some(t) if !GEMM_TILES.contains(&t) => Err(Error::invalid(
+            "gemm tile",
+            format!("{t} is not a GEMM tile side; use one of {GEMM_TILES:?}"),
+        )),
+        Some(t) if !gemm_tile_fits(t, limits) => Err(Error::invalid(
+            "gemm tile",
+            format!(
+                "{} cannot run {t}×{t} GEMM tiles: they need {} threads and {} bytes of workgroup \
+                 memory per workgroup, and it allows {} threads and {} bytes",
+                info.name,
+                (t / 8) * (t / 8),
+                gemm_workgroup_bytes(t),
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_storage_size
+            ),
+        )),
+        Some(t) => Ok(t),
+        None if info.device_type != wgpu::DeviceType::Cpu && gemm_tile_fits(128, limits) => Ok(128),
+        None => Ok(GEMM_TILES[0]),
+    }
 }
 
 /// The most storage bindings the multi-tensor kernels (multi.wgsl) use, however many the adapter allows.
@@ -312,6 +369,7 @@ impl GpuBackend {
         let gemm_quads = options
             .gemm_quads
             .unwrap_or_else(|| std::env::var("LIERA_GPU_QUADS").map_or(true, |v| v != "0"));
+        let gemm_tile = gemm_tile_for(&options, &info, &limits)?;
         let min_parallel_workgroups = options.min_parallel_workgroups.unwrap_or(
             if info.device_type == wgpu::DeviceType::Cpu {
                 8
@@ -345,6 +403,7 @@ impl GpuBackend {
             gemm_subgroups: std::sync::atomic::AtomicBool::new(gemm_subgroups),
             depthwise_tiles,
             gemm_quads,
+            gemm_tile,
             adapter_features: adapter.features(),
             deferred: Mutex::new(None),
             profile: std::env::var("LIERA_GPU_PROFILE")
@@ -374,6 +433,11 @@ impl GpuBackend {
     /// True when the GEMM loads interior tiles by quads (see [`GpuOptions::gemm_quads`]).
     pub fn gemm_uses_quads(&self) -> bool {
         self.gemm_quads
+    }
+
+    /// The GEMM's tile side (see [`GpuOptions::gemm_tile`]).
+    pub fn gemm_tile(&self) -> u32 {
+        self.gemm_tile
     }
 
     /// True while the GEMM kernels run in their subgroup form (see [`GpuOptions::subgroups`]).

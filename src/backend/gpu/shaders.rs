@@ -395,6 +395,18 @@ pub struct ShaderVariant {
     /// The GEMM families' quad loads (`GEMM_QUADS`: interior tiles loaded 4 values at a time, as vec4 where
     /// aligned); the runtime picks it (see `GpuOptions::gemm_quads`), launchers never do.
     pub quads: bool,
+    /// The GEMM families' tile side (`GEMM_TILE`: 64, or 128 where the adapter's limits allow, see
+    /// [`GEMM_TILES`]); the runtime picks it (see `GpuOptions::gemm_tile`), launchers never do.
+    pub tile: u32,
+}
+
+/// The GEMM's tile sides: a workgroup of (T/8)² threads computes a T×T tile of C, 8×8 results per thread.
+pub const GEMM_TILES: [u32; 2] = [64, 128];
+
+/// The workgroup memory, in bytes, of the GEMM with tile side `tile`: A's tile (16 rows of `tile` + 4
+/// words) and B's (16 rows of `tile` words), as gemm.wgsl declares them.
+pub fn gemm_workgroup_bytes(tile: u32) -> u32 {
+    16 * ((tile + 4) + tile) * 4
 }
 
 impl ShaderVariant {
@@ -405,6 +417,7 @@ impl ShaderVariant {
             defines: defines.into(),
             subgroups: false,
             quads: false,
+            tile: GEMM_TILES[0],
         }
     }
     /// True for the families built on the tiled GEMM (gemm.wgsl).
@@ -419,6 +432,14 @@ impl ShaderVariant {
     /// This variant with quad loads when `on` and it uses the GEMM; otherwise unchanged.
     pub fn with_quads(mut self, on: bool) -> Self {
         self.quads = on && self.uses_gemm();
+        self
+    }
+    /// This variant with GEMM tiles of side `tile` (one of [`GEMM_TILES`]) when it uses the GEMM;
+    /// otherwise unchanged.
+    pub fn with_tile(mut self, tile: u32) -> Self {
+        if self.uses_gemm() {
+            self.tile = tile;
+        }
         self
     }
     /// The files of this module, in order: the family's, with gemm_subgroup.wgsl in place of
@@ -496,11 +517,20 @@ impl ShaderVariant {
                     .trim_end()
             })
             .collect();
-        let form = match (self.subgroups, self.quads) {
-            (true, true) => " (subgroups, quads)",
-            (true, false) => " (subgroups)",
-            (false, true) => " (quads)",
-            (false, false) => "",
+        let mut forms = Vec::new();
+        if self.uses_gemm() && self.tile != GEMM_TILES[0] {
+            forms.push(format!("{0}×{0} tiles", self.tile));
+        }
+        if self.subgroups {
+            forms.push("subgroups".into());
+        }
+        if self.quads {
+            forms.push("quads".into());
+        }
+        let form = if forms.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", forms.join(", "))
         };
         format!("{:?}{form} [{}]", self.family, consts.join(", "))
     }
@@ -526,7 +556,10 @@ impl ShaderVariant {
             ));
         }
         let quads = if self.uses_gemm() {
-            format!("const GEMM_QUADS: bool = {};\n", self.quads)
+            format!(
+                "const GEMM_QUADS: bool = {};\nconst GEMM_TILE: u32 = {}u;\n",
+                self.quads, self.tile
+            )
         } else {
             String::new()
         };
@@ -614,14 +647,18 @@ pub fn all_variants() -> Vec<ShaderVariant> {
     for slots in [8, 32, 64] {
         v.push(ShaderVariant::plain(Family::Multi { slots }));
     }
-    // Every GEMM module in each form: subgroups, quad loads, both.
+    // Every GEMM module in each form: subgroups, quad loads, both; each at every tile side.
     let forms: Vec<ShaderVariant> = v
         .iter()
         .filter(|x| x.uses_gemm())
         .flat_map(|x| {
-            [(true, false), (false, true), (true, true)]
-                .map(|(sg, q)| x.clone().with_subgroups(sg).with_quads(q))
+            [(false, false), (true, false), (false, true), (true, true)]
+                .into_iter()
+                .flat_map(move |(sg, q)| {
+                    GEMM_TILES.map(|t| x.clone().with_subgroups(sg).with_quads(q).with_tile(t))
+                })
         })
+        .filter(|x| x.subgroups || x.quads || x.tile != GEMM_TILES[0])
         .collect();
     v.extend(forms);
     v
