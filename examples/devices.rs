@@ -49,6 +49,16 @@ fn main() {
                 }
             );
             println!(
+                "     GEMM tiles: {0}×{0}{1} (LIERA_GPU_GEMM_TILE; 128×128 fits this adapter: {2})",
+                gpu.gemm_tile(),
+                if gpu.gemm_tile() > 64 {
+                    " on products with enough such tiles to fill the device, else 64×64"
+                } else {
+                    ""
+                },
+                liera::backend::gpu::gemm_tile_fits(128, gpu.limits())
+            );
+            println!(
                 "     depthwise 7×7: {}",
                 if gpu.depthwise_uses_tiles() {
                     "tiles and halos staged in workgroup memory (dw_*_tiled)"

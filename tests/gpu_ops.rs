@@ -607,6 +607,9 @@ fn wide_tile_backends() -> Vec<&'static GpuBackend> {
             .map(|(subgroups, gemm_quads)| {
                 GpuBackend::new(GpuOptions {
                     gemm_tile: Some(128),
+                    // Every product with a tile's worth of outputs takes the 128 tile (see
+                    // `GpuBackend::gemm_tile_for`), K unsplit.
+                    min_parallel_workgroups: Some(1),
                     subgroups,
                     gemm_quads,
                     ..GpuOptions::default()

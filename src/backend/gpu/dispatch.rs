@@ -79,7 +79,6 @@ impl GpuBackend {
         let chosen = variant
             .clone()
             .with_quads(self.gemm_quads)
-            .with_tile(self.gemm_tile)
             .with_subgroups(subgroups);
         match self.build_pipeline(&chosen, entry) {
             Err(e) if subgroups => {

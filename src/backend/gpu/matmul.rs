@@ -3,12 +3,25 @@
 
 use super::dispatch::{u32_of, Bindings};
 use super::runtime::GpuBuffer;
-use super::shaders::ShaderVariant;
+use super::shaders::{ShaderVariant, GEMM_TILES};
 use super::GpuBackend;
 use crate::backend::{BinaryOp, MatmulSpec, Storage};
 use crate::error::Result;
 
 impl GpuBackend {
+    /// The tile side of one GEMM with `batch` × M × N outputs: the backend's (see
+    /// [`GpuOptions::gemm_tile`](super::GpuOptions::gemm_tile)) where the product has at least
+    /// `min_parallel_workgroups` such tiles, else 64, so that a small product still spreads over the
+    /// device's cores (128×128 tiles of a 40-channel convolution at 32×32 would leave most of them idle).
+    pub(super) fn gemm_tile_for(&self, batch: usize, m: usize, n: usize) -> usize {
+        let wide = self.gemm_tile as usize;
+        if batch * m.div_ceil(wide) * n.div_ceil(wide) >= self.min_parallel_workgroups {
+            wide
+        } else {
+            GEMM_TILES[0] as usize
+        }
+    }
+
     /// How many ranges of K a GEMM with `tiles` output tiles is split into: enough workgroups to fill the
     /// device, each keeping at least 256 of K, and the partial results at most 16 M floats.
     pub(super) fn k_splits(&self, tiles: usize, k: usize, out_len: usize) -> usize {
@@ -51,8 +64,9 @@ impl GpuBackend {
         [batch, m, n, k]: [usize; 4],
     ) -> Result<Vec<GpuBuffer>> {
         let total: usize = lens.iter().sum();
-        let tile = self.gemm_tile as usize;
+        let tile = self.gemm_tile_for(batch, m, n);
         let tiles = batch * m.div_ceil(tile) * n.div_ceil(tile);
+        let variant = &variant.clone().with_tile(tile as u32);
         let splits = self.k_splits(tiles, k, total);
         params[split_slot] = splits as u32;
         let outs = lens
@@ -145,7 +159,7 @@ impl GpuBackend {
             _ => return Ok(None),
         };
         let len = spec.m * spec.n;
-        let tile = self.gemm_tile as usize;
+        let tile = self.gemm_tile_for(1, spec.m, spec.n);
         let tiles = spec.m.div_ceil(tile) * spec.n.div_ceil(tile);
         if spec.batch != 1 || self.k_splits(tiles, spec.k, len) > 1 {
             return Ok(None);
@@ -153,7 +167,8 @@ impl GpuBackend {
         let (a, b, w) = (self.buf(a)?, self.buf(b)?, self.buf(w)?);
         let out = self.alloc(len)?;
         self.launch(
-            &ShaderVariant::matmul_fused(spec.trans_a, spec.trans_b, reparam, 0, false),
+            &ShaderVariant::matmul_fused(spec.trans_a, spec.trans_b, reparam, 0, false)
+                .with_tile(tile as u32),
             "gemm",
             &matmul_params(spec, op.scalar())?,
             Bindings::new(&[Some(a.raw()), Some(b.raw()), Some(w.raw())], &[out.raw()]),

@@ -20,8 +20,9 @@
 //!   and kernels linearise the workgroup index, so no launch fails for being long.
 //! - Errors: wgpu validation and out-of-memory errors are caught (an uncaptured-error handler, and error
 //!   scopes around allocations) and returned as [`Error::Device`](crate::error::Error::Device).
-//! - Kernel choices: matmul and dense/grouped convolutions share one tiled GEMM (64×64 tiles, 8×8 per
-//!   thread, implicit im2col for convolutions) that splits K when there are few output tiles; a batched
+//! - Kernel choices: matmul and dense/grouped convolutions share one tiled GEMM (64×64 tiles, or 128×128
+//!   on large products where the adapter's limits allow; 8×8 per thread; implicit im2col for
+//!   convolutions) that splits K when there are few output tiles; a batched
 //!   product with a shared right operand runs as one GEMM; reductions over an axis use a workgroup per
 //!   output only for long axes with few outputs, otherwise a thread each. `LIERA_GPU_PROFILE=1` times
 //!   every kernel (see [`GpuBackend::profile_report`]).
@@ -56,7 +57,7 @@ use crate::error::Result;
 use crate::shape::{BroadcastLayout, Conv2dGeometry};
 use dispatch::Pending;
 use runtime::BufferPool;
-use shaders::ShaderVariant;
+use shaders::{ShaderVariant, GEMM_TILES};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,10 +156,15 @@ impl Backend for GpuBackend {
         } else {
             "value loads"
         };
-        format!(
-            "{0}×{0} tiles, 8×8 per thread, {a}, {loads}",
-            self.gemm_tile
-        )
+        let tiles = if self.gemm_tile == GEMM_TILES[0] {
+            format!("{0}×{0} tiles", self.gemm_tile)
+        } else {
+            format!(
+                "{0}×{0} tiles on products of at least {1} such tiles, else {2}×{2}",
+                self.gemm_tile, self.min_parallel_workgroups, GEMM_TILES[0]
+            )
+        };
+        format!("{tiles}, 8×8 per thread, {a}, {loads}")
     }
 
     fn upload(&self, data: &[f32]) -> Result<Storage> {

@@ -395,8 +395,8 @@ pub struct ShaderVariant {
     /// The GEMM families' quad loads (`GEMM_QUADS`: interior tiles loaded 4 values at a time, as vec4 where
     /// aligned); the runtime picks it (see `GpuOptions::gemm_quads`), launchers never do.
     pub quads: bool,
-    /// The GEMM families' tile side (`GEMM_TILE`: 64, or 128 where the adapter's limits allow, see
-    /// [`GEMM_TILES`]); the runtime picks it (see `GpuOptions::gemm_tile`), launchers never do.
+    /// The GEMM families' tile side (`GEMM_TILE`, one of [`GEMM_TILES`]): the GEMM launchers pick it per
+    /// product (`GpuBackend::gemm_tile_for`, from `GpuOptions::gemm_tile` and the product's size).
     pub tile: u32,
 }
 
