@@ -643,12 +643,12 @@ proptest! {
     // Each case runs three backends' products and convolutions.
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
-    /// The GEMM with 128×128 tiles in each of its forms: products across several such tiles (interior and
+    /// The GEMM with 128×128 tiles in each of its forms: products across up to three such tiles (interior and
     /// ragged edges, shared and transposed operands), 1×1 convolutions with channel counts on both sides of
     /// 128 (interior tiles in every mode, quads crossing images), and convolutions with taps.
     #[test]
     fn wide_gemm_tiles_match_cpu(
-        batch in 1usize..3, m in 100usize..300, k in 1usize..200, n in 100usize..300, trans_a: bool,
+        batch in 1usize..3, m in 100usize..270, k in 1usize..150, n in 100usize..270, trans_a: bool,
         trans_b: bool, share_b: bool, cin in 100usize..160, cout in 100usize..160, h in 1usize..6,
         w in 1usize..6, kh in 1usize..4, bias: bool, seed in 0u64..1000,
     ) {
