@@ -765,19 +765,29 @@ impl Device {
     /// The wgpu GPU backend on the highest-performance adapter (one shared instance, created on first use);
     /// an [`Error::Device`] when no adapter exists or it cannot be opened.
     pub fn gpu() -> Result<Device> {
+        /// Why no GPU device: a setting the user got wrong (kept as `Error::Invalid`), or anything else.
+        #[derive(Clone)]
+        enum NoGpu {
+            Invalid(&'static str, String),
+            Device(String),
+        }
         // The outcome is kept, so a missing adapter is looked for once, not per call.
-        static GPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+        static GPU: OnceLock<std::result::Result<Device, NoGpu>> = OnceLock::new();
         GPU.get_or_init(|| {
             gpu::GpuBackend::new(gpu::GpuOptions::default())
                 .map(|b| Device(Arc::new(b)))
                 // Keep the bare message: `Error::Device` adds its own "device:" prefix again below.
                 .map_err(|e| match e {
-                    Error::Device(msg) => msg,
-                    other => other.to_string(),
+                    Error::Device(msg) => NoGpu::Device(msg),
+                    Error::Invalid { op, msg } => NoGpu::Invalid(op, msg),
+                    other => NoGpu::Device(other.to_string()),
                 })
         })
         .clone()
-        .map_err(Error::Device)
+        .map_err(|e| match e {
+            NoGpu::Invalid(op, msg) => Error::invalid(op, msg),
+            NoGpu::Device(msg) => Error::Device(msg),
+        })
     }
 
     /// The device to run on: `LIERA_DEVICE=cpu|gpu` forces one; otherwise a hardware GPU adapter if one
@@ -806,6 +816,9 @@ impl Device {
                         "LIERA_REQUIRE_GPU=1 but no GPU device is usable: {e}"
                     )))
                 }
+                // A setting the user got wrong (such as LIERA_GPU_GEMM_TILE) is an error, not a reason to
+                // train on the CPU instead.
+                Err(e @ Error::Invalid { .. }) => return Err(e),
                 Err(e) => {
                     eprintln!("liera: no GPU adapter ({e}); falling back to the CPU");
                     Device::cpu()

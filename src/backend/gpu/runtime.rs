@@ -67,25 +67,29 @@ fn gemm_tile_for(
     info: &wgpu::AdapterInfo,
     limits: &wgpu::Limits,
 ) -> Result<u32> {
-    let asked = match options.gemm_tile {
-        Some(t) => Some(t),
-        None => match std::env::var("LIERA_GPU_GEMM_TILE") {
-            Ok(v) => Some(v.trim().parse().map_err(|_| {
-                Error::invalid(
-                    "LIERA_GPU_GEMM_TILE",
-                    format!("`{v}` is not a tile side; use one of {GEMM_TILES:?}"),
-                )
-            })?),
-            Err(_) => None,
+    const VAR: &str = "LIERA_GPU_GEMM_TILE";
+    let (asked, source) = match options.gemm_tile {
+        Some(t) => (Some(t), "GpuOptions::gemm_tile"),
+        None => match std::env::var(VAR) {
+            Ok(v) => (
+                Some(v.trim().parse().map_err(|_| {
+                    Error::invalid(
+                        VAR,
+                        format!("`{v}` is not a tile side; use one of {GEMM_TILES:?}"),
+                    )
+                })?),
+                VAR,
+            ),
+            Err(_) => (None, VAR),
         },
     };
     match asked {
         Some(t) if !GEMM_TILES.contains(&t) => Err(Error::invalid(
-            "gemm tile",
+            source,
             format!("{t} is not a GEMM tile side; use one of {GEMM_TILES:?}"),
         )),
         Some(t) if !gemm_tile_fits(t, limits) => Err(Error::invalid(
-            "gemm tile",
+            source,
             format!(
                 "{} cannot run {t}×{t} GEMM tiles: they need {} threads and {} bytes of workgroup \
                  memory per workgroup, and it allows {} threads and {} bytes",
