@@ -62,7 +62,7 @@ pub fn gemm_tile_fits(tile: u32, limits: &wgpu::Limits) -> bool {
 }
 
 /// The GEMM tile side for a new backend (see [`GpuOptions::gemm_tile`]).
-fn gemm_tile_for(
+fn backend_gemm_tile(
     options: &GpuOptions,
     info: &wgpu::AdapterInfo,
     limits: &wgpu::Limits,
@@ -373,7 +373,7 @@ impl GpuBackend {
         let gemm_quads = options
             .gemm_quads
             .unwrap_or_else(|| std::env::var("LIERA_GPU_QUADS").map_or(true, |v| v != "0"));
-        let gemm_tile = gemm_tile_for(&options, &info, &limits)?;
+        let gemm_tile = backend_gemm_tile(&options, &info, &limits)?;
         let min_parallel_workgroups = options.min_parallel_workgroups.unwrap_or(
             if info.device_type == wgpu::DeviceType::Cpu {
                 8
