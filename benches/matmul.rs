@@ -39,7 +39,8 @@
 //! gives the GEMM time of one step per library. Every shape's results are compared across the three.
 //!
 //! Run with `cargo bench --bench matmul` (`-- --quick` for fewer rounds; `-- 224px` or `-- square 32px`
-//! for those groups of shapes only, `-- 64x10x320` for one shape).
+//! for those groups of shapes only, `-- 64x10x320` for one shape; `-- --transposed` for every shape as
+//! its transpose n×k×m, the orientation of liera's convolutions, whose rows are channels).
 
 use liera::{Device, Tensor};
 use std::time::Instant;
@@ -230,6 +231,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    // `--transposed`: every shape as its transpose, Cᵀ = Bᵀ·Aᵀ (n×k×m), which is the form liera's
+    // convolutions compute (rows = channels, columns = batch × pixels).
+    if std::env::args().any(|a| a == "--transposed") {
+        for g in &mut gemms {
+            std::mem::swap(&mut g.m, &mut g.n);
+        }
+    }
     gemms.retain(|g| {
         let shape = format!("{}x{}x{}", g.m, g.k, g.n);
         only.is_empty()
