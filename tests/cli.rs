@@ -590,6 +590,39 @@ fn gpu_without_an_adapter_is_an_error_not_a_hang() {
     assert!(text(&out.stderr).contains("device: cpu"));
 }
 
+/// A GPU setting the user got wrong (a GEMM tile side the kernels lack) is an error on a machine with a GPU
+/// adapter, not a quiet fall-back to the CPU; without an adapter, `auto` falls back as usual.
+#[test]
+fn a_wrong_gpu_setting_is_an_error_not_a_cpu_fall_back() {
+    let dir = TempDir::new("gpusetting");
+    let weights = dir.path("w.safetensors");
+    good_weights(&weights);
+    let out = liera_with_env(
+        &[
+            "eval",
+            "--weights",
+            &weights.display().to_string(),
+            "--mnist",
+        ],
+        &[("LIERA_GPU_GEMM_TILE", "96")],
+    );
+    let stderr = text(&out.stderr);
+    if out.status.success() {
+        // Only a machine with no adapter at all may run: the setting was never read, so the fall-back
+        // message does not name it.
+        assert!(
+            stderr.contains("no GPU adapter")
+                && stderr.contains("device: cpu")
+                && !stderr.contains("tile side"),
+            "LIERA_GPU_GEMM_TILE=96 ran on the CPU instead of failing:\n{stderr}"
+        );
+        eprintln!("skipped: no GPU adapter, so the setting is never read");
+    } else {
+        let line = assert_fails(&out, &["LIERA_GPU_GEMM_TILE", "96 is not a GEMM tile side"]);
+        eprintln!("LIERA_GPU_GEMM_TILE=96: {line}");
+    }
+}
+
 fn pretrain_args<'a>(out: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "pretrain",
