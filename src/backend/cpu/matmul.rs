@@ -269,8 +269,9 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
 }
 
-/// The instruction set the micro-kernel was compiled for.
+/// The instruction set the micro-kernel was compiled for (off x86-64 always the portable one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Isa {
     Avx512,
     Avx2Fma,
