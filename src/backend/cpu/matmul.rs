@@ -506,13 +506,7 @@ unsafe fn tile_avx2(
     let r: [usize; MR] = a_rows[..MR].try_into().expect("MR row offsets");
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     if kc > 0 {
-        // Every A index read below is at most max(r) + (kc − 1)·a_step: checked once here.
-        let last = r.iter().max().copied().unwrap_or(0) + (kc - 1) * a_step;
-        assert!(
-            last < a.len(),
-            "A panel index {last} past {} values",
-            a.len()
-        );
+        check_a_reach(a, &r, a_step, kc);
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for p in 0..kc {
             // SAFETY: b holds kc·NR values; the A indices are bounded above.
@@ -741,6 +735,18 @@ unsafe fn store_row<const NR: usize>(
     }
 }
 
+/// Checks that a micro-kernel's A reads stay inside `a`: every index it reads, `rows[i] + p·a_step` for
+/// p < kc, is at most max(rows) + (kc − 1)·a_step, checked once per tile rather than per element (kc ≥ 1).
+#[inline(always)]
+fn check_a_reach(a: &[f32], rows: &[usize], a_step: usize, kc: usize) {
+    let last = rows.iter().max().copied().unwrap_or(0) + (kc - 1) * a_step;
+    assert!(
+        last < a.len(),
+        "A panel index {last} past {} values",
+        a.len()
+    );
+}
+
 /// One MR×NR tile: Σ_p A(·, p) ⊗ b[p][0..NR], kept in registers, where A(i, p) = a[a_rows[i] + p·a_step]:
 /// a packed panel (a_rows = 0..MR, a_step = MR) or rows of a row-major A read in place (a_step = 1).
 #[inline(always)]
@@ -756,13 +762,7 @@ fn micro_kernel<const MR: usize, const NR: usize, const FMA: bool>(
     if kc == 0 {
         return acc;
     }
-    // Every A index read below is at most max(rows) + (kc − 1)·a_step: checked once here, not per element.
-    let last = rows.iter().max().copied().unwrap_or(0) + (kc - 1) * a_step;
-    assert!(
-        last < a.len(),
-        "A panel index {last} past {} values",
-        a.len()
-    );
+    check_a_reach(a, &rows, a_step, kc);
     let ap = a.as_ptr();
     for (p, br) in b.chunks_exact(NR).enumerate() {
         let br: &[f32; NR] = br.try_into().expect("chunks_exact yields NR values");
@@ -1273,7 +1273,8 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     };
     // The shared split of the passes over `ks` into `target`, on the calling thread when `serial`.
     let shared = |target: Target<'a>, ks: Range<usize>, serial: bool| {
-        let mut b_pack = Vec::new();
+        // The packing buffers of a serial run, reused by all its passes.
+        let (mut b_pack, mut a_pack) = (Vec::new(), Vec::new());
         for j0 in (0..n).step_by(nc_max) {
             let nc = nc_max.min(n - j0);
             let b_panels = nc.div_ceil(NR);
@@ -1306,7 +1307,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                     }
                 };
                 if tasks == 1 {
-                    task(&mut Vec::new(), 0);
+                    task(&mut a_pack, 0);
                 } else {
                     (0..tasks).into_par_iter().for_each_init(Vec::new, task);
                 }
