@@ -23,8 +23,7 @@ impl GpuBackend {
     ) -> Result<(Storage, Storage)> {
         let n_out = g.batch * g.c_out * g.h_out * g.w_out;
         let [groups, m, n, k] = forward_shape(g);
-        let tile = self.gemm_tile_for(groups, m, n);
-        let tiles = groups * m.div_ceil(tile) * n.div_ceil(tile);
+        let (tile, tiles) = self.gemm_tile_for(groups, m, n);
         if g.is_depthwise() || self.k_splits(tiles, k, n_out) > 1 {
             let a = self.launch_conv2d(x, w, bias, g)?;
             let h = self.launch_unary(UnaryOp::Gelu, &a, n_out)?;
@@ -34,8 +33,7 @@ impl GpuBackend {
         let bias = bias.map(|b| self.buf(b)).transpose()?;
         let (a, h) = (self.alloc(n_out)?, self.alloc(n_out)?);
         self.launch(
-            &ShaderVariant::conv2d_act(0, bias.is_some(), is_pointwise(g), true)
-                .with_tile(tile as u32),
+            &ShaderVariant::conv2d_act(0, bias.is_some(), is_pointwise(g), true).with_tile(tile),
             "gemm",
             &conv_params(g, bias.is_some())?.words(),
             Bindings::new(

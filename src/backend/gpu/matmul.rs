@@ -9,16 +9,18 @@ use crate::backend::{BinaryOp, MatmulSpec, Storage};
 use crate::error::Result;
 
 impl GpuBackend {
-    /// The tile side of one GEMM with `batch` × M × N outputs: the backend's (see
-    /// [`GpuOptions::gemm_tile`](super::GpuOptions::gemm_tile)) where the product has at least
-    /// `min_parallel_workgroups` such tiles, else 64, so that a small product still spreads over the
-    /// device's cores (128×128 tiles of a 40-channel convolution at 32×32 would leave most of them idle).
-    pub(super) fn gemm_tile_for(&self, batch: usize, m: usize, n: usize) -> usize {
-        let wide = self.gemm_tile as usize;
-        if batch * m.div_ceil(wide) * n.div_ceil(wide) >= self.min_parallel_workgroups {
-            wide
+    /// The tile side of one GEMM with `batch` × M × N outputs, and its number of output tiles: the
+    /// backend's side (see [`GpuOptions::gemm_tile`](super::GpuOptions::gemm_tile)) where the product has
+    /// at least `min_parallel_workgroups` such tiles, else 64, so that a small product still spreads over
+    /// the device's cores (128×128 tiles of a 40-channel convolution at 32×32 would leave most of them
+    /// idle).
+    pub(super) fn gemm_tile_for(&self, batch: usize, m: usize, n: usize) -> (u32, usize) {
+        let tiles = |side: u32| batch * m.div_ceil(side as usize) * n.div_ceil(side as usize);
+        let wide = tiles(self.gemm_tile);
+        if wide >= self.min_parallel_workgroups {
+            (self.gemm_tile, wide)
         } else {
-            GEMM_TILES[0] as usize
+            (GEMM_TILES[0], tiles(GEMM_TILES[0]))
         }
     }
 
@@ -64,9 +66,8 @@ impl GpuBackend {
         [batch, m, n, k]: [usize; 4],
     ) -> Result<Vec<GpuBuffer>> {
         let total: usize = lens.iter().sum();
-        let tile = self.gemm_tile_for(batch, m, n);
-        let tiles = batch * m.div_ceil(tile) * n.div_ceil(tile);
-        let variant = &variant.clone().with_tile(tile as u32);
+        let (tile, tiles) = self.gemm_tile_for(batch, m, n);
+        let variant = &variant.clone().with_tile(tile);
         let splits = self.k_splits(tiles, k, total);
         params[split_slot] = splits as u32;
         let outs = lens
@@ -159,8 +160,7 @@ impl GpuBackend {
             _ => return Ok(None),
         };
         let len = spec.m * spec.n;
-        let tile = self.gemm_tile_for(1, spec.m, spec.n);
-        let tiles = spec.m.div_ceil(tile) * spec.n.div_ceil(tile);
+        let (tile, tiles) = self.gemm_tile_for(1, spec.m, spec.n);
         if spec.batch != 1 || self.k_splits(tiles, spec.k, len) > 1 {
             return Ok(None);
         }
@@ -168,7 +168,7 @@ impl GpuBackend {
         let out = self.alloc(len)?;
         self.launch(
             &ShaderVariant::matmul_fused(spec.trans_a, spec.trans_b, reparam, 0, false)
-                .with_tile(tile as u32),
+                .with_tile(tile),
             "gemm",
             &matmul_params(spec, op.scalar())?,
             Bindings::new(&[Some(a.raw()), Some(b.raw()), Some(w.raw())], &[out.raw()]),
