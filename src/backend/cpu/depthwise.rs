@@ -12,6 +12,7 @@
 //! scalar code. `cargo bench --bench depthwise` times the ConvNeXt-atto shapes.
 
 use super::conv::{for_each_tap_row, in_col};
+use super::elementwise::widest_floats;
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
 
@@ -218,12 +219,19 @@ fn correlate_plane(
     wo: usize,
 ) {
     let taps = Taps { k, kh, kw, dil };
-    // Two rows of four AVX-512 vectors, four rows of two or eight rows of one: eight independent accumulator
-    // chains each way, enough to keep both FMA units of a core busy.
-    match span(wo) {
-        WIDE_SPAN => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
-        NARROW_SPAN => correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo),
-        _ => correlate_rows::<8, SHORT_SPAN>(src, src_w, &taps, out, wo),
+    // With AVX-512: two rows of four vectors, four rows of two or eight rows of one, eight accumulators of
+    // 32 registers each way, enough independent chains to keep both FMA units of a core busy. With AVX2's
+    // 16 registers of 8 floats, the 32- and 16-column blocks take three rows of four vectors or six rows of
+    // two (twelve accumulators, leaving registers for the weight): four and eight rows would need all 16
+    // registers for accumulators. In `cargo bench --bench depthwise` on a Zen 3 (AVX2) the 14×14 planes
+    // ran about 1.5× faster so; for 56-wide planes two rows of 64 stayed best (three of 32 and one of 64
+    // were slower or level).
+    match (span(wo), widest_floats()) {
+        (WIDE_SPAN, _) => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
+        (NARROW_SPAN, 16) => correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo),
+        (NARROW_SPAN, _) => correlate_rows::<3, NARROW_SPAN>(src, src_w, &taps, out, wo),
+        (_, 16) => correlate_rows::<8, SHORT_SPAN>(src, src_w, &taps, out, wo),
+        _ => correlate_rows::<6, SHORT_SPAN>(src, src_w, &taps, out, wo),
     }
 }
 
@@ -449,7 +457,9 @@ struct Source<'a> {
     row_stride: usize,
 }
 
-/// dy values per step of the weight gradient: one AVX-512 vector.
+/// dy values per step of the weight gradient: one AVX-512 vector, or two AVX2 ones. (On AVX2 the seven
+/// sums of a 7×7 kernel row then take 14 of the 16 registers; one vector of 8 was 3–4× slower there, in
+/// `cargo bench --bench depthwise`.)
 const LANES: usize = 16;
 
 /// dw[p][q] += Σ_i Σ_j dy[i][j]·src[i + p·dh][j + q·dw] for one plane of a stride-1 convolution with KW
@@ -841,8 +851,9 @@ mod tests {
         }
     }
 
-    /// The stride-1 paths (a padded plane, register blocks of 2 × 64 or 4 × 32 outputs) against the direct
-    /// loops, at row widths on both sides of each span and row counts that leave a remainder block.
+    /// The stride-1 paths (a padded plane, register blocks of 2 × 64, 4 or 3 × 32 and 8 or 6 × 16 outputs
+    /// by instruction set) against the direct loops, at row widths on both sides of each span and row
+    /// counts that leave a remainder block.
     #[test]
     fn padded_plane_paths_match_the_direct_loops() {
         let mut rng = SplitMix64::new(5);
@@ -856,6 +867,8 @@ mod tests {
             (6, 29, 5, d),
             (4, 130, 3, d.padding(1)),
             (5, 21, 4, d.padding(2)),
+            (14, 14, 7, d.padding(3)),
+            (9, 8, 3, d.padding(1)),
         ];
         for (h, w, k, params) in cases {
             let (n, c) = (2, 3);

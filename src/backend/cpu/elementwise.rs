@@ -104,18 +104,31 @@ pub(super) fn widest<R>(body: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
             body()
         }
-        let avx2_fma =
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        if std::is_x86_feature_detected!("avx512f") && avx2_fma {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-            return unsafe { avx512(body) };
-        }
-        if avx2_fma {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2(body) };
+        match widest_floats() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (`widest_floats` checked).
+            16 => return unsafe { avx512(body) },
+            // SAFETY: the CPU supports AVX2 and FMA (checked in the guard).
+            _ if avx2_fma() => return unsafe { avx2(body) },
+            _ => {}
         }
     }
     body()
+}
+
+/// Floats per vector register in the code [`widest`] runs: 16 with AVX-512 (32 registers), else 8 (AVX2's
+/// 16 registers; without AVX2 and FMA, or off x86, the compiler's vectors are narrower still). Register-blocked
+/// loops size their blocks by it: a block of accumulators that fits AVX-512's registers spills on AVX2.
+pub(super) fn widest_floats() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && avx2_fma() {
+        return 16;
+    }
+    8
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// out[i] = f(x[i]) in parallel chunks.
