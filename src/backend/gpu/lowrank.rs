@@ -34,7 +34,7 @@ pub(super) enum LowRankKind {
 pub(super) struct LowRankProblem {
     /// The two table rows of multi.wgsl: (O, r, N, first workgroup: set at launch) and the kind's row.
     table: [u32; 8],
-    /// Threads (one per output element).
+    /// Threads (one per output element; per four of them for the gradients).
     threads: u64,
     /// The buffers in slot order (`None`: an unused slot, bound to a dummy).
     slots: Vec<Option<Storage>>,
@@ -128,8 +128,10 @@ impl GpuBackend {
         let da = need_a
             .then(|| self.alloc(r * n).map(Self::wrap))
             .transpose()?;
-        let nb = if need_b { u32_of("∂B", o * r)? } else { 0 };
-        let na = if need_a { u32_of("∂A", r * n)? } else { 0 };
+        // Threads: one per row and four ranks of ∂B, and per column and four ranks of ∂A.
+        let r4 = r.div_ceil(4);
+        let nb = if need_b { u32_of("∂B", o * r4)? } else { 0 };
+        let na = if need_a { u32_of("∂A", r4 * n)? } else { 0 };
         let table = [
             u32_of("rows", o)?,
             u32_of("rank", r)?,

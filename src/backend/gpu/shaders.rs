@@ -225,24 +225,34 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
         );
         s.push_str(&format!(
             "        case {t}u: {{
-            var acc = 0.0;
+            // Four ranks q0 .. q0 + 3 per thread; past r the last rank is read again but never stored.
+            let r4 = (r + 3u) / 4u;
+            let last = r - 1u;
+            var acc = vec4<f32>();
             if (i < nb) {{
-                let row = i / r;
-                let q = i % r;
+                let row = i / r4;
+                let q0 = (i % r4) * 4u;
+                let aq = vec4<u32>(q0, min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last)) * n;
                 for (var j = 0u; j < n; j++) {{
                     {gz}
-                    acc += gz * s{a}[q * n + j];
+                    acc += gz * vec4<f32>(s{a}[aq.x + j], s{a}[aq.y + j], s{a}[aq.z + j], s{a}[aq.w + j]);
                 }}
-                s{db}[i] = s * acc;
+                for (var c = 0u; c < 4u && q0 + c < r; c++) {{
+                    s{db}[row * r + q0 + c] = s * acc[c];
+                }}
             }} else {{
                 let k = i - nb;
-                let q = k / n;
+                let q0 = (k / n) * 4u;
                 let j = k % n;
+                let bq = vec4<u32>(q0, min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last));
                 for (var row = 0u; row < o; row++) {{
                     {gz}
-                    acc += s{b}[row * r + q] * gz;
+                    let br = row * r;
+                    acc += gz * vec4<f32>(s{b}[br + bq.x], s{b}[br + bq.y], s{b}[br + bq.z], s{b}[br + bq.w]);
                 }}
-                s{da}[k] = s * acc;
+                for (var c = 0u; c < 4u && q0 + c < r; c++) {{
+                    s{da}[(q0 + c) * n + j] = s * acc[c];
+                }}
             }}
         }}\n"
         ));
