@@ -433,13 +433,6 @@ impl<'a> TileStore<'a> {
             ..*self
         }
     }
-    /// The store of the tiles of one B panel, whose columns lie at `cols` in C.
-    fn panel(&self, cols: &[usize]) -> TileStore<'a> {
-        TileStore {
-            cols_contiguous: consecutive(cols),
-            ..*self
-        }
-    }
 }
 
 /// Adds (or stores) one MR×NR tile product (packed panels `a`, `b`) into C: element (i, j) of the tile goes
@@ -1082,23 +1075,17 @@ impl Pass<'_> {
         a_pack: &[f32],
     ) {
         let (m, n, p0, kc) = (self.m, self.n, self.p0, self.kc);
-        let a_panels = mc.div_ceil(MR);
-        let mut rows = [0usize; MR];
-        let mut cols = [0usize; NR];
-        let mut a_rows: [usize; MR] = std::array::from_fn(|i| i);
-        for q in panels {
-            let jq = q * NR;
-            let nr = NR.min(n - jq);
-            self.out.cols.offsets(jq, nr, &mut cols);
-            let panel_store = self.store.panel(&cols[..nr]);
-            let at = (q - first_panel) * kc * NR;
-            let bp = &b_pack[at..at + kc * NR];
-            for r in 0..a_panels {
+        // What a row of tiles needs that no panel changes (C's row offsets, A's rows, the bias), worked
+        // out once rather than for every tile: a product with a short k spends only a few hundred cycles
+        // in each tile's multiply-adds.
+        let row_tiles: Vec<RowTile<MR>> = (0..mc.div_ceil(MR))
+            .map(|r| {
                 let ir = i0 + r * MR;
                 let mr = MR.min(m - ir);
+                let mut rows = [0usize; MR];
                 self.out.rows.offsets(ir, mr, &mut rows);
-                let store = panel_store.rows(ir, mr);
-                let (ap, a_step): (&[f32], usize) = if self.a_in_place {
+                let mut a_rows: [usize; MR] = std::array::from_fn(|i| i);
+                let (a, a_step): (&[f32], usize) = if self.a_in_place {
                     // Row i of A from column p0 on; a partial panel repeats its last row (read, never
                     // stored).
                     self.a.rows.offsets(ir, mr, &mut a_rows);
@@ -1110,19 +1097,42 @@ impl Pass<'_> {
                 } else {
                     (&a_pack[r * kc * MR..(r + 1) * kc * MR], MR)
                 };
-                // SAFETY: rows ir..ir+mr and columns jq..jq+nr of C belong to the calling task alone (its
+                RowTile {
+                    rows,
+                    a_rows,
+                    mr,
+                    a,
+                    a_step,
+                    store: self.store.rows(ir, mr),
+                }
+            })
+            .collect();
+        let mut cols = [0usize; NR];
+        for q in panels {
+            let jq = q * NR;
+            let nr = NR.min(n - jq);
+            self.out.cols.offsets(jq, nr, &mut cols);
+            let cols_contiguous = consecutive(&cols[..nr]);
+            let at = (q - first_panel) * kc * NR;
+            let bp = &b_pack[at..at + kc * NR];
+            for t in &row_tiles {
+                let store = TileStore {
+                    cols_contiguous,
+                    ..t.store
+                };
+                // SAFETY: the tile's rows and columns jq..jq+nr of C belong to the calling task alone (its
                 // row block and panel range), and the caller of `gemm_view` guarantees they are valid and
                 // distinct; the tile function was chosen for this CPU's instruction set.
                 unsafe {
                     (self.tile_fn)(
-                        ap,
-                        &a_rows,
-                        a_step,
+                        t.a,
+                        &t.a_rows,
+                        t.a_step,
                         bp,
                         self.c.get(),
-                        &rows,
+                        &t.rows,
                         &cols,
-                        mr,
+                        t.mr,
                         nr,
                         &store,
                     )
@@ -1130,6 +1140,17 @@ impl Pass<'_> {
             }
         }
     }
+}
+
+/// One row of tiles of [`Pass::tiles`]: C's row offsets, A's rows (in place, or the packed panel), and the
+/// store with the rows' bias.
+struct RowTile<'s, const MR: usize> {
+    rows: [usize; MR],
+    a_rows: [usize; MR],
+    mr: usize,
+    a: &'s [f32],
+    a_step: usize,
+    store: TileStore<'s>,
 }
 
 /// The columns of one task of [`Split::Columns`] (a multiple of NR): at least 8 panels; at most nc, and
