@@ -31,6 +31,10 @@
 //! figure includes allocating its output tensor (its API returns a new tensor), the peers write into a
 //! buffer allocated once.
 //!
+//! **The ceiling.** First the bench times 12 independent vector multiply-adds on registers on every thread
+//! ([`fma_peak`]): the most any product can reach on this machine, against which each figure reads as a
+//! share of the machine.
+//!
 //! **Timing.** After one warm-up call each, the three are timed in rounds, one sample of each per round
 //! (the order rotates every round), so a change in machine load affects all three alike and does not bias
 //! their ratios. A sample is the mean of enough calls to last a few milliseconds. The table gives the
@@ -196,6 +200,69 @@ fn time_interleaved(runs: &mut [Run<'_>], rounds: usize, inner: usize) -> Vec<f6
     samples.into_iter().map(median).collect()
 }
 
+/// `iters` rounds of 12 independent L-wide multiply-adds on registers (no memory traffic); the flops done.
+#[inline(always)]
+fn register_fmas<const L: usize, const FUSED: bool>(iters: u64) -> f64 {
+    let (b, c) = (
+        std::hint::black_box(0.999_999f32),
+        std::hint::black_box(1e-7f32),
+    );
+    let mut acc = [[1.0f32; L]; 12];
+    for _ in 0..iters {
+        for a in &mut acc {
+            for x in a.iter_mut() {
+                *x = if FUSED { x.mul_add(b, c) } else { *x * b + c };
+            }
+        }
+    }
+    std::hint::black_box(&acc);
+    (iters as usize * 12 * L * 2) as f64
+}
+
+/// The machine's multiply-add ceiling in GFLOP/s: [`register_fmas`] on every thread of rayon's pool at
+/// once, with the vectors liera's GEMM kernel uses here (16 floats with AVX-512, 8 with AVX2+FMA, 4 without:
+/// baseline x86-64 and other targets are not tuned here, so their figure is only indicative). No product
+/// can beat it; a GEMM's figure over it is the share of the machine the product uses.
+fn fma_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(iters: u64) -> f64 {
+            register_fmas::<16, true>(iters)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(iters: u64) -> f64 {
+            register_fmas::<8, true>(iters)
+        }
+        let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let run: fn(u64) -> f64 = if fma && is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+            |iters| unsafe { avx512(iters) }
+        } else if fma {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            |iters| unsafe { avx2(iters) }
+        } else {
+            register_fmas::<4, false>
+        };
+        time_on_every_thread(run)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    time_on_every_thread(register_fmas::<4, true>)
+}
+
+/// GFLOP/s of `run` on every thread of rayon's pool at once, after a warm-up (the best of 3 timings).
+fn time_on_every_thread(run: fn(u64) -> f64) -> f64 {
+    const ITERS: u64 = 20_000_000;
+    rayon::broadcast(|_| run(ITERS / 10));
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let flops: f64 = rayon::broadcast(|_| run(ITERS)).into_iter().sum();
+            flops / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let threads = rayon::current_num_threads();
@@ -219,6 +286,11 @@ fn main() {
             println!("cpu: {}", model.trim_start_matches([' ', '\t', ':']));
         }
     }
+    println!(
+        "multiply-add ceiling: {:.1} GFLOP/s on {threads} threads (12 independent vector FMAs on registers, \
+         no memory: no product can be faster)",
+        fma_peak()
+    );
 
     let mut gemms = Vec::new();
     add(&mut gemms, (1024, 1024, 1024), "square", "1024³".into());
