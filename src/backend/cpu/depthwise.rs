@@ -224,7 +224,7 @@ fn correlate_plane(
     // 16 registers of 8 floats, the 32- and 16-column blocks take three rows of four vectors or six rows of
     // two (twelve accumulators, leaving registers for the weight): four and eight rows would need all 16
     // registers for accumulators. In `cargo bench --bench depthwise` on a Zen 3 (AVX2) the 14×14 planes
-    // ran about 1.5× faster so; for 56-wide planes two rows of 64 stayed best (three of 32 and one of 64
+    // ran 1.1–1.4× faster so; for 56-wide planes two rows of 64 stayed best (three of 32 and one of 64
     // were slower or level).
     match (span(wo), widest_floats()) {
         (WIDE_SPAN, _) => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
