@@ -40,6 +40,11 @@ fn main() {
                     "reads A from workgroup memory (gemm_workgroup.wgsl)"
                 }
             );
+            // f16 kernels are not written yet; whether the adapter could run them is worth knowing.
+            println!(
+                "     shader-f16: {}",
+                gpu.adapter_features().contains(wgpu::Features::SHADER_F16)
+            );
             println!(
                 "     GEMM loads: {}",
                 if gpu.gemm_uses_quads() {
