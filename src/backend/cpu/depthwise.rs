@@ -221,17 +221,21 @@ fn correlate_plane(
     let taps = Taps { k, kh, kw, dil };
     // With AVX-512: two rows of four vectors, four rows of two or eight rows of one, eight accumulators of
     // 32 registers each way, enough independent chains to keep both FMA units of a core busy. With AVX2's
-    // 16 registers of 8 floats, the 32- and 16-column blocks take three rows of four vectors or six rows of
-    // two (twelve accumulators, leaving registers for the weight): four and eight rows would need all 16
-    // registers for accumulators. In `cargo bench --bench depthwise` on a Zen 3 (AVX2) the 14×14 planes
-    // ran 1.1–1.4× faster so; for 56-wide planes two rows of 64 stayed best (three of 32 and one of 64
-    // were slower or level).
+    // 16 registers of 8 floats such blocks would need every register for accumulators, so there a block
+    // is at most 12 to 14 accumulators, leaving registers for the weight: two rows of five to seven
+    // vectors for rows over 32 wide (a 56-wide row of the 224 input's first stage is one block, with no
+    // wasted column), three rows of four vectors, or six rows of two. In `cargo bench --bench depthwise`
+    // on a Zen 3 (AVX2) the 56×56 planes ran 1.3–1.6× faster with two rows of 56 than of 64, and the
+    // 14×14 planes 1.1–1.4× faster with six rows of 16 than with eight.
     match (span(wo), widest_floats()) {
-        (WIDE_SPAN, _) => correlate_rows::<2, WIDE_SPAN>(src, src_w, &taps, out, wo),
-        (NARROW_SPAN, 16) => correlate_rows::<4, NARROW_SPAN>(src, src_w, &taps, out, wo),
-        (NARROW_SPAN, _) => correlate_rows::<3, NARROW_SPAN>(src, src_w, &taps, out, wo),
-        (_, 16) => correlate_rows::<8, SHORT_SPAN>(src, src_w, &taps, out, wo),
-        _ => correlate_rows::<6, SHORT_SPAN>(src, src_w, &taps, out, wo),
+        (64, _) => correlate_rows::<2, 64>(src, src_w, &taps, out, wo),
+        (56, _) => correlate_rows::<2, 56>(src, src_w, &taps, out, wo),
+        (48, _) => correlate_rows::<2, 48>(src, src_w, &taps, out, wo),
+        (40, _) => correlate_rows::<2, 40>(src, src_w, &taps, out, wo),
+        (32, 16) => correlate_rows::<4, 32>(src, src_w, &taps, out, wo),
+        (32, _) => correlate_rows::<3, 32>(src, src_w, &taps, out, wo),
+        (_, 16) => correlate_rows::<8, 16>(src, src_w, &taps, out, wo),
+        _ => correlate_rows::<6, 16>(src, src_w, &taps, out, wo),
     }
 }
 
@@ -243,26 +247,26 @@ struct Taps<'a> {
     dil: [usize; 2],
 }
 
-/// Output columns per register block: 64 (four AVX-512 vectors) for rows wider than 32, 32 for rows wider
-/// than 16, else 16.
-const WIDE_SPAN: usize = 64;
-const NARROW_SPAN: usize = 32;
-const SHORT_SPAN: usize = 16;
-
+/// Output columns per register block of [`correlate_plane`] for rows `wo` wide: 32 for rows wider than
+/// 16, else 16; for wider rows 64 (four AVX-512 vectors), or with AVX2 the row rounded up to whole 8-float
+/// vectors, at most 56 (rows wider than 56 take several blocks).
 fn span(wo: usize) -> usize {
-    if wo > NARROW_SPAN {
-        WIDE_SPAN
-    } else if wo > SHORT_SPAN {
-        NARROW_SPAN
-    } else {
-        SHORT_SPAN
+    match wo {
+        0..=16 => 16,
+        17..=32 => 32,
+        _ if widest_floats() == 16 => 64,
+        33..=48 => wo.next_multiple_of(8),
+        _ => 56,
     }
 }
 
-/// Row stride of a padded source for [`correlate_plane`]: the output row rounded up to whole spans, plus
-/// the kernel's reach, so every block reads inside its own row.
+/// Row stride of a padded source for [`correlate_plane`]: the output row rounded up to whole spans (and to
+/// whole vectors of the weight gradient's [`LANES`], which reads the same buffer), plus the kernel's reach,
+/// so every block reads inside its own row.
 fn span_cols(wo: usize, kw: usize, dil_w: usize) -> usize {
-    wo.next_multiple_of(span(wo)) + (kw - 1) * dil_w
+    wo.next_multiple_of(span(wo))
+        .max(wo.next_multiple_of(LANES))
+        + (kw - 1) * dil_w
 }
 
 fn correlate_rows<const R: usize, const SPAN: usize>(
@@ -852,8 +856,8 @@ mod tests {
     }
 
     /// The stride-1 paths (a padded plane, register blocks of 2 × 64, 4 or 3 × 32 and 8 or 6 × 16 outputs
-    /// by instruction set) against the direct loops, at row widths on both sides of each span and row
-    /// counts that leave a remainder block.
+    /// with AVX-512 or AVX2, and 2 × 40, 48 or 56 with AVX2) against the direct loops, at row widths on
+    /// both sides of each span, rows wider than one block, and row counts that leave a remainder block.
     #[test]
     fn padded_plane_paths_match_the_direct_loops() {
         let mut rng = SplitMix64::new(5);
@@ -869,6 +873,7 @@ mod tests {
             (5, 21, 4, d.padding(2)),
             (14, 14, 7, d.padding(3)),
             (9, 8, 3, d.padding(1)),
+            (5, 45, 7, d.padding(3)),
         ];
         for (h, w, k, params) in cases {
             let (n, c) = (2, 3);
