@@ -25,6 +25,9 @@ fn main() {
         }
         let _ = last.map(|c| c.into_data());
         let s = t.elapsed().as_secs_f64() / 3.0;
-        println!("burn matmul {n}³: {:.2} GFLOP/s", 2.0 * (n as f64).powi(3) / s / 1e9);
+        println!(
+            "burn matmul {n}³: {:.2} GFLOP/s",
+            2.0 * (n as f64).powi(3) / s / 1e9
+        );
     }
 }
