@@ -135,6 +135,12 @@ fn lowrank_problem(wid: u32) -> u32 {
     return t;
 }
 
+// The four ranks q0 … q0 + 3 of a lowrank_grads_multi thread, those past rank r − 1 clamped to it (read
+// again, never stored).
+fn four_ranks(q0: u32, r: u32) -> vec4<u32> {
+    return min(vec4<u32>(q0, q0 + 1u, q0 + 2u, q0 + 3u), vec4<u32>(r - 1u));
+}
+
 // W' of one element from the kernel value w and the scaled update u = s·P.
 fn lowrank_form(w: f32, u: f32, form: u32) -> f32 {
     switch form {

@@ -104,31 +104,52 @@ pub(super) fn widest<R>(body: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
             body()
         }
-        match widest_floats() {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (`widest_floats` checked).
-            16 => return unsafe { avx512(body) },
-            // SAFETY: the CPU supports AVX2 and FMA (checked in the guard).
-            _ if avx2_fma() => return unsafe { avx2(body) },
-            _ => {}
+        match isa() {
+            // SAFETY: `isa` found AVX-512F, AVX2 and FMA on this CPU.
+            Isa::Avx512 => return unsafe { avx512(body) },
+            // SAFETY: `isa` found AVX2 and FMA on this CPU.
+            Isa::Avx2Fma => return unsafe { avx2(body) },
+            Isa::Portable => {}
         }
     }
     body()
+}
+
+/// The widest instruction set of this CPU that the backend compiles code for (off x86-64 always the
+/// portable one): what [`widest`] runs and which GEMM micro-kernel is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) enum Isa {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+pub(super) fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // AVX-512 code is compiled with AVX2 and FMA enabled too, so all three must be present.
+        let avx2_fma =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if std::is_x86_feature_detected!("avx512f") && avx2_fma {
+            return Isa::Avx512;
+        }
+        if avx2_fma {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Portable
 }
 
 /// Floats per vector register in the code [`widest`] runs: 16 with AVX-512 (32 registers), else 8 (AVX2's
 /// 16 registers; without AVX2 and FMA, or off x86, the compiler's vectors are narrower still). Register-blocked
 /// loops size their blocks by it: a block of accumulators that fits AVX-512's registers spills on AVX2.
 pub(super) fn widest_floats() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") && avx2_fma() {
-        return 16;
+    if isa() == Isa::Avx512 {
+        16
+    } else {
+        8
     }
-    8
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// out[i] = f(x[i]) in parallel chunks.

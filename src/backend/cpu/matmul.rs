@@ -23,7 +23,7 @@
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
 use super::caches::{caches, Caches};
-use super::elementwise::gelu;
+use super::elementwise::{gelu, isa, Isa};
 use super::vec_written;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
@@ -267,31 +267,6 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     };
     // SAFETY: the products overwrite every element of each matrix (k = 0 included, as zeros).
     unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
-}
-
-/// The instruction set the micro-kernel was compiled for (off x86-64 always the portable one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum Isa {
-    Avx512,
-    Avx2Fma,
-    Portable,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // The AVX-512 kernel is compiled with AVX2 and FMA enabled too, so all three must be present.
-        let avx2_fma =
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        if std::is_x86_feature_detected!("avx512f") && avx2_fma {
-            return Isa::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
-        }
-    }
-    Isa::Portable
 }
 
 /// C += A·B, or C = A·B with the extras of `epi`, for general views (A m×k, B k×n) into the output view at

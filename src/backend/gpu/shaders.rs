@@ -225,14 +225,12 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
         );
         s.push_str(&format!(
             "        case {t}u: {{
-            // Four ranks q0 .. q0 + 3 per thread; past r the last rank is read again but never stored.
             let r4 = (r + 3u) / 4u;
-            let last = r - 1u;
             var acc = vec4<f32>();
             if (i < nb) {{
                 let row = i / r4;
                 let q0 = (i % r4) * 4u;
-                let aq = vec4<u32>(q0, min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last)) * n;
+                let aq = four_ranks(q0, r) * n;
                 for (var j = 0u; j < n; j++) {{
                     {gz}
                     acc += gz * vec4<f32>(s{a}[aq.x + j], s{a}[aq.y + j], s{a}[aq.z + j], s{a}[aq.w + j]);
@@ -244,7 +242,7 @@ pub fn multi_slots_wgsl(slots: u32) -> String {
                 let k = i - nb;
                 let q0 = (k / n) * 4u;
                 let j = k % n;
-                let bq = vec4<u32>(q0, min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last));
+                let bq = four_ranks(q0, r);
                 for (var row = 0u; row < o; row++) {{
                     {gz}
                     let br = row * r;
