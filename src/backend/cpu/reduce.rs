@@ -34,7 +34,7 @@ pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
 /// vectorises, where one f64 accumulator is a chain of dependent adds), added in f64 at the end. A run of
 /// n values puts n/16 terms in each partial sum.
 #[inline]
-fn run_sum(x: &[f32], y: Option<&[f32]>) -> f64 {
+pub(super) fn run_sum(x: &[f32], y: Option<&[f32]>) -> f64 {
     const LANES: usize = 16;
     let mut acc = [0.0f32; LANES];
     let mut tail = 0.0f64;
