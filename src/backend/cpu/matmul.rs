@@ -1620,7 +1620,8 @@ mod tests {
             (100, 257, 70),
             (7, 5, 33),
         ];
-        let products: Vec<(usize, usize, usize, Vec<f32>, Vec<f32>)> = (0..16)
+        type Product = (usize, usize, usize, Vec<f32>, Vec<f32>);
+        let products: Vec<Product> = (0..16)
             .map(|i| {
                 let (m, k, n) = shapes[i % shapes.len()];
                 let mut seed = 7 + i as u64;
