@@ -205,6 +205,20 @@ impl GpuBackend {
         slots: &[Option<&wgpu::Buffer>],
         groups: u64,
     ) -> Result<()> {
+        self.launch_multi_with(entry, params, slots, groups, true)
+    }
+
+    /// [`GpuBackend::launch_multi`], launching the deferred low-rank work it binds first only when
+    /// `deferred_first` (false: the launch of that work itself, recorded with the deferred group's lock
+    /// held; see lowrank.rs).
+    pub(super) fn launch_multi_with(
+        &self,
+        entry: &'static str,
+        params: &[u32],
+        slots: &[Option<&wgpu::Buffer>],
+        groups: u64,
+        deferred_first: bool,
+    ) -> Result<()> {
         if groups == 0 {
             return Ok(());
         }
@@ -231,7 +245,10 @@ impl GpuBackend {
         let variant = ShaderVariant::plain(Family::Multi {
             slots: self.wide_slots,
         });
-        self.record(&variant, entry, params, &self.wide_layout, &storage, groups)
+        if deferred_first {
+            self.launch_deferred_if_bound(&storage)?;
+        }
+        self.record_now(&variant, entry, params, &self.wide_layout, &storage, groups)
     }
 
     /// Records a dispatch of `entry` with `params` as its parameter block and `storage[k]` bound to
@@ -247,6 +264,19 @@ impl GpuBackend {
     ) -> Result<()> {
         // Deferred low-rank work whose output this dispatch binds goes first (see lowrank.rs).
         self.launch_deferred_if_bound(storage)?;
+        self.record_now(variant, entry, params, layout, storage, groups)
+    }
+
+    /// [`GpuBackend::record`] without launching deferred work first.
+    fn record_now(
+        &self,
+        variant: &ShaderVariant,
+        entry: &'static str,
+        params: &[u32],
+        layout: &wgpu::BindGroupLayout,
+        storage: &[&wgpu::Buffer],
+        groups: u64,
+    ) -> Result<()> {
         let grid = self.grid(groups)?;
         let pipeline = self.pipeline(variant, entry)?;
         if params.len() > PARAM_WORDS {

@@ -11,7 +11,11 @@
 //!
 //! Deferring cannot change a result: the group holds a handle to every buffer it reads or writes, so none
 //! goes back to the pool before the launch; kernels only ever write fresh buffers, so its inputs keep their
-//! values; and a dispatch that reads an output is recorded after the group's launch.
+//! values; and a dispatch that reads an output is recorded after the group's launch. Threads share one
+//! backend (`Device::gpu()` is one per process), so the pending group's lock is held from a look at the
+//! group to the end of its launch's recording ([`GpuBackend::launch_group`]): with it let go in between, a
+//! problem could join a group of the other kind, or a thread could find no group pending and record a read
+//! of an output whose launch another thread had taken but not yet recorded.
 
 use super::dispatch::{u32_of, MULTI_HEADER_WORDS, WG};
 use super::shaders::{
@@ -166,14 +170,15 @@ impl GpuBackend {
         if raws.iter().enumerate().any(|(k, b)| raws[..k].contains(b)) {
             return Ok(false);
         }
-        let other_kind = {
-            let d = self.deferred.lock().map_err(poisoned)?;
-            d.as_ref().is_some_and(|d| d.kind != kind)
-        };
-        if other_kind {
-            self.launch_deferred()?;
-        }
+        // One hold of the lock for the check, the launch and the push: with the lock let go between them,
+        // another thread on this backend could start a group of the other kind, and this problem would
+        // join it and run through the other kernel.
         let mut d = self.deferred.lock().map_err(poisoned)?;
+        if d.as_ref().is_some_and(|g| g.kind != kind) {
+            if let Some(group) = d.take() {
+                self.launch_group(group)?;
+            }
+        }
         d.get_or_insert_with(|| Deferred {
             kind,
             problems: Vec::new(),
@@ -194,30 +199,41 @@ impl GpuBackend {
 
     /// Launches the pending group if one of `bound` is among its outputs (called before every dispatch).
     pub(super) fn launch_deferred_if_bound(&self, bound: &[&wgpu::Buffer]) -> Result<()> {
-        let hit = {
-            let d = self.deferred.lock().map_err(poisoned)?;
-            match d.as_ref() {
-                None => false,
-                Some(d) => d.problems.iter().any(|p| {
-                    p.outputs.iter().any(|o| {
-                        self.buf(o)
-                            .is_ok_and(|b| bound.iter().any(|x| *x == b.raw()))
-                    })
-                }),
+        let mut d = self.deferred.lock().map_err(poisoned)?;
+        let hit = d.as_ref().is_some_and(|g| {
+            g.problems.iter().any(|p| {
+                p.outputs.iter().any(|o| {
+                    self.buf(o)
+                        .is_ok_and(|b| bound.iter().any(|x| *x == b.raw()))
+                })
+            })
+        });
+        match d.take() {
+            Some(group) if hit => self.launch_group(group),
+            group => {
+                *d = group;
+                Ok(())
             }
-        };
-        if hit {
-            self.launch_deferred()?;
         }
-        Ok(())
     }
 
-    /// Launches the pending group, if any: consecutive problems share a launch while the wide layout's
-    /// slots and the parameter table have room and no buffer would be bound twice.
+    /// Launches the pending group, if any.
     pub(super) fn launch_deferred(&self) -> Result<()> {
-        let Some(group) = self.deferred.lock().map_err(poisoned)?.take() else {
-            return Ok(());
-        };
+        let mut d = self.deferred.lock().map_err(poisoned)?;
+        match d.take() {
+            Some(group) => self.launch_group(group),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the launches of `group`: consecutive problems share a launch while the wide layout's slots
+    /// and the parameter table have room and no buffer would be bound twice.
+    ///
+    /// Called with the deferred group's lock held, taken before the group was and let go only after its
+    /// launches are recorded: a thread that finds no group pending, so records a dispatch reading one of
+    /// this group's outputs at once, must find it already recorded (the backend is shared by every thread
+    /// of the process). The launches therefore do not look for deferred work themselves.
+    fn launch_group(&self, group: Deferred) -> Result<()> {
         let (entry, per) = match group.kind {
             LowRankKind::Reparam => ("lowrank_reparam_multi", LOWRANK_REPARAM_SLOTS),
             LowRankKind::Grads => ("lowrank_grads_multi", LOWRANK_GRADS_SLOTS),
@@ -266,7 +282,7 @@ impl GpuBackend {
             ];
             params.resize(MULTI_HEADER_WORDS, 0);
             params.extend(table);
-            self.launch_multi(entry, &params, &slots, groups)?;
+            self.launch_multi_with(entry, &params, &slots, groups, false)?;
             start = end;
         }
         Ok(())
