@@ -23,7 +23,7 @@
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
 use super::caches::{caches, Caches};
-use super::elementwise::{gelu, isa, Isa};
+use super::elementwise::{gelu, gelu_with, isa, Isa};
 use super::vec_written;
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
@@ -520,7 +520,7 @@ unsafe fn tile_avx2(
         }
     }
     // SAFETY: the caller's guarantee, passed on.
-    unsafe { store_tile(&tile, c, rows, cols, mr, nr, store) }
+    unsafe { store_tile::<MR, NR, true>(&tile, c, rows, cols, mr, nr, store) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -563,7 +563,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     unsafe { prefetch_c(c, rows, cols, mr, nr, store) };
     let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
     // SAFETY: the caller's guarantee, passed on.
-    unsafe { store_tile(&acc, c, rows, cols, mr, nr, store) }
+    unsafe { store_tile::<MR, NR, FMA>(&acc, c, rows, cols, mr, nr, store) }
 }
 
 /// Asks for the cache lines of C's tile (rows `rows[..mr]`, columns `cols[..nr]`) before the k loop, and
@@ -614,7 +614,7 @@ unsafe fn prefetch_c(
 /// else meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store_tile<const MR: usize, const NR: usize>(
+unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
     acc: &[[f32; NR]; MR],
     c: *mut f32,
     rows: &[usize],
@@ -643,7 +643,7 @@ unsafe fn store_tile<const MR: usize, const NR: usize>(
         if let Some(g) = store.gelu_out {
             let mut h = [0.0f32; NR];
             for (o, &x) in h.iter_mut().zip(&v) {
-                *o = gelu(x);
+                *o = gelu_with::<FMA>(x);
             }
             unsafe { store_row(&h, g, rows[i], cols, nr, contiguous) };
         }
