@@ -192,6 +192,8 @@ impl GpuBackend {
                     .map(|(b, dummy)| b.unwrap_or(dummy)),
             )
             .collect();
+        // Deferred low-rank work whose output this dispatch binds goes first (see lowrank.rs).
+        self.launch_deferred_if_bound(&storage)?;
         self.record(variant, entry, params, &self.layout, &storage, groups)
     }
 
@@ -248,27 +250,13 @@ impl GpuBackend {
         if deferred_first {
             self.launch_deferred_if_bound(&storage)?;
         }
-        self.record_now(&variant, entry, params, &self.wide_layout, &storage, groups)
+        self.record(&variant, entry, params, &self.wide_layout, &storage, groups)
     }
 
     /// Records a dispatch of `entry` with `params` as its parameter block and `storage[k]` bound to
-    /// binding k + 1 of `layout`.
+    /// binding k + 1 of `layout`. Deferred low-rank work whose output it binds must have been launched
+    /// first (`launch_deferred_if_bound`, see lowrank.rs).
     fn record(
-        &self,
-        variant: &ShaderVariant,
-        entry: &'static str,
-        params: &[u32],
-        layout: &wgpu::BindGroupLayout,
-        storage: &[&wgpu::Buffer],
-        groups: u64,
-    ) -> Result<()> {
-        // Deferred low-rank work whose output this dispatch binds goes first (see lowrank.rs).
-        self.launch_deferred_if_bound(storage)?;
-        self.record_now(variant, entry, params, layout, storage, groups)
-    }
-
-    /// [`GpuBackend::record`] without launching deferred work first.
-    fn record_now(
         &self,
         variant: &ShaderVariant,
         entry: &'static str,
