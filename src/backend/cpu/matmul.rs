@@ -573,7 +573,8 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
 /// overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time on large
 /// products without this). The GELU output is written only, but its stores miss the same way: without its
 /// lines asked for, the forward of convnext_atto's stage-0 fc1 with GELU (`examples/pointwise_convs`, 56×56,
-/// batch 32) took 44 ms (median of 6) against 36 ms with them, its plain forward 16–17 ms in both. The
+/// batch 32) took 38.7 ms (median of 5 rounds) against 32.3 ms with them, its plain forward 13.5–14.5 ms
+/// in both (on the 2-core AMD EPYC development machine). The
 /// first, middle and last column cover every cache line of a row of up to 32 consecutive floats (128
 /// bytes, at most three lines); a fixed list, as an iterator here cost a few percent of the kernel on
 /// products with small k.
