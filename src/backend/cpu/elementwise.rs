@@ -15,45 +15,6 @@ const PAR_MIN: usize = 1 << 14;
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 12;
 
-/// eˣ in f32, branch-free (Cephes `expf`): x = n·ln 2 + r with |r| ≤ ln2/2, eʳ by a degree-6 polynomial,
-/// 2ⁿ assembled in the exponent bits as 2^⌊n/2⌋·2^⌈n/2⌉ (each factor a normal float for every n used).
-/// Relative error ≤ 2 ulp over the normal range; above ln(f32::MAX) the result is +∞, far below it
-/// underflows through the subnormals to 0, and NaN stays NaN (as libm's `expf`).
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in a part exact in f32 and the rest, so n·ln2 is subtracted without rounding error.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5·2²³: adding and subtracting it rounds to the nearest integer without a rounding instruction.
-    const ROUND: f32 = 12_582_912.0;
-    const MAX_ARG: f32 = 88.722_84; // ln(f32::MAX)
-    let xc = x.clamp(-104.0, MAX_ARG);
-    let shifted = xc * LOG2E + ROUND;
-    let n = shifted - ROUND;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    // n as an integer, read from the low bits of `shifted` (whose unit is 1 there): |n| ≤ 151 ≪ 2²², so
-    // this equals `n as i32`. Rust's `as i32` saturates, which the compiler cannot vectorise: it became
-    // one scalar conversion per element and made every exp-based kernel (GELU, its derivative) about 2.6×
-    // slower.
-    let ni = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let (lo, hi) = (ni >> 1, ni - (ni >> 1));
-    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
-    let y = er * pow2(lo) * pow2(hi);
-    if x > MAX_ARG {
-        f32::INFINITY
-    } else {
-        y
-    }
-}
-
 /// a·b + c: fused into one rounding when `FMA`, for code compiled with FMA (inside [`widest`] on a CPU that
 /// has it, or the FMA micro-kernels), where `mul_add` is one instruction; elsewhere it would be a call to
 /// libm's `fmaf`, so the plain form.
@@ -66,18 +27,17 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// eˣ for the Gaussian of erf and GELU′, whose arguments are never positive: [`exp`]'s polynomial with
-/// x clamped below at −87.3, so 2ⁿ is one normal float (n ≥ −126) and no overflow check is needed. Below
-/// the clamp it returns e^−87.3 ≈ 1.2·10⁻³⁸ instead of a smaller or zero value; every use multiplies it by
-/// at most about 14, and erf's 1 − p·e rounds to the same f32 either way. A NaN input gives the clamp's
-/// value here, and stays NaN through the rest of erf's formula.
+/// The core of [`exp`] and [`exp_gauss`] (Cephes `expf`): for an argument already clamped to the caller's
+/// range, xc = n·ln 2 + r with |r| ≤ ln2/2, and (eʳ by a degree-6 polynomial, n). Its multiply-adds by
+/// [`madd`]; the plain form is the one [`exp`] has always computed.
 #[inline(always)]
-fn exp_gauss<const FMA: bool>(x: f32) -> f32 {
+fn exp_reduced<const FMA: bool>(xc: f32) -> (f32, i32) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in a part exact in f32 and the rest, so n·ln2 is subtracted without rounding error.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2²³: adding and subtracting it rounds to the nearest integer without a rounding instruction.
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.max(-87.3);
     let shifted = madd::<FMA>(xc, LOG2E, ROUND);
     let n = shifted - ROUND;
     let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, xc));
@@ -88,8 +48,44 @@ fn exp_gauss<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
     p = madd::<FMA>(p, r, 0.5);
     let er = madd::<FMA>(p * r, r, r) + 1.0;
+    // n as an integer, read from the low bits of `shifted` (whose unit is 1 there): |n| ≤ 151 ≪ 2²², so
+    // this equals `n as i32`. Rust's `as i32` saturates, which the compiler cannot vectorise: it became
+    // one scalar conversion per element and made every exp-based kernel (GELU, its derivative) about 2.6×
+    // slower.
     let ni = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    er * f32::from_bits(((ni + 127) as u32) << 23)
+    (er, ni)
+}
+
+/// 2ᵉ as an f32, for a normal result (−126 ≤ e ≤ 127), assembled in the exponent bits.
+#[inline(always)]
+fn pow2(e: i32) -> f32 {
+    f32::from_bits(((e + 127) as u32) << 23)
+}
+
+/// eˣ in f32, branch-free: [`exp_reduced`], then 2ⁿ as 2^⌊n/2⌋·2^⌈n/2⌉ (each factor a normal float for
+/// every n used). Relative error ≤ 2 ulp over the normal range; above ln(f32::MAX) the result is +∞, far
+/// below it underflows through the subnormals to 0, and NaN stays NaN (as libm's `expf`).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const MAX_ARG: f32 = 88.722_84; // ln(f32::MAX)
+    let (er, ni) = exp_reduced::<false>(x.clamp(-104.0, MAX_ARG));
+    let y = er * pow2(ni >> 1) * pow2(ni - (ni >> 1));
+    if x > MAX_ARG {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// eˣ for the Gaussian of erf and GELU′, whose arguments are never positive: [`exp_reduced`] with x
+/// clamped below at −87.3, so 2ⁿ is one normal float (n ≥ −126) and no overflow check is needed. Below
+/// the clamp it returns e^−87.3 ≈ 1.2·10⁻³⁸ instead of a smaller or zero value; every use multiplies it by
+/// at most about 14, and erf's 1 − p·e rounds to the same f32 either way. A NaN input gives the clamp's
+/// value here, and stays NaN through the rest of erf's formula.
+#[inline(always)]
+fn exp_gauss<const FMA: bool>(x: f32) -> f32 {
+    let (er, ni) = exp_reduced::<FMA>(x.max(-87.3));
+    er * pow2(ni)
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5·10⁻⁷, below f32 resolution near 1), branch-free. The
@@ -496,8 +492,8 @@ mod tests {
         }
     }
 
-    /// GELU and GELU′, plain and fused, against the definitions in f64 (erf by its series), and the two
-    /// forms within a few ulp of each other.
+    /// GELU and GELU′, plain and fused, against the definitions in f64 (erf by its series); the public
+    /// `gelu` and `gelu_derivative` are the plain forms.
     #[test]
     fn gelu_and_its_derivative_match_a_reference_in_both_forms() {
         let sqrt_half = std::f64::consts::FRAC_1_SQRT_2;

@@ -57,7 +57,7 @@ pub fn grn(
             each(l, |c, i| ss[c] += x[i] * x[i]);
             ss
         } else {
-            x.chunks(p_n.max(1))
+            x.chunks(p_n)
                 .map(|row| run_sum(row, Some(row)) as f32)
                 .collect()
         };
@@ -82,11 +82,9 @@ pub fn grn(
         }
     };
     // SAFETY: every image writes every element of its block of y (each channel's run, or every (p, c)).
+    // An empty tensor has no blocks, so `image` only ever sees p_n ≥ 1.
     let y = unsafe {
         vec_written(l.numel(), |y| {
-            if l.numel() == 0 {
-                return;
-            }
             y.par_chunks_mut(block)
                 .zip(gnorm.par_chunks_mut(c_n.max(1)))
                 .zip(denom.par_iter_mut())
@@ -127,11 +125,13 @@ pub fn grn_backward(
                 });
                 s
             } else {
-                let rows = || g.chunks(p_n.max(1)).zip(x.chunks(p_n.max(1)));
-                for (b, (g, _)) in bs.iter_mut().zip(rows()) {
+                for (b, g) in bs.iter_mut().zip(g.chunks(p_n)) {
                     *b = run_sum(g, None) as f32;
                 }
-                rows().map(|(g, x)| run_sum(g, Some(x)) as f32).collect()
+                g.chunks(p_n)
+                    .zip(x.chunks(p_n))
+                    .map(|(g, x)| run_sum(g, Some(x)) as f32)
+                    .collect()
             };
             let nrm: Vec<f32> = gn.iter().map(|g| g / d).collect();
             let u: Vec<f32> = s.iter().zip(gamma).map(|(s, g)| g * s).collect();
@@ -162,9 +162,6 @@ pub fn grn_backward(
     // SAFETY: every image writes every element of its block of ∂L/∂x.
     let dx = unsafe {
         vec_written(l.numel(), |dx| {
-            if l.numel() == 0 {
-                return;
-            }
             dx.par_chunks_mut(block)
                 .zip(sn.par_chunks_mut(c_n.max(1)))
                 .zip(bs.par_chunks_mut(c_n.max(1)))

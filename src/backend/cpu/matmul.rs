@@ -572,12 +572,11 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
 /// C's tile is read (or written) only after the k loop: asking for its lines now lets their misses
 /// overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time on large
 /// products without this). The GELU output is written only, but its stores miss the same way: without its
-/// lines asked for, the forward of convnext_atto's stage-0 fc1 with GELU (`examples/pointwise_convs`, 56×56,
-/// batch 32) took 38.7 ms (median of 5 rounds) against 32.3 ms with them, its plain forward 13.5–14.5 ms
-/// in both (on the 2-core AMD EPYC development machine). The
-/// first, middle and last column cover every cache line of a row of up to 32 consecutive floats (128
-/// bytes, at most three lines); a fixed list, as an iterator here cost a few percent of the kernel on
-/// products with small k.
+/// lines asked for, the forward of convnext_atto's stage-0 fc1 with GELU (`examples/pointwise_convs`,
+/// 56×56, batch 32) took 38.7 ms (median of 5 rounds) against 32.3 ms with them, its plain forward
+/// 13.5–14.5 ms in both (on the 2-core AMD EPYC development machine). The first, middle and last column
+/// cover every cache line of a row of up to 32 consecutive floats (128 bytes, at most three lines); a fixed
+/// list, as an iterator here cost a few percent of the kernel on products with small k.
 ///
 /// # Safety
 /// None beyond computing the addresses: a prefetch never faults.
@@ -591,16 +590,22 @@ unsafe fn prefetch_c(
     store: &TileStore,
 ) {
     #[cfg(target_arch = "x86_64")]
-    for out in std::iter::once(c).chain(store.gelu_out) {
-        for &row in &rows[..mr] {
-            for j in [0, nr / 2, nr - 1] {
-                // SAFETY: prefetching is a hint: it never faults, and these addresses are the outputs'
-                // anyway.
-                unsafe {
-                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                    _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(row + cols[j]).cast::<i8>());
+    {
+        let tile_lines = |out: *mut f32| {
+            for &row in &rows[..mr] {
+                for j in [0, nr / 2, nr - 1] {
+                    // SAFETY: prefetching is a hint: it never faults, and these addresses are the
+                    // outputs' anyway.
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(row + cols[j]).cast::<i8>());
+                    }
                 }
             }
+        };
+        tile_lines(c);
+        if let Some(g) = store.gelu_out {
+            tile_lines(g);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1607,8 +1612,6 @@ mod tests {
         }
     }
 
-    /// The automatic split follows the shape: deep products with a small C (weight gradients) split k,
-    /// wide ones with few rows (convolutions over a batch) split columns, the rest share each pass.
     #[test]
     fn concurrent_products_keep_their_own_packing_buffers() {
         // Products of different shapes and splits started from many rayon tasks at once: a thread that
@@ -1659,6 +1662,8 @@ mod tests {
         }
     }
 
+    /// The automatic split follows the shape: deep products with a small C (weight gradients) split k,
+    /// wide ones with few rows (convolutions over a batch) split columns, the rest share each pass.
     #[test]
     fn the_split_follows_the_shape() {
         let kc = 336;
