@@ -8,8 +8,9 @@
 //! micro-kernel keeps an MR×NR tile of C in registers and adds one outer product of an A column and a B
 //! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C
 //! tile before the k loop, so the tile's cache misses overlap the arithmetic. It is compiled three times,
-//! with the instruction set chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16) and portable code
-//! (4×8).
+//! with the instruction set chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16, and row-exact tiles
+//! of 1 to 5 rows for a product's last rows) and portable code (4×8). A product of at most two rows of
+//! tiles (a classifier head) reads B where it lies instead of packing it ([`b_in_place`]).
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
@@ -410,13 +411,46 @@ impl<'a> TileStore<'a> {
     }
 }
 
-/// Adds (or stores) one MR×NR tile product (packed panels `a`, `b`) into C: element (i, j) of the tile goes
-/// to `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
+/// kc rows of NR consecutive values of B as the micro-kernel reads them: row p at `data[p·step..][..NR]`. A
+/// packed panel (step NR), or NR columns of a B whose columns are consecutive in memory, read in place
+/// (step = B's row stride; see [`b_in_place`]).
+#[derive(Clone, Copy)]
+struct BPanel<'a> {
+    data: &'a [f32],
+    step: usize,
+    kc: usize,
+}
+
+impl<'a> BPanel<'a> {
+    /// A packed panel: kc·NR values, row after row.
+    fn packed<const NR: usize>(data: &'a [f32]) -> Self {
+        BPanel {
+            data,
+            step: NR,
+            kc: data.len() / NR,
+        }
+    }
+
+    /// Checks that every row the micro-kernel reads, `data[p·step..p·step + NR]` for p < kc, lies inside
+    /// `data`: once per tile rather than per row (kc ≥ 1).
+    #[inline(always)]
+    fn check_reach<const NR: usize>(&self) {
+        let end = (self.kc - 1) * self.step + NR;
+        assert!(
+            end <= self.data.len(),
+            "B panel reads {end} values of {}",
+            self.data.len()
+        );
+    }
+}
+
+/// Adds (or stores) one MR×NR tile product (A's rows `a`, B's panel `b`) into C: element (i, j) of the tile
+/// goes to `c + rows[i] + cols[j]`, for the leading `mr`×`nr` corner only.
 type TileFn = unsafe fn(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
     c: *mut f32,
     rows: &[usize],
     cols: &[usize],
@@ -435,7 +469,7 @@ unsafe fn tile_avx512(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
     c: *mut f32,
     r: &[usize],
     q: &[usize],
@@ -450,6 +484,10 @@ unsafe fn tile_avx512(
 /// 6×16 tile stays in twelve registers through the k loop and, for a whole tile whose rows are runs of 16
 /// floats in C and that writes no GELU (most tiles), goes from those registers into C. Other tiles are
 /// stored by [`store_tile`]. The same sums in the same order as [`tile`], so the same results.
+///
+/// A tile of fewer than 6 rows (the last of a product whose rows are not a multiple of 6) is computed for
+/// its rows only ([`tile_avx2_rows`]), not padded to 6: a product with 10 rows (a classifier head) would
+/// otherwise spend a sixth of its multiply-adds on rows it throws away.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -457,7 +495,7 @@ unsafe fn tile_avx2(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
     c: *mut f32,
     rows: &[usize],
     cols: &[usize],
@@ -465,22 +503,54 @@ unsafe fn tile_avx2(
     nr: usize,
     store: &TileStore,
 ) {
+    // SAFETY (all arms): the caller's guarantee, passed on.
+    unsafe {
+        match mr {
+            1 => tile_avx2_rows::<1>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            2 => tile_avx2_rows::<2>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            3 => tile_avx2_rows::<3>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            4 => tile_avx2_rows::<4>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            5 => tile_avx2_rows::<5>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            _ => tile_avx2_rows::<6>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+        }
+    }
+}
+
+/// [`tile_avx2`] for a tile of R ≤ 6 rows: 2·R accumulators.
+///
+/// # Safety
+/// As for [`tile`], with mr = R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2_rows<const R: usize>(
+    a: &[f32],
+    a_rows: &[usize],
+    a_step: usize,
+    b: BPanel,
+    c: *mut f32,
+    rows: &[usize],
+    cols: &[usize],
+    nr: usize,
+    store: &TileStore,
+) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     const NR: usize = 16;
     // SAFETY: prefetching never faults.
-    unsafe { prefetch_c(c, rows, cols, mr, nr, store) };
-    let kc = b.len() / NR;
-    let r: [usize; MR] = a_rows[..MR].try_into().expect("MR row offsets");
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    unsafe { prefetch_c(c, rows, cols, R, nr, store) };
+    let (kc, b_step) = (b.kc, b.step);
+    let r: [usize; R] = a_rows[..R].try_into().expect("R row offsets");
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     if kc > 0 {
         check_a_reach(a, &r, a_step, kc);
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        b.check_reach::<NR>();
+        let (ap, bp) = (a.as_ptr(), b.data.as_ptr());
         for p in 0..kc {
-            // SAFETY: b holds kc·NR values; the A indices are bounded above.
+            // SAFETY: the A and B indices are bounded above.
             unsafe {
-                let b0 = _mm256_loadu_ps(bp.add(p * NR));
-                let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                let b0 = _mm256_loadu_ps(bp.add(p * b_step));
+                let b1 = _mm256_loadu_ps(bp.add(p * b_step + 8));
                 let off = p * a_step;
                 for (row, &ri) in acc.iter_mut().zip(&r) {
                     let ai = _mm256_broadcast_ss(&*ap.add(ri + off));
@@ -490,7 +560,7 @@ unsafe fn tile_avx2(
             }
         }
     }
-    if mr == MR && nr == NR && store.cols_contiguous && store.gelu_out.is_none() {
+    if nr == NR && store.cols_contiguous && store.gelu_out.is_none() {
         for (i, row) in acc.iter().enumerate() {
             // SAFETY: the caller guarantees row i's NR consecutive elements of C are ours.
             unsafe {
@@ -520,7 +590,7 @@ unsafe fn tile_avx2(
         }
     }
     // SAFETY: the caller's guarantee, passed on.
-    unsafe { store_tile::<MR, NR, true>(&tile, c, rows, cols, mr, nr, store) }
+    unsafe { store_tile::<MR, NR, true>(&tile, c, rows, cols, R, nr, store) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -528,7 +598,7 @@ unsafe fn tile_portable(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
     c: *mut f32,
     r: &[usize],
     q: &[usize],
@@ -551,7 +621,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
     c: *mut f32,
     rows: &[usize],
     cols: &[usize],
@@ -735,25 +805,27 @@ fn check_a_reach(a: &[f32], rows: &[usize], a_step: usize, kc: usize) {
     );
 }
 
-/// One MR×NR tile: Σ_p A(·, p) ⊗ b[p][0..NR], kept in registers, where A(i, p) = a[a_rows[i] + p·a_step]:
-/// a packed panel (a_rows = 0..MR, a_step = MR) or rows of a row-major A read in place (a_step = 1).
+/// One MR×NR tile: Σ_p A(·, p) ⊗ B(p, 0..NR), kept in registers, where A(i, p) = a[a_rows[i] + p·a_step]
+/// (a packed panel: a_rows = 0..MR, a_step = MR; or rows of a row-major A read in place: a_step = 1) and
+/// B's row p is that of the [`BPanel`].
 #[inline(always)]
 fn micro_kernel<const MR: usize, const NR: usize, const FMA: bool>(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
-    b: &[f32],
+    b: BPanel,
 ) -> [[f32; NR]; MR] {
     let mut acc = [[0.0f32; NR]; MR];
-    let kc = b.len() / NR;
     let rows: [usize; MR] = a_rows[..MR].try_into().expect("MR row offsets");
-    if kc == 0 {
+    if b.kc == 0 {
         return acc;
     }
-    check_a_reach(a, &rows, a_step, kc);
-    let ap = a.as_ptr();
-    for (p, br) in b.chunks_exact(NR).enumerate() {
-        let br: &[f32; NR] = br.try_into().expect("chunks_exact yields NR values");
+    check_a_reach(a, &rows, a_step, b.kc);
+    b.check_reach::<NR>();
+    let (ap, bp) = (a.as_ptr(), b.data.as_ptr());
+    for p in 0..b.kc {
+        // SAFETY: p·step + NR ≤ b.data.len() (checked above).
+        let br: &[f32; NR] = unsafe { &*bp.add(p * b.step).cast::<[f32; NR]>() };
         let off = p * a_step;
         for i in 0..MR {
             // SAFETY: rows[i] + p·a_step ≤ last < a.len() (asserted above).
@@ -788,8 +860,9 @@ impl CPtr {
 }
 
 /// Packs rows p0..p0+kc, columns j0..j0+nc of B into panels of NR columns: panel q holds, for each p, the
-/// NR values B[p, j0 + q·NR ..], zero-padded past the last column. On rayon's threads when `parallel`
-/// (groups of panels per task), else on the calling thread.
+/// NR values B[p, j0 + q·NR ..], zero-padded past the last column. With `in_place`, only the panels that
+/// cannot be read in place (see [`in_place_panel`]) are packed; the others' slots are left as they are. On
+/// rayon's threads when `parallel` (groups of panels per task), else on the calling thread.
 #[allow(clippy::too_many_arguments)]
 fn pack_b<const NR: usize>(
     b: &MatView,
@@ -799,7 +872,12 @@ fn pack_b<const NR: usize>(
     nc: usize,
     out: &mut [f32],
     parallel: bool,
+    in_place: bool,
 ) {
+    if in_place && b.cols == Axis::plain(1) && nc % NR == 0 {
+        // Every panel is NR consecutive columns, read in place: nothing to pack.
+        return;
+    }
     // B's row offsets, once for all panels (a blocked row axis would cost a division per row).
     let mut row_at = vec![0usize; kc];
     b.rows.offsets(p0, kc, &mut row_at);
@@ -813,7 +891,7 @@ fn pack_b<const NR: usize>(
         PACK_GROUP
     };
     let group = |g: usize, chunk: &mut [f32]| {
-        pack_b_panels::<NR>(b, row_at, j0 + g * per_group * NR, j0 + nc, chunk)
+        pack_b_panels::<NR>(b, row_at, j0 + g * per_group * NR, j0 + nc, chunk, in_place)
     };
     let len = panels * kc * NR;
     let group_len = kc * NR * per_group;
@@ -837,13 +915,15 @@ const PACK_GROUP: usize = 8;
 /// Packs the panels of `out` (each kc·NR floats, kc = `row_at.len()`), the first starting at column `jq0`,
 /// the columns ending at `j_end`. Panels of NR consecutive columns are copied row by row across the whole
 /// group, so each row of B is read as one run (the reads stream along memory instead of jumping to a new
-/// row of B every NR floats, a page apart in an NCHW tensor); other panels element by element.
+/// row of B every NR floats, a page apart in an NCHW tensor); other panels element by element. With
+/// `in_place`, the panels of NR consecutive columns are skipped.
 fn pack_b_panels<const NR: usize>(
     b: &MatView,
     row_at: &[usize],
     jq0: usize,
     j_end: usize,
     out: &mut [f32],
+    in_place: bool,
 ) {
     let kc = row_at.len();
     let last_row = row_at.iter().copied().max().unwrap_or(0);
@@ -856,7 +936,7 @@ fn pack_b_panels<const NR: usize>(
         let mut cols = [0usize; NR];
         b.cols.offsets(jq, width, &mut cols);
         if width == NR && consecutive(&cols) {
-            *first = Some(cols[0]);
+            *first = Some(cols[0]).filter(|_| !in_place);
             continue;
         }
         pack_b_panel_scattered::<NR>(
@@ -866,6 +946,9 @@ fn pack_b_panels<const NR: usize>(
             &cols[..width],
             &mut out[q * kc * NR..(q + 1) * kc * NR],
         );
+    }
+    if firsts.iter().all(Option::is_none) {
+        return;
     }
     for (p, &base) in row_at.iter().enumerate() {
         for (q, first) in firsts.iter().enumerate().take(panels) {
@@ -1064,6 +1147,9 @@ struct Pass<'a> {
     a: &'a MatView<'a>,
     /// A is row-major and read in place (see [`gemm_blocked`]), else packed per row block.
     a_in_place: bool,
+    b: &'a MatView<'a>,
+    /// B's panels of NR consecutive columns are read in place (see [`b_in_place`]), the others packed.
+    b_in_place: bool,
     c: CPtr,
     out: OutView,
     m: usize,
@@ -1134,7 +1220,12 @@ impl Pass<'_> {
             self.out.cols.offsets(jq, nr, &mut cols);
             let cols_contiguous = consecutive(&cols[..nr]);
             let at = (q - first_panel) * kc * NR;
-            let bp = &b_pack[at..at + kc * NR];
+            let packed = BPanel::packed::<NR>(&b_pack[at..at + kc * NR]);
+            let bp = if self.b_in_place {
+                in_place_panel::<NR>(self.b, p0, kc, jq, nr).unwrap_or(packed)
+            } else {
+                packed
+            };
             for t in &row_tiles {
                 let store = TileStore {
                     cols_contiguous,
@@ -1160,6 +1251,43 @@ impl Pass<'_> {
             }
         }
     }
+}
+
+/// B's rows p0..p0+kc, columns jq..jq+NR as a panel read where it lies, when those NR columns are
+/// consecutive in memory: None for a partial panel (nr < NR) or one that straddles two blocks of a blocked
+/// column axis, which [`pack_b`] packs. B's row axis must have one stride (see [`b_in_place`]).
+fn in_place_panel<'a, const NR: usize>(
+    b: &MatView<'a>,
+    p0: usize,
+    kc: usize,
+    jq: usize,
+    nr: usize,
+) -> Option<BPanel<'a>> {
+    if nr < NR {
+        return None;
+    }
+    let mut cols = [0usize; NR];
+    b.cols.offsets(jq, NR, &mut cols);
+    consecutive(&cols).then(|| BPanel {
+        data: &b.data[b.rows.at(p0) + cols[0]..],
+        step: b.rows.stride,
+        kc,
+    })
+}
+
+/// Most rows of tiles (m / MR, rounded up) of a product that reads B in place: each B value is then read
+/// by at most this many tiles, too few for a packed copy to pay for itself. On the 2-core AMD EPYC (Zen 3)
+/// development machine a classifier head's forward, 10×320×64, ran at 0.55 and 0.56 of the `gemm` crate's
+/// speed with B packed and at 0.98 and 0.96 read in place (`cargo bench --bench matmul -- --quick
+/// --transposed 10x320x64`, two rounds, both builds with the row-exact AVX2 tiles). Up to 4 and 8 rows of
+/// tiles (products of 16 to 48 rows: the 32×32 stem and stage 0) gave no difference beyond the run-to-run
+/// spread, so the packed path, with its aligned, L1-resident panels, stays theirs.
+const B_IN_PLACE_ROW_TILES: usize = 2;
+
+/// Whether a product reads B in place rather than packing it: B's columns one apart (within each block of
+/// a blocked axis) and its rows at one stride, and at most [`B_IN_PLACE_ROW_TILES`] rows of tiles.
+fn b_in_place<const MR: usize>(b: &MatView, m: usize) -> bool {
+    b.cols.stride == 1 && b.rows.block == usize::MAX && m.div_ceil(MR) <= B_IN_PLACE_ROW_TILES
 }
 
 /// One row of tiles of [`Pass::tiles`]: C's row offsets, A's rows (in place, or the packed panel), and the
@@ -1273,6 +1401,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     // loads anyway, and each row is a contiguous stream, so packing it would only copy it. Other layouts
     // (transposed, or a blocked k axis) are packed into MR-row panels.
     let a_in_place = a.cols == Axis::plain(1);
+    let b_in_place = b_in_place::<MR>(b, m);
     // The epilogue as a store (shareable with the tasks); each pass keeps its part of it.
     let whole = TileStore {
         overwrite: epi.overwrite,
@@ -1287,6 +1416,8 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
         Pass {
             a,
             a_in_place,
+            b,
+            b_in_place,
             c: target.c,
             out: target.out,
             m,
@@ -1329,8 +1460,8 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                     // Packing overwrites every element (padding included), so the buffer is only resized: no
                     // zeroing pass per block.
                     b_pack.resize(b_panels * pass.kc * NR, 0.0);
-                    let pack_parallel = tasks > 1 && pass.kc * nc >= PAR_PACK_MIN;
-                    pack_b::<NR>(b, p0, pass.kc, j0, nc, b_pack, pack_parallel);
+                    let pack_parallel = tasks > 1 && !b_in_place && pass.kc * nc >= PAR_PACK_MIN;
+                    pack_b::<NR>(b, p0, pass.kc, j0, nc, b_pack, pack_parallel, b_in_place);
                     let b_pack = &*b_pack;
                     let pass = &pass;
                     // `a_pack` is reused by the tasks a thread runs (pack_a overwrites all of it, padding
@@ -1386,7 +1517,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                 for p0 in (0..k).step_by(kc_max) {
                     let pass = pass(whole, &(0..k), p0);
                     b_pack.resize(panels.len() * pass.kc * NR, 0.0);
-                    pack_b::<NR>(b, p0, pass.kc, j0, cols, b_pack, false);
+                    pack_b::<NR>(b, p0, pass.kc, j0, cols, b_pack, false, b_in_place);
                     for i0 in (0..m).step_by(mc) {
                         let a_pack = a_blocks.next().expect("a block per pass and row block");
                         let rows = (i0, mc.min(m - i0));
@@ -1558,6 +1689,9 @@ mod tests {
             (13, 300, 17),
             (100, 257, 70),
             (6, 16, 32),
+            // the last row tile 2 and 5 rows tall (the AVX2 kernel's row-exact tiles), B read in place
+            (8, 70, 50),
+            (11, 33, 40),
             // n past one nc block, k past one kc block and m past one mc block, for every variant
             (40, 300, 2100),
             // wide enough for the dispatched product to take the column split (`columns_split`)
@@ -1688,45 +1822,79 @@ mod tests {
         assert_eq!(pass_tasks(false, 1), 1);
     }
 
-    /// Blocked axes: the batch of an NCHW tensor as the columns of one matrix, written back into NCHW.
+    /// Blocked axes: the batch of an NCHW tensor as the columns of one matrix, written back into NCHW. With
+    /// few output channels B is read in place (see [`b_in_place`]): with 10 pixels per image every panel
+    /// of 16 columns straddles two images and is packed, with 40 two of every three panels are read in
+    /// place and the third is packed; with 20 output channels B is packed.
     #[test]
     fn blocked_axes_compute_a_batched_pointwise_product() {
-        let (batch, c_in, c_out, hw) = (3usize, 5usize, 7usize, 10usize);
-        let mut seed = 9u64;
-        let w: Vec<f32> = (0..c_out * c_in).map(|_| lcg(&mut seed)).collect();
-        let x: Vec<f32> = (0..batch * c_in * hw).map(|_| lcg(&mut seed)).collect();
-        let mut y = vec![0.0f32; batch * c_out * hw];
-        let xv = MatView {
-            data: &x,
-            rows: Axis::plain(hw),
-            cols: Axis::blocked(1, hw, c_in * hw),
-        };
-        let out = OutView {
-            rows: Axis::plain(hw),
-            cols: Axis::blocked(1, hw, c_out * hw),
-        };
-        // SAFETY: `out` addresses every element of y exactly once.
-        unsafe {
-            gemm_view(
-                &MatView::dense(&w, c_out, c_in, false),
-                &xv,
-                y.as_mut_ptr(),
-                &out,
-                (c_out, c_in, batch * hw),
-                &Epilogue::ADD,
-            )
-        };
-        let mut want = vec![0.0f64; y.len()];
-        for n in 0..batch {
-            for o in 0..c_out {
-                for p in 0..hw {
-                    want[(n * c_out + o) * hw + p] = (0..c_in)
-                        .map(|c| w[o * c_in + c] as f64 * x[(n * c_in + c) * hw + p] as f64)
-                        .sum();
+        for (c_out, hw) in [(7usize, 10usize), (7, 40), (20, 40)] {
+            let (batch, c_in) = (3usize, 5usize);
+            let mut seed = 9u64;
+            let w: Vec<f32> = (0..c_out * c_in).map(|_| lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..batch * c_in * hw).map(|_| lcg(&mut seed)).collect();
+            let mut y = vec![0.0f32; batch * c_out * hw];
+            let xv = MatView {
+                data: &x,
+                rows: Axis::plain(hw),
+                cols: Axis::blocked(1, hw, c_in * hw),
+            };
+            assert_eq!(b_in_place::<6>(&xv, c_out), c_out <= 12);
+            let out = OutView {
+                rows: Axis::plain(hw),
+                cols: Axis::blocked(1, hw, c_out * hw),
+            };
+            // SAFETY: `out` addresses every element of y exactly once.
+            unsafe {
+                gemm_view(
+                    &MatView::dense(&w, c_out, c_in, false),
+                    &xv,
+                    y.as_mut_ptr(),
+                    &out,
+                    (c_out, c_in, batch * hw),
+                    &Epilogue::ADD,
+                )
+            };
+            let mut want = vec![0.0f64; y.len()];
+            for n in 0..batch {
+                for o in 0..c_out {
+                    for p in 0..hw {
+                        want[(n * c_out + o) * hw + p] = (0..c_in)
+                            .map(|c| w[o * c_in + c] as f64 * x[(n * c_in + c) * hw + p] as f64)
+                            .sum();
+                    }
                 }
             }
+            check(&y, &want, c_in, &format!("batched pointwise {c_out} {hw}"));
         }
-        check(&y, &want, c_in, "batched pointwise");
+    }
+
+    /// B is read in place only for products of at most two rows of tiles whose B has consecutive columns
+    /// and one row stride: not for a transposed B, a blocked row axis, or more rows.
+    #[test]
+    fn b_is_read_in_place_only_where_it_can_be() {
+        let data = vec![0.0f32; 64 * 64];
+        let plain = MatView::dense(&data, 64, 64, false);
+        assert!(b_in_place::<6>(&plain, 1));
+        assert!(b_in_place::<6>(&plain, 12));
+        assert!(!b_in_place::<6>(&plain, 13));
+        assert!(!b_in_place::<6>(&MatView::dense(&data, 64, 64, true), 10));
+        let blocked_rows = MatView {
+            rows: Axis::blocked(64, 8, 1024),
+            ..plain
+        };
+        assert!(!b_in_place::<6>(&blocked_rows, 10));
+        // A panel is read in place only where its 16 columns are consecutive: a partial panel or one that
+        // straddles a block of the column axis is not.
+        let blocked_cols = MatView {
+            cols: Axis::blocked(1, 24, 100),
+            ..plain
+        };
+        let at = |jq, nr| in_place_panel::<16>(&blocked_cols, 2, 5, jq, nr).map(|p| p.data.len());
+        assert_eq!(at(0, 16), Some(data.len() - 2 * 64));
+        assert_eq!(at(16, 16), None);
+        assert_eq!(at(24, 16), Some(data.len() - 2 * 64 - 100));
+        assert_eq!(at(48, 8), None);
     }
 
     /// The overwriting epilogue ignores what C held (NaN here), adds the row bias once and writes GELU after
