@@ -222,16 +222,7 @@ fn conv2d_and_gelu(
     let hw_out = g.h_out * g.w_out;
     let len = g.batch * g.c_out * hw_out;
     if g.is_depthwise() {
-        let mut y = vec![0.0f32; len];
-        depthwise_conv2d(x, w, &mut y, g);
-        if let Some(b) = bias {
-            y.par_chunks_mut(hw_out)
-                .enumerate()
-                .for_each(|(plane, ys)| {
-                    let bv = b[plane % g.c_out];
-                    ys.iter_mut().for_each(|v| *v += bv);
-                });
-        }
+        let y = depthwise_conv2d(x, w, bias, g);
         let h = with_gelu.then(|| y.par_iter().map(|&v| gelu(v)).collect());
         return Ok((y, h));
     }
@@ -327,9 +318,7 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let len = g.batch * g.c_in * hw_in;
     if g.is_depthwise() {
-        let mut dx = vec![0.0f32; len];
-        depthwise_conv2d_input_grad(dy, w, &mut dx, g);
-        return Ok(dx);
+        return Ok(depthwise_conv2d_input_grad(dy, w, g));
     }
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;

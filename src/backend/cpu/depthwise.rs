@@ -13,35 +13,56 @@
 
 use super::conv::{for_each_tap_row, in_col};
 use super::elementwise::widest_floats;
+use super::vec_written;
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-/// Depthwise forward into a zeroed `y` (bias not added): channels-last for small planes, the padded-plane
-/// path for stride 1, the direct loops otherwise.
-pub(super) fn depthwise_conv2d(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
-    if g.w_out < SMALL_PLANE {
-        depthwise_channels_last(x, w, y, g, Direction::Forward);
-    } else if g.params.stride == [1, 1] {
-        depthwise_forward_unit_stride(x, w, y, g);
-    } else {
-        depthwise_forward(x, w, y, g);
+/// Depthwise forward with the per-channel bias added: channels-last for small planes, the padded-plane path
+/// for stride 1 (which writes each output once, bias included, into memory never zeroed), the direct loops
+/// otherwise.
+pub(super) fn depthwise_conv2d(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let len = g.batch * g.c_out * g.h_out * g.w_out;
+    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
+        // SAFETY: the padded-plane path writes every output plane whole.
+        return unsafe { vec_written(len, |y| depthwise_forward_unit_stride(x, w, bias, y, g)) };
     }
+    let mut y = vec![0.0f32; len];
+    if g.w_out < SMALL_PLANE {
+        depthwise_channels_last(x, w, &mut y, g, Direction::Forward);
+    } else {
+        depthwise_forward(x, w, &mut y, g);
+    }
+    if let Some(b) = bias {
+        y.par_chunks_mut(g.h_out * g.w_out)
+            .enumerate()
+            .for_each(|(plane, ys)| {
+                let bv = b[plane % g.c_out];
+                ys.iter_mut().for_each(|v| *v += bv);
+            });
+    }
+    y
 }
 
-/// Depthwise input gradient into a zeroed `dx`, by the same choice of path as [`depthwise_conv2d`].
-pub(super) fn depthwise_conv2d_input_grad(
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    g: &Conv2dGeometry,
-) {
-    if g.w_out < SMALL_PLANE {
-        depthwise_channels_last(dy, w, dx, g, Direction::InputGrad);
-    } else if g.params.stride == [1, 1] {
-        depthwise_input_grad_unit_stride(dy, w, dx, g);
-    } else {
-        depthwise_input_grad(dy, w, dx, g);
+/// Depthwise input gradient, by the same choice of path as [`depthwise_conv2d`].
+pub(super) fn depthwise_conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let len = g.batch * g.c_in * g.h_in * g.w_in;
+    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
+        // SAFETY: the padded-plane path writes every input-gradient plane whole.
+        return unsafe { vec_written(len, |dx| depthwise_input_grad_unit_stride(dy, w, dx, g)) };
     }
+    let mut dx = vec![0.0f32; len];
+    if g.w_out < SMALL_PLANE {
+        depthwise_channels_last(dy, w, &mut dx, g, Direction::InputGrad);
+    } else {
+        depthwise_input_grad(dy, w, &mut dx, g);
+    }
+    dx
 }
 
 /// Depthwise weight gradient, by the same choice of path as [`depthwise_conv2d`].
@@ -169,8 +190,13 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> 
 // zero-padded buffer, after which every tap reads a plain window: no bounds test sits in the loops, and a
 // block of outputs can gather all its taps in registers.
 
-/// Copies `plane` (h×w) into `buf` (rows×cols, zeroed) with its (0, 0) at (top, left); offsets may be
-/// negative (then the plane's leading rows or columns are cut off).
+/// Copies `plane` (h×w) into `buf` (rows×cols) with its (0, 0) at (top, left), zeros around it; offsets
+/// may be negative (then the plane's leading rows or columns are cut off).
+///
+/// A buffer of another length is first reset to zeros; one of this length is taken to come from an
+/// earlier call with the same arguments but the plane, whose copy covered the same region: its zeros are
+/// still in place, so only the plane is copied. (Zeroing the whole buffer for every plane, and copying
+/// each row with a call to `memcpy`, were a fifth of the time of `cargo bench --bench depthwise`.)
 #[allow(clippy::too_many_arguments)]
 fn pad_plane(
     plane: &[f32],
@@ -182,8 +208,10 @@ fn pad_plane(
     top: isize,
     left: isize,
 ) {
-    buf.clear();
-    buf.resize(rows * cols, 0.0);
+    if buf.len() != rows * cols {
+        buf.clear();
+        buf.resize(rows * cols, 0.0);
+    }
     for r in 0..h {
         let u = r as isize + top;
         if u < 0 || u >= rows as isize {
@@ -196,13 +224,42 @@ fn pad_plane(
             continue;
         }
         let v0 = (c0 as isize + left) as usize;
-        buf[u as usize * cols + v0..u as usize * cols + v0 + (c1 - c0)]
-            .copy_from_slice(&plane[r * w + c0..r * w + c1]);
+        copy_run(
+            &mut buf[u as usize * cols + v0..u as usize * cols + v0 + (c1 - c0)],
+            &plane[r * w + c0..r * w + c1],
+        );
     }
 }
 
-/// out (ho×wo) += Σ_{p,q} k[p·kw + q] · src[i + p·dh][j + q·dw] over a padded source whose rows are
-/// `src_w` apart and hold zeros from the plane's right edge to column [`span_cols`]`(wo, kw, dw)`.
+/// `dst` = `src` (of equal length) in pieces of fixed size: a copy of run-time length is a call to
+/// `memcpy`, which for a plane's row of 7 to 56 floats costs more than the copy itself.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "copy_run: lengths differ");
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; 8] = s.try_into().expect("8 values");
+        d.copy_from_slice(s);
+    }
+    let (mut d, mut s) = (d.into_remainder(), s.remainder());
+    if s.len() >= 4 {
+        let s4: &[f32; 4] = s[..4].try_into().expect("4 values");
+        d[..4].copy_from_slice(s4);
+        (d, s) = (&mut d[4..], &s[4..]);
+    }
+    if s.len() >= 2 {
+        let s2: &[f32; 2] = s[..2].try_into().expect("2 values");
+        d[..2].copy_from_slice(s2);
+        (d, s) = (&mut d[2..], &s[2..]);
+    }
+    if let (Some(x), Some(&v)) = (d.first_mut(), s.first()) {
+        *x = v;
+    }
+}
+
+/// out (ho×wo) = bias + Σ_{p,q} k[p·kw + q] · src[i + p·dh][j + q·dw] over a padded source whose rows are
+/// `src_w` apart and hold zeros from the plane's right edge to column [`span_cols`]`(wo, kw, dw)`. Every
+/// element of `out` is written (it may start uninitialised).
 ///
 /// Register-blocked: a block of output rows and [`span`]`(wo)` columns stays in vector registers while
 /// all kh·kw taps add into it, so each multiply-add reads one source value and nothing is stored until
@@ -215,10 +272,17 @@ fn correlate_plane(
     kh: usize,
     kw: usize,
     dil: [usize; 2],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     wo: usize,
+    bias: f32,
 ) {
-    let taps = Taps { k, kh, kw, dil };
+    let taps = Taps {
+        k,
+        kh,
+        kw,
+        dil,
+        bias,
+    };
     // With AVX-512: two rows of four vectors, four rows of two or eight rows of one, eight accumulators of
     // 32 registers each way, enough independent chains to keep both FMA units of a core busy. With AVX2's
     // 16 registers of 8 floats such blocks would need every register for accumulators, so there a block
@@ -239,12 +303,13 @@ fn correlate_plane(
     }
 }
 
-/// One plane's kernel: its weights (kh × kw, row-major) and dilation.
+/// One plane's kernel: its weights (kh × kw, row-major), dilation, and the bias added to every output.
 struct Taps<'a> {
     k: &'a [f32],
     kh: usize,
     kw: usize,
     dil: [usize; 2],
+    bias: f32,
 }
 
 /// Output columns per register block of [`correlate_plane`] for rows `wo` wide: 32 for rows wider than
@@ -273,7 +338,7 @@ fn correlate_rows<const R: usize, const SPAN: usize>(
     src: &[f32],
     src_w: usize,
     taps: &Taps,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     wo: usize,
 ) {
     let ho = out.len() / wo;
@@ -300,11 +365,17 @@ fn correlate_block<const R: usize, const SPAN: usize>(
     src: &[f32],
     src_w: usize,
     taps: &Taps,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     wo: usize,
     i: usize,
 ) {
-    let Taps { k, kh, kw, dil } = *taps;
+    let Taps {
+        k,
+        kh,
+        kw,
+        dil,
+        bias,
+    } = *taps;
     assert!(
         k.len() >= kh * kw,
         "depthwise: {} weights for {kh}×{kw} taps",
@@ -337,7 +408,7 @@ fn correlate_block<const R: usize, const SPAN: usize>(
         for (r, acc) in acc.iter().enumerate() {
             let row = &mut out[(i + r) * wo + j0..][..len];
             for (o, &a) in row.iter_mut().zip(acc) {
-                *o += a;
+                o.write(a + bias);
             }
         }
     }
@@ -352,7 +423,13 @@ fn padded_input_dims(g: &Conv2dGeometry) -> (usize, usize) {
     )
 }
 
-fn depthwise_forward_unit_stride(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2dGeometry) {
+fn depthwise_forward_unit_stride(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [MaybeUninit<f32>],
+    g: &Conv2dGeometry,
+) {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let (rows, cols) = padded_input_dims(g);
     let p = g.params;
@@ -380,13 +457,19 @@ fn depthwise_forward_unit_stride(x: &[f32], w: &[f32], y: &mut [f32], g: &Conv2d
                 p.dilation,
                 y_plane,
                 g.w_out,
+                bias.map_or(0.0, |b| b[c]),
             );
         });
 }
 
 /// ∂x[h][w] = Σ_{p,q} dy[h + pad − p·d][w + pad − q·d]·k[p][q]: a correlation of dy, padded by
 /// (k − 1)·d − pad, with the kernel flipped in both directions.
-fn depthwise_input_grad_unit_stride(dy: &[f32], w: &[f32], dx: &mut [f32], g: &Conv2dGeometry) {
+fn depthwise_input_grad_unit_stride(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    g: &Conv2dGeometry,
+) {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let p = g.params;
     let top = ((g.kh - 1) * p.dilation[0]) as isize - p.padding[0] as isize;
@@ -402,7 +485,9 @@ fn depthwise_input_grad_unit_stride(dy: &[f32], w: &[f32], dx: &mut [f32], g: &C
             }
             let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
             pad_plane(dy_plane, g.h_out, g.w_out, buf, rows, cols, top, left);
-            correlate_plane(buf, cols, flipped, g.kh, g.kw, p.dilation, dx_plane, g.w_in);
+            correlate_plane(
+                buf, cols, flipped, g.kh, g.kw, p.dilation, dx_plane, g.w_in, 0.0,
+            );
         },
     );
 }
@@ -807,6 +892,12 @@ mod tests {
         }
     }
 
+    /// The values of a buffer every element of which was initialised (NaN before a kernel wrote it).
+    fn written(v: &[MaybeUninit<f32>]) -> Vec<f32> {
+        // SAFETY: every element was initialised, by the NaN fill or by the kernel.
+        v.iter().map(|x| unsafe { x.assume_init() }).collect()
+    }
+
     fn draw(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
         (0..len)
             .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
@@ -885,17 +976,23 @@ mod tests {
             let dy = draw(&mut rng, g.output_shape().numel());
             let what = format!("{h}×{w}, {k}×{k}, {:?}", g.params);
 
-            let mut fast = vec![0.0; dy.len()];
+            // The padded-plane path writes its output whole, bias included: NaN where it wrote nothing.
+            let bias = draw(&mut rng, c);
+            let mut fast = vec![MaybeUninit::new(f32::NAN); dy.len()];
+            depthwise_forward_unit_stride(&x, &wt, Some(&bias), &mut fast, &g);
             let mut direct = vec![0.0; dy.len()];
-            depthwise_forward_unit_stride(&x, &wt, &mut fast, &g);
             depthwise_forward(&x, &wt, &mut direct, &g);
-            close(&format!("forward {what}"), &fast, &direct);
+            let hw_out = g.h_out * g.w_out;
+            for (plane, ys) in direct.chunks_mut(hw_out).enumerate() {
+                ys.iter_mut().for_each(|v| *v += bias[plane % c]);
+            }
+            close(&format!("forward {what}"), &written(&fast), &direct);
 
-            let mut fast = vec![0.0; x.len()];
-            let mut direct = vec![0.0; x.len()];
+            let mut fast = vec![MaybeUninit::new(f32::NAN); x.len()];
             depthwise_input_grad_unit_stride(&dy, &wt, &mut fast, &g);
+            let mut direct = vec![0.0; x.len()];
             depthwise_input_grad(&dy, &wt, &mut direct, &g);
-            close(&format!("input grad {what}"), &fast, &direct);
+            close(&format!("input grad {what}"), &written(&fast), &direct);
 
             close(
                 &format!("weight grad {what}"),
