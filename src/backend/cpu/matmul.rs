@@ -486,8 +486,10 @@ unsafe fn tile_avx512(
 /// stored by [`store_tile`]. The same sums in the same order as [`tile`], so the same results.
 ///
 /// A tile of fewer than 6 rows (the last of a product whose rows are not a multiple of 6) is computed for
-/// its rows only ([`tile_avx2_rows`]), not padded to 6: a product with 10 rows (a classifier head) would
-/// otherwise spend a sixth of its multiply-adds on rows it throws away.
+/// its rows only ([`tile_avx2_rows`]), not padded to 6, and a tile of at most 8 columns for one vector of
+/// columns, not two: a product with 10 rows (a classifier head) would otherwise spend a sixth of its
+/// multiply-adds on rows it throws away, and one with 40 columns (the weight gradients of convnext_atto's
+/// first stage, 40 channels) a sixth on columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -503,27 +505,37 @@ unsafe fn tile_avx2(
     nr: usize,
     store: &TileStore,
 ) {
+    // The kernel for R rows and V vectors of 8 columns.
+    macro_rules! rows {
+        ($v:literal) => {
+            match mr {
+                1 => tile_avx2_rows::<1, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+                2 => tile_avx2_rows::<2, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+                3 => tile_avx2_rows::<3, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+                4 => tile_avx2_rows::<4, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+                5 => tile_avx2_rows::<5, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+                _ => tile_avx2_rows::<6, $v>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+            }
+        };
+    }
     // SAFETY (all arms): the caller's guarantee, passed on.
     unsafe {
-        match mr {
-            1 => tile_avx2_rows::<1>(a, a_rows, a_step, b, c, rows, cols, nr, store),
-            2 => tile_avx2_rows::<2>(a, a_rows, a_step, b, c, rows, cols, nr, store),
-            3 => tile_avx2_rows::<3>(a, a_rows, a_step, b, c, rows, cols, nr, store),
-            4 => tile_avx2_rows::<4>(a, a_rows, a_step, b, c, rows, cols, nr, store),
-            5 => tile_avx2_rows::<5>(a, a_rows, a_step, b, c, rows, cols, nr, store),
-            _ => tile_avx2_rows::<6>(a, a_rows, a_step, b, c, rows, cols, nr, store),
+        if nr <= 8 {
+            rows!(1)
+        } else {
+            rows!(2)
         }
     }
 }
 
-/// [`tile_avx2`] for a tile of R ≤ 6 rows: 2·R accumulators.
+/// [`tile_avx2`] for a tile of R ≤ 6 rows and V ≤ 2 vectors of 8 columns (nr ≤ 8·V): R·V accumulators.
 ///
 /// # Safety
 /// As for [`tile`], with mr = R.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2_rows<const R: usize>(
+unsafe fn tile_avx2_rows<const R: usize, const V: usize>(
     a: &[f32],
     a_rows: &[usize],
     a_step: usize,
@@ -541,7 +553,7 @@ unsafe fn tile_avx2_rows<const R: usize>(
     unsafe { prefetch_c(c, rows, cols, R, nr, store) };
     let (kc, b_step) = (b.kc, b.step);
     let r: [usize; R] = a_rows[..R].try_into().expect("R row offsets");
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
     if kc > 0 {
         check_a_reach(a, &r, a_step, kc);
         b.check_reach::<NR>();
@@ -549,44 +561,46 @@ unsafe fn tile_avx2_rows<const R: usize>(
         for p in 0..kc {
             // SAFETY: the A and B indices are bounded above.
             unsafe {
-                let b0 = _mm256_loadu_ps(bp.add(p * b_step));
-                let b1 = _mm256_loadu_ps(bp.add(p * b_step + 8));
+                // A loop, not `array::from_fn`: a closure would not inherit the target features.
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(bp.add(p * b_step + 8 * v));
+                }
                 let off = p * a_step;
                 for (row, &ri) in acc.iter_mut().zip(&r) {
                     let ai = _mm256_broadcast_ss(&*ap.add(ri + off));
-                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                    for (x, &bj) in row.iter_mut().zip(&bv) {
+                        *x = _mm256_fmadd_ps(ai, bj, *x);
+                    }
                 }
             }
         }
     }
-    if nr == NR && store.cols_contiguous && store.gelu_out.is_none() {
+    if nr == 8 * V && store.cols_contiguous && store.gelu_out.is_none() {
         for (i, row) in acc.iter().enumerate() {
-            // SAFETY: the caller guarantees row i's NR consecutive elements of C are ours.
-            unsafe {
-                let dst = c.add(rows[i] + cols[0]);
-                let (mut x0, mut x1) = (row[0], row[1]);
-                if !store.overwrite {
-                    x0 = _mm256_add_ps(x0, _mm256_loadu_ps(dst));
-                    x1 = _mm256_add_ps(x1, _mm256_loadu_ps(dst.add(8)));
+            let bias = store.bias.map(|b| b[i]);
+            for (v, &x) in row.iter().enumerate() {
+                // SAFETY: the caller guarantees row i's nr consecutive elements of C are ours.
+                unsafe {
+                    let dst = c.add(rows[i] + cols[0] + 8 * v);
+                    let mut x = x;
+                    if !store.overwrite {
+                        x = _mm256_add_ps(x, _mm256_loadu_ps(dst));
+                    }
+                    if let Some(bias) = bias {
+                        x = _mm256_add_ps(x, _mm256_set1_ps(bias));
+                    }
+                    _mm256_storeu_ps(dst, x);
                 }
-                if let Some(bias) = store.bias {
-                    let bi = _mm256_set1_ps(bias[i]);
-                    x0 = _mm256_add_ps(x0, bi);
-                    x1 = _mm256_add_ps(x1, bi);
-                }
-                _mm256_storeu_ps(dst, x0);
-                _mm256_storeu_ps(dst.add(8), x1);
             }
         }
         return;
     }
     let mut tile = [[0.0f32; NR]; MR];
     for (t, row) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each row of the array holds NR = 16 floats.
-        unsafe {
-            _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), row[1]);
+        for (v, &x) in row.iter().enumerate() {
+            // SAFETY: each row of the array holds NR = 16 floats, 8·V ≤ 16.
+            unsafe { _mm256_storeu_ps(t.as_mut_ptr().add(8 * v), x) };
         }
     }
     // SAFETY: the caller's guarantee, passed on.
