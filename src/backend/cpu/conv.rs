@@ -8,12 +8,15 @@
 //! direct per-plane kernels of `depthwise.rs`; the tap-row helpers here are shared with them.
 
 use super::depthwise::{
-    depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_grad,
+    depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_bias_grad,
+    depthwise_conv2d_weight_grad,
 };
 use super::elementwise::gelu;
 use super::matmul::{
     gemm_view, gemm_view_split, vec_written_by, Axis, Epilogue, MatView, OutView, Split,
 };
+use super::reduce::sum_keep_middle;
+use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
@@ -484,6 +487,31 @@ fn pointwise_weight_grad<'a>(x: &'a [f32], dy: &'a [f32], g: &Conv2dGeometry, dw
     }
 }
 
+/// (∂L/∂w, ∂L/∂b): the weight gradient of [`conv2d_weight_grad`] and the bias gradient, db[o] = Σ dy over
+/// images and pixels (for a depthwise convolution summed in the same pass as the weights).
+pub fn conv2d_weight_bias_grad(
+    x: &[f32],
+    dy: &[f32],
+    g: &Conv2dGeometry,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_geometry(
+        g,
+        &[
+            ("input", x.len(), g.input_shape().numel()),
+            ("output gradient", dy.len(), g.output_shape().numel()),
+        ],
+    )?;
+    if g.is_depthwise() {
+        return Ok(depthwise_conv2d_weight_bias_grad(x, dy, g));
+    }
+    let layout = AxisLayout {
+        outer: g.batch,
+        len: g.c_out,
+        inner: g.h_out * g.w_out,
+    };
+    Ok((conv2d_weight_grad(x, dy, g)?, sum_keep_middle(dy, layout)))
+}
+
 /// ∂L/∂w from the input x and dy = ∂L/∂y: per group, ∂W_g = G_g · X̃_gᵀ with the batch folded into the
 /// reduction (k) axis of the GEMM.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
@@ -553,6 +581,39 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
 mod tests {
     use super::*;
     use crate::shape::{Conv2dParams, Shape};
+
+    /// The weight and bias gradients together equal the weight gradient alone and the per-channel sums of
+    /// dy bit for bit: depthwise with stride 1 (the bias summed in the weight gradient's pass), a
+    /// depthwise plane too small for that path, a strided depthwise and a dense convolution.
+    #[test]
+    fn weight_and_bias_gradients_match_their_separate_forms() {
+        let d = Conv2dParams::default();
+        for (c, (h, w), weight, params) in [
+            (5, (12, 11), [5, 1, 7, 7], d.padding(3).groups(5)),
+            (4, (5, 5), [4, 1, 3, 3], d.padding(1).groups(4)),
+            (3, (9, 10), [3, 1, 3, 3], d.padding(1).stride(2).groups(3)),
+            (3, (6, 7), [4, 3, 2, 2], d.stride(2)),
+        ] {
+            let x_shape = Shape::new([3, c, h, w]);
+            let g = Conv2dGeometry::new(&x_shape, &Shape::new(weight), params)
+                .expect("a valid geometry");
+            let x: Vec<f32> = (0..x_shape.numel())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let dy: Vec<f32> = (0..g.output_shape().numel())
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let (dw, db) = conv2d_weight_bias_grad(&x, &dy, &g).expect("valid sizes");
+            assert_eq!(dw, conv2d_weight_grad(&x, &dy, &g).expect("valid sizes"));
+            let layout = AxisLayout {
+                outer: g.batch,
+                len: g.c_out,
+                inner: g.h_out * g.w_out,
+            };
+            assert_eq!(db, sum_keep_middle(&dy, layout), "{c} channels {h}×{w}");
+            assert!(db.iter().any(|&v| v != 0.0));
+        }
+    }
 
     /// The weight gradient of 1×1 convolutions (split by images into parts from PER_IMAGE_MIN_PIXELS on,
     /// batch-folded below), with more input than output channels and the other way

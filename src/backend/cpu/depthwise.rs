@@ -15,7 +15,9 @@ use super::conv::{for_each_tap_row, in_col};
 use super::elementwise::widest_floats;
 #[cfg(target_arch = "x86_64")]
 use super::elementwise::{isa, Isa};
+use super::reduce::{run_sum, sum_keep_middle};
 use super::vec_written;
+use crate::backend::AxisLayout;
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -72,10 +74,35 @@ pub(super) fn depthwise_conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeom
     if g.w_out < SMALL_PLANE {
         depthwise_weight_grad_channels_last(x, dy, g)
     } else if g.params.stride == [1, 1] {
-        depthwise_weight_grad_unit_stride(x, dy, g)
+        depthwise_weight_grad_unit_stride(x, dy, g, None)
     } else {
         depthwise_weight_grad(x, dy, g)
     }
+}
+
+/// The depthwise weight gradient and the bias gradient (db[c] = Σ dy over images and pixels). On the
+/// stride-1 path each channel's task sums its dy planes while it reads them for the weights (one pass over
+/// dy, not two); elsewhere the sums are [`sum_keep_middle`]'s. Either way db[c] is Σ over images of
+/// `run_sum` of the plane, in f64, so both give the same bits.
+pub(super) fn depthwise_conv2d_weight_bias_grad(
+    x: &[f32],
+    dy: &[f32],
+    g: &Conv2dGeometry,
+) -> (Vec<f32>, Vec<f32>) {
+    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
+        let mut db = vec![0.0f32; g.c_out];
+        let dw = depthwise_weight_grad_unit_stride(x, dy, g, Some(&mut db));
+        return (dw, db);
+    }
+    let layout = AxisLayout {
+        outer: g.batch,
+        len: g.c_out,
+        inner: g.h_out * g.w_out,
+    };
+    (
+        depthwise_conv2d_weight_grad(x, dy, g),
+        sum_keep_middle(dy, layout),
+    )
 }
 
 /// Depthwise forward: one (n, c) plane per task, taps outermost so the inner loop is a strided axpy.
@@ -645,49 +672,71 @@ fn depthwise_input_grad_unit_stride(
 }
 
 /// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task.
-fn depthwise_weight_grad_unit_stride(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+///
+/// With `db`, also the bias gradient db[c] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images.
+fn depthwise_weight_grad_unit_stride(
+    x: &[f32],
+    dy: &[f32],
+    g: &Conv2dGeometry,
+    db: Option<&mut [f32]>,
+) -> Vec<f32> {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let (rows, cols) = padded_input_dims(g);
     let p = g.params;
     let mut dw = vec![0.0f32; g.c_out * taps];
-    dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
-        let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
-        for n in 0..g.batch {
-            let plane_idx = n * g.c_out + c;
-            let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
-            let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
-            pad_plane(
-                x_plane,
-                g.h_in,
-                g.w_in,
-                &mut buf,
-                rows,
-                cols,
-                p.padding[0] as isize,
-                p.padding[1] as isize,
-            );
-            let src = Source {
-                values: &buf,
-                row_stride: cols,
-            };
-            match g.kw {
-                3 => weight_grad_plane::<3>(src, dy_plane, g, dw_c, &mut dy_buf),
-                5 => weight_grad_plane::<5>(src, dy_plane, g, dw_c, &mut dy_buf),
-                7 => weight_grad_plane::<7>(src, dy_plane, g, dw_c, &mut dy_buf),
-                _ => {
-                    for (pq, acc) in dw_c.iter_mut().enumerate() {
-                        let (kp, kq) = (pq / g.kw, pq % g.kw);
-                        let mut sum = 0.0f32;
-                        for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
-                            let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
-                            sum += dot(drow, &buf[start..start + g.w_out]);
+    let want_db = db.is_some();
+    let mut scratch = Vec::new();
+    let db = db.unwrap_or_else(|| {
+        scratch.resize(g.c_out, 0.0);
+        &mut scratch
+    });
+    dw.par_chunks_mut(taps)
+        .zip(db.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (dw_c, db_c))| {
+            let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
+            let mut bias_sum = 0.0f64;
+            for n in 0..g.batch {
+                let plane_idx = n * g.c_out + c;
+                let x_plane = &x[plane_idx * hw_in..(plane_idx + 1) * hw_in];
+                let dy_plane = &dy[plane_idx * hw_out..(plane_idx + 1) * hw_out];
+                pad_plane(
+                    x_plane,
+                    g.h_in,
+                    g.w_in,
+                    &mut buf,
+                    rows,
+                    cols,
+                    p.padding[0] as isize,
+                    p.padding[1] as isize,
+                );
+                let src = Source {
+                    values: &buf,
+                    row_stride: cols,
+                };
+                match g.kw {
+                    3 => weight_grad_plane::<3>(src, dy_plane, g, dw_c, &mut dy_buf),
+                    5 => weight_grad_plane::<5>(src, dy_plane, g, dw_c, &mut dy_buf),
+                    7 => weight_grad_plane::<7>(src, dy_plane, g, dw_c, &mut dy_buf),
+                    _ => {
+                        for (pq, acc) in dw_c.iter_mut().enumerate() {
+                            let (kp, kq) = (pq / g.kw, pq % g.kw);
+                            let mut sum = 0.0f32;
+                            for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
+                                let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
+                                sum += dot(drow, &buf[start..start + g.w_out]);
+                            }
+                            *acc += sum;
                         }
-                        *acc += sum;
                     }
                 }
+                if want_db {
+                    // The plane was just read into cache by the weight gradient.
+                    bias_sum += run_sum(dy_plane, None);
+                }
             }
-        }
-    });
+            *db_c = bias_sum as f32;
+        });
     dw
 }
 
@@ -1211,7 +1260,7 @@ mod tests {
 
             close(
                 &format!("weight grad {what}"),
-                &depthwise_weight_grad_unit_stride(&x, &dy, &g),
+                &depthwise_weight_grad_unit_stride(&x, &dy, &g, None),
                 &depthwise_weight_grad(&x, &dy, &g),
             );
         }

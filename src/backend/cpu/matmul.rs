@@ -888,7 +888,7 @@ fn pack_b<const NR: usize>(
     parallel: bool,
     in_place: bool,
 ) {
-    if in_place && b.cols == Axis::plain(1) && nc % NR == 0 {
+    if in_place && b.cols == Axis::plain(1) && nc.is_multiple_of(NR) {
         // Every panel is NR consecutive columns, read in place: nothing to pack.
         return;
     }

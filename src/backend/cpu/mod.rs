@@ -206,6 +206,15 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         conv::conv2d_weight_grad(host(x)?, host(dy)?, geom).map(wrap)
     }
+    fn conv2d_weight_bias_grad(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        geom: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        let (dw, db) = conv::conv2d_weight_bias_grad(host(x)?, host(dy)?, geom)?;
+        Ok((wrap(dw), wrap(db)))
+    }
     fn layer_norm(
         &self,
         x: &Storage,
