@@ -353,6 +353,8 @@ fn correlate_taps(
                 48 => correlate_rows_avx2::<2, 6>(src, src_w, taps, out, wo),
                 40 => correlate_rows_avx2::<2, 5>(src, src_w, taps, out, wo),
                 32 => correlate_rows_avx2::<3, 4>(src, src_w, taps, out, wo),
+                // Rows of at most 8 (the 8×8 planes of a 32×32 input's first stage): one vector.
+                _ if wo <= 8 => correlate_rows_avx2::<8, 1>(src, src_w, taps, out, wo),
                 _ => correlate_rows_avx2::<7, 2>(src, src_w, taps, out, wo),
             }
         }
