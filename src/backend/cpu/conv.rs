@@ -487,6 +487,17 @@ fn pointwise_weight_grad<'a>(x: &'a [f32], dy: &'a [f32], g: &Conv2dGeometry, dw
     }
 }
 
+/// The sizes of a weight gradient's inputs against the geometry.
+fn check_weight_grad_inputs(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<()> {
+    check_geometry(
+        g,
+        &[
+            ("input", x.len(), g.input_shape().numel()),
+            ("output gradient", dy.len(), g.output_shape().numel()),
+        ],
+    )
+}
+
 /// (∂L/∂w, ∂L/∂b): the weight gradient of [`conv2d_weight_grad`] and the bias gradient, db[o] = Σ dy over
 /// images and pixels (for a depthwise convolution summed in the same pass as the weights).
 pub fn conv2d_weight_bias_grad(
@@ -494,13 +505,7 @@ pub fn conv2d_weight_bias_grad(
     dy: &[f32],
     g: &Conv2dGeometry,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    check_geometry(
-        g,
-        &[
-            ("input", x.len(), g.input_shape().numel()),
-            ("output gradient", dy.len(), g.output_shape().numel()),
-        ],
-    )?;
+    check_weight_grad_inputs(x, dy, g)?;
     if g.is_depthwise() {
         return Ok(depthwise_conv2d_weight_bias_grad(x, dy, g));
     }
@@ -515,13 +520,7 @@ pub fn conv2d_weight_bias_grad(
 /// ∂L/∂w from the input x and dy = ∂L/∂y: per group, ∂W_g = G_g · X̃_gᵀ with the batch folded into the
 /// reduction (k) axis of the GEMM.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
-    check_geometry(
-        g,
-        &[
-            ("input", x.len(), g.input_shape().numel()),
-            ("output gradient", dy.len(), g.output_shape().numel()),
-        ],
-    )?;
+    check_weight_grad_inputs(x, dy, g)?;
     if g.is_depthwise() {
         return Ok(depthwise_conv2d_weight_grad(x, dy, g));
     }

@@ -385,6 +385,37 @@ struct Taps<'a> {
     offsets: &'a [usize],
 }
 
+impl Taps<'_> {
+    /// Checks that the weights and offsets cover the kh×kw taps.
+    fn check(&self) {
+        let (k, kh, kw) = (self.k, self.kh, self.kw);
+        assert!(
+            k.len() >= kh * kw && self.offsets.len() == kh * kw,
+            "depthwise: {} weights and {} offsets for {kh}×{kw} taps",
+            k.len(),
+            self.offsets.len()
+        );
+    }
+
+    /// Checks that a block of output rows i..i + rows and columns j0..j0 + span reads inside `src` (rows
+    /// `src_w` apart): its largest source index, once per block rather than per value.
+    fn check_block(
+        &self,
+        src: &[f32],
+        src_w: usize,
+        (i, rows): (usize, usize),
+        (j0, span): (usize, usize),
+    ) {
+        let (kh, kw, dil) = (self.kh, self.kw, self.dil);
+        let last = (i + rows - 1 + (kh - 1) * dil[0]) * src_w + j0 + (kw - 1) * dil[1] + span - 1;
+        assert!(
+            last < src.len(),
+            "depthwise: source index {last} past {}",
+            src.len()
+        );
+    }
+}
+
 /// Output columns per register block of [`correlate_plane`] for rows `wo` wide: 32 for rows wider than
 /// 16, else 16; for wider rows 64 (four AVX-512 vectors), or with AVX2 the row rounded up to whole 8-float
 /// vectors, at most 56 (rows wider than 56 take several blocks).
@@ -443,28 +474,12 @@ fn correlate_block<const R: usize, const SPAN: usize>(
     i: usize,
 ) {
     let Taps {
-        k,
-        kh,
-        kw,
-        dil,
-        bias,
-        offsets,
+        k, bias, offsets, ..
     } = *taps;
-    assert!(
-        k.len() >= kh * kw && offsets.len() == kh * kw,
-        "depthwise: {} weights and {} offsets for {kh}×{kw} taps",
-        k.len(),
-        offsets.len()
-    );
+    taps.check();
     let sp = src.as_ptr();
     for j0 in (0..wo).step_by(SPAN) {
-        // The largest source index read below, checked once rather than per value.
-        let last = (i + R - 1 + (kh - 1) * dil[0]) * src_w + j0 + (kw - 1) * dil[1] + SPAN - 1;
-        assert!(
-            last < src.len(),
-            "depthwise: source index {last} past {}",
-            src.len()
-        );
+        taps.check_block(src, src_w, (i, R), (j0, SPAN));
         let mut acc = [[0.0f32; SPAN]; R];
         let origin = i * src_w + j0;
         for (&wv, &off) in k.iter().zip(offsets) {
@@ -533,19 +548,9 @@ unsafe fn correlate_block_avx2<const R: usize, const V: usize>(
 ) {
     use std::arch::x86_64::*;
     let Taps {
-        k,
-        kh,
-        kw,
-        dil,
-        bias,
-        offsets,
+        k, bias, offsets, ..
     } = *taps;
-    assert!(
-        k.len() >= kh * kw && offsets.len() == kh * kw,
-        "depthwise: {} weights and {} offsets for {kh}×{kw} taps",
-        k.len(),
-        offsets.len()
-    );
+    taps.check();
     let span = 8 * V;
     assert!(
         out.len() >= (i + R) * wo,
@@ -554,13 +559,7 @@ unsafe fn correlate_block_avx2<const R: usize, const V: usize>(
     );
     let sp = src.as_ptr();
     for j0 in (0..wo).step_by(span) {
-        // The largest source index read below, checked once rather than per value.
-        let last = (i + R - 1 + (kh - 1) * dil[0]) * src_w + j0 + (kw - 1) * dil[1] + span - 1;
-        assert!(
-            last < src.len(),
-            "depthwise: source index {last} past {}",
-            src.len()
-        );
+        taps.check_block(src, src_w, (i, R), (j0, span));
         let mut acc = [[_mm256_setzero_ps(); V]; R];
         let origin = i * src_w + j0;
         for (&wv, &off) in k.iter().zip(offsets) {
