@@ -69,10 +69,22 @@ fn reparam_rows(
                     for j0 in (0..n).step_by(BLOCK) {
                         let len = BLOCK.min(n - j0);
                         let mut p = [0.0f32; BLOCK];
-                        for (k, &bk) in b_row.iter().enumerate() {
-                            let a_blk = &a[k * n + j0..k * n + j0 + len];
-                            for (pj, &aj) in p.iter_mut().zip(a_blk) {
-                                *pj += bk * aj;
+                        if len == BLOCK {
+                            // A whole block: fixed trip counts, so P stays in registers across the ranks.
+                            for (k, &bk) in b_row.iter().enumerate() {
+                                let a_blk: &[f32; BLOCK] = a[k * n + j0..k * n + j0 + BLOCK]
+                                    .try_into()
+                                    .expect("BLOCK values");
+                                for (pj, &aj) in p.iter_mut().zip(a_blk) {
+                                    *pj = bk.mul_add(aj, *pj);
+                                }
+                            }
+                        } else {
+                            for (k, &bk) in b_row.iter().enumerate() {
+                                let a_blk = &a[k * n + j0..k * n + j0 + len];
+                                for (pj, &aj) in p.iter_mut().zip(a_blk) {
+                                    *pj = bk.mul_add(aj, *pj);
+                                }
                             }
                         }
                         let w_blk = &w[i * n + j0..i * n + j0 + len];
@@ -151,17 +163,41 @@ pub fn low_rank_factor_grads(x: &LowRankGrads<'_>) -> Result<(Option<Vec<f32>>, 
                                 }
                             }
                         }
-                        for (k, lane) in lanes.iter_mut().enumerate() {
-                            let a_blk = &a[k * n + j0..k * n + j0 + len];
-                            for ((l, &d), &aj) in lane.iter_mut().zip(&dp).zip(a_blk) {
-                                *l += d * aj;
+                        if len == BLOCK {
+                            // A whole block: the same sums in loops of fixed length, which the compiler
+                            // turns into whole vectors without remainder code.
+                            for (k, lane) in lanes.iter_mut().enumerate() {
+                                let a_blk: &[f32; BLOCK] = a[k * n + j0..k * n + j0 + BLOCK]
+                                    .try_into()
+                                    .expect("BLOCK values");
+                                for ((l, &d), &aj) in lane.iter_mut().zip(&dp).zip(a_blk) {
+                                    *l += d * aj;
+                                }
                             }
-                        }
-                        if need_a {
-                            for (k, &bk) in b_row.iter().enumerate() {
-                                let da_blk = &mut da[k * n + j0..k * n + j0 + len];
-                                for (acc, &d) in da_blk.iter_mut().zip(&dp) {
-                                    *acc += bk * d;
+                            if need_a {
+                                for (k, &bk) in b_row.iter().enumerate() {
+                                    let da_blk: &mut [f32; BLOCK] = (&mut da
+                                        [k * n + j0..k * n + j0 + BLOCK])
+                                        .try_into()
+                                        .expect("BLOCK values");
+                                    for (acc, &d) in da_blk.iter_mut().zip(&dp) {
+                                        *acc += bk * d;
+                                    }
+                                }
+                            }
+                        } else {
+                            for (k, lane) in lanes.iter_mut().enumerate() {
+                                let a_blk = &a[k * n + j0..k * n + j0 + len];
+                                for ((l, &d), &aj) in lane.iter_mut().zip(&dp).zip(a_blk) {
+                                    *l += d * aj;
+                                }
+                            }
+                            if need_a {
+                                for (k, &bk) in b_row.iter().enumerate() {
+                                    let da_blk = &mut da[k * n + j0..k * n + j0 + len];
+                                    for (acc, &d) in da_blk.iter_mut().zip(&dp) {
+                                        *acc += bk * d;
+                                    }
                                 }
                             }
                         }
