@@ -76,14 +76,14 @@ fn reparam_rows(
                                     .try_into()
                                     .expect("BLOCK values");
                                 for (pj, &aj) in p.iter_mut().zip(a_blk) {
-                                    *pj = bk.mul_add(aj, *pj);
+                                    *pj += bk * aj;
                                 }
                             }
                         } else {
                             for (k, &bk) in b_row.iter().enumerate() {
                                 let a_blk = &a[k * n + j0..k * n + j0 + len];
                                 for (pj, &aj) in p.iter_mut().zip(a_blk) {
-                                    *pj = bk.mul_add(aj, *pj);
+                                    *pj += bk * aj;
                                 }
                             }
                         }
