@@ -498,7 +498,7 @@ fn check_weight_grad_inputs(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result
     )
 }
 
-/// (∂L/∂w, ∂L/∂b): the weight gradient of [`conv2d_weight_grad`] and the bias gradient, db[o] = Σ dy over
+/// (∂L/∂w, ∂L/∂b): the weight gradient of [`conv2d_weight_grad`] and the bias gradient, db\[o\] = Σ dy over
 /// images and pixels (for a depthwise convolution summed in the same pass as the weights).
 pub fn conv2d_weight_bias_grad(
     x: &[f32],

@@ -80,9 +80,9 @@ pub(super) fn depthwise_conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeom
     }
 }
 
-/// The depthwise weight gradient and the bias gradient (db[c] = Σ dy over images and pixels). On the
+/// The depthwise weight gradient and the bias gradient (db\[c\] = Σ dy over images and pixels). On the
 /// stride-1 path each channel's task sums its dy planes while it reads them for the weights (one pass over
-/// dy, not two); elsewhere the sums are [`sum_keep_middle`]'s. Either way db[c] is Σ over images of
+/// dy, not two); elsewhere the sums are [`sum_keep_middle`]'s. Either way db\[c\] is Σ over images of
 /// `run_sum` of the plane, in f64, so both give the same bits.
 pub(super) fn depthwise_conv2d_weight_bias_grad(
     x: &[f32],
@@ -674,7 +674,7 @@ fn depthwise_input_grad_unit_stride(
 
 /// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task.
 ///
-/// With `db`, also the bias gradient db[c] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images.
+/// With `db`, also the bias gradient db\[c\] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images.
 fn depthwise_weight_grad_unit_stride(
     x: &[f32],
     dy: &[f32],
