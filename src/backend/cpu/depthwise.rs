@@ -696,6 +696,8 @@ fn depthwise_weight_grad_unit_stride(
         .enumerate()
         .for_each(|(c, (dw_c, db_c))| {
             let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
+            // The vectorised kernels' partial sums, per tap, over all images (see `weight_grad_row`).
+            let mut lanes = vec![[0.0f32; LANES]; taps];
             let mut bias_sum = 0.0f64;
             for n in 0..g.batch {
                 let plane_idx = n * g.c_out + c;
@@ -716,9 +718,9 @@ fn depthwise_weight_grad_unit_stride(
                     row_stride: cols,
                 };
                 match g.kw {
-                    3 => weight_grad_plane::<3>(src, dy_plane, g, dw_c, &mut dy_buf),
-                    5 => weight_grad_plane::<5>(src, dy_plane, g, dw_c, &mut dy_buf),
-                    7 => weight_grad_plane::<7>(src, dy_plane, g, dw_c, &mut dy_buf),
+                    3 => weight_grad_plane::<3>(src, dy_plane, g, &mut lanes, &mut dy_buf),
+                    5 => weight_grad_plane::<5>(src, dy_plane, g, &mut lanes, &mut dy_buf),
+                    7 => weight_grad_plane::<7>(src, dy_plane, g, &mut lanes, &mut dy_buf),
                     _ => {
                         for (pq, acc) in dw_c.iter_mut().enumerate() {
                             let (kp, kq) = (pq / g.kw, pq % g.kw);
@@ -734,6 +736,11 @@ fn depthwise_weight_grad_unit_stride(
                 if want_db {
                     // The plane was just read into cache by the weight gradient.
                     bias_sum += run_sum(dy_plane, None);
+                }
+            }
+            if matches!(g.kw, 3 | 5 | 7) {
+                for (d, l) in dw_c.iter_mut().zip(&lanes) {
+                    *d += l.iter().sum::<f32>();
                 }
             }
             *db_c = bias_sum as f32;
@@ -753,48 +760,61 @@ struct Source<'a> {
 /// `cargo bench --bench depthwise`.)
 const LANES: usize = 16;
 
-/// dw[p][q] += Σ_i Σ_j dy[i][j]·src[i + p·dh][j + q·dw] for one plane of a stride-1 convolution with KW
-/// taps per kernel row. For each kernel row p the KW sums are kept as vectors of partial sums while dy is
-/// read once, a vector at a time (KW multiply-adds per dy vector, each reading one source vector); dy's
-/// rows are first copied into `dy_buf` with zeros up to whole vectors, so no row needs a scalar tail.
+/// lanes[p·KW + q] += the LANES partial sums of Σ_i Σ_j dy[i][j]·src[i + p·dh][j + q·dw] for one plane of a
+/// stride-1 convolution with KW taps per kernel row (the caller adds each tap's lanes once, after the last
+/// image). For each kernel row p the KW sums are kept as vectors of partial sums while dy is read once, a
+/// vector at a time (KW multiply-adds per dy vector, each reading one source vector); dy's rows are first
+/// copied into `dy_buf` with zeros up to whole vectors, so no row needs a scalar tail.
 fn weight_grad_plane<const KW: usize>(
     src: Source,
     dy: &[f32],
     g: &Conv2dGeometry,
-    dw: &mut [f32],
+    lanes: &mut [[f32; LANES]],
     dy_buf: &mut Vec<f32>,
 ) {
     let (ho, wo, kh, dil) = (g.h_out, g.w_out, g.kh, g.params.dilation);
     let stride = wo.next_multiple_of(LANES);
-    dy_buf.clear();
-    dy_buf.resize(ho * stride, 0.0);
+    // dy's rows padded with zeros to whole vectors: the zeros are written once per buffer (every plane
+    // of a call has the same shape), the rows copied without a `memcpy` call each.
+    if dy_buf.len() != ho * stride {
+        dy_buf.clear();
+        dy_buf.resize(ho * stride, 0.0);
+    }
     for (to, from) in dy_buf.chunks_exact_mut(stride).zip(dy.chunks_exact(wo)) {
-        to[..wo].copy_from_slice(from);
+        copy_run(&mut to[..wo], from);
     }
     // The largest source index read below, checked once rather than per value.
     let last = (ho - 1 + (kh - 1) * dil[0]) * src.row_stride + stride - 1 + (KW - 1) * dil[1];
     assert!(
-        last < src.values.len() && dw.len() >= kh * KW,
+        last < src.values.len() && lanes.len() == kh * KW,
         "depthwise weight gradient: source index {last} past {} values",
         src.values.len()
     );
     super::elementwise::widest(
         #[inline(always)]
         || {
-            for p in 0..kh {
+            for (p, acc) in lanes.chunks_exact_mut(KW).enumerate() {
                 let row0 = p * dil[0] * src.row_stride;
-                let sums =
-                    weight_grad_row::<KW>(src.values, src.row_stride, row0, dil[1], dy_buf, stride);
-                for (d, s) in dw[p * KW..(p + 1) * KW].iter_mut().zip(sums) {
-                    *d += s;
-                }
+                let acc: &mut [[f32; LANES]; KW] = acc.try_into().expect("KW sums");
+                weight_grad_row::<KW>(
+                    src.values,
+                    src.row_stride,
+                    row0,
+                    dil[1],
+                    dy_buf,
+                    stride,
+                    acc,
+                );
             }
         },
     );
 }
 
-/// Σ_i Σ_j dy[i][j]·src[row0 + i·src_w + j + q·dq] for q < KW (dy: rows of `stride` values, a multiple of
-/// LANES); the caller has checked that every source index read is in bounds.
+/// acc[q] += the lanes of Σ_i Σ_j dy[i][j]·src[row0 + i·src_w + j + q·dq] for q < KW (dy: rows of
+/// `stride` values, a multiple of LANES), the sums left as LANES partial sums each: they are added across
+/// lanes once per channel, after every image, not once per plane (a 14×14 plane has only 196 outputs, and
+/// the 7·7 sums of 16 lanes each were a fifth of the weight gradient's time there). The caller has checked
+/// that every source index read is in bounds.
 #[inline(always)]
 fn weight_grad_row<const KW: usize>(
     src: &[f32],
@@ -803,15 +823,16 @@ fn weight_grad_row<const KW: usize>(
     dq: usize,
     dy: &[f32],
     stride: usize,
-) -> [f32; KW] {
+    acc: &mut [[f32; LANES]; KW],
+) {
     let sp = src.as_ptr();
-    let mut acc = [[0.0f32; LANES]; KW];
+    let mut sums = *acc;
     for (i, drow) in dy.chunks_exact(stride).enumerate() {
         let row = row0 + i * src_w;
         for (j, d) in drow.chunks_exact(LANES).enumerate() {
             let d: &[f32; LANES] = d.try_into().expect("LANES values");
             let at = row + j * LANES;
-            for (q, a) in acc.iter_mut().enumerate() {
+            for (q, a) in sums.iter_mut().enumerate() {
                 for t in 0..LANES {
                     // SAFETY: at + q·dq + t is at most the index the caller checked.
                     let v = unsafe { *sp.add(at + q * dq + t) };
@@ -820,7 +841,7 @@ fn weight_grad_row<const KW: usize>(
             }
         }
     }
-    acc.map(|a| a.iter().sum())
+    *acc = sums;
 }
 
 // Depthwise convolutions of small planes (output rows shorter than SMALL_PLANE: the late ConvNeXt stages,
