@@ -32,7 +32,7 @@ pub(super) fn depthwise_conv2d(
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
     let len = g.batch * g.c_out * g.h_out * g.w_out;
-    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
+    if padded_plane_path(g) {
         // SAFETY: the padded-plane path writes every output plane whole.
         return unsafe { vec_written(len, |y| depthwise_forward_unit_stride(x, w, bias, y, g)) };
     }
@@ -56,7 +56,7 @@ pub(super) fn depthwise_conv2d(
 /// Depthwise input gradient, by the same choice of path as [`depthwise_conv2d`].
 pub(super) fn depthwise_conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let len = g.batch * g.c_in * g.h_in * g.w_in;
-    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
+    if padded_plane_path(g) {
         // SAFETY: the padded-plane path writes every input-gradient plane whole.
         return unsafe { vec_written(len, |dx| depthwise_input_grad_unit_stride(dy, w, dx, g)) };
     }
@@ -71,13 +71,19 @@ pub(super) fn depthwise_conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeome
 
 /// Depthwise weight gradient, by the same choice of path as [`depthwise_conv2d`].
 pub(super) fn depthwise_conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
-    if g.w_out < SMALL_PLANE {
+    if padded_plane_path(g) {
+        depthwise_weight_grad_unit_stride(x, dy, g).0
+    } else if g.w_out < SMALL_PLANE {
         depthwise_weight_grad_channels_last(x, dy, g)
-    } else if g.params.stride == [1, 1] {
-        depthwise_weight_grad_unit_stride(x, dy, g, None)
     } else {
         depthwise_weight_grad(x, dy, g)
     }
+}
+
+/// Whether a depthwise convolution takes the padded-plane path (stride 1, output rows at least
+/// [`SMALL_PLANE`] wide): the others run channels-last (small planes) or as direct loops (strided).
+fn padded_plane_path(g: &Conv2dGeometry) -> bool {
+    g.w_out >= SMALL_PLANE && g.params.stride == [1, 1]
 }
 
 /// The depthwise weight gradient and the bias gradient (db\[c\] = Σ dy over images and pixels). On the
@@ -89,10 +95,8 @@ pub(super) fn depthwise_conv2d_weight_bias_grad(
     dy: &[f32],
     g: &Conv2dGeometry,
 ) -> (Vec<f32>, Vec<f32>) {
-    if g.w_out >= SMALL_PLANE && g.params.stride == [1, 1] {
-        let mut db = vec![0.0f32; g.c_out];
-        let dw = depthwise_weight_grad_unit_stride(x, dy, g, Some(&mut db));
-        return (dw, db);
+    if padded_plane_path(g) {
+        return depthwise_weight_grad_unit_stride(x, dy, g);
     }
     let layout = AxisLayout {
         outer: g.batch,
@@ -672,25 +676,19 @@ fn depthwise_input_grad_unit_stride(
     );
 }
 
-/// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task.
-///
-/// With `db`, also the bias gradient db\[c\] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images.
+/// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task, and the bias gradient
+/// db\[c\] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images (a plane's sum costs little once
+/// the weight gradient has read it into cache; a caller without a bias drops it).
 fn depthwise_weight_grad_unit_stride(
     x: &[f32],
     dy: &[f32],
     g: &Conv2dGeometry,
-    db: Option<&mut [f32]>,
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<f32>) {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let (rows, cols) = padded_input_dims(g);
     let p = g.params;
     let mut dw = vec![0.0f32; g.c_out * taps];
-    let want_db = db.is_some();
-    let mut scratch = Vec::new();
-    let db = db.unwrap_or_else(|| {
-        scratch.resize(g.c_out, 0.0);
-        &mut scratch
-    });
+    let mut db = vec![0.0f32; g.c_out];
     dw.par_chunks_mut(taps)
         .zip(db.par_iter_mut())
         .enumerate()
@@ -722,30 +720,27 @@ fn depthwise_weight_grad_unit_stride(
                     5 => weight_grad_plane::<5>(src, dy_plane, g, &mut lanes, &mut dy_buf),
                     7 => weight_grad_plane::<7>(src, dy_plane, g, &mut lanes, &mut dy_buf),
                     _ => {
-                        for (pq, acc) in dw_c.iter_mut().enumerate() {
+                        // Other widths by dot products, each plane's sum into its tap's first lane.
+                        for (pq, lane) in lanes.iter_mut().enumerate() {
                             let (kp, kq) = (pq / g.kw, pq % g.kw);
                             let mut sum = 0.0f32;
                             for (i, drow) in dy_plane.chunks_exact(g.w_out).enumerate() {
                                 let start = (i + kp * p.dilation[0]) * cols + kq * p.dilation[1];
                                 sum += dot(drow, &buf[start..start + g.w_out]);
                             }
-                            *acc += sum;
+                            lane[0] += sum;
                         }
                     }
                 }
-                if want_db {
-                    // The plane was just read into cache by the weight gradient.
-                    bias_sum += run_sum(dy_plane, None);
-                }
+                // The plane was just read into cache by the weight gradient.
+                bias_sum += run_sum(dy_plane, None);
             }
-            if matches!(g.kw, 3 | 5 | 7) {
-                for (d, l) in dw_c.iter_mut().zip(&lanes) {
-                    *d += l.iter().sum::<f32>();
-                }
+            for (d, l) in dw_c.iter_mut().zip(&lanes) {
+                *d = l.iter().sum::<f32>();
             }
             *db_c = bias_sum as f32;
         });
-    dw
+    (dw, db)
 }
 
 /// A padded plane: `values` with rows `row_stride` apart.
@@ -1298,7 +1293,7 @@ mod tests {
 
             close(
                 &format!("weight grad {what}"),
-                &depthwise_weight_grad_unit_stride(&x, &dy, &g, None),
+                &depthwise_weight_grad_unit_stride(&x, &dy, &g).0,
                 &depthwise_weight_grad(&x, &dy, &g),
             );
         }

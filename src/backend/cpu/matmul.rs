@@ -947,12 +947,12 @@ fn pack_b_panels<const NR: usize>(
     for (q, first) in firsts.iter_mut().enumerate().take(panels) {
         let jq = jq0 + q * NR;
         let width = NR.min(j_end - jq);
-        let mut cols = [0usize; NR];
-        b.cols.offsets(jq, width, &mut cols);
-        if width == NR && consecutive(&cols) {
-            *first = Some(cols[0]).filter(|_| !in_place);
+        if let Some(c0) = whole_panel_start::<NR>(b, jq, width) {
+            *first = Some(c0).filter(|_| !in_place);
             continue;
         }
+        let mut cols = [0usize; NR];
+        b.cols.offsets(jq, width, &mut cols);
         pack_b_panel_scattered::<NR>(
             b,
             row_at,
@@ -1277,16 +1277,23 @@ fn in_place_panel<'a, const NR: usize>(
     jq: usize,
     nr: usize,
 ) -> Option<BPanel<'a>> {
-    if nr < NR {
+    whole_panel_start::<NR>(b, jq, nr).map(|c0| BPanel {
+        data: &b.data[b.rows.at(p0) + c0..],
+        step: b.rows.stride,
+        kc,
+    })
+}
+
+/// The offset of column jq of B when the panel's `width` columns from jq are NR consecutive ones in memory
+/// (a whole panel that straddles no block of a blocked column axis): such a panel is copied row by row by
+/// [`pack_b_panels`], or read where it lies by [`in_place_panel`]. None otherwise.
+fn whole_panel_start<const NR: usize>(b: &MatView, jq: usize, width: usize) -> Option<usize> {
+    if width < NR {
         return None;
     }
     let mut cols = [0usize; NR];
     b.cols.offsets(jq, NR, &mut cols);
-    consecutive(&cols).then(|| BPanel {
-        data: &b.data[b.rows.at(p0) + cols[0]..],
-        step: b.rows.stride,
-        kc,
-    })
+    consecutive(&cols).then_some(cols[0])
 }
 
 /// Most rows of tiles (m / MR, rounded up) of a product that reads B in place: each B value is then read
