@@ -1017,18 +1017,18 @@ fn pack_b_panel_scattered<const NR: usize>(
         while p < kc {
             let base = row_at[p];
             if p + 8 <= kc && consecutive(&row_at[p..p + 8]) {
-                for j0 in (0..w8).step_by(8) {
-                    // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row + last_col <
-                    // b.data.len() (asserted above).
-                    let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
-                        src.add(base + cols[j0 + jj])
-                            .cast::<[f32; 8]>()
-                            .read_unaligned()
-                    });
-                    for pp in 0..8 {
-                        let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
-                        panel[(p + pp) * NR + j0..(p + pp) * NR + j0 + 8].copy_from_slice(&row);
+                let rows = &mut panel[p * NR..(p + 8) * NR];
+                // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row + last_col <
+                // b.data.len() (asserted above); the AVX2 kernel only where the CPU has AVX2.
+                unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if isa() != Isa::Portable {
+                        transpose_blocks_avx2::<NR>(src.add(base), &cols[..w8], rows);
+                    } else {
+                        transpose_blocks::<NR>(src.add(base), &cols[..w8], rows);
                     }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    transpose_blocks::<NR>(src.add(base), &cols[..w8], rows);
                 }
                 for (j, &o) in cols.iter().enumerate().skip(w8) {
                     for pp in 0..8 {
@@ -1056,6 +1056,95 @@ fn pack_b_panel_scattered<const NR: usize>(
     if width < NR {
         for row in panel.chunks_exact_mut(NR) {
             row[width..].fill(0.0);
+        }
+    }
+}
+
+/// Writes 8 rows of a B panel (`rows`, 8·NR values) from a B whose k axis is contiguous: for each 8 columns
+/// j0.. of `cols` (a multiple of 8 long), the 8 consecutive k values at `src + cols[j]` become column j of
+/// the 8 rows, an 8×8 transpose per block.
+///
+/// # Safety
+/// `src + cols[j] + 7` must be readable for every j.
+#[inline(always)]
+unsafe fn transpose_blocks<const NR: usize>(src: *const f32, cols: &[usize], rows: &mut [f32]) {
+    for j0 in (0..cols.len()).step_by(8) {
+        // SAFETY: the caller's guarantee.
+        let block: [[f32; 8]; 8] = std::array::from_fn(|jj| unsafe {
+            src.add(cols[j0 + jj]).cast::<[f32; 8]>().read_unaligned()
+        });
+        for pp in 0..8 {
+            let row: [f32; 8] = std::array::from_fn(|jj| block[jj][pp]);
+            rows[pp * NR + j0..pp * NR + j0 + 8].copy_from_slice(&row);
+        }
+    }
+}
+
+/// [`transpose_blocks`] with AVX2 shuffles: each 8×8 block in eight vector loads, 24 shuffles and eight
+/// vector stores (the portable form, compiled for baseline x86-64, moves the 64 values one by one through
+/// the stack). The same values in the same places.
+///
+/// # Safety
+/// As for [`transpose_blocks`], on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_blocks_avx2<const NR: usize>(
+    src: *const f32,
+    cols: &[usize],
+    rows: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(rows.len() >= 7 * NR + cols.len(), "8 panel rows");
+    let dst = rows.as_mut_ptr();
+    for j0 in (0..cols.len()).step_by(8) {
+        // SAFETY: the caller's guarantee for the loads; the stores land in rows[pp·NR + j0..][..8], inside
+        // `rows` (asserted above).
+        unsafe {
+            let r: [__m256; 8] = [
+                _mm256_loadu_ps(src.add(cols[j0])),
+                _mm256_loadu_ps(src.add(cols[j0 + 1])),
+                _mm256_loadu_ps(src.add(cols[j0 + 2])),
+                _mm256_loadu_ps(src.add(cols[j0 + 3])),
+                _mm256_loadu_ps(src.add(cols[j0 + 4])),
+                _mm256_loadu_ps(src.add(cols[j0 + 5])),
+                _mm256_loadu_ps(src.add(cols[j0 + 6])),
+                _mm256_loadu_ps(src.add(cols[j0 + 7])),
+            ];
+            // Pairs of columns interleaved, then quadruples, then the 128-bit halves exchanged: out[pp]
+            // holds value pp of every column.
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+                _mm256_unpacklo_ps(r[6], r[7]),
+                _mm256_unpackhi_ps(r[6], r[7]),
+            ];
+            let q = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
+                _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
+                _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
+                _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
+                _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
+                _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
+                _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
+                _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
+            ];
+            for (pp, &v) in out.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(pp * NR + j0), v);
+            }
         }
     }
 }
@@ -1887,6 +1976,33 @@ mod tests {
                 }
             }
             check(&y, &want, c_in, &format!("batched pointwise {c_out} {hw}"));
+        }
+    }
+
+    /// The AVX2 8×8 transposes of a k-contiguous B write the same panel rows as the portable ones, for
+    /// columns in any order and at any offsets (a transposed B's columns, or a batch-blocked one's).
+    #[test]
+    fn both_transposes_pack_the_same_panel_rows() {
+        let src: Vec<f32> = (0..4000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let cols: Vec<usize> = (0..16).map(|j| (j * 211 + j * j * 7) % 3900).collect();
+        for width in [8, 16] {
+            let mut portable = vec![f32::NAN; 8 * 16];
+            // SAFETY: every column offset + 7 < 3907 < 4000.
+            unsafe { transpose_blocks::<16>(src.as_ptr(), &cols[..width], &mut portable) };
+            for (pp, row) in portable.chunks(16).enumerate() {
+                for (j, &v) in row[..width].iter().enumerate() {
+                    assert_eq!(v, src[cols[j] + pp], "row {pp} column {j}");
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if isa() != Isa::Portable {
+                let mut avx2 = vec![f32::NAN; 8 * 16];
+                // SAFETY: as above; this CPU has AVX2.
+                unsafe { transpose_blocks_avx2::<16>(src.as_ptr(), &cols[..width], &mut avx2) };
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&avx2, &portable), "width {width}");
+            }
         }
     }
 
