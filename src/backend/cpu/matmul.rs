@@ -1428,9 +1428,18 @@ fn column_task_width<const NR: usize>(n: usize, blocking: Blocking) -> usize {
 
 /// Fewest columns for [`Split::Columns`]. On the 2-core AMD EPYC (Zen 3) development machine the column
 /// split made the 1×1 convolutions of convnext_atto at 224×224 (batch 32) 15–30% faster at stages 0 and
-/// 1 (100,352 and 25,088 columns: `examples/pointwise_convs`, forward and input gradient), was level at
-/// stage 2 (6,272), and the 32×32 step (4,096 columns at stage 0) ran slower with it in 3 of 4 rounds.
-const COLUMNS_MIN: usize = 16_384;
+/// 1 (100,352 and 25,088 columns: `examples/pointwise_convs`, forward and input gradient). At stage 2
+/// (6,272 columns) it first measured level; after the B-in-place, row-exact-tile and transposed-packing
+/// changes of later sessions, the backend's calls at stage 2 (best of 20, three rounds, the split forced
+/// by `LIERA_GEMM_SPLIT` alternating) ran 7–19% faster with it: fc1 with GELU 13.8–14.3 → 11.6–11.8 ms,
+/// fc1's input gradient 11.3–11.9 → 9.0–9.6, fc2 10.6–11.5 → 9.6–10.1, fc2's input gradient 8.6–9.2 →
+/// 7.7–8.7; and `cargo bench --bench matmul -- --quick --transposed 224px` put stage 2's forward and
+/// input-gradient shapes at 1.09–1.20 of the `gemm` crate with it against 0.67–0.87 without. The 32×32
+/// step's 4,096-column products measured level either way (its 1×1 share of the op profile, four runs
+/// alternating, 0.594 against 0.583 on average; `-- --quick --transposed 32px` step sums 0.85, 0.93 against
+/// 0.86, 0.89 of the `gemm` crate). Stage 3 (1,568 columns) is left to the shared split: its products
+/// moved both ways beyond the spread.
+const COLUMNS_MIN: usize = 4096;
 
 /// Whether [`Split::Auto`] takes [`Split::Columns`]: a wide product (at least four times as many columns as
 /// rows, and at least [`COLUMNS_MIN`]) with at least 4 column tasks per thread.
@@ -1925,6 +1934,10 @@ mod tests {
         };
         assert!(columns_split::<16>(40, 100_352, b));
         assert!(!columns_split::<16>(4096, 4096, b));
+        // convnext_atto at 224×224, batch 32: stage 2's forward (6,272 columns) splits columns, stage 3's
+        // (1,568) shares its passes.
+        assert!(columns_split::<16>(640, 6272, b));
+        assert!(!columns_split::<16>(320, 1568, b));
         // A serial product (Split::Serial, or one too small to share) runs its passes as one task on the
         // calling thread; a shared one gives each thread work.
         assert_eq!(pass_tasks(true, 40), 1);
