@@ -397,12 +397,16 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     Ok(dx)
 }
 
-/// Pixels per image from which [`pointwise_weight_grad`] is used; below it (ConvNeXt's stages at 224×224
-/// input from 14² on, and every stage at 32×32) an image's product is too small to be worth a product of
-/// its own, and the batch-folded product of [`conv2d_weight_grad`] (split by rows among the threads) is
-/// faster: at 7² (1280 ↔ 320 channels) it measured about a third faster than image parts, which there sum
-/// eight partial 1280×320 gradients.
-const PER_IMAGE_MIN_PIXELS: usize = 256;
+/// Pixels per image from which [`pointwise_weight_grad`] is used; below it (ConvNeXt's last stage at
+/// 224×224 input, 7², and every stage at 32×32) an image's product is too small to be worth a product of
+/// its own, and the batch-folded product of [`conv2d_weight_grad`] is faster: at 7² (1280 ↔ 320 channels)
+/// it measured about a third faster than image parts, which there sum eight partial 1280×320 gradients.
+/// At 14² (stage 2, 640 ↔ 160 channels) the image parts, whose A is read in place where the batch-folded
+/// product packs it, were faster on the 2-core AMD EPYC (Zen 3) development machine: the backend's weight
+/// gradients at batch 32, best of 15, three rounds alternating a threshold of 256 with 100, fc1 10.94, 9.59,
+/// 9.40 → 8.72, 8.45, 8.21 ms and fc2 9.23, 9.29, 9.22 → 8.31, 8.87, 8.64; at 7² a threshold of 40 made
+/// them 9–25% slower (8.5–9.7 → 9.7–11.1 ms).
+const PER_IMAGE_MIN_PIXELS: usize = 128;
 
 /// The image ranges [`pointwise_weight_grad`] is split into: one task and one partial sum each, added in
 /// order at the end. A fixed count, so that the result does not depend on the threads.
