@@ -1,10 +1,12 @@
 //! CPU convolution kernels: forward, input gradient and weight gradient (math in `ops/conv2d.rs`).
 //!
-//! Dense and grouped convolutions go through im2col patch matrices and the shared blocked GEMM, one product
-//! per group for the whole batch (the images are folded into the GEMM's columns, or into its reduction axis
-//! for the weight gradient): Y_g = W_g·X̃_g, ∂X̃_g = W_gᵀ·G_g (scattered back by col2im), ∂W_g = G_g·X̃_gᵀ. A
-//! 1×1 convolution with stride 1 and no padding needs no patch matrix (X̃ is the input itself, read in
-//! place through a strided view). Depthwise convolutions (one channel per group) are dispatched to the
+//! Dense and grouped convolutions go through im2col patch matrices and the shared blocked GEMM, with the
+//! images folded into the GEMM's columns (or into its reduction axis for the weight gradient): Y_g =
+//! W_g·X̃_g, ∂X̃_g = W_gᵀ·G_g (scattered back by col2im), ∂W_g = G_g·X̃_gᵀ. The forward and the input
+//! gradient run the batch as tasks of a few images, each building and multiplying a patch matrix small
+//! enough to stay in its core's cache. A 1×1 convolution with stride 1 and no padding needs no patch matrix
+//! (X̃ is the input itself, read in place through a strided view): one product per group for the whole
+//! batch. Depthwise convolutions (one channel per group) are dispatched to the
 //! direct per-plane kernels of `depthwise.rs`; the tap-row helpers here are shared with them.
 
 use super::depthwise::{
@@ -110,48 +112,74 @@ pub(super) fn in_col(j: usize, stride: usize, off_w: isize) -> usize {
     ((j * stride) as isize + off_w) as usize
 }
 
-/// im2col for one image and group: col[(c·kh + p)·kw + q][i·W_out + j] (zero where the tap is padding).
+/// im2col for one image and group: col[(c·kh + p)·kw + q][i·W_out + j] (zero where the tap is padding),
+/// its rows in parallel.
 fn im2col(x_img: &[f32], g: &Conv2dGeometry, group: usize, col: &mut [f32]) {
-    let cg = g.c_in_per_group();
-    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
-    let sw = g.params.stride[1];
-    col.par_chunks_mut(hw_out)
+    col.par_chunks_mut(g.h_out * g.w_out)
         .with_min_len(4)
         .enumerate()
-        .for_each(|(row, dst)| {
-            let (c, pq) = (row / (g.kh * g.kw), row % (g.kh * g.kw));
-            let plane = &x_img[(group * cg + c) * hw_in..(group * cg + c + 1) * hw_in];
-            dst.fill(0.0);
-            for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
-                let src = &plane[ih * g.w_in..(ih + 1) * g.w_in];
-                let out_row = &mut dst[i * g.w_out..(i + 1) * g.w_out];
-                for (j, o) in out_row.iter_mut().enumerate().take(j1).skip(j0) {
-                    *o = src[in_col(j, sw, off_w)];
-                }
-            });
-        });
+        .for_each(|(row, dst)| im2col_row(x_img, g, group, row, dst));
 }
 
-/// col2im for one image and group: adds col's entries back onto the input positions they were read from.
+/// Row `row` = (c·kh + p)·kw + q of an image's patch matrix for group `group` (see [`im2col`]).
+fn im2col_row(x_img: &[f32], g: &Conv2dGeometry, group: usize, row: usize, dst: &mut [f32]) {
+    let (cg, hw_in) = (g.c_in_per_group(), g.h_in * g.w_in);
+    let sw = g.params.stride[1];
+    let (c, pq) = (row / (g.kh * g.kw), row % (g.kh * g.kw));
+    let plane = &x_img[(group * cg + c) * hw_in..(group * cg + c + 1) * hw_in];
+    dst.fill(0.0);
+    for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
+        let src = &plane[ih * g.w_in..(ih + 1) * g.w_in];
+        let out_row = &mut dst[i * g.w_out..(i + 1) * g.w_out];
+        for (j, o) in out_row.iter_mut().enumerate().take(j1).skip(j0) {
+            *o = src[in_col(j, sw, off_w)];
+        }
+    });
+}
+
+/// col2im for one image and group: adds col's entries back onto the input positions they were read from,
+/// channel by channel on the calling thread.
 fn col2im_add(col: &[f32], g: &Conv2dGeometry, group: usize, dx_img: &mut [f32]) {
     let cg = g.c_in_per_group();
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let sw = g.params.stride[1];
-    // One task per input channel: the taps of a channel write only that channel's plane.
-    dx_img[group * cg * hw_in..(group + 1) * cg * hw_in]
-        .par_chunks_mut(hw_in)
-        .enumerate()
-        .for_each(|(c, plane)| {
-            for pq in 0..taps {
-                let src = &col[(c * taps + pq) * hw_out..(c * taps + pq + 1) * hw_out];
-                for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
-                    let dst = &mut plane[ih * g.w_in..(ih + 1) * g.w_in];
-                    for j in j0..j1 {
-                        dst[in_col(j, sw, off_w)] += src[i * g.w_out + j];
-                    }
-                });
-            }
-        });
+    let planes = dx_img[group * cg * hw_in..(group + 1) * cg * hw_in].chunks_mut(hw_in);
+    for (c, plane) in planes.enumerate() {
+        for pq in 0..taps {
+            let src = &col[(c * taps + pq) * hw_out..(c * taps + pq + 1) * hw_out];
+            for_each_tap_row(g, pq / g.kw, pq % g.kw, |i, ih, j0, j1, off_w| {
+                let dst = &mut plane[ih * g.w_in..(ih + 1) * g.w_in];
+                for j in j0..j1 {
+                    dst[in_col(j, sw, off_w)] += src[i * g.w_out + j];
+                }
+            });
+        }
+    }
+}
+
+/// Most floats of patch matrix one task of [`im2col_gemms`] or the input gradient builds and multiplies
+/// (512 KiB: about a core's L2 on current CPUs), so that the matrix is read back from the cache rather than
+/// from memory: the patch matrices of a ConvNeXt stem at 224×224 and batch 32 take 19 MB.
+const COL_TASK_FLOATS: usize = 1 << 17;
+
+/// Images per task of [`im2col_gemms`] and of the input gradient, for `rows` × `hw_out` patch values per
+/// image: at least one.
+fn images_per_task(rows: usize, hw_out: usize, batch: usize) -> usize {
+    (COL_TASK_FLOATS / (rows * hw_out).max(1)).clamp(1, batch.max(1))
+}
+
+/// An output that tasks share, each writing images of its own.
+#[derive(Clone, Copy)]
+struct ImagesOut(*mut f32);
+// SAFETY: the tasks given an `ImagesOut` write disjoint images of it (see its users).
+unsafe impl Send for ImagesOut {}
+unsafe impl Sync for ImagesOut {}
+
+impl ImagesOut {
+    /// The pointer (a method, so closures capture the whole Sync wrapper rather than its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// Most floats an im2col buffer may hold (32 MiB); larger batches are processed in chunks of images.
@@ -189,9 +217,10 @@ fn im2col_images(
 
 /// y = conv(x, w) + bias.
 ///
-/// Per group, over the whole batch at once: Y_g (O/G × N·HW_out) = W_g (O/G × K) · X̃_g (K × N·HW_out), with
-/// the batch folded into the GEMM's columns (see [`Axis::blocked`]), so small images still give large
-/// products. The GEMM writes y without a zeroing pass and adds the bias as it stores.
+/// Per group: Y_g (O/G × N·HW_out) = W_g (O/G × K) · X̃_g (K × N·HW_out), with the batch folded into the
+/// GEMM's columns (see [`Axis::blocked`]), so small images still give large products: over the whole batch
+/// at once for a 1×1 convolution, in tasks of a few images otherwise ([`im2col_gemms`]). The GEMM writes y
+/// without a zeroing pass and adds the bias as it stores.
 pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) -> Result<Vec<f32>> {
     Ok(conv2d_and_gelu(x, w, bias, g, false)?.0)
 }
@@ -231,7 +260,7 @@ fn conv2d_and_gelu(
     }
     let mut h = None;
     // SAFETY: `conv2d_gemms` writes every element of y (and of the activation): each group's og output
-    // channels of every image, the chunks covering the batch.
+    // channels of every image.
     let y = unsafe {
         vec_written_by(len, |y| {
             if with_gelu {
@@ -258,54 +287,118 @@ unsafe fn conv2d_gemms(
     y: *mut f32,
     act: Option<*mut f32>,
 ) {
+    if !is_pointwise(g) {
+        // SAFETY: the caller's promise, passed on.
+        return unsafe { im2col_gemms(x, w, bias, g, ImagesOut(y), act.map(ImagesOut)) };
+    }
+    let hw = g.h_in * g.w_in;
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    for grp in 0..g.params.groups {
+        let w_g = MatView::dense(&w[grp * og * cg..(grp + 1) * og * cg], og, cg, false);
+        let patches = MatView {
+            data: &x[grp * cg * hw..],
+            rows: Axis::plain(hw),
+            cols: batch_columns(hw, g.c_in),
+        };
+        let base = grp * og * hw;
+        // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for every image, each once, all
+        // inside y (the caller's promise), and the activation alike.
+        unsafe {
+            gemm_view(
+                &w_g,
+                &patches,
+                y.add(base),
+                &out_images(hw, g.c_out),
+                (og, cg, g.batch * hw),
+                &output_epilogue(bias, act, grp * og..(grp + 1) * og, base),
+            )
+        };
+    }
+}
+
+/// Where a convolution's product writes: rows are output channels, columns the (image, pixel) pairs.
+fn out_images(hw_out: usize, c_out: usize) -> OutView {
+    OutView {
+        rows: Axis::plain(hw_out),
+        cols: batch_columns(hw_out, c_out),
+    }
+}
+
+/// The forward product's epilogue for the output channels `chans`: overwrite, add their bias, and write
+/// GELU at offset `base` of the activation when there is one.
+fn output_epilogue<'a>(
+    bias: Option<&'a [f32]>,
+    act: Option<*mut f32>,
+    chans: std::ops::Range<usize>,
+    base: usize,
+) -> Epilogue<'a> {
+    Epilogue {
+        overwrite: true,
+        row_bias: bias.map(|b| &b[chans]),
+        gelu_out: act.map(|p| p.wrapping_add(base)),
+    }
+}
+
+/// The forward of a convolution that needs patch matrices: the batch in tasks of a few images
+/// ([`images_per_task`]), each building its images' patch matrix on its own thread and multiplying it
+/// there, so that the matrix is still in the core's cache when the product reads it.
+///
+/// # Safety
+/// As for [`conv2d_gemms`].
+unsafe fn im2col_gemms(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    y: ImagesOut,
+    act: Option<ImagesOut>,
+) {
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
-    let chunk = images_per_chunk(k, hw_out, g.batch);
-    let mut col = Vec::new();
-    for grp in 0..g.params.groups {
-        let w_g = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], og, k, false);
-        for n0 in (0..g.batch).step_by(chunk) {
-            let count = chunk.min(g.batch - n0);
-            let patches = if is_pointwise(g) {
-                MatView {
-                    data: &x[(n0 * g.c_in + grp * cg) * hw_in..],
-                    rows: Axis::plain(hw_in),
-                    cols: batch_columns(hw_in, g.c_in),
+    let per_task = images_per_task(k, hw_out, g.batch);
+    let task = |col: &mut Vec<f32>, t: usize| {
+        let n0 = t * per_task;
+        let count = per_task.min(g.batch - n0);
+        col.resize(count * k * hw_out, 0.0);
+        for grp in 0..g.params.groups {
+            for (i, patch) in col.chunks_mut(k * hw_out).enumerate() {
+                let x_img = &x[(n0 + i) * g.c_in * hw_in..(n0 + i + 1) * g.c_in * hw_in];
+                for (row, dst) in patch.chunks_mut(hw_out).enumerate() {
+                    im2col_row(x_img, g, grp, row, dst);
                 }
-            } else {
-                im2col_images(x, g, grp, n0, count, &mut col);
-                MatView {
-                    data: &col,
-                    rows: Axis::plain(hw_out),
-                    cols: batch_columns(hw_out, k),
-                }
-            };
-            let out = OutView {
+            }
+            let patches = MatView {
+                data: col,
                 rows: Axis::plain(hw_out),
-                cols: batch_columns(hw_out, g.c_out),
+                cols: batch_columns(hw_out, k),
             };
+            let w_g = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], og, k, false);
             let base = (n0 * g.c_out + grp * og) * hw_out;
-            let epi = Epilogue {
-                overwrite: true,
-                row_bias: bias.map(|b| &b[grp * og..(grp + 1) * og]),
-                // SAFETY: the same offset inside the activation, which has y's length (the caller's promise).
-                gelu_out: act.map(|p| unsafe { p.add(base) }),
-            };
-            // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for the chunk's images, each once,
-            // all inside y (the caller's promise).
+            let epi = output_epilogue(
+                bias,
+                act.map(ImagesOut::get),
+                grp * og..(grp + 1) * og,
+                base,
+            );
+            // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for this task's images only,
+            // all inside y (the caller's promise); no other task writes them.
             unsafe {
-                gemm_view(
+                gemm_view_split(
                     &w_g,
                     &patches,
-                    y.add(base),
-                    &out,
+                    y.get().add(base),
+                    &out_images(hw_out, g.c_out),
                     (og, k, count * hw_out),
                     &epi,
+                    Split::Serial,
                 )
             };
         }
-    }
+    };
+    (0..g.batch.div_ceil(per_task))
+        .into_par_iter()
+        .for_each_init(Vec::new, task);
 }
 
 /// ∂L/∂x from dy = ∂L/∂y: per group, ∂X̃_g = W_gᵀ · G_g over the whole batch, scattered back by col2im (a
@@ -363,37 +456,41 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
         };
         return Ok(dx);
     }
+    // The batch in tasks of a few images, each multiplying into a patch-matrix buffer of its own and
+    // scattering it back into its images while the buffer is still in the core's cache.
+    let per_task = images_per_task(k, hw_out, g.batch);
     let mut dx = vec![0.0f32; len];
-    let mut col: Vec<f32> = Vec::new();
-    for grp in 0..g.params.groups {
-        for n0 in (0..g.batch).step_by(chunk) {
-            let count = chunk.min(g.batch - n0);
-            // Sized once; the product overwrites it, so stale values from the last chunk do not matter.
-            col.resize(count * k * hw_out, 0.0);
-            let out = OutView {
-                rows: Axis::plain(hw_out),
-                cols: batch_columns(hw_out, k),
-            };
-            let dims = (k, og, count * hw_out);
-            let (w_t, grad) = (w_t(grp), grad(grp, n0));
+    let task = |col: &mut Vec<f32>, (t, dx_imgs): (usize, &mut [f32])| {
+        let n0 = t * per_task;
+        let count = dx_imgs.len() / (g.c_in * hw_in);
+        // The product overwrites it, so stale values of another task's images do not matter.
+        col.resize(count * k * hw_out, 0.0);
+        let out = OutView {
+            rows: Axis::plain(hw_out),
+            cols: batch_columns(hw_out, k),
+        };
+        for grp in 0..g.params.groups {
             // SAFETY: `out` addresses every element of `col` (count × k × hw_out) exactly once.
             unsafe {
-                gemm_view(
-                    &w_t,
-                    &grad,
+                gemm_view_split(
+                    &w_t(grp),
+                    &grad(grp, n0),
                     col.as_mut_ptr(),
                     &out,
-                    dims,
+                    (k, og, count * hw_out),
                     &Epilogue::OVERWRITE,
+                    Split::Serial,
                 )
             };
-            let images = &mut dx[n0 * g.c_in * hw_in..(n0 + count) * g.c_in * hw_in];
-            images
-                .par_chunks_mut(g.c_in * hw_in)
-                .zip(col.par_chunks(k * hw_out))
-                .for_each(|(dx_img, col_img)| col2im_add(col_img, g, grp, dx_img));
+            let images = dx_imgs.chunks_mut(g.c_in * hw_in);
+            for (dx_img, col_img) in images.zip(col.chunks(k * hw_out)) {
+                col2im_add(col_img, g, grp, dx_img);
+            }
         }
-    }
+    };
+    dx.par_chunks_mut(per_task * g.c_in * hw_in)
+        .enumerate()
+        .for_each_init(Vec::new, task);
     Ok(dx)
 }
 
@@ -584,6 +681,83 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
 mod tests {
     use super::*;
     use crate::shape::{Conv2dParams, Shape};
+
+    /// The forward and the input gradient of convolutions with patch matrices, in tasks of one image
+    /// (the stem-like and grouped cases, whose patch matrices exceed `COL_TASK_FLOATS` per image) and of
+    /// several, against the direct sums in f64: y[n,o,i,j] = b[o] + Σ x·w and dx[n,c,h,w] = Σ dy·w over
+    /// the outputs that read x[n,c,h,w].
+    #[test]
+    fn image_tasks_match_the_direct_sums() {
+        let d = Conv2dParams::default();
+        for (n, c, (h, w), weight, params) in [
+            (3, 40, (56, 56), [80, 40, 2, 2], d.stride(2)),
+            (3, 40, (30, 30), [20, 20, 3, 3], d.padding(1).groups(2)),
+            (5, 3, (10, 9), [4, 3, 3, 3], d.padding(1).stride(2)),
+        ] {
+            let x_shape = Shape::new([n, c, h, w]);
+            let g = Conv2dGeometry::new(&x_shape, &Shape::new(weight), params)
+                .expect("a valid geometry");
+            let k = g.c_in_per_group() * g.kh * g.kw;
+            let per_task = images_per_task(k, g.h_out * g.w_out, n);
+            assert!(
+                per_task < n || n == 5,
+                "{weight:?}: {per_task} images per task"
+            );
+            let val =
+                |i: usize, m: usize, d: usize| ((i * m % d) as f32 - (d / 2) as f32) / d as f32;
+            let x: Vec<f32> = (0..x_shape.numel()).map(|i| val(i, 37, 101)).collect();
+            let wv: Vec<f32> = (0..g.weight_shape().numel())
+                .map(|i| val(i, 29, 71))
+                .collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|i| val(i, 13, 17)).collect();
+            let dy: Vec<f32> = (0..g.output_shape().numel())
+                .map(|i| val(i, 53, 89))
+                .collect();
+            let y = conv2d(&x, &wv, Some(&bias), &g).expect("valid sizes");
+            let dx = conv2d_input_grad(&dy, &wv, &g).expect("valid sizes");
+            let mut want_y: Vec<f64> = (0..g.output_shape().numel())
+                .map(|i| bias[i / (g.h_out * g.w_out) % g.c_out] as f64)
+                .collect();
+            let mut want_dx = vec![0.0f64; x.len()];
+            let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+            let p = g.params;
+            for b in 0..n {
+                for o in 0..g.c_out {
+                    for i in 0..g.h_out {
+                        for j in 0..g.w_out {
+                            let at_y = ((b * g.c_out + o) * g.h_out + i) * g.w_out + j;
+                            for cc in 0..cg {
+                                let ch = o / og * cg + cc;
+                                for (kp, kq) in
+                                    (0..g.kh).flat_map(|kp| (0..g.kw).map(move |kq| (kp, kq)))
+                                {
+                                    let ih =
+                                        (i * p.stride[0] + kp) as isize - p.padding[0] as isize;
+                                    let iw =
+                                        (j * p.stride[1] + kq) as isize - p.padding[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                        continue;
+                                    }
+                                    let at_x = ((b * c + ch) * h + ih as usize) * w + iw as usize;
+                                    let wt = wv[((o * cg + cc) * g.kh + kp) * g.kw + kq] as f64;
+                                    want_y[at_y] += x[at_x] as f64 * wt;
+                                    want_dx[at_x] += dy[at_y] as f64 * wt;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (got, want, what) in [(&y, &want_y, "y"), (&dx, &want_dx, "dx")] {
+                for (i, (&a, &b)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{weight:?} {what}[{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 
     /// The weight and bias gradients together equal the weight gradient alone and the per-channel sums of
     /// dy bit for bit: depthwise with stride 1 (the bias summed in the weight gradient's pass), a
