@@ -112,16 +112,8 @@ pub(super) fn in_col(j: usize, stride: usize, off_w: isize) -> usize {
     ((j * stride) as isize + off_w) as usize
 }
 
-/// im2col for one image and group: col[(c·kh + p)·kw + q][i·W_out + j] (zero where the tap is padding),
-/// its rows in parallel.
-fn im2col(x_img: &[f32], g: &Conv2dGeometry, group: usize, col: &mut [f32]) {
-    col.par_chunks_mut(g.h_out * g.w_out)
-        .with_min_len(4)
-        .enumerate()
-        .for_each(|(row, dst)| im2col_row(x_img, g, group, row, dst));
-}
-
-/// Row `row` = (c·kh + p)·kw + q of an image's patch matrix for group `group` (see [`im2col`]).
+/// Row `row` = (c·kh + p)·kw + q of an image's patch matrix for group `group`: col[(c·kh + p)·kw + q][i·W_out
+/// + j] = x[c, i·s + p·d − pad, j·s + q·d − pad] (zero where the tap is padding).
 fn im2col_row(x_img: &[f32], g: &Conv2dGeometry, group: usize, row: usize, dst: &mut [f32]) {
     let (cg, hw_in) = (g.c_in_per_group(), g.h_in * g.w_in);
     let sw = g.params.stride[1];
@@ -182,37 +174,9 @@ impl ImagesOut {
     }
 }
 
-/// Most floats an im2col buffer may hold (32 MiB); larger batches are processed in chunks of images.
-const COL_LIMIT: usize = 8 << 20;
-
-/// Images per im2col chunk for a patch matrix of `rows` × `hw_out` per image.
-fn images_per_chunk(rows: usize, hw_out: usize, batch: usize) -> usize {
-    (COL_LIMIT / (rows * hw_out).max(1)).clamp(1, batch)
-}
-
 /// The (image, pixel) columns of an NCHW tensor with `channels` planes of `hw` pixels, as one matrix axis.
 fn batch_columns(hw: usize, channels: usize) -> Axis {
     Axis::blocked(1, hw, channels * hw)
-}
-
-/// The patch matrices of images n0..n0+count for group `grp`, laid out (image, patch row, pixel).
-fn im2col_images(
-    x: &[f32],
-    g: &Conv2dGeometry,
-    grp: usize,
-    n0: usize,
-    count: usize,
-    col: &mut Vec<f32>,
-) {
-    let k = g.c_in_per_group() * g.kh * g.kw;
-    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
-    col.resize(count * k * hw_out, 0.0);
-    col.par_chunks_mut(k * hw_out)
-        .enumerate()
-        .for_each(|(i, c)| {
-            let n = n0 + i;
-            im2col(&x[n * g.c_in * hw_in..(n + 1) * g.c_in * hw_in], g, grp, c);
-        });
 }
 
 /// y = conv(x, w) + bias.
@@ -418,7 +382,6 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     }
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
-    let chunk = images_per_chunk(k, hw_out, g.batch);
     // Wᵀ of group grp: (K × O/G), read from the (O/G × K) block of w.
     let w_t = |grp: usize| MatView::dense(&w[grp * og * k..(grp + 1) * og * k], k, og, true);
     let grad = |grp: usize, n0: usize| MatView {
@@ -432,25 +395,19 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
             rows: Axis::plain(hw_in),
             cols: batch_columns(hw_in, g.c_in),
         };
-        // SAFETY: over the groups and chunks, `out` from each `base` addresses dx[n, grp·cg + c, pixel]
-        // for every image, channel and pixel exactly once, all inside the len floats.
+        // SAFETY: over the groups, `out` from each group's base addresses dx[n, grp·cg + c, pixel] for
+        // every image, channel and pixel exactly once, all inside the len floats.
         let dx = unsafe {
             vec_written_by(len, |dx| {
                 for grp in 0..g.params.groups {
-                    for n0 in (0..g.batch).step_by(chunk) {
-                        let count = chunk.min(g.batch - n0);
-                        let base = (n0 * g.c_in + grp * cg) * hw_in;
-                        let dims = (k, og, count * hw_out);
-                        let dst = dx.add(base);
-                        gemm_view(
-                            &w_t(grp),
-                            &grad(grp, n0),
-                            dst,
-                            &out,
-                            dims,
-                            &Epilogue::OVERWRITE,
-                        );
-                    }
+                    gemm_view(
+                        &w_t(grp),
+                        &grad(grp, 0),
+                        dx.add(grp * cg * hw_in),
+                        &out,
+                        (k, og, g.batch * hw_out),
+                        &Epilogue::OVERWRITE,
+                    );
                 }
             })
         };
@@ -567,14 +524,10 @@ fn pointwise_weight_grad<'a>(x: &'a [f32], dy: &'a [f32], g: &Conv2dGeometry, dw
             }
             acc
         };
-        let partials: Vec<Vec<f32>> = (0..parts).into_par_iter().map(partial).collect();
-        let mut partials = partials.into_iter();
-        let mut sum = partials.next().unwrap_or_else(|| vec![0.0; rows * cols]);
-        for p in partials {
-            for (s, v) in sum.iter_mut().zip(&p) {
-                *s += v;
-            }
-        }
+        let sum = sum_in_order(
+            (0..parts).into_par_iter().map(partial).collect(),
+            rows * cols,
+        );
         let dw_g = &mut dw[grp * og * k..(grp + 1) * og * k];
         if x_is_a {
             for (c, row) in sum.chunks_exact(og).enumerate() {
@@ -586,6 +539,85 @@ fn pointwise_weight_grad<'a>(x: &'a [f32], dy: &'a [f32], g: &Conv2dGeometry, dw
             dw_g.copy_from_slice(&sum);
         }
     }
+}
+
+/// Σ of the partial sums in their order (so the result does not depend on the threads that computed them);
+/// `len` zeros when there are none.
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0.0; len]);
+    for p in partials {
+        for (s, v) in sum.iter_mut().zip(&p) {
+            *s += v;
+        }
+    }
+    sum
+}
+
+/// The weight gradient of a convolution with patch matrices (the stem and the downsampling layers), Σ_n
+/// dY_n·X̃_nᵀ per group: the batch cut into [`WEIGHT_GRAD_PARTS`] fixed parts run in parallel, each summing
+/// its images in tasks of a few ([`images_per_task`]) whose patch matrix it builds and multiplies on its
+/// own thread, so the product reads it from the core's cache; the parts' sums are added in order.
+fn im2col_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let k = cg * g.kh * g.kw;
+    let per_task = images_per_task(k, hw_out, g.batch);
+    let parts = g.batch.clamp(1, WEIGHT_GRAD_PARTS);
+    let out = OutView {
+        rows: Axis::plain(k),
+        cols: Axis::plain(1),
+    };
+    let partial = |part: usize| {
+        let mut acc = vec![0.0f32; g.c_out * k];
+        let mut col = Vec::new();
+        let images = part * g.batch / parts..(part + 1) * g.batch / parts;
+        for n0 in images.clone().step_by(per_task) {
+            let count = per_task.min(images.end - n0);
+            col.resize(count * k * hw_out, 0.0);
+            // One image's (channel, pixel) columns are one plain axis: dY is then read in place.
+            let (dy_cols, col_rows) = if count == 1 {
+                (Axis::plain(1), Axis::plain(1))
+            } else {
+                (batch_columns(hw_out, g.c_out), batch_columns(hw_out, k))
+            };
+            for grp in 0..g.params.groups {
+                for (i, patch) in col.chunks_mut(k * hw_out).enumerate() {
+                    let x_img = &x[(n0 + i) * g.c_in * hw_in..(n0 + i + 1) * g.c_in * hw_in];
+                    for (row, dst) in patch.chunks_mut(hw_out).enumerate() {
+                        im2col_row(x_img, g, grp, row, dst);
+                    }
+                }
+                let grad = MatView {
+                    data: &dy[(n0 * g.c_out + grp * og) * hw_out..],
+                    rows: Axis::plain(hw_out),
+                    cols: dy_cols,
+                };
+                let patches_t = MatView {
+                    data: &col,
+                    rows: col_rows,
+                    cols: Axis::plain(hw_out),
+                };
+                // SAFETY: `out` addresses the (og × k) block of group grp in acc, each element once.
+                unsafe {
+                    gemm_view_split(
+                        &grad,
+                        &patches_t,
+                        acc.as_mut_ptr().add(grp * og * k),
+                        &out,
+                        (og, count * hw_out, k),
+                        &Epilogue::ADD,
+                        Split::Serial,
+                    )
+                };
+            }
+        }
+        acc
+    };
+    sum_in_order(
+        (0..parts).into_par_iter().map(partial).collect(),
+        g.c_out * k,
+    )
 }
 
 /// The sizes of a weight gradient's inputs against the geometry.
@@ -628,51 +660,41 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result<V
     let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
+    if !is_pointwise(g) {
+        return Ok(im2col_weight_grad(x, dy, g));
+    }
     let mut dw = vec![0.0f32; g.c_out * k];
-    if is_pointwise(g) && hw_in >= PER_IMAGE_MIN_PIXELS {
+    if hw_in >= PER_IMAGE_MIN_PIXELS {
         pointwise_weight_grad(x, dy, g, &mut dw);
         return Ok(dw);
     }
-    let chunk = images_per_chunk(k, hw_out, g.batch);
-    let mut col = Vec::new();
+    // Small planes: one product per group over the whole batch, the images folded into its k axis.
     for grp in 0..g.params.groups {
-        for n0 in (0..g.batch).step_by(chunk) {
-            let count = chunk.min(g.batch - n0);
-            let grad = MatView {
-                data: &dy[(n0 * g.c_out + grp * og) * hw_out..],
-                rows: Axis::plain(hw_out),
-                cols: batch_columns(hw_out, g.c_out),
-            };
-            let patches_t = if is_pointwise(g) {
-                MatView {
-                    data: &x[(n0 * g.c_in + grp * cg) * hw_in..],
-                    rows: batch_columns(hw_in, g.c_in),
-                    cols: Axis::plain(hw_in),
-                }
-            } else {
-                im2col_images(x, g, grp, n0, count, &mut col);
-                MatView {
-                    data: &col,
-                    rows: batch_columns(hw_out, k),
-                    cols: Axis::plain(hw_out),
-                }
-            };
-            let out = OutView {
-                rows: Axis::plain(k),
-                cols: Axis::plain(1),
-            };
-            // SAFETY: `out` addresses the (og × k) block of group grp in dw, each element once.
-            unsafe {
-                gemm_view(
-                    &grad,
-                    &patches_t,
-                    dw.as_mut_ptr().add(grp * og * k),
-                    &out,
-                    (og, count * hw_out, k),
-                    &Epilogue::ADD,
-                )
-            };
-        }
+        let grad = MatView {
+            data: &dy[grp * og * hw_out..],
+            rows: Axis::plain(hw_out),
+            cols: batch_columns(hw_out, g.c_out),
+        };
+        let patches_t = MatView {
+            data: &x[grp * cg * hw_in..],
+            rows: batch_columns(hw_in, g.c_in),
+            cols: Axis::plain(hw_in),
+        };
+        let out = OutView {
+            rows: Axis::plain(k),
+            cols: Axis::plain(1),
+        };
+        // SAFETY: `out` addresses the (og × k) block of group grp in dw, each element once.
+        unsafe {
+            gemm_view(
+                &grad,
+                &patches_t,
+                dw.as_mut_ptr().add(grp * og * k),
+                &out,
+                (og, g.batch * hw_out, k),
+                &Epilogue::ADD,
+            )
+        };
     }
     Ok(dw)
 }
@@ -682,10 +704,11 @@ mod tests {
     use super::*;
     use crate::shape::{Conv2dParams, Shape};
 
-    /// The forward and the input gradient of convolutions with patch matrices, in tasks of one image
-    /// (the stem-like and grouped cases, whose patch matrices exceed `COL_TASK_FLOATS` per image) and of
-    /// several, against the direct sums in f64: y[n,o,i,j] = b[o] + Σ x·w and dx[n,c,h,w] = Σ dy·w over
-    /// the outputs that read x[n,c,h,w].
+    /// The forward, input gradient and weight gradient of convolutions with patch matrices, in tasks of
+    /// one image (the stem-like and grouped cases, whose patch matrices exceed `COL_TASK_FLOATS` per image)
+    /// and of several, with fewer images than weight-gradient parts and more, against the direct sums in
+    /// f64: y[n,o,i,j] = b[o] + Σ x·w, dx[n,c,h,w] = Σ dy·w over the outputs that read x[n,c,h,w], and
+    /// dw[o,c',p,q] = Σ dy·x over the images and outputs.
     #[test]
     fn image_tasks_match_the_direct_sums() {
         let d = Conv2dParams::default();
@@ -693,6 +716,7 @@ mod tests {
             (3, 40, (56, 56), [80, 40, 2, 2], d.stride(2)),
             (3, 40, (30, 30), [20, 20, 3, 3], d.padding(1).groups(2)),
             (5, 3, (10, 9), [4, 3, 3, 3], d.padding(1).stride(2)),
+            (11, 3, (10, 9), [4, 3, 3, 3], d.padding(1).stride(2)),
         ] {
             let x_shape = Shape::new([n, c, h, w]);
             let g = Conv2dGeometry::new(&x_shape, &Shape::new(weight), params)
@@ -700,7 +724,7 @@ mod tests {
             let k = g.c_in_per_group() * g.kh * g.kw;
             let per_task = images_per_task(k, g.h_out * g.w_out, n);
             assert!(
-                per_task < n || n == 5,
+                per_task < n || c == 3,
                 "{weight:?}: {per_task} images per task"
             );
             let val =
@@ -715,6 +739,8 @@ mod tests {
                 .collect();
             let y = conv2d(&x, &wv, Some(&bias), &g).expect("valid sizes");
             let dx = conv2d_input_grad(&dy, &wv, &g).expect("valid sizes");
+            let dw = conv2d_weight_grad(&x, &dy, &g).expect("valid sizes");
+            let mut want_dw = vec![0.0f64; wv.len()];
             let mut want_y: Vec<f64> = (0..g.output_shape().numel())
                 .map(|i| bias[i / (g.h_out * g.w_out) % g.c_out] as f64)
                 .collect();
@@ -739,16 +765,22 @@ mod tests {
                                         continue;
                                     }
                                     let at_x = ((b * c + ch) * h + ih as usize) * w + iw as usize;
-                                    let wt = wv[((o * cg + cc) * g.kh + kp) * g.kw + kq] as f64;
+                                    let at_w = ((o * cg + cc) * g.kh + kp) * g.kw + kq;
+                                    let wt = wv[at_w] as f64;
                                     want_y[at_y] += x[at_x] as f64 * wt;
                                     want_dx[at_x] += dy[at_y] as f64 * wt;
+                                    want_dw[at_w] += dy[at_y] as f64 * x[at_x] as f64;
                                 }
                             }
                         }
                     }
                 }
             }
-            for (got, want, what) in [(&y, &want_y, "y"), (&dx, &want_dx, "dx")] {
+            for (got, want, what) in [
+                (&y, &want_y, "y"),
+                (&dx, &want_dx, "dx"),
+                (&dw, &want_dw, "dw"),
+            ] {
                 for (i, (&a, &b)) in got.iter().zip(want.iter()).enumerate() {
                     assert!(
                         (a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
