@@ -129,6 +129,19 @@ fn im2col_row(x_img: &[f32], g: &Conv2dGeometry, group: usize, row: usize, dst: 
     });
 }
 
+/// The patch matrices of group `grp` for images n0.. into `col` (one matrix per image, as many images as
+/// it holds), on the calling thread.
+fn im2col_images(x: &[f32], g: &Conv2dGeometry, grp: usize, n0: usize, col: &mut [f32]) {
+    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
+    let k = g.c_in_per_group() * g.kh * g.kw;
+    for (i, patch) in col.chunks_mut(k * hw_out).enumerate() {
+        let x_img = &x[(n0 + i) * g.c_in * hw_in..(n0 + i + 1) * g.c_in * hw_in];
+        for (row, dst) in patch.chunks_mut(hw_out).enumerate() {
+            im2col_row(x_img, g, grp, row, dst);
+        }
+    }
+}
+
 /// col2im for one image and group: adds col's entries back onto the input positions they were read from,
 /// channel by channel on the calling thread.
 fn col2im_add(col: &[f32], g: &Conv2dGeometry, group: usize, dx_img: &mut [f32]) {
@@ -317,7 +330,7 @@ unsafe fn im2col_gemms(
     y: ImagesOut,
     act: Option<ImagesOut>,
 ) {
-    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
+    let hw_out = g.h_out * g.w_out;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let per_task = images_per_task(k, hw_out, g.batch);
@@ -326,12 +339,7 @@ unsafe fn im2col_gemms(
         let count = per_task.min(g.batch - n0);
         col.resize(count * k * hw_out, 0.0);
         for grp in 0..g.params.groups {
-            for (i, patch) in col.chunks_mut(k * hw_out).enumerate() {
-                let x_img = &x[(n0 + i) * g.c_in * hw_in..(n0 + i + 1) * g.c_in * hw_in];
-                for (row, dst) in patch.chunks_mut(hw_out).enumerate() {
-                    im2col_row(x_img, g, grp, row, dst);
-                }
-            }
+            im2col_images(x, g, grp, n0, col);
             let patches = MatView {
                 data: col,
                 rows: Axis::plain(hw_out),
@@ -559,7 +567,7 @@ fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 /// its images in tasks of a few ([`images_per_task`]) whose patch matrix it builds and multiplies on its
 /// own thread, so the product reads it from the core's cache; the parts' sums are added in order.
 fn im2col_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
-    let (hw_in, hw_out) = (g.h_in * g.w_in, g.h_out * g.w_out);
+    let hw_out = g.h_out * g.w_out;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let k = cg * g.kh * g.kw;
     let per_task = images_per_task(k, hw_out, g.batch);
@@ -582,12 +590,7 @@ fn im2col_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
                 (batch_columns(hw_out, g.c_out), batch_columns(hw_out, k))
             };
             for grp in 0..g.params.groups {
-                for (i, patch) in col.chunks_mut(k * hw_out).enumerate() {
-                    let x_img = &x[(n0 + i) * g.c_in * hw_in..(n0 + i + 1) * g.c_in * hw_in];
-                    for (row, dst) in patch.chunks_mut(hw_out).enumerate() {
-                        im2col_row(x_img, g, grp, row, dst);
-                    }
-                }
+                im2col_images(x, g, grp, n0, &mut col);
                 let grad = MatView {
                     data: &dy[(n0 * g.c_out + grp * og) * hw_out..],
                     rows: Axis::plain(hw_out),
