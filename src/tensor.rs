@@ -218,6 +218,19 @@ impl Tensor {
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.0.node.as_ref()
     }
+    /// Runs `f` with write access to this tensor's storage when this handle is the tensor's only one, so
+    /// that no other handle to the tensor can observe a change; None otherwise. For a backward rule's
+    /// incoming gradient, which the engine drops after the rule: the rule may write its result over it.
+    /// The storage itself may still be shared with another tensor (a detached copy, a gradient returned
+    /// twice), so `f` must change it only where it finds it unshared (`Arc::get_mut`).
+    pub(crate) fn with_unique_storage<R>(&self, f: impl FnOnce(&mut Storage) -> R) -> Option<R> {
+        if Arc::strong_count(&self.0) != 1 || Arc::weak_count(&self.0) != 0 {
+            return None;
+        }
+        let mut storage = self.0.storage.write().unwrap_or_else(|e| e.into_inner());
+        Some(f(&mut storage))
+    }
+
     /// The storage handle (shared, cheap to clone).
     pub fn storage(&self) -> Storage {
         self.0

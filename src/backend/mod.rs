@@ -401,6 +401,16 @@ pub trait Backend: Send + Sync {
         layout: &BroadcastLayout,
     ) -> Result<Storage>;
 
+    /// g ← g·GELU′(x) over g's own buffer (same-shaped g and x), where the backend can write a storage in
+    /// place: the CPU, for a host buffer that no other storage handle shares. Returns whether it did; the
+    /// default does nothing, and the caller then runs [`BinaryOp::GeluBackward`] into a new buffer. Written
+    /// in place, the backward pass reads two tensors and writes over one it has just read, instead of
+    /// writing a third (whose lines the CPU would first read from memory).
+    fn gelu_backward_in_place(&self, g: &mut Storage, x: &Storage) -> Result<bool> {
+        let _ = (g, x);
+        Ok(false)
+    }
+
     /// Batched matrix product, see [`MatmulSpec`].
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage>;
 

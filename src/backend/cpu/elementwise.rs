@@ -279,6 +279,35 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
     }
 }
 
+/// g ← g·GELU′(a) elementwise, in place: [`BinaryOp::GeluBackward`] (the same bits) over the gradient's own
+/// buffer.
+pub(super) fn gelu_backward_in_place(g: &mut [f32], a: &[f32]) {
+    assert_eq!(
+        g.len(),
+        a.len(),
+        "GELU backward: gradient and input lengths"
+    );
+    let fma = has_fma();
+    g.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK))
+        .for_each(|(g, a)| {
+            widest(
+                #[inline(always)]
+                || {
+                    if fma {
+                        for (x, &p) in g.iter_mut().zip(a) {
+                            *x *= gelu_derivative_with::<true>(p);
+                        }
+                    } else {
+                        for (x, &p) in g.iter_mut().zip(a) {
+                            *x *= gelu_derivative(p);
+                        }
+                    }
+                },
+            )
+        });
+}
+
 /// One output row of a broadcast: the row's operands are read with strides `sa`, `sb` (1 or 0 in every
 /// layout the merge produces, each specialised so the loop vectorises).
 #[inline(always)]

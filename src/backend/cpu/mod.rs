@@ -113,6 +113,23 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         Ok(wrap(elementwise::binary(op, host(a)?, host(b)?, layout)))
     }
+    fn gelu_backward_in_place(&self, g: &mut Storage, x: &Storage) -> Result<bool> {
+        let x = host(x)?;
+        let Storage::Cpu(g) = g else {
+            return Ok(false);
+        };
+        let Some(g) = Arc::get_mut(g) else {
+            return Ok(false);
+        };
+        if g.len() != x.len() {
+            return Err(Error::invalid(
+                "gelu_backward",
+                format!("gradient of {} values for an input of {}", g.len(), x.len()),
+            ));
+        }
+        elementwise::gelu_backward_in_place(g, x);
+        Ok(true)
+    }
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         Ok(wrap(matmul::matmul(host(a)?, host(b)?, spec)))
     }
