@@ -2,12 +2,13 @@
 //!
 //! Dense and grouped convolutions go through im2col patch matrices and the shared blocked GEMM, with the
 //! images folded into the GEMM's columns (or into its reduction axis for the weight gradient): Y_g =
-//! W_g·X̃_g, ∂X̃_g = W_gᵀ·G_g (scattered back by col2im), ∂W_g = G_g·X̃_gᵀ. The forward and the input
-//! gradient run the batch as tasks of a few images, each building and multiplying a patch matrix small
-//! enough to stay in its core's cache. A 1×1 convolution with stride 1 and no padding needs no patch matrix
-//! (X̃ is the input itself, read in place through a strided view): one product per group for the whole
-//! batch. Depthwise convolutions (one channel per group) are dispatched to the
-//! direct per-plane kernels of `depthwise.rs`; the tap-row helpers here are shared with them.
+//! W_g·X̃_g, ∂X̃_g = W_gᵀ·G_g (scattered back by col2im), ∂W_g = G_g·X̃_gᵀ. All three run the batch as
+//! tasks of a few images, each building and multiplying a patch matrix small enough to stay in its core's
+//! cache (the weight gradient as fixed parts of the batch, summed in order). A 1×1 convolution with stride
+//! 1 and no padding needs no patch matrix (X̃ is the input itself, read in place through a strided view):
+//! one product per group for the whole batch. Depthwise convolutions (one channel per group) are
+//! dispatched to the direct per-plane kernels of `depthwise.rs`; the tap-row helpers here are shared with
+//! them.
 
 use super::depthwise::{
     depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_bias_grad,
@@ -162,13 +163,14 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, group: usize, dx_img: &mut [f32])
     }
 }
 
-/// Most floats of patch matrix one task of [`im2col_gemms`] or the input gradient builds and multiplies
-/// (512 KiB: about a core's L2 on current CPUs), so that the matrix is read back from the cache rather than
-/// from memory: the patch matrices of a ConvNeXt stem at 224×224 and batch 32 take 19 MB.
+/// Most floats of patch matrix one task of [`im2col_gemms`], the input gradient or [`im2col_weight_grad`]
+/// builds and multiplies (512 KiB: about a core's L2 on current CPUs), so that the matrix is read back from
+/// the cache rather than from memory: the patch matrices of a ConvNeXt stem at 224×224 and batch 32 take
+/// 19 MB.
 const COL_TASK_FLOATS: usize = 1 << 17;
 
-/// Images per task of [`im2col_gemms`] and of the input gradient, for `rows` × `hw_out` patch values per
-/// image: at least one.
+/// Images per task of [`im2col_gemms`], of the input gradient and of [`im2col_weight_grad`], for `rows` ×
+/// `hw_out` patch values per image: at least one.
 fn images_per_task(rows: usize, hw_out: usize, batch: usize) -> usize {
     (COL_TASK_FLOATS / (rows * hw_out).max(1)).clamp(1, batch.max(1))
 }
