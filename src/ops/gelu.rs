@@ -27,15 +27,13 @@ impl Tensor {
 }
 
 fn gelu_backward(g: &Tensor, x: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    // The incoming gradient, when the engine holds it alone, becomes the result in place.
-    if g.shape() == x.shape() {
-        let (be, xs) = (g.device().backend(), x.storage());
-        if let Some(done) = g.with_unique_storage(|s| be.gelu_backward_in_place(s, &xs)) {
-            if done? {
-                let dx = Tensor::from_storage(g.storage(), g.shape().clone(), g.device());
-                return Ok(vec![Some(dx)]);
-            }
-        }
+    // The incoming gradient (GELU keeps the shape, so g has x's), when the engine holds it alone, becomes
+    // the result in place.
+    let (be, xs) = (g.device().backend(), x.storage());
+    let in_place = g.with_unique_storage(|s| be.gelu_backward_in_place(s, &xs));
+    if in_place.transpose()? == Some(true) {
+        let dx = Tensor::from_storage(g.storage(), g.shape().clone(), g.device());
+        return Ok(vec![Some(dx)]);
     }
     let (storage, shape) =
         super::binary::broadcast_kernel("gelu_backward", BinaryOp::GeluBackward, g, x)?;
@@ -64,28 +62,13 @@ mod tests {
                 .unwrap();
         let want = dev.backend().download(&want).unwrap();
         let b = Tensor::param(&vec![0.25; 5000], [5000], &dev).unwrap();
+        // The gradients of Σ c·t.
+        let weighted_sum_grads = |t: Tensor| t.mul(&c)?.sum_all()?.backward();
         // Unique: the gradient of h comes from mul's rule alone.
-        let g = x
-            .gelu()
-            .unwrap()
-            .mul(&c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g = weighted_sum_grads(x.gelu().unwrap()).unwrap();
         assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), want);
         // Shared: add hands one gradient to both h and b.
-        let h = x.gelu().unwrap();
-        let g = h
-            .add(&b)
-            .unwrap()
-            .mul(&c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g = weighted_sum_grads(x.gelu().unwrap().add(&b).unwrap()).unwrap();
         assert_eq!(g.get(&b).unwrap().to_vec().unwrap(), cv);
         assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), want);
     }

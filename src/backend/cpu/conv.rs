@@ -11,8 +11,8 @@
 //! them.
 
 use super::depthwise::{
-    depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_bias_grad,
-    depthwise_conv2d_weight_grad,
+    depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_grad,
+    depthwise_weight_bias_grad_one_pass,
 };
 use super::elementwise::gelu;
 use super::matmul::{
@@ -637,7 +637,7 @@ fn check_weight_grad_inputs(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Result
 }
 
 /// (∂L/∂w, ∂L/∂b): the weight gradient of [`conv2d_weight_grad`] and the bias gradient, db\[o\] = Σ dy over
-/// images and pixels (for a depthwise convolution summed in the same pass as the weights).
+/// images and pixels (for a stride-1 depthwise convolution summed in the same pass as the weights).
 pub fn conv2d_weight_bias_grad(
     x: &[f32],
     dy: &[f32],
@@ -645,7 +645,9 @@ pub fn conv2d_weight_bias_grad(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     check_weight_grad_inputs(x, dy, g)?;
     if g.is_depthwise() {
-        return Ok(depthwise_conv2d_weight_bias_grad(x, dy, g));
+        if let Some(both) = depthwise_weight_bias_grad_one_pass(x, dy, g) {
+            return Ok(both);
+        }
     }
     let layout = AxisLayout {
         outer: g.batch,

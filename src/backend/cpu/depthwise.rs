@@ -15,9 +15,8 @@ use super::conv::{for_each_tap_row, in_col};
 use super::elementwise::widest_floats;
 #[cfg(target_arch = "x86_64")]
 use super::elementwise::{isa, Isa};
-use super::reduce::{run_sum, sum_keep_middle};
+use super::reduce::run_sum;
 use super::vec_written;
-use crate::backend::AxisLayout;
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -72,7 +71,7 @@ pub(super) fn depthwise_conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeome
 /// Depthwise weight gradient, by the same choice of path as [`depthwise_conv2d`].
 pub(super) fn depthwise_conv2d_weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     if padded_plane_path(g) {
-        depthwise_weight_grad_unit_stride(x, dy, g).0
+        depthwise_weight_grad_unit_stride(x, dy, g, false).0
     } else if g.w_out < SMALL_PLANE {
         depthwise_weight_grad_channels_last(x, dy, g)
     } else {
@@ -86,27 +85,20 @@ fn padded_plane_path(g: &Conv2dGeometry) -> bool {
     g.w_out >= SMALL_PLANE && g.params.stride == [1, 1]
 }
 
-/// The depthwise weight gradient and the bias gradient (db\[c\] = Σ dy over images and pixels). On the
-/// stride-1 path each channel's task sums its dy planes while it reads them for the weights (one pass over
-/// dy, not two); elsewhere the sums are [`sum_keep_middle`]'s. Either way db\[c\] is Σ over images of
-/// `run_sum` of the plane, in f64, so both give the same bits.
-pub(super) fn depthwise_conv2d_weight_bias_grad(
+/// The depthwise weight gradient and the bias gradient (db\[c\] = Σ dy over images and pixels) in one
+/// pass over dy, where the stride-1 path gives both (each channel's task sums its dy planes while it reads
+/// them for the weights); None elsewhere. db\[c\] is Σ over images of `run_sum` of the plane, in f64, as
+/// `sum_keep_middle` computes it, so the bits are the same as the separate sums'.
+pub(super) fn depthwise_weight_bias_grad_one_pass(
     x: &[f32],
     dy: &[f32],
     g: &Conv2dGeometry,
-) -> (Vec<f32>, Vec<f32>) {
-    if padded_plane_path(g) {
-        return depthwise_weight_grad_unit_stride(x, dy, g);
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    if !padded_plane_path(g) {
+        return None;
     }
-    let layout = AxisLayout {
-        outer: g.batch,
-        len: g.c_out,
-        inner: g.h_out * g.w_out,
-    };
-    (
-        depthwise_conv2d_weight_grad(x, dy, g),
-        sum_keep_middle(dy, layout),
-    )
+    let (dw, db) = depthwise_weight_grad_unit_stride(x, dy, g, true);
+    Some((dw, db.expect("asked for the bias sums")))
 }
 
 /// Depthwise forward: one (n, c) plane per task, taps outermost so the inner loop is a strided axpy.
@@ -676,14 +668,15 @@ fn depthwise_input_grad_unit_stride(
     );
 }
 
-/// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task, and the bias gradient
-/// db\[c\] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images (a plane's sum costs little once
-/// the weight gradient has read it into cache; a caller without a bias drops it).
+/// ∂k[p][q] = Σ_n Σ_{i,j} dy[i][j]·x_padded[i + p·d][j + q·d], one channel per task, and, `with_bias`, the
+/// bias gradient db\[c\] = Σ_n `run_sum`(dy plane (n, c)), added in f64 over the images (a plane's sum
+/// costs little once the weight gradient has read it into cache).
 fn depthwise_weight_grad_unit_stride(
     x: &[f32],
     dy: &[f32],
     g: &Conv2dGeometry,
-) -> (Vec<f32>, Vec<f32>) {
+    with_bias: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (hw_in, hw_out, taps) = (g.h_in * g.w_in, g.h_out * g.w_out, g.kh * g.kw);
     let (rows, cols) = padded_input_dims(g);
     let p = g.params;
@@ -732,15 +725,17 @@ fn depthwise_weight_grad_unit_stride(
                         }
                     }
                 }
-                // The plane was just read into cache by the weight gradient.
-                bias_sum += run_sum(dy_plane, None);
+                if with_bias {
+                    // The plane was just read into cache by the weight gradient.
+                    bias_sum += run_sum(dy_plane, None);
+                }
             }
             for (d, l) in dw_c.iter_mut().zip(&lanes) {
                 *d = l.iter().sum::<f32>();
             }
             *db_c = bias_sum as f32;
         });
-    (dw, db)
+    (dw, with_bias.then_some(db))
 }
 
 /// A padded plane: `values` with rows `row_stride` apart.
@@ -1293,7 +1288,7 @@ mod tests {
 
             close(
                 &format!("weight grad {what}"),
-                &depthwise_weight_grad_unit_stride(&x, &dy, &g).0,
+                &depthwise_weight_grad_unit_stride(&x, &dy, &g, false).0,
                 &depthwise_weight_grad(&x, &dy, &g),
             );
         }

@@ -265,10 +265,8 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
         BinaryOp::Sub => map_binary(a, b, layout, |x, y| x - y),
         BinaryOp::Mul => map_binary(a, b, layout, |x, y| x * y),
         BinaryOp::Div => map_binary(a, b, layout, |x, y| x / y),
-        BinaryOp::GeluBackward if has_fma() => {
-            map_binary(a, b, layout, |g, x| g * gelu_derivative_with::<true>(x))
-        }
-        BinaryOp::GeluBackward => map_binary(a, b, layout, |g, x| g * gelu_derivative(x)),
+        BinaryOp::GeluBackward if has_fma() => map_binary(a, b, layout, gelu_backward_with::<true>),
+        BinaryOp::GeluBackward => map_binary(a, b, layout, gelu_backward_with::<false>),
         BinaryOp::AddScaled(c) => map_binary(a, b, layout, move |x, y| x + c * y),
         BinaryOp::MulExpScaled(c) => map_binary(a, b, layout, move |x, y| x * exp(c * y)),
         BinaryOp::MulAffineScaled(c) => map_binary(a, b, layout, move |x, y| x * (1.0 + c * y)),
@@ -279,6 +277,13 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> V
     }
 }
 
+/// GELU's backward at one element, g·GELU′(x): [`BinaryOp::GeluBackward`], whether into a new buffer or
+/// over the gradient's own ([`gelu_backward_in_place`]).
+#[inline(always)]
+fn gelu_backward_with<const FMA: bool>(g: f32, x: f32) -> f32 {
+    g * gelu_derivative_with::<FMA>(x)
+}
+
 /// g ← g·GELU′(a) elementwise, in place: [`BinaryOp::GeluBackward`] (the same bits) over the gradient's own
 /// buffer.
 pub(super) fn gelu_backward_in_place(g: &mut [f32], a: &[f32]) {
@@ -287,6 +292,12 @@ pub(super) fn gelu_backward_in_place(g: &mut [f32], a: &[f32]) {
         a.len(),
         "GELU backward: gradient and input lengths"
     );
+    #[inline(always)]
+    fn run<const FMA: bool>(g: &mut [f32], a: &[f32]) {
+        for (x, &p) in g.iter_mut().zip(a) {
+            *x = gelu_backward_with::<FMA>(*x, p);
+        }
+    }
     let fma = has_fma();
     g.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK))
@@ -295,13 +306,9 @@ pub(super) fn gelu_backward_in_place(g: &mut [f32], a: &[f32]) {
                 #[inline(always)]
                 || {
                     if fma {
-                        for (x, &p) in g.iter_mut().zip(a) {
-                            *x *= gelu_derivative_with::<true>(p);
-                        }
+                        run::<true>(g, a)
                     } else {
-                        for (x, &p) in g.iter_mut().zip(a) {
-                            *x *= gelu_derivative(p);
-                        }
+                        run::<false>(g, a)
                     }
                 },
             )

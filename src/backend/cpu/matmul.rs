@@ -1013,6 +1013,12 @@ fn pack_b_panel_scattered<const NR: usize>(
         // fixed-size block (about twice as fast as element by element); single rows where 8 k are not
         // consecutive (an image boundary of a blocked k axis) and the columns past the last 8.
         let w8 = width / 8 * 8;
+        // The transpose for this CPU, chosen once per panel.
+        let transpose: unsafe fn(*const f32, &[usize], &mut [f32]) = match isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma | Isa::Avx512 => transpose_blocks_avx2::<NR>,
+            _ => transpose_blocks::<NR>,
+        };
         let mut p = 0;
         while p < kc {
             let base = row_at[p];
@@ -1020,16 +1026,7 @@ fn pack_b_panel_scattered<const NR: usize>(
                 let rows = &mut panel[p * NR..(p + 8) * NR];
                 // SAFETY: every index read is at most row_at[p + 7] + cols[j] ≤ last_row + last_col <
                 // b.data.len() (asserted above); the AVX2 kernel only where the CPU has AVX2.
-                unsafe {
-                    #[cfg(target_arch = "x86_64")]
-                    if isa() != Isa::Portable {
-                        transpose_blocks_avx2::<NR>(src.add(base), &cols[..w8], rows);
-                    } else {
-                        transpose_blocks::<NR>(src.add(base), &cols[..w8], rows);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    transpose_blocks::<NR>(src.add(base), &cols[..w8], rows);
-                }
+                unsafe { transpose(src.add(base), &cols[..w8], rows) };
                 for (j, &o) in cols.iter().enumerate().skip(w8) {
                     for pp in 0..8 {
                         // SAFETY: as above.
