@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the GPU section of the README needs, measured on whatever GPU this machine has, in one run:
+# What the README's GPU section needs, measured on whatever GPU this machine has, in one run:
 #
 #   1. the adapter wgpu picks (`examples/devices`) and, where `nvidia-smi` exists, the card;
 #   2. the GPU tests with LIERA_REQUIRE_GPU=1, so a missing adapter is a failure, not a skip;

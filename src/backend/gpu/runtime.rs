@@ -38,7 +38,8 @@ pub struct GpuOptions {
     /// workgroup's source tile and halo in workgroup memory, or its sliding-window kernels, which read
     /// global memory directly. Default: `LIERA_GPU_DW_TILES` (`1` or `0`) where set, else tiled on a
     /// hardware GPU and sliding-window on a CPU adapter such as llvmpipe, where the tiled kernels measured
-    /// slower (the README's GPU section has the figures). Tests and benchmarks set it to compare the two.
+    /// slower (`docs/BENCHMARKS.md` has the llvmpipe figures). Tests and benchmarks set it to compare the
+    /// two.
     pub depthwise_tiles: Option<bool>,
     /// Whether the GEMM loads interior tiles by quads of 4 values (one vec4 load where the operand is
     /// contiguous and aligned: matmuls, 1×1 convolutions) or value by value (default: quads, unless
