@@ -1,7 +1,10 @@
 //! CPU reductions and data movement: sum over an axis, permute.
 
+use super::elementwise::widest;
+use super::vec_written;
 use crate::backend::AxisLayout;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// y[o, i] = Σ_l x[o, l, i].
 pub fn sum_axis(x: &[f32], l: AxisLayout) -> Vec<f32> {
@@ -96,20 +99,45 @@ pub fn sum_product_keep_middle(a: &[f32], b: &[f32], l: AxisLayout) -> Vec<f32> 
     out
 }
 
-/// y = x + scale[l]·h at every (o, l, i), one rayon task per (o, l) row.
+/// y = x + scale[l]·h at every (o, l, i), one rayon task per (o, l) row (at least 16 rows a task), the output
+/// written once, never zeroed first, by loops compiled for the widest vector instruction set (`widest`).
+/// A zeroed output cost a serial `memset` on the calling thread before the parallel pass: the op's threads
+/// were busy 70–77% of its time in the op profile of the 224 LieRA step.
 pub fn channel_scale_add(x: &[f32], h: &[f32], scale: &[f32], l: AxisLayout) -> Vec<f32> {
-    let mut y = vec![0.0f32; l.numel()];
-    y.par_chunks_mut(l.inner.max(1))
-        .enumerate()
-        .with_min_len(16)
-        .for_each(|(row, y)| {
-            let s = scale[row % l.len.max(1)];
-            let start = row * l.inner;
-            for ((y, &x), &h) in y.iter_mut().zip(&x[start..]).zip(&h[start..]) {
-                *y = x + s * h;
-            }
-        });
-    y
+    let n = l.numel();
+    assert!(
+        x.len() >= n && h.len() >= n && scale.len() >= l.len,
+        "channel_scale_add: {} and {} values and {} scales for {n} outputs of {} channels",
+        x.len(),
+        h.len(),
+        scale.len(),
+        l.len
+    );
+    #[inline(always)]
+    fn row(y: &mut [MaybeUninit<f32>], x: &[f32], h: &[f32], s: f32) {
+        for ((y, &x), &h) in y.iter_mut().zip(x).zip(h) {
+            y.write(x + s * h);
+        }
+    }
+    let inner = l.inner.max(1);
+    // SAFETY: the rows cover the output, and each row's loop writes every one of its elements (x and h
+    // hold at least n values, asserted above).
+    unsafe {
+        vec_written(n, |y| {
+            y.par_chunks_mut(inner)
+                .enumerate()
+                .with_min_len(16)
+                .for_each(|(r, y)| {
+                    let s = scale[r % l.len.max(1)];
+                    let start = r * inner;
+                    let (x, h) = (&x[start..start + y.len()], &h[start..start + y.len()]);
+                    widest(
+                        #[inline(always)]
+                        || row(y, x, h, s),
+                    )
+                })
+        })
+    }
 }
 
 /// Σ over the slices of Σ_i x_i², by `run_sum` over chunks of at most 16384 values of one slice (so at
@@ -154,4 +182,29 @@ pub fn permute(x: &[f32], dims: &[usize], perm: &[usize]) -> Vec<f32> {
             }
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer-scaled residual over many rows (several rayon tasks of at least 16 rows, rows of 1 to 49
+    /// values, so both the vector loop and its tail run) equals x + scale·h element by element, in the same
+    /// f32 arithmetic, so bit for bit: no element is left unwritten.
+    #[test]
+    fn channel_scale_add_writes_every_element() {
+        for (outer, len, inner) in [(3, 40, 49), (2, 7, 1), (1, 130, 17), (4, 5, 9)] {
+            let l = AxisLayout { outer, len, inner };
+            let n = l.numel();
+            let x: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 31.0 - 1.5).collect();
+            let h: Vec<f32> = (0..n).map(|i| (i % 89) as f32 / 17.0 - 2.5).collect();
+            let scale: Vec<f32> = (0..len).map(|c| c as f32 / 7.0 - 0.75).collect();
+            let y = channel_scale_add(&x, &h, &scale, l);
+            assert_eq!(y.len(), n);
+            for (i, &v) in y.iter().enumerate() {
+                let want = x[i] + scale[(i / inner) % len] * h[i];
+                assert_eq!(v.to_bits(), want.to_bits(), "{outer}×{len}×{inner} at {i}");
+            }
+        }
+    }
 }
