@@ -19,10 +19,12 @@ use super::matmul::{
     gemm_view, gemm_view_split, vec_written_by, Axis, Epilogue, MatView, OutView, Split,
 };
 use super::reduce::sum_keep_middle;
+use super::vec_written;
 use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The columns j of an output row for which the input column j·stride + q·dil − pad lies in [0, width).
 fn valid_cols(w_out: usize, width: usize, stride: usize, offset: isize) -> (usize, usize) {
@@ -426,8 +428,15 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
     // The batch in tasks of a few images, each multiplying into a patch-matrix buffer of its own and
     // scattering it back into its images while the buffer is still in the core's cache.
     let per_task = images_per_task(k, hw_out, g.batch);
-    let mut dx = vec![0.0f32; len];
-    let task = |col: &mut Vec<f32>, (t, dx_imgs): (usize, &mut [f32])| {
+    let task = |col: &mut Vec<f32>, (t, dx_imgs): (usize, &mut [MaybeUninit<f32>])| {
+        // The scatter below adds into dx: each task zeroes its own images first, in parallel and just
+        // before they are written (a zeroed allocation was a serial memset of the whole dx).
+        for v in dx_imgs.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element of dx_imgs was just initialised, and MaybeUninit<f32> has f32's layout.
+        let dx_imgs: &mut [f32] =
+            unsafe { std::slice::from_raw_parts_mut(dx_imgs.as_mut_ptr().cast(), dx_imgs.len()) };
         let n0 = t * per_task;
         let count = dx_imgs.len() / (g.c_in * hw_in);
         // The product overwrites it, so stale values of another task's images do not matter.
@@ -455,9 +464,14 @@ pub fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Ve
             }
         }
     };
-    dx.par_chunks_mut(per_task * g.c_in * hw_in)
-        .enumerate()
-        .for_each_init(Vec::new, task);
+    // SAFETY: the chunks cover dx, and each task writes every element of its chunk (zeros, then adds).
+    let dx = unsafe {
+        vec_written(len, |dx| {
+            dx.par_chunks_mut(per_task * g.c_in * hw_in)
+                .enumerate()
+                .for_each_init(Vec::new, task)
+        })
+    };
     Ok(dx)
 }
 
