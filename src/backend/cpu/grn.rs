@@ -50,36 +50,43 @@ pub fn grn(
     let (c_n, p_n) = (l.channels, l.positions);
     let mut gnorm = vec![0.0f32; l.batch * c_n];
     let mut denom = vec![0.0f32; l.batch];
+    // The body runs inside `widest` as an `#[inline(always)]` closure, so its loops get AVX2 (a closure
+    // called from `widest`'s is compiled on its own for baseline SSE2).
     let image = |n: usize, y: &mut [std::mem::MaybeUninit<f32>], g: &mut [f32], d: &mut f32| {
-        let x = &x[n * block..(n + 1) * block];
-        let ss: Vec<f32> = if l.channels_last {
-            let mut ss = vec![0.0f32; c_n];
-            each(l, |c, i| ss[c] += x[i] * x[i]);
-            ss
-        } else {
-            x.chunks(p_n)
-                .map(|row| run_sum(row, Some(row)) as f32)
-                .collect()
-        };
-        let mut total = 0.0f32;
-        for (g, s) in g.iter_mut().zip(&ss) {
-            *g = (s + DELTA).sqrt();
-            total += *g;
-        }
-        *d = total / c_n as f32 + eps;
-        let nrm: Vec<f32> = g.iter().map(|g| g / *d).collect();
-        if l.channels_last {
-            each(l, |c, i| {
-                y[i].write((x[i] * nrm[c]) * gamma[c] + beta[c] + x[i]);
-            });
-        } else {
-            for (c, (y, x)) in y.chunks_mut(p_n).zip(x.chunks(p_n)).enumerate() {
-                let (nc, gc, bc) = (nrm[c], gamma[c], beta[c]);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    y.write((x * nc) * gc + bc + x);
+        widest(
+            #[inline(always)]
+            || {
+                let x = &x[n * block..(n + 1) * block];
+                let ss: Vec<f32> = if l.channels_last {
+                    let mut ss = vec![0.0f32; c_n];
+                    each(l, |c, i| ss[c] += x[i] * x[i]);
+                    ss
+                } else {
+                    x.chunks(p_n)
+                        .map(|row| run_sum(row, Some(row)) as f32)
+                        .collect()
+                };
+                let mut total = 0.0f32;
+                for (g, s) in g.iter_mut().zip(&ss) {
+                    *g = (s + DELTA).sqrt();
+                    total += *g;
                 }
-            }
-        }
+                *d = total / c_n as f32 + eps;
+                let nrm: Vec<f32> = g.iter().map(|g| g / *d).collect();
+                if l.channels_last {
+                    each(l, |c, i| {
+                        y[i].write((x[i] * nrm[c]) * gamma[c] + beta[c] + x[i]);
+                    });
+                } else {
+                    for (c, (y, x)) in y.chunks_mut(p_n).zip(x.chunks(p_n)).enumerate() {
+                        let (nc, gc, bc) = (nrm[c], gamma[c], beta[c]);
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            y.write((x * nc) * gc + bc + x);
+                        }
+                    }
+                }
+            },
+        )
     };
     // SAFETY: every image writes every element of its block of y (each channel's run, or every (p, c)).
     // An empty tensor has no blocks, so `image` only ever sees p_n ≥ 1.
@@ -89,7 +96,7 @@ pub fn grn(
                 .zip(gnorm.par_chunks_mut(c_n.max(1)))
                 .zip(denom.par_iter_mut())
                 .enumerate()
-                .for_each(|(n, ((y, g), d))| widest(|| image(n, y, g, d)));
+                .for_each(|(n, ((y, g), d))| image(n, y, g, d));
         })
     };
     (y, gnorm, denom)
@@ -111,53 +118,58 @@ pub fn grn_backward(
     let mut bs = vec![0.0f32; l.batch * c_n];
     let image =
         |n: usize, dx: &mut [std::mem::MaybeUninit<f32>], sn: &mut [f32], bs: &mut [f32]| {
-            let (g, x) = (
-                &dy[n * block..(n + 1) * block],
-                &x[n * block..(n + 1) * block],
-            );
-            let gn = &gnorm[n * c_n..(n + 1) * c_n];
-            let d = denom[n];
-            let s: Vec<f32> = if l.channels_last {
-                let mut s = vec![0.0f32; c_n];
-                each(l, |c, i| {
-                    s[c] += g[i] * x[i];
-                    bs[c] += g[i];
-                });
-                s
-            } else {
-                for (b, g) in bs.iter_mut().zip(g.chunks(p_n)) {
-                    *b = run_sum(g, None) as f32;
-                }
-                g.chunks(p_n)
-                    .zip(x.chunks(p_n))
-                    .map(|(g, x)| run_sum(g, Some(x)) as f32)
-                    .collect()
-            };
-            let nrm: Vec<f32> = gn.iter().map(|g| g / d).collect();
-            let u: Vec<f32> = s.iter().zip(gamma).map(|(s, g)| g * s).collect();
-            let mean_un = u.iter().zip(&nrm).map(|(u, n)| u * n).sum::<f32>() / c_n as f32;
-            let k: Vec<f32> = u
-                .iter()
-                .zip(gn)
-                .map(|(u, g)| (u - mean_un) / d / g)
-                .collect();
-            let a: Vec<f32> = gamma.iter().zip(&nrm).map(|(g, n)| g * n).collect();
-            for ((sn, s), n) in sn.iter_mut().zip(&s).zip(&nrm) {
-                *sn = s * n;
-            }
-            if l.channels_last {
-                each(l, |c, i| {
-                    dx[i].write(g[i] * (1.0 + a[c]) + x[i] * k[c]);
-                });
-            } else {
-                let rows = dx.chunks_mut(p_n).zip(g.chunks(p_n)).zip(x.chunks(p_n));
-                for (c, ((dx, g), x)) in rows.enumerate() {
-                    let (ac, kc) = (1.0 + a[c], k[c]);
-                    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                        dx.write(g * ac + x * kc);
+            widest(
+                #[inline(always)]
+                || {
+                    let (g, x) = (
+                        &dy[n * block..(n + 1) * block],
+                        &x[n * block..(n + 1) * block],
+                    );
+                    let gn = &gnorm[n * c_n..(n + 1) * c_n];
+                    let d = denom[n];
+                    let s: Vec<f32> = if l.channels_last {
+                        let mut s = vec![0.0f32; c_n];
+                        each(l, |c, i| {
+                            s[c] += g[i] * x[i];
+                            bs[c] += g[i];
+                        });
+                        s
+                    } else {
+                        for (b, g) in bs.iter_mut().zip(g.chunks(p_n)) {
+                            *b = run_sum(g, None) as f32;
+                        }
+                        g.chunks(p_n)
+                            .zip(x.chunks(p_n))
+                            .map(|(g, x)| run_sum(g, Some(x)) as f32)
+                            .collect()
+                    };
+                    let nrm: Vec<f32> = gn.iter().map(|g| g / d).collect();
+                    let u: Vec<f32> = s.iter().zip(gamma).map(|(s, g)| g * s).collect();
+                    let mean_un = u.iter().zip(&nrm).map(|(u, n)| u * n).sum::<f32>() / c_n as f32;
+                    let k: Vec<f32> = u
+                        .iter()
+                        .zip(gn)
+                        .map(|(u, g)| (u - mean_un) / d / g)
+                        .collect();
+                    let a: Vec<f32> = gamma.iter().zip(&nrm).map(|(g, n)| g * n).collect();
+                    for ((sn, s), n) in sn.iter_mut().zip(&s).zip(&nrm) {
+                        *sn = s * n;
                     }
-                }
-            }
+                    if l.channels_last {
+                        each(l, |c, i| {
+                            dx[i].write(g[i] * (1.0 + a[c]) + x[i] * k[c]);
+                        });
+                    } else {
+                        let rows = dx.chunks_mut(p_n).zip(g.chunks(p_n)).zip(x.chunks(p_n));
+                        for (c, ((dx, g), x)) in rows.enumerate() {
+                            let (ac, kc) = (1.0 + a[c], k[c]);
+                            for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                                dx.write(g * ac + x * kc);
+                            }
+                        }
+                    }
+                },
+            )
         };
     // SAFETY: every image writes every element of its block of ∂L/∂x.
     let dx = unsafe {
@@ -166,7 +178,7 @@ pub fn grn_backward(
                 .zip(sn.par_chunks_mut(c_n.max(1)))
                 .zip(bs.par_chunks_mut(c_n.max(1)))
                 .enumerate()
-                .for_each(|(n, ((dx, sn), bs))| widest(|| image(n, dx, sn, bs)));
+                .for_each(|(n, ((dx, sn), bs))| image(n, dx, sn, bs));
         })
     };
     let sum_images = |v: &[f32]| -> Vec<f32> {

@@ -26,42 +26,50 @@ pub fn layer_norm(
     let mut mean = vec![0.0f32; l.outer * inner];
     let mut rstd = vec![0.0f32; l.outer * inner];
     // One outer slice: its statistics into `mu` and `rs`, its normalised values into `ys`.
+    // The body runs inside `widest`, as a closure marked `#[inline(always)]`: a closure called from
+    // `widest`'s closure is a function of its own, compiled for baseline x86-64 (4-wide SSE2), and `perf
+    // annotate` showed this pass in xmm registers before.
     let slice = |o: usize, ys: &mut [MaybeUninit<f32>], mu: &mut [f32], rs: &mut [f32]| {
-        let xs = &x[o * len * inner..(o + 1) * len * inner];
-        // Two passes (mean, then centred squares), all in f32: stable for the magnitudes a network
-        // produces and exact enough for the f64 reference tests.
-        mu.fill(0.0);
-        for c in 0..len {
-            for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
-                *m += v;
-            }
-        }
-        mu.iter_mut().for_each(|m| *m /= len as f32);
-        rs.fill(0.0);
-        for c in 0..len {
-            for ((r, &m), &v) in rs
-                .iter_mut()
-                .zip(mu.iter())
-                .zip(&xs[c * inner..(c + 1) * inner])
-            {
-                let d = v - m;
-                *r += d * d;
-            }
-        }
-        rs.iter_mut()
-            .for_each(|r| *r = 1.0 / (*r / len as f32 + eps).sqrt());
-        for c in 0..len {
-            let (wc, bc) = (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]));
-            let row = &mut ys[c * inner..(c + 1) * inner];
-            for (((yv, &v), &m), &r) in row
-                .iter_mut()
-                .zip(&xs[c * inner..(c + 1) * inner])
-                .zip(mu.iter())
-                .zip(rs.iter())
-            {
-                yv.write((v - m) * r * wc + bc);
-            }
-        }
+        widest(
+            #[inline(always)]
+            || {
+                let xs = &x[o * len * inner..(o + 1) * len * inner];
+                // Two passes (mean, then centred squares), all in f32: stable for the magnitudes a network
+                // produces and exact enough for the f64 reference tests.
+                mu.fill(0.0);
+                for c in 0..len {
+                    for (m, &v) in mu.iter_mut().zip(&xs[c * inner..(c + 1) * inner]) {
+                        *m += v;
+                    }
+                }
+                mu.iter_mut().for_each(|m| *m /= len as f32);
+                rs.fill(0.0);
+                for c in 0..len {
+                    for ((r, &m), &v) in rs
+                        .iter_mut()
+                        .zip(mu.iter())
+                        .zip(&xs[c * inner..(c + 1) * inner])
+                    {
+                        let d = v - m;
+                        *r += d * d;
+                    }
+                }
+                rs.iter_mut()
+                    .for_each(|r| *r = 1.0 / (*r / len as f32 + eps).sqrt());
+                for c in 0..len {
+                    let (wc, bc) = (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]));
+                    let row = &mut ys[c * inner..(c + 1) * inner];
+                    for (((yv, &v), &m), &r) in row
+                        .iter_mut()
+                        .zip(&xs[c * inner..(c + 1) * inner])
+                        .zip(mu.iter())
+                        .zip(rs.iter())
+                    {
+                        yv.write((v - m) * r * wc + bc);
+                    }
+                }
+            },
+        )
     };
     // SAFETY: the chunks cover y (numel = outer·len·inner) and each is written whole (every c, every i).
     let y = unsafe {
@@ -72,7 +80,7 @@ pub fn layer_norm(
                         .zip(rstd.par_chunks_mut(inner.max(1))),
                 )
                 .enumerate()
-                .for_each(|(o, (ys, (mu, rs)))| widest(|| slice(o, ys, mu, rs)));
+                .for_each(|(o, (ys, (mu, rs)))| slice(o, ys, mu, rs));
         })
     };
     Ok((y, mean, rstd))
@@ -95,64 +103,71 @@ pub fn layer_norm_backward(
     // to dweight and dbias; the runs are fixed, so the sums' order does not depend on scheduling.
     let group = (16_384 / slice).max(1);
     // One run of slices (from slice t·group on): its dx, and its contributions to dweight and dbias.
+    // Inside `widest` as the forward's `slice`.
     let run = |t: usize, dx_run: &mut [MaybeUninit<f32>]| -> (Vec<f32>, Vec<f32>) {
-        let mut dw = vec![0.0f32; len];
-        let mut db = vec![0.0f32; len];
-        // mean over the axis of ĝ and of ĝ·x̂, per inner position, for the slice at hand
-        let mut mean_g = vec![0.0f32; inner];
-        let mut mean_gx = vec![0.0f32; inner];
-        // x̂ of one row of the normalised axis.
-        let mut xh_row = vec![0.0f32; inner];
-        for (s_in_run, dxs) in dx_run.chunks_mut(slice).enumerate() {
-            let o = t * group + s_in_run;
-            let base = o * len * inner;
-            let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
-            let (mu, rs) = (
-                &mean[o * inner..(o + 1) * inner],
-                &rstd[o * inner..(o + 1) * inner],
-            );
-            mean_g.fill(0.0);
-            mean_gx.fill(0.0);
-            for c in 0..len {
-                let wc = weight.map_or(1.0, |w| w[c]);
-                let (row_x, row_g) = (
-                    &xs[c * inner..(c + 1) * inner],
-                    &gs[c * inner..(c + 1) * inner],
-                );
-                // Element-wise loops (vectorised), then the two sums over the row by `run_sum`'s
-                // independent partial sums: one running f32 sum each was a chain of dependent adds,
-                // four cycles per element.
-                for (((h, &v), &m), &r) in xh_row.iter_mut().zip(row_x).zip(mu).zip(rs) {
-                    *h = (v - m) * r;
+        widest(
+            #[inline(always)]
+            || {
+                let mut dw = vec![0.0f32; len];
+                let mut db = vec![0.0f32; len];
+                // mean over the axis of ĝ and of ĝ·x̂, per inner position, for the slice at hand
+                let mut mean_g = vec![0.0f32; inner];
+                let mut mean_gx = vec![0.0f32; inner];
+                // x̂ of one row of the normalised axis.
+                let mut xh_row = vec![0.0f32; inner];
+                for (s_in_run, dxs) in dx_run.chunks_mut(slice).enumerate() {
+                    let o = t * group + s_in_run;
+                    let base = o * len * inner;
+                    let (xs, gs) = (&x[base..base + len * inner], &dy[base..base + len * inner]);
+                    let (mu, rs) = (
+                        &mean[o * inner..(o + 1) * inner],
+                        &rstd[o * inner..(o + 1) * inner],
+                    );
+                    mean_g.fill(0.0);
+                    mean_gx.fill(0.0);
+                    for c in 0..len {
+                        let wc = weight.map_or(1.0, |w| w[c]);
+                        let (row_x, row_g) = (
+                            &xs[c * inner..(c + 1) * inner],
+                            &gs[c * inner..(c + 1) * inner],
+                        );
+                        // Element-wise loops (vectorised), then the two sums over the row by `run_sum`'s
+                        // independent partial sums: one running f32 sum each was a chain of dependent adds,
+                        // four cycles per element.
+                        for (((h, &v), &m), &r) in xh_row.iter_mut().zip(row_x).zip(mu).zip(rs) {
+                            *h = (v - m) * r;
+                        }
+                        for (((&h, &g), mg), mgx) in xh_row
+                            .iter()
+                            .zip(row_g)
+                            .zip(mean_g.iter_mut())
+                            .zip(mean_gx.iter_mut())
+                        {
+                            *mg += wc * g;
+                            *mgx += wc * g * h;
+                        }
+                        dw[c] += run_sum(row_g, Some(&xh_row)) as f32;
+                        db[c] += run_sum(row_g, None) as f32;
+                    }
+                    let inv = 1.0 / len as f32;
+                    for c in 0..len {
+                        let wc = weight.map_or(1.0, |w| w[c]);
+                        let (row_x, row_g) = (
+                            &xs[c * inner..(c + 1) * inner],
+                            &gs[c * inner..(c + 1) * inner],
+                        );
+                        let row_dx = &mut dxs[c * inner..(c + 1) * inner];
+                        for i in 0..inner {
+                            let xh = (row_x[i] - mu[i]) * rs[i];
+                            row_dx[i].write(
+                                rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv),
+                            );
+                        }
+                    }
                 }
-                for (((&h, &g), mg), mgx) in xh_row
-                    .iter()
-                    .zip(row_g)
-                    .zip(mean_g.iter_mut())
-                    .zip(mean_gx.iter_mut())
-                {
-                    *mg += wc * g;
-                    *mgx += wc * g * h;
-                }
-                dw[c] += run_sum(row_g, Some(&xh_row)) as f32;
-                db[c] += run_sum(row_g, None) as f32;
-            }
-            let inv = 1.0 / len as f32;
-            for c in 0..len {
-                let wc = weight.map_or(1.0, |w| w[c]);
-                let (row_x, row_g) = (
-                    &xs[c * inner..(c + 1) * inner],
-                    &gs[c * inner..(c + 1) * inner],
-                );
-                let row_dx = &mut dxs[c * inner..(c + 1) * inner];
-                for i in 0..inner {
-                    let xh = (row_x[i] - mu[i]) * rs[i];
-                    row_dx[i]
-                        .write(rs[i] * (wc * row_g[i] - mean_g[i] * inv - xh * mean_gx[i] * inv));
-                }
-            }
-        }
-        (dw, db)
+                (dw, db)
+            },
+        )
     };
     let mut partial: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     // SAFETY: the runs cover dx, and every slice of a run is written whole (every c, every i).
@@ -161,7 +176,7 @@ pub fn layer_norm_backward(
             partial = dx
                 .par_chunks_mut(group * slice)
                 .enumerate()
-                .map(|(t, dx_run)| widest(|| run(t, dx_run)))
+                .map(|(t, dx_run)| run(t, dx_run))
                 .collect();
         })
     };
