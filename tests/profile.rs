@@ -9,13 +9,21 @@ fn ramp(n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|i| scale * ((i % 7) as f32 - 3.0)).collect()
 }
 
-/// (calls per step, pass) of each row of the report for `op`.
+/// (pass, calls per step) of each row of the report for `op`. A row reads: op, pass, calls, ms, share,
+/// busy (the process's CPU time over the wall time × threads, a percentage, checked here to be one).
 fn rows<'a>(report: &'a str, op: &str) -> Vec<(&'a str, f64)> {
     report
         .lines()
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() == 5 && cols[0] == op).then(|| (cols[1], cols[2].parse().expect("calls")))
+            (cols.len() == 6 && cols[0] == op).then(|| {
+                let busy: f64 = cols[5]
+                    .strip_suffix('%')
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or_else(|| panic!("busy column of {l:?}"));
+                assert!(busy.is_finite() && busy >= 0.0, "busy {busy} in {l:?}");
+                (cols[1], cols[2].parse().expect("calls"))
+            })
         })
         .collect()
 }
