@@ -16,7 +16,7 @@ use super::elementwise::widest_floats;
 #[cfg(target_arch = "x86_64")]
 use super::elementwise::{isa, Isa};
 use super::reduce::run_sum;
-use super::vec_written;
+use super::{copy_pieces, vec_written};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -256,30 +256,12 @@ fn pad_plane(
     }
 }
 
-/// `dst` = `src` (of equal length) in pieces of fixed size: a copy of run-time length is a call to
-/// `memcpy`, which for a plane's row of 7 to 56 floats costs more than the copy itself.
+/// `dst` = `src` (of equal length), by [`copy_pieces`] (no `memcpy` call per short row).
 #[inline(always)]
 fn copy_run(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "copy_run: lengths differ");
-    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; 8] = s.try_into().expect("8 values");
-        d.copy_from_slice(s);
-    }
-    let (mut d, mut s) = (d.into_remainder(), s.remainder());
-    if s.len() >= 4 {
-        let s4: &[f32; 4] = s[..4].try_into().expect("4 values");
-        d[..4].copy_from_slice(s4);
-        (d, s) = (&mut d[4..], &s[4..]);
-    }
-    if s.len() >= 2 {
-        let s2: &[f32; 2] = s[..2].try_into().expect("2 values");
-        d[..2].copy_from_slice(s2);
-        (d, s) = (&mut d[2..], &s[2..]);
-    }
-    if let (Some(x), Some(&v)) = (d.first_mut(), s.first()) {
-        *x = v;
-    }
+    // SAFETY: dst is a slice of src.len() values, ours to write.
+    unsafe { copy_pieces(src, dst.as_mut_ptr()) }
 }
 
 /// The tap layout of [`PlaneCorrelation::run`] over padded sources whose rows are `src_w` apart: each tap's

@@ -25,7 +25,7 @@
 
 use super::caches::{caches, Caches};
 use super::elementwise::{gelu, gelu_with, isa, Isa};
-use super::vec_written;
+use super::{copy_pieces, vec_written};
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -798,45 +798,11 @@ unsafe fn store_row<const NR: usize>(
                 .cast::<[f32; NR]>()
                 .write_unaligned(*v);
         } else if contiguous {
-            copy_pieces(v, dst.add(row + cols[0]), nr);
+            copy_pieces(&v[..nr], dst.add(row + cols[0]));
         } else {
             for (&x, &o) in v.iter().zip(&cols[..nr]) {
                 *dst.add(row + o) = x;
             }
-        }
-    }
-}
-
-/// Writes the first `nr` (< NR) values of `v` to `dst..dst + nr` in fixed-size pieces of 8, 4, 2 and 1
-/// values. A copy of run-time length is a call to `memcpy`, which for the few values of a tile's partial
-/// row (the last tile of a 196- or 49-pixel image, a 40-column product's last panel) cost more than the
-/// copy: `memmove` was 0.8% of the CPU samples of the atto 224 LieRA step, nearly all from here.
-///
-/// # Safety
-/// `dst..dst + nr` must be valid for writes and written by no one else meanwhile.
-#[inline(always)]
-unsafe fn copy_pieces<const NR: usize>(v: &[f32; NR], dst: *mut f32, nr: usize) {
-    let nr = nr.min(NR);
-    let mut j = 0;
-    // SAFETY (every write): j + piece ≤ nr, within the caller's range, and v holds NR ≥ nr values.
-    unsafe {
-        while j + 8 <= nr {
-            let piece: [f32; 8] = v[j..j + 8].try_into().expect("8 values");
-            dst.add(j).cast::<[f32; 8]>().write_unaligned(piece);
-            j += 8;
-        }
-        if j + 4 <= nr {
-            let piece: [f32; 4] = v[j..j + 4].try_into().expect("4 values");
-            dst.add(j).cast::<[f32; 4]>().write_unaligned(piece);
-            j += 4;
-        }
-        if j + 2 <= nr {
-            let piece: [f32; 2] = v[j..j + 2].try_into().expect("2 values");
-            dst.add(j).cast::<[f32; 2]>().write_unaligned(piece);
-            j += 2;
-        }
-        if j < nr {
-            *dst.add(j) = v[j];
         }
     }
 }
@@ -1131,48 +1097,29 @@ unsafe fn transpose_blocks_avx2<const NR: usize>(
         // SAFETY: the caller's guarantee for the loads; the stores land in rows[pp·NR + j0..][..8], inside
         // `rows` (asserted above).
         unsafe {
-            let r: [__m256; 8] = [
-                _mm256_loadu_ps(src.add(cols[j0])),
-                _mm256_loadu_ps(src.add(cols[j0 + 1])),
-                _mm256_loadu_ps(src.add(cols[j0 + 2])),
-                _mm256_loadu_ps(src.add(cols[j0 + 3])),
-                _mm256_loadu_ps(src.add(cols[j0 + 4])),
-                _mm256_loadu_ps(src.add(cols[j0 + 5])),
-                _mm256_loadu_ps(src.add(cols[j0 + 6])),
-                _mm256_loadu_ps(src.add(cols[j0 + 7])),
-            ];
+            // A loop, not `array::from_fn`: a closure would not inherit the target features.
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (x, &c) in r.iter_mut().zip(&cols[j0..j0 + 8]) {
+                *x = _mm256_loadu_ps(src.add(c));
+            }
             // Pairs of columns interleaved, then quadruples, then the 128-bit halves exchanged: out[pp]
             // holds value pp of every column.
-            let t = [
-                _mm256_unpacklo_ps(r[0], r[1]),
-                _mm256_unpackhi_ps(r[0], r[1]),
-                _mm256_unpacklo_ps(r[2], r[3]),
-                _mm256_unpackhi_ps(r[2], r[3]),
-                _mm256_unpacklo_ps(r[4], r[5]),
-                _mm256_unpackhi_ps(r[4], r[5]),
-                _mm256_unpacklo_ps(r[6], r[7]),
-                _mm256_unpackhi_ps(r[6], r[7]),
-            ];
-            let q = [
-                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-            ];
-            let out = [
-                _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
-                _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
-                _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
-                _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
-                _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
-                _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
-                _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
-                _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
-            ];
+            // (Loops of fixed count over register arrays, unrolled by the compiler.)
+            let mut t = [_mm256_setzero_ps(); 8];
+            for i in 0..4 {
+                t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            let mut q = [_mm256_setzero_ps(); 8];
+            for (h, s) in [(0, 0), (0, 1), (4, 0), (4, 1)] {
+                q[h + 2 * s] = _mm256_shuffle_ps::<0x44>(t[h + s], t[h + s + 2]);
+                q[h + 2 * s + 1] = _mm256_shuffle_ps::<0xEE>(t[h + s], t[h + s + 2]);
+            }
+            let mut out = [_mm256_setzero_ps(); 8];
+            for i in 0..4 {
+                out[i] = _mm256_permute2f128_ps::<0x20>(q[i], q[i + 4]);
+                out[i + 4] = _mm256_permute2f128_ps::<0x31>(q[i], q[i + 4]);
+            }
             for (pp, &v) in out.iter().enumerate() {
                 _mm256_storeu_ps(dst.add(pp * NR + j0), v);
             }
