@@ -57,7 +57,8 @@ fn workgroup_sum_of(lid: u32, value: f32, threads: u32) -> f32 {
 }
 
 // erf by Abramowitz & Stegun 7.1.26 (the CPU backend's formula, so both agree to rounding), and the exact
-// GELU x/2·(1 + erf(x/√2)) on it (elementwise.wgsl's unary op and conv2d.wgsl's fused epilogue).
+// GELU x/2·(1 + erf(x/√2)) and its derivative on it (elementwise.wgsl's unary ops and conv2d.wgsl's fused
+// epilogue).
 fn erf_as(x: f32) -> f32 {
     return erf_gauss(x).x;
 }
@@ -73,4 +74,12 @@ fn erf_gauss(x: f32) -> vec2<f32> {
 
 fn gelu(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf_as(x * 0.70710677));
+}
+
+// GELU′(x) = Φ(x) + x·φ(x): with z = x/√2, erf(z) and φ(x) = exp(−z²)/√(2π) share one exp (the CPU
+// backend's order of operations). elementwise.wgsl's GELU backward and derivative, and conv2d.wgsl's fused
+// epilogue.
+fn gelu_derivative(x: f32) -> f32 {
+    let eg = erf_gauss(x * 0.70710677);
+    return 0.5 * (1.0 + eg.x) + x * (eg.y * 0.3989423);
 }

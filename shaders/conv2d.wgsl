@@ -3,8 +3,9 @@
 // are loaded. Per group g (the GEMM batch), with K_w = (C_in/groups)·kh·kw patch rows and the batch folded
 // into the GEMM columns (col = n·HW + position):
 //   CONV_MODE 0, forward:      Y_g  = W_g · X̃_g           (M = C_out/g, N = batch·H_out·W_out, K = K_w)
-//                              plus bias[o] when HAS_BIAS; with GELU (K not split) also GELU(Y) in c_out2
-//                              (a convolution and its activation in one launch, Y kept for the backward)
+//                              plus bias[o] when HAS_BIAS; with GELU (K not split) GELU(Y) instead, and
+//                              GELU′(Y) in c_out2 (a convolution and its activation in one launch, with
+//                              the derivative its backward multiplies by)
 //   CONV_MODE 1, input grad:   dX_g = W_gᵀ ⋆ dY_g, gathered: dx[n,c,ih,iw] = Σ_{o,p,q} w[o,c,p,q]·dy[n,o,oh,ow]
 //                              over the taps with ih = oh·s_h − pad_h + p·dil_h (and likewise for w)
 //                              (M = C_in/g, N = batch·H_in·W_in, K = (C_out/g)·kh·kw)
@@ -250,9 +251,11 @@ fn gemm_store(g: u32, split: u32, row: u32, col: u32, value: f32) {
             }
             let np = udivmod(col, hw_out);
             let at = split * params.batch * params.c_out * hw_out + (np.x * params.c_out + o) * hw_out + np.y;
-            c_out[at] = v;
             if (GELU) {
-                c_out2[at] = gelu(v);
+                c_out[at] = gelu(v);
+                c_out2[at] = gelu_derivative(v);
+            } else {
+                c_out[at] = v;
             }
         }
         case 1u: {

@@ -2,8 +2,9 @@
 //
 // fill:   y[i] = value
 // unary:  y[i] = f(x[i]) for f selected by the specialisation constant OP, one of
-//         OP_EXP, OP_LOG (ln), OP_NEG, OP_SQRT, OP_GELU (x/2·(1 + erf(x/√2))), OP_ADD_SCALAR (x + c),
-//         OP_MUL_SCALAR (c·x), OP_POW_SCALAR (x^c), OP_MIN_SCALAR (min(x, c), NaN kept)
+//         OP_EXP, OP_LOG (ln), OP_NEG, OP_SQRT, OP_GELU (x/2·(1 + erf(x/√2))), OP_GELU_DERIVATIVE
+//         (GELU′(x) = Φ(x) + x·φ(x)), OP_ADD_SCALAR (x + c), OP_MUL_SCALAR (c·x), OP_POW_SCALAR (x^c),
+//         OP_MIN_SCALAR (min(x, c), NaN kept)
 // binary: y[i] = f(a[offset_a(i)], b[offset_b(i)]) with per-operand strides over up to 8 merged output
 //         dimensions (stride 0 on broadcast axes); OP: OP_ADD, OP_SUB, OP_MUL, OP_DIV,
 //         OP_GELU_BACKWARD (a·GELU′(b) with GELU′(x) = Φ(x) + x·φ(x)); with the scalar c (the adapters'
@@ -30,13 +31,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
-
-// GELU′(x) = Φ(x) + x·φ(x): with z = x/√2, erf(z) and φ(x) = exp(−z²)/√(2π) share one exp (the CPU
-// backend's order of operations).
-fn gelu_derivative(x: f32) -> f32 {
-    let eg = erf_gauss(x * 0.70710677);
-    return 0.5 * (1.0 + eg.x) + x * (eg.y * 0.3989423);
-}
 
 // x^c with Rust's powf conventions where WGSL's pow is undefined (x ≤ 0): integer exponents of negative
 // bases keep their sign, x^0 = 1, 0^c = 0 (c > 0) or +∞ (c < 0); non-integer powers of negatives are NaN.
@@ -65,6 +59,7 @@ fn unary_fn(x: f32, c: f32) -> f32 {
         case OP_NEG: { return -x; }
         case OP_SQRT: { return sqrt(x); }
         case OP_GELU: { return gelu(x); }
+        case OP_GELU_DERIVATIVE: { return gelu_derivative(x); }
         case OP_ADD_SCALAR: { return x + c; }
         case OP_MUL_SCALAR: { return c * x; }
         case OP_POW_SCALAR: { return powf(x, c); }

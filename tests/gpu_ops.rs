@@ -91,7 +91,7 @@ where
 }
 
 fn unary_op(code: u8, c: f32) -> UnaryOp {
-    match code % 9 {
+    match code % 10 {
         0 => UnaryOp::Exp,
         1 => UnaryOp::Log,
         2 => UnaryOp::Neg,
@@ -100,7 +100,8 @@ fn unary_op(code: u8, c: f32) -> UnaryOp {
         5 => UnaryOp::AddScalar(c),
         6 => UnaryOp::MulScalar(c),
         7 => UnaryOp::PowScalar(c),
-        _ => UnaryOp::MinScalar(c),
+        8 => UnaryOp::MinScalar(c),
+        _ => UnaryOp::GeluDerivative,
     }
 }
 
@@ -178,10 +179,10 @@ fn conv_cross_on(
     let g = *g;
     let launch = move |b: &dyn Backend, s: &[Storage]| {
         let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
-        let (a, h) = b.conv2d_gelu(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?;
+        let (z, dz) = b.conv2d_gelu(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?;
         Ok(vec![
-            a,
-            h,
+            z,
+            dz,
             b.conv2d(&s[0], &s[1], with_bias.then_some(&s[2]), &g)?,
             b.conv2d_input_grad(&s[3], &s[1], &g)?,
             b.conv2d_weight_grad(&s[0], &s[3], &g)?,
@@ -196,7 +197,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn fill_and_unary_match_cpu(code in 0u8..9, len in 1usize..3000, c in -2.5f32..2.5, seed in 0u64..1000) {
+    fn fill_and_unary_match_cpu(code in 0u8..10, len in 1usize..3000, c in -2.5f32..2.5, seed in 0u64..1000) {
         let op = unary_op(code, c);
         // ln, √ and non-integer powers need positive inputs; the others see both signs.
         let (lo, hi) = match op {
@@ -1018,10 +1019,10 @@ fn split_k_gemms_match_cpu() {
         ];
         cross_on(&format!("split-K conv {g:?}"), &gpu, &inputs, |b, s| {
             let (dw, db) = b.conv2d_weight_bias_grad(&s[0], &s[3], &g)?;
-            let (a, h) = b.conv2d_gelu(&s[0], &s[1], Some(&s[2]), &g)?;
+            let (z, dz) = b.conv2d_gelu(&s[0], &s[1], Some(&s[2]), &g)?;
             Ok(vec![
-                a,
-                h,
+                z,
+                dz,
                 b.conv2d(&s[0], &s[1], Some(&s[2]), &g)?,
                 b.conv2d_input_grad(&s[3], &s[1], &g)?,
                 b.conv2d_weight_grad(&s[0], &s[3], &g)?,

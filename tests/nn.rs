@@ -573,7 +573,9 @@ fn grad_checkpointing_gives_the_same_logits_and_gradients() {
                     let ops = loss.tape().ops();
                     let checkpoints = ops.iter().filter(|&&o| o == "checkpoint").count();
                     assert_eq!(checkpoints, if checkpointed { 3 } else { 0 });
-                    assert_eq!(ops.contains(&"gelu"), !checkpointed);
+                    // GELU is its own op, or part of the 1×1 convolution before it (conv_mlp).
+                    let gelu_on_tape = ops.iter().any(|o| o.contains("gelu"));
+                    assert_eq!(gelu_on_tape, !checkpointed);
                     let grads = loss.backward().unwrap();
                     let g = m
                         .trainable_parameters()

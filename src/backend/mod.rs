@@ -53,6 +53,8 @@ op_codes::elementwise_ops! {
         PowScalar(f32) = 7,
         /// y = min(x, c), NaN staying NaN (y = c only where x > c)
         MinScalar(f32) = 8,
+        /// y = GELU′(x) = Φ(x) + x·φ(x), φ the standard normal density (what GELU's backward multiplies by)
+        GeluDerivative = 9,
     }
 }
 
@@ -401,13 +403,13 @@ pub trait Backend: Send + Sync {
         layout: &BroadcastLayout,
     ) -> Result<Storage>;
 
-    /// g ← g·GELU′(x) over g's own buffer (same-shaped g and x), where the backend can write a storage in
-    /// place: the CPU, for a host buffer that no other storage handle shares. Returns whether it did; the
-    /// default does nothing, and the caller then runs [`BinaryOp::GeluBackward`] into a new buffer. Written
-    /// in place, the backward pass reads two tensors and writes over one it has just read, instead of
-    /// writing a third (whose lines the CPU would first read from memory).
-    fn gelu_backward_in_place(&self, g: &mut Storage, x: &Storage) -> Result<bool> {
-        let _ = (g, x);
+    /// a ← op(a, b) over a's own buffer (a and b of one shape, no broadcasting), where the backend can
+    /// write a storage in place: the CPU, for a host buffer that no other storage handle shares. Returns
+    /// whether it did; the default does nothing, and the caller then runs [`Backend::binary`] into a new
+    /// buffer. Written in place, a backward rule such as GELU's reads two tensors and writes over one it
+    /// has just read, instead of writing a third (whose lines the CPU would first read from memory).
+    fn binary_in_place(&self, op: BinaryOp, a: &mut Storage, b: &Storage) -> Result<bool> {
+        let _ = (op, a, b);
         Ok(false)
     }
 
@@ -521,9 +523,10 @@ pub trait Backend: Send + Sync {
         bias: Option<&Storage>,
         geom: &Conv2dGeometry,
     ) -> Result<Storage>;
-    /// (a, GELU(a)) with a = conv2d(x, w) + bias: a convolution and its activation, which a backend may
-    /// compute in one pass (both backends do for convolutions that run as a GEMM, in its epilogue); the
-    /// default is [`Backend::conv2d`] then GELU.
+    /// (GELU(y), GELU′(y)) with y = conv2d(x, w) + bias: a convolution's activation and the derivative its
+    /// backward multiplies by, which a backend may compute in one pass (both backends do for convolutions
+    /// that run as a GEMM, in its epilogue, never storing y); the default is [`Backend::conv2d`], then
+    /// [`UnaryOp::Gelu`] and [`UnaryOp::GeluDerivative`].
     fn conv2d_gelu(
         &self,
         x: &Storage,
@@ -531,10 +534,11 @@ pub trait Backend: Send + Sync {
         bias: Option<&Storage>,
         geom: &Conv2dGeometry,
     ) -> Result<(Storage, Storage)> {
-        let a = self.conv2d(x, w, bias, geom)?;
+        let y = self.conv2d(x, w, bias, geom)?;
         let n = geom.output_shape().numel();
-        let h = self.unary(UnaryOp::Gelu, &a, n)?;
-        Ok((a, h))
+        let z = self.unary(UnaryOp::Gelu, &y, n)?;
+        let dz = self.unary(UnaryOp::GeluDerivative, &y, n)?;
+        Ok((z, dz))
     }
     /// ∂L/∂x of a convolution given dy = ∂L/∂y (a transposed convolution of dy with w).
     fn conv2d_input_grad(

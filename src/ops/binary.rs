@@ -32,6 +32,32 @@ pub(crate) fn broadcast_kernel(
     Ok((storage, out))
 }
 
+/// op(g, x) for a backward rule whose incoming gradient g has x's shape: written over g's own buffer when
+/// the engine holds g alone and the backend can ([`Backend::binary_in_place`]), else into a new one by
+/// [`broadcast_kernel`]. The same values either way.
+///
+/// [`Backend::binary_in_place`]: crate::backend::Backend::binary_in_place
+pub(crate) fn over_gradient(
+    name: &'static str,
+    op: BinaryOp,
+    g: &Tensor,
+    x: &Tensor,
+) -> Result<Tensor> {
+    if g.shape() == x.shape() {
+        let (be, xs) = (g.device().backend(), x.storage());
+        let in_place = g.with_unique_storage(|s| be.binary_in_place(op, s, &xs));
+        if in_place.transpose()? == Some(true) {
+            return Ok(Tensor::from_storage(
+                g.storage(),
+                g.shape().clone(),
+                g.device(),
+            ));
+        }
+    }
+    let (storage, shape) = broadcast_kernel(name, op, g, x)?;
+    Ok(Tensor::from_storage(storage, shape, g.device()))
+}
+
 impl Tensor {
     /// a + b (broadcasting).
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {

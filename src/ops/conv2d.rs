@@ -15,7 +15,13 @@
 //!
 //! In matrix form per image and group (im2col view): Y_g = W_g · X̃_g with W_g (O/G, C/G·kh·kw) and X̃_g the
 //! (C/G·kh·kw, H_out·W_out) patch matrix, so ∂W_g = Σ_n G_g X̃_gᵀ and ∂X̃_g = W_gᵀ G_g (scattered back to x).
+//!
+//! With GELU ([`Tensor::conv2d_gelu`]): z = GELU(y), one op. Its forward keeps GELU′(y) (the backends
+//! compute it beside GELU(y), in the GEMM's epilogue where the convolution is a GEMM) instead of y, so the
+//! backward is G = ∂L/∂z ⊙ GELU′(y), one multiply, then the rules above: no erf is evaluated twice.
 
+use super::binary::over_gradient;
+use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
 use crate::shape::{Conv2dGeometry, Conv2dParams, Shape};
 use crate::tensor::Tensor;
@@ -56,12 +62,12 @@ impl Tensor {
             bias.map(|b| b.storage()).as_ref(),
             &geom,
         )?;
-        Ok(record(self, weight, bias, geom, storage))
+        Ok(record(self, weight, bias, geom, storage, None))
     }
 
-    /// GELU(conv2d(x, w) + b), the same as `x.conv2d(w, b, params)?.gelu()` (and recorded as those two
-    /// ops), computed in one pass where the backend fuses the activation into the convolution (both
-    /// backends' GEMM epilogue).
+    /// GELU(conv2d(x, w) + b): the values and gradients of `x.conv2d(w, b, params)?.gelu()`, as one op
+    /// whose forward is one pass where the backend fuses the activation into the convolution (both
+    /// backends' GEMM epilogue) and whose backward multiplies by the GELU′ that pass kept.
     pub fn conv2d_gelu(
         &self,
         weight: &Tensor,
@@ -69,13 +75,14 @@ impl Tensor {
         params: Conv2dParams,
     ) -> Result<Tensor> {
         let geom = check("conv2d_gelu", self, weight, bias, params)?;
-        let (a, h) = self.device().backend().conv2d_gelu(
+        let (z, dz) = self.device().backend().conv2d_gelu(
             &self.storage(),
             &weight.storage(),
             bias.map(|b| b.storage()).as_ref(),
             &geom,
         )?;
-        Ok(record(self, weight, bias, geom, a).gelu_computed(h))
+        let derivative = Tensor::from_storage(dz, geom.output_shape(), self.device());
+        Ok(record(self, weight, bias, geom, z, Some(derivative)))
     }
 }
 
@@ -108,24 +115,27 @@ fn check(
 
 /// The tape's name for a convolution, by kind, so that tapes and op profiles tell a ConvNeXt's layers
 /// apart: depthwise, 1×1 (the pointwise layers), or any other (the stem's and downsampling patchify
-/// convolutions).
-fn op_name(geom: &Conv2dGeometry) -> &'static str {
-    if geom.is_depthwise() {
-        "conv2d_depthwise"
-    } else if geom.kh == 1 && geom.kw == 1 {
-        "conv2d_1x1"
-    } else {
-        "conv2d"
+/// convolutions); with `_gelu` for [`Tensor::conv2d_gelu`].
+fn op_name(geom: &Conv2dGeometry, gelu: bool) -> &'static str {
+    match (geom.is_depthwise(), geom.kh == 1 && geom.kw == 1, gelu) {
+        (true, _, false) => "conv2d_depthwise",
+        (true, _, true) => "conv2d_depthwise_gelu",
+        (false, true, false) => "conv2d_1x1",
+        (false, true, true) => "conv2d_1x1_gelu",
+        (false, false, false) => "conv2d",
+        (false, false, true) => "conv2d_gelu",
     }
 }
 
-/// Records the convolution of `x` whose output `storage` is already computed.
+/// Records the convolution of `x` whose output `storage` is already computed; with `gelu_derivative`,
+/// GELU′ of the convolution, the output is GELU of it ([`Tensor::conv2d_gelu`]).
 fn record(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     geom: Conv2dGeometry,
     storage: crate::backend::Storage,
+    gelu_derivative: Option<Tensor>,
 ) -> Tensor {
     let (saved_x, w) = (x.detach(), weight.detach());
     let need = [
@@ -137,11 +147,20 @@ fn record(
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     Tensor::from_op(
-        op_name(&geom),
+        op_name(&geom, gelu_derivative.is_some()),
         storage,
         geom.output_shape(),
         &inputs,
         move |g| {
+            // Through GELU first: ∂L/∂y = ∂L/∂z ⊙ GELU′(y).
+            let through_gelu;
+            let g = match &gelu_derivative {
+                Some(d) => {
+                    through_gelu = over_gradient("conv2d_gelu_backward", BinaryOp::Mul, g, d)?;
+                    &through_gelu
+                }
+                None => g,
+            };
             let backend = g.device().backend();
             let dx = if need[0] {
                 let s = backend.conv2d_input_grad(&g.storage(), &w.storage(), &geom)?;
@@ -179,4 +198,55 @@ fn record(
 /// The output shape of a convolution of `x` with a weight of shape `w` (for callers that plan buffers).
 pub fn conv2d_output_shape(x: &Shape, w: &Shape, params: Conv2dParams) -> Result<Shape> {
     Ok(Conv2dGeometry::new(x, w, params)?.output_shape())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Device;
+    use crate::shape::Conv2dParams;
+    use crate::tensor::Tensor;
+
+    /// conv2d_gelu is `conv2d` then `gelu`, bit for bit on the CPU, in its value and in every gradient,
+    /// though its backward multiplies by the GELU′ its forward kept instead of evaluating GELU′ again: for
+    /// a 1×1 convolution (the fused GEMM epilogue, over several tiles and a partial one) and a 3×3 one
+    /// (patch matrices), whose outputs cover both signs and GELU's curved middle.
+    #[test]
+    fn conv2d_gelu_gives_the_values_and_gradients_of_conv2d_then_gelu() {
+        let dev = Device::cpu();
+        let wave = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * scale)
+                .collect()
+        };
+        for (k, pad) in [(1, 0), (3, 1)] {
+            let (c_in, c_out) = (24, 40);
+            let x = Tensor::param(&wave(2 * c_in * 81, 1.0), [2, c_in, 9, 9], &dev).unwrap();
+            let w =
+                Tensor::param(&wave(c_out * c_in * k * k, 0.6), [c_out, c_in, k, k], &dev).unwrap();
+            let b = Tensor::param(&wave(c_out, 0.3), [c_out], &dev).unwrap();
+            let c = Tensor::from_slice(&wave(2 * c_out * 81, 2.0), [2, c_out, 9, 9], &dev).unwrap();
+            let params = Conv2dParams::default().padding(pad);
+            let run = |fused: bool| {
+                let z = if fused {
+                    x.conv2d_gelu(&w, Some(&b), params).unwrap()
+                } else {
+                    x.conv2d(&w, Some(&b), params).unwrap().gelu().unwrap()
+                };
+                let grads = z.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![z.to_vec().unwrap()];
+                for t in [&x, &w, &b] {
+                    out.push(grads.get(t).unwrap().to_vec().unwrap());
+                }
+                out
+            };
+            let (fused, plain) = (run(true), run(false));
+            for (what, (f, p)) in ["value", "dx", "dw", "db"]
+                .iter()
+                .zip(fused.iter().zip(&plain))
+            {
+                assert_eq!(f, p, "{k}×{k} {what}");
+            }
+            assert!(fused[0].iter().any(|&v| v < 0.0) && fused[0].iter().any(|&v| v > 1.0));
+        }
+    }
 }

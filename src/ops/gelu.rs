@@ -4,10 +4,12 @@
 //! Derivative: ∂y/∂x = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π) the normal density.
 //! The backward runs one fused kernel, `BinaryOp::GeluBackward`, computing g·GELU′(x), over the incoming
 //! gradient's own buffer where the backend can and nothing else holds that gradient
-//! ([`Backend::gelu_backward_in_place`](crate::backend::Backend::gelu_backward_in_place)).
+//! ([`over_gradient`](super::binary::over_gradient)). A convolution followed by GELU has its own op,
+//! [`Tensor::conv2d_gelu`], which keeps GELU′ from the forward instead of x.
 
-use super::{record_unary, unary};
-use crate::backend::{BinaryOp, Storage, UnaryOp};
+use super::binary::over_gradient;
+use super::unary;
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -15,29 +17,15 @@ impl Tensor {
     /// GELU(x) = x·Φ(x) elementwise.
     pub fn gelu(&self) -> Result<Tensor> {
         let x = self.detach();
-        unary(self, "gelu", UnaryOp::Gelu, move |g| gelu_backward(g, &x))
+        unary(self, "gelu", UnaryOp::Gelu, move |g| {
+            Ok(vec![Some(over_gradient(
+                "gelu_backward",
+                BinaryOp::GeluBackward,
+                g,
+                &x,
+            )?)])
+        })
     }
-
-    /// GELU of this tensor recorded with its value `y` already computed (by a fused kernel such as
-    /// [`Tensor::conv2d_gelu`]'s).
-    pub(crate) fn gelu_computed(&self, y: Storage) -> Tensor {
-        let x = self.detach();
-        record_unary(self, "gelu", y, move |g| gelu_backward(g, &x))
-    }
-}
-
-fn gelu_backward(g: &Tensor, x: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    // The incoming gradient (GELU keeps the shape, so g has x's), when the engine holds it alone, becomes
-    // the result in place.
-    let (be, xs) = (g.device().backend(), x.storage());
-    let in_place = g.with_unique_storage(|s| be.gelu_backward_in_place(s, &xs));
-    if in_place.transpose()? == Some(true) {
-        let dx = Tensor::from_storage(g.storage(), g.shape().clone(), g.device());
-        return Ok(vec![Some(dx)]);
-    }
-    let (storage, shape) =
-        super::binary::broadcast_kernel("gelu_backward", BinaryOp::GeluBackward, g, x)?;
-    Ok(vec![Some(Tensor::from_storage(storage, shape, g.device()))])
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@ use super::depthwise::{
     depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_grad,
     depthwise_weight_bias_grad_one_pass,
 };
-use super::elementwise::gelu;
+use super::elementwise::unary;
 use super::matmul::{
     gemm_view, gemm_view_split, vec_written_by, Axis, Epilogue, MatView, OutView, Split,
 };
 use super::reduce::sum_keep_middle;
 use super::vec_written;
-use crate::backend::AxisLayout;
+use crate::backend::{AxisLayout, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
@@ -206,15 +206,16 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) ->
     Ok(conv2d_and_gelu(x, w, bias, g, false)?.0)
 }
 
-/// (a, GELU(a)) with a = conv(x, w) + bias; the GEMM's store writes both, so GELU costs no pass of its own.
+/// (GELU(y), GELU′(y)) with y = conv(x, w) + bias; the GEMM's store writes both, so GELU costs no pass of
+/// its own and y is never stored.
 pub fn conv2d_gelu(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (a, h) = conv2d_and_gelu(x, w, bias, g, true)?;
-    Ok((a, h.expect("asked for the activation")))
+    let (z, dz) = conv2d_and_gelu(x, w, bias, g, true)?;
+    Ok((z, dz.expect("asked for the derivative")))
 }
 
 fn conv2d_and_gelu(
@@ -236,41 +237,45 @@ fn conv2d_and_gelu(
     let len = g.batch * g.c_out * hw_out;
     if g.is_depthwise() {
         let y = depthwise_conv2d(x, w, bias, g);
-        let h = with_gelu.then(|| y.par_iter().map(|&v| gelu(v)).collect());
-        return Ok((y, h));
+        if !with_gelu {
+            return Ok((y, None));
+        }
+        let dz = unary(UnaryOp::GeluDerivative, &y);
+        return Ok((unary(UnaryOp::Gelu, &y), Some(dz)));
     }
-    let mut h = None;
-    // SAFETY: `conv2d_gemms` writes every element of y (and of the activation): each group's og output
+    let mut dz = None;
+    // SAFETY: `conv2d_gemms` writes every element of y (and of the derivative): each group's og output
     // channels of every image.
     let y = unsafe {
         vec_written_by(len, |y| {
             if with_gelu {
-                h = Some(vec_written_by(len, |act| {
-                    conv2d_gemms(x, w, bias, g, y, Some(act))
+                dz = Some(vec_written_by(len, |d| {
+                    conv2d_gemms(x, w, bias, g, y, Some(d))
                 }));
             } else {
                 conv2d_gemms(x, w, bias, g, y, None);
             }
         })
     };
-    Ok((y, h))
+    Ok((y, dz))
 }
 
-/// The GEMMs of a (not depthwise) convolution, overwriting y (and writing GELU(y) to `act`) with the bias.
+/// The GEMMs of a (not depthwise) convolution, overwriting y with the bias; with `derivative`, GELU of that
+/// instead, and GELU′ of it in `derivative`.
 ///
 /// # Safety
-/// `y` (and `act`) must be valid for writes of the whole output, `g.output_shape().numel()` floats.
+/// `y` (and `derivative`) must be valid for writes of the whole output, `g.output_shape().numel()` floats.
 unsafe fn conv2d_gemms(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     y: *mut f32,
-    act: Option<*mut f32>,
+    derivative: Option<*mut f32>,
 ) {
     if !is_pointwise(g) {
         // SAFETY: the caller's promise, passed on.
-        return unsafe { im2col_gemms(x, w, bias, g, ImagesOut(y), act.map(ImagesOut)) };
+        return unsafe { im2col_gemms(x, w, bias, g, ImagesOut(y), derivative.map(ImagesOut)) };
     }
     let hw = g.h_in * g.w_in;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
@@ -291,7 +296,7 @@ unsafe fn conv2d_gemms(
                 y.add(base),
                 &out_images(hw, g.c_out),
                 (og, cg, g.batch * hw),
-                &output_epilogue(bias, act, grp * og..(grp + 1) * og, base),
+                &output_epilogue(bias, derivative, grp * og..(grp + 1) * og, base),
             )
         };
     }
@@ -305,18 +310,18 @@ fn out_images(hw_out: usize, c_out: usize) -> OutView {
     }
 }
 
-/// The forward product's epilogue for the output channels `chans`: overwrite, add their bias, and write
-/// GELU at offset `base` of the activation when there is one.
+/// The forward product's epilogue for the output channels `chans`: overwrite, add their bias, and (with
+/// `derivative`) store GELU, with GELU′ at offset `base` of `derivative`.
 fn output_epilogue<'a>(
     bias: Option<&'a [f32]>,
-    act: Option<*mut f32>,
+    derivative: Option<*mut f32>,
     chans: std::ops::Range<usize>,
     base: usize,
 ) -> Epilogue<'a> {
     Epilogue {
         overwrite: true,
         row_bias: bias.map(|b| &b[chans]),
-        gelu_out: act.map(|p| p.wrapping_add(base)),
+        gelu_derivative_out: derivative.map(|p| p.wrapping_add(base)),
     }
 }
 
@@ -332,7 +337,7 @@ unsafe fn im2col_gemms(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     y: ImagesOut,
-    act: Option<ImagesOut>,
+    derivative: Option<ImagesOut>,
 ) {
     let hw_out = g.h_out * g.w_out;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
@@ -353,7 +358,7 @@ unsafe fn im2col_gemms(
             let base = (n0 * g.c_out + grp * og) * hw_out;
             let epi = output_epilogue(
                 bias,
-                act.map(ImagesOut::get),
+                derivative.map(ImagesOut::get),
                 grp * og..(grp + 1) * og,
                 base,
             );

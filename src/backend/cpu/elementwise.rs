@@ -120,7 +120,7 @@ pub fn gelu(x: f32) -> f32 {
 /// operations where the CPU has FMA, and within an ulp or two of the plain form.
 #[inline(always)]
 pub(super) fn gelu_with<const FMA: bool>(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf_and_gauss::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2).0)
+    gelu_and_derivative_with::<FMA>(x).0
 }
 
 /// GELU′(x) = Φ(x) + x·φ(x), φ(x) = exp(−x²/2)/√(2π). With z = x/√2, erf(z) and φ share exp(−z²), so one
@@ -133,10 +133,25 @@ pub fn gelu_derivative(x: f32) -> f32 {
 /// [`gelu_derivative`] with [`madd`]'s fused multiply-adds when `FMA`.
 #[inline(always)]
 fn gelu_derivative_with<const FMA: bool>(x: f32) -> f32 {
+    gelu_and_derivative_with::<FMA>(x).1
+}
+
+/// (GELU(x), GELU′(x)): [`gelu`] and [`gelu_derivative`] from one erf and one exp.
+#[inline(always)]
+pub(super) fn gelu_and_derivative(x: f32) -> (f32, f32) {
+    gelu_and_derivative_with::<false>(x)
+}
+
+/// (GELU(x), GELU′(x)) from one erf and one exp: the same bits as [`gelu_with`] and
+/// [`gelu_derivative_with`], whose expressions these are. A convolution with GELU stores both (the
+/// derivative for its backward pass).
+#[inline(always)]
+pub(super) fn gelu_and_derivative_with<const FMA: bool>(x: f32) -> (f32, f32) {
     let (erf, gauss) = erf_and_gauss::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2);
+    let gelu = 0.5 * x * (1.0 + erf);
     let cdf = 0.5 * (1.0 + erf);
     let pdf = gauss * 0.398_942_3; // 1/√(2π)
-    madd::<FMA>(x, pdf, cdf)
+    (gelu, madd::<FMA>(x, pdf, cdf))
 }
 
 /// Whether this CPU's [`widest`] code has FMA (x86-64 with AVX2+FMA or AVX-512): which form of GELU and
@@ -243,6 +258,8 @@ pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
         UnaryOp::Sqrt => map_unary(x, f32::sqrt),
         UnaryOp::Gelu if has_fma() => map_unary(x, gelu_with::<true>),
         UnaryOp::Gelu => map_unary(x, gelu),
+        UnaryOp::GeluDerivative if has_fma() => map_unary(x, gelu_derivative_with::<true>),
+        UnaryOp::GeluDerivative => map_unary(x, gelu_derivative),
         UnaryOp::AddScalar(c) => map_unary(x, move |v| v + c),
         UnaryOp::MulScalar(c) => map_unary(x, move |v| v * c),
         UnaryOp::PowScalar(c) => {
@@ -258,61 +275,98 @@ pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
     }
 }
 
+/// Runs `$body` with `$f` bound to the scalar function of binary op `$op`, f(a, b): one table for
+/// [`binary`] and [`binary_in_place`], so both compute the same bits.
+macro_rules! with_binary_fn {
+    ($op:expr, $f:ident => $body:expr) => {
+        match $op {
+            BinaryOp::Add => {
+                let $f = |x: f32, y: f32| x + y;
+                $body
+            }
+            BinaryOp::Sub => {
+                let $f = |x: f32, y: f32| x - y;
+                $body
+            }
+            BinaryOp::Mul => {
+                let $f = |x: f32, y: f32| x * y;
+                $body
+            }
+            BinaryOp::Div => {
+                let $f = |x: f32, y: f32| x / y;
+                $body
+            }
+            BinaryOp::GeluBackward if has_fma() => {
+                let $f = gelu_backward_with::<true>;
+                $body
+            }
+            BinaryOp::GeluBackward => {
+                let $f = gelu_backward_with::<false>;
+                $body
+            }
+            BinaryOp::AddScaled(c) => {
+                let $f = move |x: f32, y: f32| x + c * y;
+                $body
+            }
+            BinaryOp::MulExpScaled(c) => {
+                let $f = move |x: f32, y: f32| x * exp(c * y);
+                $body
+            }
+            BinaryOp::MulAffineScaled(c) => {
+                let $f = move |x: f32, y: f32| x * (1.0 + c * y);
+                $body
+            }
+            BinaryOp::MulScaled(c) => {
+                let $f = move |x: f32, y: f32| c * x * y;
+                $body
+            }
+            BinaryOp::MinScalarBackward(c) => {
+                let $f = move |g: f32, x: f32| if x > c { 0.0 } else { g };
+                $body
+            }
+        }
+    };
+}
+
 /// y = f(a, b) with broadcasting.
 pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], layout: &BroadcastLayout) -> Vec<f32> {
-    match op {
-        BinaryOp::Add => map_binary(a, b, layout, |x, y| x + y),
-        BinaryOp::Sub => map_binary(a, b, layout, |x, y| x - y),
-        BinaryOp::Mul => map_binary(a, b, layout, |x, y| x * y),
-        BinaryOp::Div => map_binary(a, b, layout, |x, y| x / y),
-        BinaryOp::GeluBackward if has_fma() => map_binary(a, b, layout, gelu_backward_with::<true>),
-        BinaryOp::GeluBackward => map_binary(a, b, layout, gelu_backward_with::<false>),
-        BinaryOp::AddScaled(c) => map_binary(a, b, layout, move |x, y| x + c * y),
-        BinaryOp::MulExpScaled(c) => map_binary(a, b, layout, move |x, y| x * exp(c * y)),
-        BinaryOp::MulAffineScaled(c) => map_binary(a, b, layout, move |x, y| x * (1.0 + c * y)),
-        BinaryOp::MulScaled(c) => map_binary(a, b, layout, move |x, y| c * x * y),
-        BinaryOp::MinScalarBackward(c) => {
-            map_binary(a, b, layout, move |g, x| if x > c { 0.0 } else { g })
-        }
-    }
+    with_binary_fn!(op, f => map_binary(a, b, layout, f))
 }
 
 /// GELU's backward at one element, g·GELU′(x): [`BinaryOp::GeluBackward`], whether into a new buffer or
-/// over the gradient's own ([`gelu_backward_in_place`]).
+/// over the gradient's own ([`binary_in_place`]).
 #[inline(always)]
 fn gelu_backward_with<const FMA: bool>(g: f32, x: f32) -> f32 {
     g * gelu_derivative_with::<FMA>(x)
 }
 
-/// g ← g·GELU′(a) elementwise, in place: [`BinaryOp::GeluBackward`] (the same bits) over the gradient's own
-/// buffer.
-pub(super) fn gelu_backward_in_place(g: &mut [f32], a: &[f32]) {
-    assert_eq!(
-        g.len(),
-        a.len(),
-        "GELU backward: gradient and input lengths"
-    );
-    #[inline(always)]
-    fn run<const FMA: bool>(g: &mut [f32], a: &[f32]) {
-        for (x, &p) in g.iter_mut().zip(a) {
-            *x = gelu_backward_with::<FMA>(*x, p);
-        }
+/// a ← f(a, b) elementwise over a's own buffer, for a `b` of a's length: [`binary`]'s op (the same bits)
+/// without a new output, so the pass reads two tensors and writes over one it has just read instead of
+/// writing a third.
+pub(super) fn binary_in_place(op: BinaryOp, a: &mut [f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{op:?} in place: operand lengths");
+    with_binary_fn!(op, f => map_in_place(a, b, f))
+}
+
+/// a[i] ← f(a[i], b[i]) in parallel chunks, in [`widest`]'s code.
+fn map_in_place(a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    let body = |(a, b): (&mut [f32], &[f32])| {
+        widest(
+            #[inline(always)]
+            || {
+                for (x, &y) in a.iter_mut().zip(b) {
+                    *x = f(*x, y);
+                }
+            },
+        )
+    };
+    if a.len() < PAR_MIN {
+        body((a, b));
+    } else {
+        a.par_chunks_mut(CHUNK)
+            .zip(b.par_chunks(CHUNK))
+            .for_each(body);
     }
-    let fma = has_fma();
-    g.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK))
-        .for_each(|(g, a)| {
-            widest(
-                #[inline(always)]
-                || {
-                    if fma {
-                        run::<true>(g, a)
-                    } else {
-                        run::<false>(g, a)
-                    }
-                },
-            )
-        });
 }
 
 /// One output row of a broadcast: the row's operands are read with strides `sa`, `sb` (1 or 0 in every
@@ -613,6 +667,43 @@ mod tests {
             assert_eq!(gelu(x), gelu_with::<false>(x));
             assert_eq!(gelu_derivative(x), gelu_derivative_with::<false>(x));
         }
+    }
+
+    /// Every binary op written over its first operand gives the bits of its new-buffer form, on enough
+    /// elements for the parallel chunks; and the GELU′ unary op is the derivative GELU's backward uses.
+    #[test]
+    fn in_place_binary_ops_and_the_gelu_derivative_match_their_other_forms() {
+        let n = 3 * CHUNK + 77;
+        let a: Vec<f32> = (0..n).map(|i| (i % 301) as f32 / 50.0 - 3.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 173) as f32 / 40.0 - 2.0).collect();
+        let shape = crate::shape::Shape::new([n]);
+        let layout = crate::shape::merge_broadcast_dims("test", &shape, &shape, &shape).unwrap();
+        let c = 0.37;
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::GeluBackward,
+            BinaryOp::AddScaled(c),
+            BinaryOp::MulExpScaled(c),
+            BinaryOp::MulAffineScaled(c),
+            BinaryOp::MulScaled(c),
+            BinaryOp::MinScalarBackward(c),
+        ] {
+            let want = binary(op, &a, &b, &layout);
+            let mut got = a.clone();
+            binary_in_place(op, &mut got, &b);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{op:?}"
+            );
+        }
+        let ones = vec![1.0; n];
+        let from_backward = binary(BinaryOp::GeluBackward, &ones, &a, &layout);
+        assert_eq!(unary(UnaryOp::GeluDerivative, &a), from_backward);
     }
 
     /// erf(x) = 2/√π Σ (−1)ⁿ x^(2n+1) / (n!(2n+1)), summed until the terms vanish (|x| ≤ 4).

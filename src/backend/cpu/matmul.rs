@@ -14,8 +14,9 @@
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
-//! on that first pass, and GELU(C) written into a second output after the last pass. A convolution's bias
-//! and fc1's activation then cost no pass of their own over the activation.
+//! on that first pass, and on the last pass GELU of the sum stored instead, with GELU′ of it in a second
+//! output (for the backward pass). A convolution's bias and fc1's activation then cost no pass of their
+//! own over the activation.
 //!
 //! Operands are [`MatView`]s: any matrix whose row and column indices map to memory by a stride, where an
 //! index may also be split into (block, offset) with a second stride. That covers plain and transposed
@@ -24,7 +25,7 @@
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
 use super::caches::{caches, Caches};
-use super::elementwise::{gelu, gelu_with, isa, Isa};
+use super::elementwise::{gelu_and_derivative, gelu_and_derivative_with, isa, Isa};
 use super::{copy_pieces, vec_written};
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
@@ -207,8 +208,9 @@ pub(crate) struct Epilogue<'a> {
     pub overwrite: bool,
     /// bias[i] added to every element of row i (on the first pass over k), `m` values.
     pub row_bias: Option<&'a [f32]>,
-    /// After the last pass over k, GELU(C[i, j]) is also written at the same offset from this pointer.
-    pub gelu_out: Option<*mut f32>,
+    /// On the last pass over k, C[i, j] becomes GELU of the sum and GELU′ of it is written at the same
+    /// offset from this pointer.
+    pub gelu_derivative_out: Option<*mut f32>,
 }
 
 impl Epilogue<'_> {
@@ -216,13 +218,13 @@ impl Epilogue<'_> {
     pub const ADD: Epilogue<'static> = Epilogue {
         overwrite: false,
         row_bias: None,
-        gelu_out: None,
+        gelu_derivative_out: None,
     };
     /// C = A·B.
     pub const OVERWRITE: Epilogue<'static> = Epilogue {
         overwrite: true,
         row_bias: None,
-        gelu_out: None,
+        gelu_derivative_out: None,
     };
 }
 
@@ -270,13 +272,32 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
 }
 
+/// The value an epilogue stores for the sum `v` at offset `at`: `v`, or with a derivative output GELU(v),
+/// writing GELU′(v) at `at` of that output. For the element-by-element paths (an empty k, the depth
+/// split's final sums); the tiles' store computes the same pair in its vectorised loop.
+///
+/// # Safety
+/// `derivative + at` must be valid for a write that no one else makes meanwhile.
+#[inline(always)]
+unsafe fn finish(v: f32, derivative: Option<*mut f32>, at: usize) -> f32 {
+    match derivative {
+        None => v,
+        Some(d) => {
+            let (z, dz) = gelu_and_derivative(v);
+            // SAFETY: the caller's promise.
+            unsafe { *d.add(at) = dz };
+            z
+        }
+    }
+}
+
 /// C += A·B, or C = A·B with the extras of `epi`, for general views (A m×k, B k×n) into the output view at
 /// `c`, on rayon's threads.
 ///
 /// # Safety
 /// Every element `c + out.rows.at(i) + out.cols.at(j)` for i < m, j < n must be valid for writes, distinct
-/// for distinct (i, j), and not accessed by anyone else during the call (the same for `epi.gelu_out`); the
-/// views' offsets must lie inside their slices (they are bounds-checked).
+/// for distinct (i, j), and not accessed by anyone else during the call (the same for
+/// `epi.gelu_derivative_out`); the views' offsets must lie inside their slices (they are bounds-checked).
 pub(crate) unsafe fn gemm_view(
     a: &MatView,
     b: &MatView,
@@ -320,13 +341,10 @@ pub(crate) unsafe fn gemm_view_split(
             let bias = epi.row_bias.map_or(0.0, |b| b[i]);
             for j in 0..n {
                 let at = out.rows.at(i) + out.cols.at(j);
-                // SAFETY: the caller guarantees element (i, j) of C (and of gelu_out) is ours.
+                // SAFETY: the caller guarantees element (i, j) of C (and of the derivative) is ours.
                 unsafe {
                     let v = if epi.overwrite { 0.0 } else { *c.add(at) } + bias;
-                    *c.add(at) = v;
-                    if let Some(g) = epi.gelu_out {
-                        *g.add(at) = gelu(v);
-                    }
+                    *c.add(at) = finish(v, epi.gelu_derivative_out, at);
                 }
             }
         }
@@ -379,8 +397,8 @@ struct TileStore<'a> {
     overwrite: bool,
     /// Added to the tile's rows (first pass only): the bias of rows ir..ir+mr.
     bias: Option<&'a [f32]>,
-    /// Also write GELU of the stored value here (last pass only).
-    gelu_out: Option<*mut f32>,
+    /// Store GELU of the value instead, and GELU′ of it here (last pass only).
+    gelu_derivative_out: Option<*mut f32>,
     /// Whether the tile's columns are consecutive in C (`cols[j] = cols[0] + j`), found once per B panel
     /// by [`consecutive`].
     cols_contiguous: bool,
@@ -405,7 +423,7 @@ impl<'a> TileStore<'a> {
         TileStore {
             overwrite: self.overwrite && first,
             bias: self.bias.filter(|_| first),
-            gelu_out: self.gelu_out.filter(|_| last),
+            gelu_derivative_out: self.gelu_derivative_out.filter(|_| last),
             ..*self
         }
     }
@@ -576,7 +594,7 @@ unsafe fn tile_avx2_rows<const R: usize, const V: usize>(
             }
         }
     }
-    if nr == 8 * V && store.cols_contiguous && store.gelu_out.is_none() {
+    if nr == 8 * V && store.cols_contiguous && store.gelu_derivative_out.is_none() {
         for (i, row) in acc.iter().enumerate() {
             let bias = store.bias.map(|b| b[i]);
             for (v, &x) in row.iter().enumerate() {
@@ -624,11 +642,11 @@ unsafe fn tile_portable(
 }
 
 /// C[rows[i] + cols[j]] (+)= the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR] (+ bias[i]), for i < mr, j < nr,
-/// then GELU of it into the second output if asked.
+/// stored as GELU of it with GELU′ in the second output if asked.
 ///
 /// # Safety
-/// Those `mr·nr` elements of C (and of `store.gelu_out`) must be valid, distinct and written by no one else
-/// meanwhile.
+/// Those `mr·nr` elements of C (and of `store.gelu_derivative_out`) must be valid, distinct and written by
+/// no one else meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
@@ -651,7 +669,7 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
 }
 
 /// Asks for the cache lines of C's tile (rows `rows[..mr]`, columns `cols[..nr]`) before the k loop, and
-/// those of the GELU output's tile when the store writes one.
+/// those of the GELU derivative's tile when the store writes one.
 ///
 /// C's tile is read (or written) only after the k loop: asking for its lines now lets their misses
 /// overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time on large
@@ -688,7 +706,7 @@ unsafe fn prefetch_c(
             }
         };
         tile_lines(c);
-        if let Some(g) = store.gelu_out {
+        if let Some(g) = store.gelu_derivative_out {
             tile_lines(g);
         }
     }
@@ -697,11 +715,11 @@ unsafe fn prefetch_c(
 }
 
 /// Stores the leading `mr`×`nr` corner of a computed tile into C as `store` says: added to C or
-/// overwriting it, plus the bias, then GELU of it into the second output if asked.
+/// overwriting it, plus the bias; or, if asked, GELU of that with GELU′ of it into the second output.
 ///
 /// # Safety
-/// Those `mr·nr` elements of C (and of `store.gelu_out`) must be valid, distinct and written by no one
-/// else meanwhile.
+/// Those `mr·nr` elements of C (and of `store.gelu_derivative_out`) must be valid, distinct and written by
+/// no one else meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
@@ -721,7 +739,7 @@ unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
         // images of a batch-blocked output reads and writes C element by element, but its arithmetic
         // stays vectorised). Raw-pointer reads and writes only: in an overwriting pass C may be
         // uninitialised memory, which no slice may cover. SAFETY (all blocks below): the caller guarantees
-        // these nr elements of C (and of the GELU output) are ours.
+        // these nr elements of C (and of the GELU derivative) are ours.
         let mut v = *row;
         if !store.overwrite {
             unsafe { add_row(&mut v, c, rows[i], cols, nr, contiguous) };
@@ -729,13 +747,16 @@ unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
         for x in &mut v {
             *x += bias;
         }
-        unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) };
-        if let Some(g) = store.gelu_out {
-            let mut h = [0.0f32; NR];
-            for (o, &x) in h.iter_mut().zip(&v) {
-                *o = gelu_with::<FMA>(x);
+        match store.gelu_derivative_out {
+            None => unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) },
+            Some(g) => {
+                let mut d = [0.0f32; NR];
+                for (x, o) in v.iter_mut().zip(&mut d) {
+                    (*x, *o) = gelu_and_derivative_with::<FMA>(*x);
+                }
+                unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) };
+                unsafe { store_row(&d, g, rows[i], cols, nr, contiguous) };
             }
-            unsafe { store_row(&h, g, rows[i], cols, nr, contiguous) };
         }
     }
 }
@@ -862,7 +883,7 @@ struct CPtr(*mut f32);
 // SAFETY: tasks write disjoint regions of C (distinct row blocks × column ranges), see `gemm_blocked`.
 unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
-// SAFETY: the GELU output of a pass is written by the tasks exactly as C is (the same offsets).
+// SAFETY: the GELU derivative of a pass is written by the tasks exactly as C is (the same offsets).
 unsafe impl Send for TileStore<'_> {}
 unsafe impl Sync for TileStore<'_> {}
 
@@ -1503,7 +1524,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     let whole = TileStore {
         overwrite: epi.overwrite,
         bias: epi.row_bias,
-        gelu_out: epi.gelu_out,
+        gelu_derivative_out: epi.gelu_derivative_out,
         cols_contiguous: false,
     };
     // One pass over k, rows p0..p0+kc of B (kc ≤ kc_max), of a run of passes over `ks` into `target`: the
@@ -1645,7 +1666,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                 None => shared(
                     Target {
                         store: TileStore {
-                            gelu_out: None,
+                            gelu_derivative_out: None,
                             ..whole.store
                         },
                         ..whole
@@ -1660,7 +1681,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                         store: TileStore {
                             overwrite: true,
                             bias: None,
-                            gelu_out: None,
+                            gelu_derivative_out: None,
                             cols_contiguous: false,
                         },
                     },
@@ -1681,22 +1702,19 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
             // C += the partial sums, in part order (so the result does not depend on the threads), then
             // GELU of the total.
             let partials = &partials;
-            let gelu_out = epi.gelu_out.map(CPtr);
+            let derivative = epi.gelu_derivative_out.map(CPtr);
             let rows = |i: usize| {
                 for j in 0..n {
                     let at = out.rows.at(i) + out.cols.at(j);
-                    // SAFETY: element (i, j) of C (and of the GELU output) is ours, the caller's promise;
-                    // part 0 wrote it.
+                    // SAFETY: element (i, j) of C (and of the GELU derivative) is ours, the caller's
+                    // promise; part 0 wrote it.
                     unsafe {
                         let cij = c.get().add(at);
                         let mut v = *cij;
                         for q in 1..parts {
                             v += partials[(q - 1) * m * n + i * n + j];
                         }
-                        *cij = v;
-                        if let Some(g) = gelu_out {
-                            *g.get().add(at) = gelu(v);
-                        }
+                        *cij = finish(v, derivative.map(|d| d.get()), at);
                     }
                 }
             };
@@ -1712,6 +1730,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::elementwise::{gelu, gelu_derivative};
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -2025,11 +2044,11 @@ mod tests {
         assert_eq!(at(48, 8), None);
     }
 
-    /// The overwriting epilogue ignores what C held (NaN here), adds the row bias once and writes GELU after
-    /// the last pass over k: for k = 0, k inside one KC block and k across several, into a strided NCHW-like
-    /// output and a plain one, on every instruction-set variant.
+    /// The overwriting epilogue ignores what C held (NaN here), adds the row bias once and, after the last
+    /// pass over k, stores GELU of the sum with GELU′ of it in the second output: for k = 0, k inside one
+    /// KC block and k across several, into a strided NCHW-like output, on every instruction-set variant.
     #[test]
-    fn the_epilogue_overwrites_adds_the_bias_once_and_writes_gelu() {
+    fn the_epilogue_overwrites_adds_the_bias_once_and_writes_gelu_and_its_derivative() {
         let mut seed = 5u64;
         for &(m, k, hw, images) in &[
             (5, 0, 7, 2),
@@ -2060,13 +2079,16 @@ mod tests {
                     want[at(i, j)] = dot + bias[i] as f64;
                 }
             }
-            let want_gelu: Vec<f64> = want.iter().map(|&v| gelu(v as f32) as f64).collect();
+            let gelu_of = |f: fn(f32) -> f32| -> Vec<f64> {
+                want.iter().map(|&v| f(v as f32) as f64).collect()
+            };
+            let (want_gelu, want_derivative) = (gelu_of(gelu), gelu_of(gelu_derivative));
             for (name, kernel, blocking, split) in variants() {
                 let what = format!("{name} {blocking:?} {split:?} {m}x{k}x{n}");
                 // k = 0 never reaches the blocked loop: gemm_view handles it.
                 let run = |c: &mut [f32], epi: &Epilogue| {
                     if k == 0 {
-                        // SAFETY: `out` addresses every element of c (and of the GELU output) once.
+                        // SAFETY: `out` addresses every element of c (and of the GELU derivative) once.
                         unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), epi) };
                     } else {
                         kernel(
@@ -2086,11 +2108,20 @@ mod tests {
                 let epi = Epilogue {
                     overwrite: true,
                     row_bias: Some(&bias),
-                    gelu_out: Some(g.as_mut_ptr()),
+                    gelu_derivative_out: Some(g.as_mut_ptr()),
                 };
                 run(&mut c, &epi);
-                check(&c, &want, k.max(1), &format!("{what} C"));
-                check(&g, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
+                check(&c, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
+                check(&g, &want_derivative, k.max(1), &format!("{what} GELU′(C)"));
+                // Without GELU: the sum itself.
+                let mut c0 = vec![f32::NAN; m * n];
+                let plain = Epilogue {
+                    overwrite: true,
+                    row_bias: Some(&bias),
+                    ..Epilogue::ADD
+                };
+                run(&mut c0, &plain);
+                check(&c0, &want, k.max(1), &format!("{what} C"));
                 // Adding instead: C starts at 1 and gains the product and the bias once.
                 let mut c1 = vec![1.0f32; m * n];
                 let add = Epilogue {

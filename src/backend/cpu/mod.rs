@@ -155,21 +155,25 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         Ok(wrap(elementwise::binary(op, host(a)?, host(b)?, layout)))
     }
-    fn gelu_backward_in_place(&self, g: &mut Storage, x: &Storage) -> Result<bool> {
-        let x = host(x)?;
-        let Storage::Cpu(g) = g else {
+    fn binary_in_place(&self, op: BinaryOp, a: &mut Storage, b: &Storage) -> Result<bool> {
+        let b = host(b)?;
+        let Storage::Cpu(a) = a else {
             return Ok(false);
         };
-        let Some(g) = Arc::get_mut(g) else {
+        let Some(a) = Arc::get_mut(a) else {
             return Ok(false);
         };
-        if g.len() != x.len() {
+        if a.len() != b.len() {
             return Err(Error::invalid(
-                "gelu_backward",
-                format!("gradient of {} values for an input of {}", g.len(), x.len()),
+                op.name(),
+                format!(
+                    "in place over {} values with an operand of {}",
+                    a.len(),
+                    b.len()
+                ),
             ));
         }
-        elementwise::gelu_backward_in_place(g, x);
+        elementwise::binary_in_place(op, a, b);
         Ok(true)
     }
     fn matmul(&self, a: &Storage, b: &Storage, spec: &MatmulSpec) -> Result<Storage> {
@@ -246,8 +250,8 @@ impl Backend for CpuBackend {
         geom: &Conv2dGeometry,
     ) -> Result<(Storage, Storage)> {
         let bias = bias.map(host).transpose()?;
-        let (a, h) = conv::conv2d_gelu(host(x)?, host(w)?, bias, geom)?;
-        Ok((wrap(a), wrap(h)))
+        let (z, dz) = conv::conv2d_gelu(host(x)?, host(w)?, bias, geom)?;
+        Ok((wrap(z), wrap(dz)))
     }
     fn conv2d_input_grad(
         &self,

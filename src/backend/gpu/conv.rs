@@ -12,8 +12,9 @@ use crate::error::Result;
 use crate::shape::Conv2dGeometry;
 
 impl GpuBackend {
-    /// (conv2d(x, w) + bias, GELU of it) from one GEMM launch whose epilogue applies GELU, when the
-    /// convolution is not depthwise and K is not split; otherwise the convolution, then GELU's kernel.
+    /// (GELU(y), GELU′(y)) with y = conv2d(x, w) + bias, from one GEMM launch whose epilogue writes both,
+    /// when the convolution is not depthwise and K is not split; otherwise the convolution, then the two
+    /// elementwise kernels.
     pub(super) fn launch_conv2d_gelu(
         &self,
         x: &Storage,
@@ -25,24 +26,25 @@ impl GpuBackend {
         let [groups, m, n, k] = forward_shape(g);
         let (tile, tiles) = self.gemm_tile_for(groups, m, n);
         if g.is_depthwise() || self.k_splits(tiles, k, n_out) > 1 {
-            let a = self.launch_conv2d(x, w, bias, g)?;
-            let h = self.launch_unary(UnaryOp::Gelu, &a, n_out)?;
-            return Ok((a, h));
+            let y = self.launch_conv2d(x, w, bias, g)?;
+            let z = self.launch_unary(UnaryOp::Gelu, &y, n_out)?;
+            let dz = self.launch_unary(UnaryOp::GeluDerivative, &y, n_out)?;
+            return Ok((z, dz));
         }
         let (x, w) = (self.buf(x)?, self.buf(w)?);
         let bias = bias.map(|b| self.buf(b)).transpose()?;
-        let (a, h) = (self.alloc(n_out)?, self.alloc(n_out)?);
+        let (z, dz) = (self.alloc(n_out)?, self.alloc(n_out)?);
         self.launch(
             &ShaderVariant::conv2d_act(0, bias.is_some(), is_pointwise(g), true).with_tile(tile),
             "gemm",
             &conv_params(g, bias.is_some())?.words(),
             Bindings::new(
                 &[Some(w.raw()), Some(x.raw()), bias.map(|b| b.raw())],
-                &[a.raw(), h.raw()],
+                &[z.raw(), dz.raw()],
             ),
             tiles as u64,
         )?;
-        Ok((Self::wrap(a), Self::wrap(h)))
+        Ok((Self::wrap(z), Self::wrap(dz)))
     }
 
     pub(super) fn launch_conv2d(

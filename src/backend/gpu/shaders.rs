@@ -501,7 +501,8 @@ impl ShaderVariant {
     pub fn conv2d(mode: u32, has_bias: bool, pointwise: bool) -> Self {
         Self::conv2d_act(mode, has_bias, pointwise, false)
     }
-    /// [`ShaderVariant::conv2d`] with `gelu`: the forward (mode 0) also writes GELU of its result.
+    /// [`ShaderVariant::conv2d`] with `gelu`: the forward (mode 0) writes GELU of its result, and GELU′ of
+    /// it into the second output.
     pub fn conv2d_act(mode: u32, has_bias: bool, pointwise: bool, gelu: bool) -> Self {
         Self::new(
             Family::Conv2d,
