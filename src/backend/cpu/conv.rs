@@ -14,13 +14,13 @@ use super::depthwise::{
     depthwise_conv2d, depthwise_conv2d_input_grad, depthwise_conv2d_weight_grad,
     depthwise_weight_bias_grad_one_pass,
 };
-use super::elementwise::unary;
+use super::elementwise::gelu_and_derivative_in_place;
 use super::matmul::{
     gemm_view, gemm_view_split, vec_written_by, Axis, Epilogue, MatView, OutView, Split,
 };
 use super::reduce::sum_keep_middle;
 use super::vec_written;
-use crate::backend::{AxisLayout, UnaryOp};
+use crate::backend::AxisLayout;
 use crate::error::{Error, Result};
 use crate::shape::Conv2dGeometry;
 use rayon::prelude::*;
@@ -203,28 +203,6 @@ fn batch_columns(hw: usize, channels: usize) -> Axis {
 /// at once for a 1×1 convolution, in tasks of a few images otherwise ([`im2col_gemms`]). The GEMM writes y
 /// without a zeroing pass and adds the bias as it stores.
 pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) -> Result<Vec<f32>> {
-    Ok(conv2d_and_gelu(x, w, bias, g, false)?.0)
-}
-
-/// (GELU(y), GELU′(y)) with y = conv(x, w) + bias; the GEMM's store writes both, so GELU costs no pass of
-/// its own and y is never stored.
-pub fn conv2d_gelu(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    g: &Conv2dGeometry,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (z, dz) = conv2d_and_gelu(x, w, bias, g, true)?;
-    Ok((z, dz.expect("asked for the derivative")))
-}
-
-fn conv2d_and_gelu(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    g: &Conv2dGeometry,
-    with_gelu: bool,
-) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     check_geometry(
         g,
         &[
@@ -233,49 +211,46 @@ fn conv2d_and_gelu(
             ("bias", bias.map_or(g.c_out, |b| b.len()), g.c_out),
         ],
     )?;
-    let hw_out = g.h_out * g.w_out;
-    let len = g.batch * g.c_out * hw_out;
     if g.is_depthwise() {
-        let y = depthwise_conv2d(x, w, bias, g);
-        if !with_gelu {
-            return Ok((y, None));
-        }
-        let dz = unary(UnaryOp::GeluDerivative, &y);
-        return Ok((unary(UnaryOp::Gelu, &y), Some(dz)));
+        return Ok(depthwise_conv2d(x, w, bias, g));
     }
-    let mut dz = None;
-    // SAFETY: `conv2d_gemms` writes every element of y (and of the derivative): each group's og output
-    // channels of every image.
-    let y = unsafe {
-        vec_written_by(len, |y| {
-            if with_gelu {
-                dz = Some(vec_written_by(len, |d| {
-                    conv2d_gemms(x, w, bias, g, y, Some(d))
-                }));
-            } else {
-                conv2d_gemms(x, w, bias, g, y, None);
-            }
-        })
-    };
+    let len = g.batch * g.c_out * g.h_out * g.w_out;
+    // SAFETY: `conv2d_gemms` writes every element of y: each group's og output channels of every image.
+    Ok(unsafe { vec_written_by(len, |y| conv2d_gemms(x, w, bias, g, y)) })
+}
+
+/// (GELU(y), GELU′(y)) with y = conv(x, w) + bias: the convolution, then one pass that writes GELU(y) over
+/// y and GELU′(y) beside it (one erf and one exp for both). A separate pass rather than the GEMM's store:
+/// in the store, GELU's arithmetic (a division, an exponential and two polynomials per element) runs
+/// after each tile's multiply-adds, as long as them at k = 40, and the tile's second output stalls on its
+/// cache misses; the streaming pass overlaps its arithmetic with its memory traffic. Over the four stages
+/// of convnext_atto at 224 (batch 32) the pass took 13–15% less time than the epilogue (see
+/// docs/BENCHMARKS.md).
+pub fn conv2d_gelu(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut y = conv2d(x, w, bias, g)?;
+    let dz = gelu_and_derivative_in_place(&mut y);
     Ok((y, dz))
 }
 
-/// The GEMMs of a (not depthwise) convolution, overwriting y with the bias; with `derivative`, GELU of that
-/// instead, and GELU′ of it in `derivative`.
+/// The GEMMs of a (not depthwise) convolution, overwriting y with the bias.
 ///
 /// # Safety
-/// `y` (and `derivative`) must be valid for writes of the whole output, `g.output_shape().numel()` floats.
+/// `y` must be valid for writes of the whole output, `g.output_shape().numel()` floats.
 unsafe fn conv2d_gemms(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     y: *mut f32,
-    derivative: Option<*mut f32>,
 ) {
     if !is_pointwise(g) {
         // SAFETY: the caller's promise, passed on.
-        return unsafe { im2col_gemms(x, w, bias, g, ImagesOut(y), derivative.map(ImagesOut)) };
+        return unsafe { im2col_gemms(x, w, bias, g, ImagesOut(y)) };
     }
     let hw = g.h_in * g.w_in;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
@@ -296,7 +271,7 @@ unsafe fn conv2d_gemms(
                 y.add(base),
                 &out_images(hw, g.c_out),
                 (og, cg, g.batch * hw),
-                &output_epilogue(bias, derivative, grp * og..(grp + 1) * og, base),
+                &output_epilogue(bias, grp * og..(grp + 1) * og),
             )
         };
     }
@@ -310,18 +285,11 @@ fn out_images(hw_out: usize, c_out: usize) -> OutView {
     }
 }
 
-/// The forward product's epilogue for the output channels `chans`: overwrite, add their bias, and (with
-/// `derivative`) store GELU, with GELU′ at offset `base` of `derivative`.
-fn output_epilogue<'a>(
-    bias: Option<&'a [f32]>,
-    derivative: Option<*mut f32>,
-    chans: std::ops::Range<usize>,
-    base: usize,
-) -> Epilogue<'a> {
+/// The forward product's epilogue for the output channels `chans`: overwrite and add their bias.
+fn output_epilogue(bias: Option<&[f32]>, chans: std::ops::Range<usize>) -> Epilogue<'_> {
     Epilogue {
         overwrite: true,
         row_bias: bias.map(|b| &b[chans]),
-        gelu_derivative_out: derivative.map(|p| p.wrapping_add(base)),
     }
 }
 
@@ -337,7 +305,6 @@ unsafe fn im2col_gemms(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     y: ImagesOut,
-    derivative: Option<ImagesOut>,
 ) {
     let hw_out = g.h_out * g.w_out;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
@@ -356,12 +323,7 @@ unsafe fn im2col_gemms(
             };
             let w_g = MatView::dense(&w[grp * og * k..(grp + 1) * og * k], og, k, false);
             let base = (n0 * g.c_out + grp * og) * hw_out;
-            let epi = output_epilogue(
-                bias,
-                derivative.map(ImagesOut::get),
-                grp * og..(grp + 1) * og,
-                base,
-            );
+            let epi = output_epilogue(bias, grp * og..(grp + 1) * og);
             // SAFETY: `out` from `base` addresses y[n, grp·og + o, pixel] for this task's images only,
             // all inside y (the caller's promise); no other task writes them.
             unsafe {

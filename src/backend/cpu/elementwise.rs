@@ -136,17 +136,11 @@ fn gelu_derivative_with<const FMA: bool>(x: f32) -> f32 {
     gelu_and_derivative_with::<FMA>(x).1
 }
 
-/// (GELU(x), GELU′(x)): [`gelu`] and [`gelu_derivative`] from one erf and one exp.
-#[inline(always)]
-pub(super) fn gelu_and_derivative(x: f32) -> (f32, f32) {
-    gelu_and_derivative_with::<false>(x)
-}
-
 /// (GELU(x), GELU′(x)) from one erf and one exp: the same bits as [`gelu_with`] and
-/// [`gelu_derivative_with`], whose expressions these are. A convolution with GELU stores both (the
-/// derivative for its backward pass).
+/// [`gelu_derivative_with`], whose expressions these are. A convolution with GELU keeps both (the
+/// derivative for its backward pass, [`gelu_and_derivative_in_place`]).
 #[inline(always)]
-pub(super) fn gelu_and_derivative_with<const FMA: bool>(x: f32) -> (f32, f32) {
+fn gelu_and_derivative_with<const FMA: bool>(x: f32) -> (f32, f32) {
     let (erf, gauss) = erf_and_gauss::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2);
     let gelu = 0.5 * x * (1.0 + erf);
     let cdf = 0.5 * (1.0 + erf);
@@ -346,6 +340,44 @@ fn gelu_backward_with<const FMA: bool>(g: f32, x: f32) -> f32 {
 pub(super) fn binary_in_place(op: BinaryOp, a: &mut [f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{op:?} in place: operand lengths");
     with_binary_fn!(op, f => map_in_place(a, b, f))
+}
+
+/// y ← GELU(y) in place, returning GELU′ of the old y: [`gelu_and_derivative_with`] over a buffer in one
+/// pass (in parallel chunks, in [`widest`]'s code).
+pub(super) fn gelu_and_derivative_in_place(y: &mut [f32]) -> Vec<f32> {
+    #[inline(always)]
+    fn run<const FMA: bool>(y: &mut [f32], d: &mut [MaybeUninit<f32>]) {
+        for (v, o) in y.iter_mut().zip(d) {
+            let (z, dz) = gelu_and_derivative_with::<FMA>(*v);
+            *v = z;
+            o.write(dz);
+        }
+    }
+    let fma = has_fma();
+    let body = |(y, d): (&mut [f32], &mut [MaybeUninit<f32>])| {
+        widest(
+            #[inline(always)]
+            || {
+                if fma {
+                    run::<true>(y, d)
+                } else {
+                    run::<false>(y, d)
+                }
+            },
+        )
+    };
+    // SAFETY: the chunks of d pair with those of y, which has its length: every element is written.
+    unsafe {
+        vec_written(y.len(), |d| {
+            if y.len() < PAR_MIN {
+                body((y, d));
+            } else {
+                y.par_chunks_mut(CHUNK)
+                    .zip(d.par_chunks_mut(CHUNK))
+                    .for_each(body);
+            }
+        })
+    }
 }
 
 /// a[i] ← f(a[i], b[i]) in parallel chunks, in [`widest`]'s code.
@@ -670,7 +702,8 @@ mod tests {
     }
 
     /// Every binary op written over its first operand gives the bits of its new-buffer form, on enough
-    /// elements for the parallel chunks; and the GELU′ unary op is the derivative GELU's backward uses.
+    /// elements for the parallel chunks; the GELU′ unary op is the derivative GELU's backward uses; and the
+    /// one-pass GELU with GELU′ gives both unary ops' values.
     #[test]
     fn in_place_binary_ops_and_the_gelu_derivative_match_their_other_forms() {
         let n = 3 * CHUNK + 77;
@@ -704,6 +737,11 @@ mod tests {
         let ones = vec![1.0; n];
         let from_backward = binary(BinaryOp::GeluBackward, &ones, &a, &layout);
         assert_eq!(unary(UnaryOp::GeluDerivative, &a), from_backward);
+        // GELU and GELU′ in one pass, GELU over the input: the two unary ops' bits.
+        let mut z = a.clone();
+        let dz = gelu_and_derivative_in_place(&mut z);
+        assert_eq!(z, unary(UnaryOp::Gelu, &a));
+        assert_eq!(dz, from_backward);
     }
 
     /// erf(x) = 2/√π Σ (−1)ⁿ x^(2n+1) / (n!(2n+1)), summed until the terms vanish (|x| ≤ 4).

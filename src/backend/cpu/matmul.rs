@@ -14,9 +14,7 @@
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
-//! on that first pass, and on the last pass GELU of the sum stored instead, with GELU′ of it in a second
-//! output (for the backward pass). A convolution's bias and fc1's activation then cost no pass of their
-//! own over the activation.
+//! on that first pass, so a convolution's bias costs no pass of its own over the output.
 //!
 //! Operands are [`MatView`]s: any matrix whose row and column indices map to memory by a stride, where an
 //! index may also be split into (block, offset) with a second stride. That covers plain and transposed
@@ -25,7 +23,7 @@
 //! are resolved while packing, so every layout runs the same micro-kernel.
 
 use super::caches::{caches, Caches};
-use super::elementwise::{gelu_and_derivative, gelu_and_derivative_with, isa, Isa};
+use super::elementwise::{isa, Isa};
 use super::{copy_pieces, vec_written};
 use crate::backend::MatmulSpec;
 use rayon::prelude::*;
@@ -208,9 +206,6 @@ pub(crate) struct Epilogue<'a> {
     pub overwrite: bool,
     /// bias[i] added to every element of row i (on the first pass over k), `m` values.
     pub row_bias: Option<&'a [f32]>,
-    /// On the last pass over k, C[i, j] becomes GELU of the sum and GELU′ of it is written at the same
-    /// offset from this pointer.
-    pub gelu_derivative_out: Option<*mut f32>,
 }
 
 impl Epilogue<'_> {
@@ -218,13 +213,11 @@ impl Epilogue<'_> {
     pub const ADD: Epilogue<'static> = Epilogue {
         overwrite: false,
         row_bias: None,
-        gelu_derivative_out: None,
     };
     /// C = A·B.
     pub const OVERWRITE: Epilogue<'static> = Epilogue {
         overwrite: true,
         row_bias: None,
-        gelu_derivative_out: None,
     };
 }
 
@@ -272,32 +265,13 @@ pub fn matmul(a: &[f32], b: &[f32], spec: &MatmulSpec) -> Vec<f32> {
     unsafe { vec_written_by(batch * m * n, |p| fill(CPtr(p))) }
 }
 
-/// The value an epilogue stores for the sum `v` at offset `at`: `v`, or with a derivative output GELU(v),
-/// writing GELU′(v) at `at` of that output. For the element-by-element paths (an empty k, the depth
-/// split's final sums); the tiles' store computes the same pair in its vectorised loop.
-///
-/// # Safety
-/// `derivative + at` must be valid for a write that no one else makes meanwhile.
-#[inline(always)]
-unsafe fn finish(v: f32, derivative: Option<*mut f32>, at: usize) -> f32 {
-    match derivative {
-        None => v,
-        Some(d) => {
-            let (z, dz) = gelu_and_derivative(v);
-            // SAFETY: the caller's promise.
-            unsafe { *d.add(at) = dz };
-            z
-        }
-    }
-}
-
 /// C += A·B, or C = A·B with the extras of `epi`, for general views (A m×k, B k×n) into the output view at
 /// `c`, on rayon's threads.
 ///
 /// # Safety
 /// Every element `c + out.rows.at(i) + out.cols.at(j)` for i < m, j < n must be valid for writes, distinct
-/// for distinct (i, j), and not accessed by anyone else during the call (the same for
-/// `epi.gelu_derivative_out`); the views' offsets must lie inside their slices (they are bounds-checked).
+/// for distinct (i, j), and not accessed by anyone else during the call; the views' offsets must lie inside
+/// their slices (they are bounds-checked).
 pub(crate) unsafe fn gemm_view(
     a: &MatView,
     b: &MatView,
@@ -336,15 +310,15 @@ pub(crate) unsafe fn gemm_view_split(
         return;
     }
     if k == 0 {
-        // An empty sum: C keeps its value (or becomes 0), plus the bias and the activation.
+        // An empty sum: C keeps its value (or becomes 0), plus the bias.
         for i in 0..m {
             let bias = epi.row_bias.map_or(0.0, |b| b[i]);
             for j in 0..n {
                 let at = out.rows.at(i) + out.cols.at(j);
-                // SAFETY: the caller guarantees element (i, j) of C (and of the derivative) is ours.
+                // SAFETY: the caller guarantees element (i, j) of C is ours.
                 unsafe {
                     let v = if epi.overwrite { 0.0 } else { *c.add(at) } + bias;
-                    *c.add(at) = finish(v, epi.gelu_derivative_out, at);
+                    *c.add(at) = v;
                 }
             }
         }
@@ -397,8 +371,6 @@ struct TileStore<'a> {
     overwrite: bool,
     /// Added to the tile's rows (first pass only): the bias of rows ir..ir+mr.
     bias: Option<&'a [f32]>,
-    /// Store GELU of the value instead, and GELU′ of it here (last pass only).
-    gelu_derivative_out: Option<*mut f32>,
     /// Whether the tile's columns are consecutive in C (`cols[j] = cols[0] + j`), found once per B panel
     /// by [`consecutive`].
     cols_contiguous: bool,
@@ -418,12 +390,11 @@ impl<'a> TileStore<'a> {
         }
     }
     /// The store of one pass over k of the whole epilogue: it overwrites and adds the bias on the first
-    /// pass only, and writes GELU on the last only.
-    fn pass(&self, first: bool, last: bool) -> TileStore<'a> {
+    /// pass only.
+    fn pass(&self, first: bool) -> TileStore<'a> {
         TileStore {
             overwrite: self.overwrite && first,
             bias: self.bias.filter(|_| first),
-            gelu_derivative_out: self.gelu_derivative_out.filter(|_| last),
             ..*self
         }
     }
@@ -500,7 +471,7 @@ unsafe fn tile_avx512(
 
 /// The AVX2+FMA micro-kernel, written with intrinsics rather than left to the compiler's vectoriser: the
 /// 6×16 tile stays in twelve registers through the k loop and, for a whole tile whose rows are runs of 16
-/// floats in C and that writes no GELU (most tiles), goes from those registers into C. Other tiles are
+/// floats in C (most tiles), goes from those registers into C. Other tiles are
 /// stored by [`store_tile`]. The same sums in the same order as [`tile`], so the same results.
 ///
 /// A tile of fewer than 6 rows (the last of a product whose rows are not a multiple of 6) is computed for
@@ -568,7 +539,7 @@ unsafe fn tile_avx2_rows<const R: usize, const V: usize>(
     const MR: usize = 6;
     const NR: usize = 16;
     // SAFETY: prefetching never faults.
-    unsafe { prefetch_c(c, rows, cols, R, nr, store) };
+    unsafe { prefetch_c(c, rows, cols, R, nr) };
     let (kc, b_step) = (b.kc, b.step);
     let r: [usize; R] = a_rows[..R].try_into().expect("R row offsets");
     let mut acc = [[_mm256_setzero_ps(); V]; R];
@@ -594,7 +565,7 @@ unsafe fn tile_avx2_rows<const R: usize, const V: usize>(
             }
         }
     }
-    if nr == 8 * V && store.cols_contiguous && store.gelu_derivative_out.is_none() {
+    if nr == 8 * V && store.cols_contiguous {
         for (i, row) in acc.iter().enumerate() {
             let bias = store.bias.map(|b| b[i]);
             for (v, &x) in row.iter().enumerate() {
@@ -622,7 +593,7 @@ unsafe fn tile_avx2_rows<const R: usize, const V: usize>(
         }
     }
     // SAFETY: the caller's guarantee, passed on.
-    unsafe { store_tile::<MR, NR, true>(&tile, c, rows, cols, R, nr, store) }
+    unsafe { store_tile::<MR, NR>(&tile, c, rows, cols, R, nr, store) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -641,12 +612,10 @@ unsafe fn tile_portable(
     tile::<4, 8, false>(a, a_rows, a_step, b, c, r, q, mr, nr, store)
 }
 
-/// C[rows[i] + cols[j]] (+)= the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR] (+ bias[i]), for i < mr, j < nr,
-/// stored as GELU of it with GELU′ in the second output if asked.
+/// C[rows[i] + cols[j]] (+)= the MR×NR tile Σ_p a[p][0..MR] ⊗ b[p][0..NR] (+ bias[i]), for i < mr, j < nr.
 ///
 /// # Safety
-/// Those `mr·nr` elements of C (and of `store.gelu_derivative_out`) must be valid, distinct and written by
-/// no one else meanwhile.
+/// Those `mr·nr` elements of C must be valid, distinct and written by no one else meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
@@ -662,67 +631,46 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     store: &TileStore,
 ) {
     // SAFETY: prefetching never faults.
-    unsafe { prefetch_c(c, rows, cols, mr, nr, store) };
+    unsafe { prefetch_c(c, rows, cols, mr, nr) };
     let acc = micro_kernel::<MR, NR, FMA>(a, a_rows, a_step, b);
     // SAFETY: the caller's guarantee, passed on.
-    unsafe { store_tile::<MR, NR, FMA>(&acc, c, rows, cols, mr, nr, store) }
+    unsafe { store_tile::<MR, NR>(&acc, c, rows, cols, mr, nr, store) }
 }
 
-/// Asks for the cache lines of C's tile (rows `rows[..mr]`, columns `cols[..nr]`) before the k loop, and
-/// those of the GELU derivative's tile when the store writes one.
+/// Asks for the cache lines of C's tile (rows `rows[..mr]`, columns `cols[..nr]`) before the k loop.
 ///
 /// C's tile is read (or written) only after the k loop: asking for its lines now lets their misses
 /// overlap with the multiply-adds instead of stalling the stores (a quarter of the kernel's time on large
-/// products without this). The GELU output is written only, but its stores miss the same way: without its
-/// lines asked for, the forward of convnext_atto's stage-0 fc1 with GELU (`examples/pointwise_convs`,
-/// 56×56, batch 32) took 38.7 ms (median of 5 rounds) against 32.3 ms with them, its plain forward
-/// 13.5–14.5 ms in both (on the 2-core AMD EPYC development machine). The first, middle and last column
-/// cover every cache line of a row of up to 32 consecutive floats (128 bytes, at most three lines); a fixed
-/// list, as an iterator here cost a few percent of the kernel on products with small k.
+/// products without this). The first, middle and last column cover every cache line of a row of up to 32
+/// consecutive floats (128 bytes, at most three lines); a fixed list, as an iterator here cost a few
+/// percent of the kernel on products with small k.
 ///
 /// # Safety
 /// None beyond computing the addresses: a prefetch never faults.
 #[inline(always)]
-unsafe fn prefetch_c(
-    c: *mut f32,
-    rows: &[usize],
-    cols: &[usize],
-    mr: usize,
-    nr: usize,
-    store: &TileStore,
-) {
+unsafe fn prefetch_c(c: *mut f32, rows: &[usize], cols: &[usize], mr: usize, nr: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let tile_lines = |out: *mut f32| {
-            for &row in &rows[..mr] {
-                for j in [0, nr / 2, nr - 1] {
-                    // SAFETY: prefetching is a hint: it never faults, and these addresses are the
-                    // outputs' anyway.
-                    unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(row + cols[j]).cast::<i8>());
-                    }
-                }
+    for &row in &rows[..mr] {
+        for j in [0, nr / 2, nr - 1] {
+            // SAFETY: prefetching is a hint: it never faults, and these addresses are the output's anyway.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(row + cols[j]).cast::<i8>());
             }
-        };
-        tile_lines(c);
-        if let Some(g) = store.gelu_derivative_out {
-            tile_lines(g);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (c, rows, cols, mr, nr, store);
+    let _ = (c, rows, cols, mr, nr);
 }
 
 /// Stores the leading `mr`×`nr` corner of a computed tile into C as `store` says: added to C or
-/// overwriting it, plus the bias; or, if asked, GELU of that with GELU′ of it into the second output.
+/// overwriting it, plus the bias.
 ///
 /// # Safety
-/// Those `mr·nr` elements of C (and of `store.gelu_derivative_out`) must be valid, distinct and written by
-/// no one else meanwhile.
+/// Those `mr·nr` elements of C must be valid, distinct and written by no one else meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
+unsafe fn store_tile<const MR: usize, const NR: usize>(
     acc: &[[f32; NR]; MR],
     c: *mut f32,
     rows: &[usize],
@@ -734,12 +682,11 @@ unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
     let contiguous = store.cols_contiguous;
     for (i, row) in acc.iter().enumerate().take(mr) {
         let bias = store.bias.map_or(0.0, |b| b[i]);
-        // The row in a fixed-size array, so that every loop below has NR iterations and vectorises (GELU's
-        // polynomials included), whether C's columns are consecutive or not (a tile that straddles two
-        // images of a batch-blocked output reads and writes C element by element, but its arithmetic
-        // stays vectorised). Raw-pointer reads and writes only: in an overwriting pass C may be
-        // uninitialised memory, which no slice may cover. SAFETY (all blocks below): the caller guarantees
-        // these nr elements of C (and of the GELU derivative) are ours.
+        // The row in a fixed-size array, so that every loop below has NR iterations and vectorises, whether
+        // C's columns are consecutive or not (a tile that straddles two images of a batch-blocked output
+        // reads and writes C element by element, but its arithmetic stays vectorised). Raw-pointer reads
+        // and writes only: in an overwriting pass C may be uninitialised memory, which no slice may cover.
+        // SAFETY (both blocks below): the caller guarantees these nr elements of C are ours.
         let mut v = *row;
         if !store.overwrite {
             unsafe { add_row(&mut v, c, rows[i], cols, nr, contiguous) };
@@ -747,17 +694,7 @@ unsafe fn store_tile<const MR: usize, const NR: usize, const FMA: bool>(
         for x in &mut v {
             *x += bias;
         }
-        match store.gelu_derivative_out {
-            None => unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) },
-            Some(g) => {
-                let mut d = [0.0f32; NR];
-                for (x, o) in v.iter_mut().zip(&mut d) {
-                    (*x, *o) = gelu_and_derivative_with::<FMA>(*x);
-                }
-                unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) };
-                unsafe { store_row(&d, g, rows[i], cols, nr, contiguous) };
-            }
-        }
+        unsafe { store_row(&v, c, rows[i], cols, nr, contiguous) };
     }
 }
 
@@ -883,9 +820,6 @@ struct CPtr(*mut f32);
 // SAFETY: tasks write disjoint regions of C (distinct row blocks × column ranges), see `gemm_blocked`.
 unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
-// SAFETY: the GELU derivative of a pass is written by the tasks exactly as C is (the same offsets).
-unsafe impl Send for TileStore<'_> {}
-unsafe impl Sync for TileStore<'_> {}
 
 impl CPtr {
     /// The pointer (a method, so closures capture the whole Sync wrapper rather than its field).
@@ -1524,11 +1458,10 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     let whole = TileStore {
         overwrite: epi.overwrite,
         bias: epi.row_bias,
-        gelu_derivative_out: epi.gelu_derivative_out,
         cols_contiguous: false,
     };
     // One pass over k, rows p0..p0+kc of B (kc ≤ kc_max), of a run of passes over `ks` into `target`: the
-    // run's first pass overwrites and adds the bias, its last writes GELU (as far as the target asks).
+    // run's first pass overwrites and adds the bias (as far as the target asks).
     let pass = |target: Target<'a>, ks: &Range<usize>, p0: usize| {
         let kc = kc_max.min(ks.end - p0);
         Pass {
@@ -1542,7 +1475,7 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
             n,
             p0,
             kc,
-            store: target.store.pass(p0 == ks.start, p0 + kc == ks.end),
+            store: target.store.pass(p0 == ks.start),
             tile_fn,
         }
     };
@@ -1655,25 +1588,15 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
             let parts = depth_parts(k, kc_max);
             // Part q: k from q·k/parts, equal parts (in passes of at most kc from the part's start).
             let part_ks = |q: usize| q * k / parts..(q + 1) * k / parts;
-            // Part 0 sums into C with the epilogue's overwrite and bias but not its GELU (that comes after
-            // the other parts); parts 1.. overwrite partial sums of their own, row-major m×n.
+            // Part 0 sums into C with the epilogue's overwrite and bias; parts 1.. overwrite partial sums of
+            // their own, row-major m×n.
             let plain = OutView {
                 rows: Axis::plain(n),
                 cols: Axis::plain(1),
             };
             let mut partials = vec![0.0f32; (parts - 1) * m * n];
             let run = |q: usize, partial: Option<&mut [f32]>| match partial {
-                None => shared(
-                    Target {
-                        store: TileStore {
-                            gelu_derivative_out: None,
-                            ..whole.store
-                        },
-                        ..whole
-                    },
-                    part_ks(q),
-                    true,
-                ),
+                None => shared(whole, part_ks(q), true),
                 Some(partial) => shared(
                     Target {
                         c: CPtr(partial.as_mut_ptr()),
@@ -1681,7 +1604,6 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                         store: TileStore {
                             overwrite: true,
                             bias: None,
-                            gelu_derivative_out: None,
                             cols_contiguous: false,
                         },
                     },
@@ -1699,22 +1621,19 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
                     .into_par_iter()
                     .for_each(|(q, p)| run(q, p));
             }
-            // C += the partial sums, in part order (so the result does not depend on the threads), then
-            // GELU of the total.
+            // C += the partial sums, in part order (so the result does not depend on the threads).
             let partials = &partials;
-            let derivative = epi.gelu_derivative_out.map(CPtr);
             let rows = |i: usize| {
                 for j in 0..n {
                     let at = out.rows.at(i) + out.cols.at(j);
-                    // SAFETY: element (i, j) of C (and of the GELU derivative) is ours, the caller's
-                    // promise; part 0 wrote it.
+                    // SAFETY: element (i, j) of C is ours, the caller's promise; part 0 wrote it.
                     unsafe {
                         let cij = c.get().add(at);
                         let mut v = *cij;
                         for q in 1..parts {
                             v += partials[(q - 1) * m * n + i * n + j];
                         }
-                        *cij = finish(v, derivative.map(|d| d.get()), at);
+                        *cij = v;
                     }
                 }
             };
@@ -1730,7 +1649,6 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::elementwise::{gelu, gelu_derivative};
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -2044,11 +1962,11 @@ mod tests {
         assert_eq!(at(48, 8), None);
     }
 
-    /// The overwriting epilogue ignores what C held (NaN here), adds the row bias once and, after the last
-    /// pass over k, stores GELU of the sum with GELU′ of it in the second output: for k = 0, k inside one
-    /// KC block and k across several, into a strided NCHW-like output, on every instruction-set variant.
+    /// The overwriting epilogue ignores what C held (NaN here) and adds the row bias once: for k = 0, k
+    /// inside one KC block and k across several, into a strided NCHW-like output, on every instruction-set
+    /// variant.
     #[test]
-    fn the_epilogue_overwrites_adds_the_bias_once_and_writes_gelu_and_its_derivative() {
+    fn the_epilogue_overwrites_and_adds_the_bias_once() {
         let mut seed = 5u64;
         for &(m, k, hw, images) in &[
             (5, 0, 7, 2),
@@ -2079,16 +1997,12 @@ mod tests {
                     want[at(i, j)] = dot + bias[i] as f64;
                 }
             }
-            let gelu_of = |f: fn(f32) -> f32| -> Vec<f64> {
-                want.iter().map(|&v| f(v as f32) as f64).collect()
-            };
-            let (want_gelu, want_derivative) = (gelu_of(gelu), gelu_of(gelu_derivative));
             for (name, kernel, blocking, split) in variants() {
                 let what = format!("{name} {blocking:?} {split:?} {m}x{k}x{n}");
                 // k = 0 never reaches the blocked loop: gemm_view handles it.
                 let run = |c: &mut [f32], epi: &Epilogue| {
                     if k == 0 {
-                        // SAFETY: `out` addresses every element of c (and of the GELU derivative) once.
+                        // SAFETY: `out` addresses every element of c once.
                         unsafe { gemm_view(&va, &vb, c.as_mut_ptr(), &out, (m, k, n), epi) };
                     } else {
                         kernel(
@@ -2104,24 +2018,12 @@ mod tests {
                     }
                 };
                 let mut c = vec![f32::NAN; m * n];
-                let mut g = vec![f32::NAN; m * n];
                 let epi = Epilogue {
                     overwrite: true,
                     row_bias: Some(&bias),
-                    gelu_derivative_out: Some(g.as_mut_ptr()),
                 };
                 run(&mut c, &epi);
-                check(&c, &want_gelu, k.max(1), &format!("{what} GELU(C)"));
-                check(&g, &want_derivative, k.max(1), &format!("{what} GELU′(C)"));
-                // Without GELU: the sum itself.
-                let mut c0 = vec![f32::NAN; m * n];
-                let plain = Epilogue {
-                    overwrite: true,
-                    row_bias: Some(&bias),
-                    ..Epilogue::ADD
-                };
-                run(&mut c0, &plain);
-                check(&c0, &want, k.max(1), &format!("{what} C"));
+                check(&c, &want, k.max(1), &format!("{what} C"));
                 // Adding instead: C starts at 1 and gains the product and the bias once.
                 let mut c1 = vec![1.0f32; m * n];
                 let add = Epilogue {
