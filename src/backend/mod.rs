@@ -524,9 +524,9 @@ pub trait Backend: Send + Sync {
         geom: &Conv2dGeometry,
     ) -> Result<Storage>;
     /// (GELU(y), GELU′(y)) with y = conv2d(x, w) + bias: a convolution's activation and the derivative its
-    /// backward multiplies by, which a backend may compute in one pass (both backends do for convolutions
-    /// that run as a GEMM, in its epilogue, never storing y); the default is [`Backend::conv2d`], then
-    /// [`UnaryOp::Gelu`] and [`UnaryOp::GeluDerivative`].
+    /// backward multiplies by, which a backend may compute together (the CPU in one pass over y, writing
+    /// GELU over it; the GPU in the GEMM's epilogue for convolutions that run as one, never storing y); the
+    /// default is [`Backend::conv2d`], then [`UnaryOp::Gelu`] and [`UnaryOp::GeluDerivative`].
     fn conv2d_gelu(
         &self,
         x: &Storage,

@@ -16,8 +16,8 @@
 //! In matrix form per image and group (im2col view): Y_g = W_g · X̃_g with W_g (O/G, C/G·kh·kw) and X̃_g the
 //! (C/G·kh·kw, H_out·W_out) patch matrix, so ∂W_g = Σ_n G_g X̃_gᵀ and ∂X̃_g = W_gᵀ G_g (scattered back to x).
 //!
-//! With GELU ([`Tensor::conv2d_gelu`]): z = GELU(y), one op. Its forward keeps GELU′(y) (the backends
-//! compute it beside GELU(y), in the GEMM's epilogue where the convolution is a GEMM) instead of y, so the
+//! With GELU ([`Tensor::conv2d_gelu`]): z = GELU(y), one op. Its forward keeps GELU′(y) instead of y (the
+//! backends compute it with GELU(y): the CPU in one pass over y, the GPU in the GEMM's epilogue), so the
 //! backward is G = ∂L/∂z ⊙ GELU′(y), one multiply, then the rules above: no erf is evaluated twice.
 
 use super::binary::over_gradient;
@@ -66,8 +66,10 @@ impl Tensor {
     }
 
     /// GELU(conv2d(x, w) + b): the values and gradients of `x.conv2d(w, b, params)?.gelu()`, as one op
-    /// whose forward is one pass where the backend fuses the activation into the convolution (both
-    /// backends' GEMM epilogue) and whose backward multiplies by the GELU′ that pass kept.
+    /// whose forward computes GELU and GELU′ together ([`Backend::conv2d_gelu`]) and whose backward
+    /// multiplies by the GELU′ it kept.
+    ///
+    /// [`Backend::conv2d_gelu`]: crate::backend::Backend::conv2d_gelu
     pub fn conv2d_gelu(
         &self,
         weight: &Tensor,
@@ -208,8 +210,8 @@ mod tests {
 
     /// conv2d_gelu is `conv2d` then `gelu`, bit for bit on the CPU, in its value and in every gradient,
     /// though its backward multiplies by the GELU′ its forward kept instead of evaluating GELU′ again: for
-    /// a 1×1 convolution (the fused GEMM epilogue, over several tiles and a partial one) and a 3×3 one
-    /// (patch matrices), whose outputs cover both signs and GELU's curved middle.
+    /// a 1×1 convolution (one GEMM over the batch, several tiles and a partial one) and a 3×3 one (patch
+    /// matrices), whose outputs cover both signs and GELU's curved middle.
     #[test]
     fn conv2d_gelu_gives_the_values_and_gradients_of_conv2d_then_gelu() {
         let dev = Device::cpu();
