@@ -4,8 +4,8 @@
 //! Derivative: ∂y/∂x = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π) the normal density.
 //! The backward runs one fused kernel, `BinaryOp::GeluBackward`, computing g·GELU′(x), over the incoming
 //! gradient's own buffer where the backend can and nothing else holds that gradient
-//! ([`over_gradient`](super::binary::over_gradient)). A convolution followed by GELU has its own op,
-//! [`Tensor::conv2d_gelu`], which keeps GELU′ from the forward instead of x.
+//! ([`Backend::binary_in_place`](crate::backend::Backend::binary_in_place)). A convolution followed by GELU
+//! has its own op, [`Tensor::conv2d_gelu`], which keeps GELU′ from the forward instead of x.
 
 use super::binary::over_gradient;
 use super::unary;
