@@ -79,18 +79,22 @@ impl Stamp {
 /// gives no such clock (the busy column then reads 0).
 fn process_cpu_seconds() -> f64 {
     #[cfg(unix)]
-    {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec through a valid pointer; the clock id is a constant.
-        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
-        if ok {
-            return t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
-        }
+    if let Some(s) = clock_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) {
+        return s;
     }
     0.0
+}
+
+/// The seconds of one of the system's clocks, None if it cannot be read.
+#[cfg(unix)]
+fn clock_seconds(clock: libc::clockid_t) -> Option<f64> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let ok = unsafe { libc::clock_gettime(clock, &mut t) } == 0;
+    ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
@@ -215,16 +219,7 @@ mod tests {
 
     /// CPU seconds used so far by the calling thread.
     fn thread_cpu_seconds() -> f64 {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec through a valid pointer.
-        assert_eq!(
-            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) },
-            0
-        );
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID).expect("the thread's CPU clock")
     }
 
     /// The busy column's clock sums the CPU time of every thread of the process: two threads that each

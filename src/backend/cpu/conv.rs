@@ -224,8 +224,8 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Conv2dGeometry) ->
 /// in the store, GELU's arithmetic (a division, an exponential and two polynomials per element) runs
 /// after each tile's multiply-adds, as long as them at k = 40, and the tile's second output stalls on its
 /// cache misses; the streaming pass overlaps its arithmetic with its memory traffic. Over the four stages
-/// of convnext_atto at 224 (batch 32) the pass took 13–15% less time than the epilogue (see
-/// docs/BENCHMARKS.md).
+/// of convnext_atto at 224 (batch 32) the convolution with the pass took 13% less time than with GELU in
+/// the store (see docs/BENCHMARKS.md).
 pub fn conv2d_gelu(
     x: &[f32],
     w: &[f32],

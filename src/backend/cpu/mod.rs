@@ -64,34 +64,35 @@ pub(crate) unsafe fn vec_written(
 /// meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn copy_pieces(src: &[f32], dst: *mut f32) {
+    /// The first N values of `s` into the first N of `d`, as one N-value array: written value by value,
+    /// the compiler kept an 8-value piece as eight scalar moves.
+    #[inline(always)]
+    fn piece<const N: usize>(d: &mut [MaybeUninit<f32>], s: &[f32]) {
+        let s: &[f32; N] = s[..N].try_into().expect("N values");
+        let d: &mut [MaybeUninit<f32>; N] = (&mut d[..N]).try_into().expect("N values");
+        // SAFETY: MaybeUninit<[f32; N]> has the layout of [MaybeUninit<f32>; N].
+        unsafe { &mut *(d as *mut [MaybeUninit<f32>; N]).cast::<MaybeUninit<[f32; N]>>() }
+            .write(*s);
+    }
     // SAFETY: the caller's range, as MaybeUninit (it may be uninitialised; only whole values are written).
     let dst = unsafe { std::slice::from_raw_parts_mut(dst.cast::<MaybeUninit<f32>>(), src.len()) };
     // Written as fixed-size chunks of both slices: a loop over one slice that writes through an offset
     // pointer was turned back into a `memcpy` call by the compiler.
     let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
     for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; 8] = s.try_into().expect("8 values");
-        for (d, &v) in d.iter_mut().zip(s) {
-            d.write(v);
-        }
+        piece::<8>(d, s);
     }
     let (mut d, mut s) = (d.into_remainder(), s.remainder());
     if s.len() >= 4 {
-        let s4: &[f32; 4] = s[..4].try_into().expect("4 values");
-        for (d, &v) in d[..4].iter_mut().zip(s4) {
-            d.write(v);
-        }
+        piece::<4>(d, s);
         (d, s) = (&mut d[4..], &s[4..]);
     }
     if s.len() >= 2 {
-        let s2: &[f32; 2] = s[..2].try_into().expect("2 values");
-        for (d, &v) in d[..2].iter_mut().zip(s2) {
-            d.write(v);
-        }
+        piece::<2>(d, s);
         (d, s) = (&mut d[2..], &s[2..]);
     }
-    if let (Some(x), Some(&v)) = (d.first_mut(), s.first()) {
-        x.write(v);
+    if !s.is_empty() {
+        piece::<1>(d, s);
     }
 }
 
