@@ -886,12 +886,12 @@ const PACK_GROUP: usize = 8;
 /// current row. Each row's run is a few cache lines (a page or more away from the last row's in an NCHW
 /// tensor), too short for the hardware prefetcher to follow, so without this every row's copy waited on
 /// memory: on the 2-core AMD EPYC (Zen 3) development machine packing was 35% of the CPU samples of stage
-/// 0's 1×1 input gradient at 224×224 (40 ← 160 channels, 100,352 columns). Asking 4 rows ahead made stage
-/// 0's products 8–9% faster (backend calls at batch 32, medians of 9 rounds interleaved in one process,
-/// two runs: forward 40 → 160 channels 12.97, 13.20 → 12.08, 11.92 ms; input gradient 12.93, 12.93 →
-/// 11.86, 11.77; forward 160 → 40 13.01, 12.94 → 11.89, 12.02); stages 1 to 3 measured level (their B
-/// rows are shorter runs of fewer columns per task, or B is transposed while packed). 2 and 8 rows ahead
-/// measured like 4.
+/// 0's 1×1 input gradient at 224×224 (40 ← 160 channels, 100,352 columns). Asking 4 rows ahead made three
+/// of stage 0's four products 8–9% faster (backend calls at batch 32, medians of 9 rounds interleaved in
+/// one process, two runs: forward 40 → 160 channels 12.97, 13.20 → 12.08, 11.92 ms; input gradient 40 ←
+/// 160 12.93, 12.93 → 11.86, 11.77; forward 160 → 40 13.01, 12.94 → 11.89, 12.02) and the fourth, whose B
+/// has 40 rows, 2–3%; stages 1 to 3 measured level (their B rows are shorter runs of fewer columns per
+/// task, or B is transposed while packed). 2 and 8 rows ahead measured like 4.
 const PACK_AHEAD_ROWS: usize = 4;
 
 /// Packs the panels of `out` (each kc·NR floats, kc = `row_at.len()`), the first starting at column `jq0`,
@@ -935,6 +935,7 @@ fn pack_b_panels<const NR: usize>(
     for (p, &base) in row_at.iter().enumerate() {
         if let Some(&later) = row_at.get(p + PACK_AHEAD_ROWS) {
             for &c0 in firsts.iter().take(panels).flatten() {
+                // One prefetch per 64-byte line (16 floats) of the panel's NR values.
                 for line in (0..NR).step_by(16) {
                     prefetch(b.data.as_ptr().wrapping_add(later + c0 + line));
                 }
