@@ -1461,7 +1461,13 @@ fn gemm_blocked<'a, const MR: usize, const NR: usize>(
     split: Split,
     tile_fn: TileFn,
 ) {
-    let serial = split == Split::Serial || m * n * k < PAR_MIN_MACS;
+    // On the calling thread also when the pool has one thread: handing each parallel region to that
+    // thread and sleeping until it is done costs two thread switches per region, for no parallelism. With
+    // `RAYON_NUM_THREADS=1`, `cargo bench --bench matmul -- --transposed 32px` put liera's 32px step sum at
+    // 0.77 and 0.73 of the `gemm` crate (which runs on the caller) with the hand-off, 0.94 and 0.94
+    // without (alternated binaries on the 2-core AMD EPYC, each ratio within one run).
+    let serial =
+        split == Split::Serial || m * n * k < PAR_MIN_MACS || rayon::current_num_threads() == 1;
     let Blocking {
         kc: kc_max,
         mc,
