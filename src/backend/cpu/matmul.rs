@@ -4,13 +4,15 @@
 //! each rayon task packs an mc×kc block of A into panels MR rows tall; the block sizes come from this CPU's
 //! cache sizes, read at run time ([`blocking`]). How the threads share the blocks is the [`Split`]: each
 //! packed block of B shared by all; for wide products, each task its own columns of C; for deep products
-//! with a small C (weight gradients), each task its own range of k, the partial sums added at the end. The
-//! micro-kernel keeps an MR×NR tile of C in registers and adds one outer product of an A column and a B
-//! row per step of k; its fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C
-//! tile before the k loop, so the tile's cache misses overlap the arithmetic. It is compiled three times,
-//! with the instruction set chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16, and row-exact tiles
-//! of 1 to 5 rows for a product's last rows) and portable code (4×8). A product of at most two rows of
-//! tiles (a classifier head) reads B where it lies instead of packing it ([`b_in_place`]).
+//! with a small C (weight gradients), each task its own range of k, the partial sums added at the end; a
+//! small product, or any product when the pool has one thread, runs on the calling thread. Packing B asks
+//! for the lines of the rows ahead of the one it copies ([`PACK_AHEAD_ROWS`]). The micro-kernel keeps an
+//! MR×NR tile of C in registers and adds one outer product of an A column and a B row per step of k; its
+//! fixed-size loops are unrolled and vectorised by the compiler. It prefetches its C tile before the k
+//! loop, so the tile's cache misses overlap the arithmetic. It is compiled three times, with the
+//! instruction set chosen at run time: AVX-512 (6×32 tile), AVX2+FMA (6×16, and row-exact tiles of 1 to 5
+//! rows for a product's last rows) and portable code (4×8). A product of at most two rows of tiles (a
+//! classifier head) reads B where it lies instead of packing it ([`b_in_place`]).
 //!
 //! How C is written is the [`Epilogue`]: added to (C += A·B), or overwritten on the first pass over k, so that
 //! an output needs no zeroing pass before the product and no read of those zeros; with a per-row bias added
