@@ -51,10 +51,27 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run_on_pool(cli) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Runs the command. With one CPU thread (`RAYON_NUM_THREADS=1` or a one-core machine) it runs on the
+/// thread of a one-thread pool, so that the CPU kernels' parallel loops run in place: called from outside
+/// the pool, each of them was handed to the pool's one thread while the caller slept, and on the 2-core
+/// AMD EPYC (Zen 3) development machine those hand-offs were a quarter of the 32×32 step (`liera bench
+/// --device cpu --step convnext_atto --kinds liera --batch 64 --size 32 --reps 5`, six alternated runs each:
+/// 112–132 ms handed off, 94–98 ms in place; at 224 the step measured level, 1,702–1,753 against
+/// 1,637–1,809 ms). With more threads the command stays on the calling thread: inside the pool the 224
+/// step measured slower.
+fn run_on_pool(cli: Cli) -> Result<()> {
+    if rayon::current_num_threads() == 1 {
+        if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+            return pool.install(|| run(cli));
+        }
+    }
+    run(cli)
 }
 
 fn run(cli: Cli) -> Result<()> {
