@@ -50,6 +50,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread allocates: the pool's threads must share the main heap's arena.
+    liera::backend::cpu::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run_on_pool(cli) {
         eprintln!("error: {e}");
@@ -57,21 +59,19 @@ fn main() {
     }
 }
 
-/// Runs the command. With one CPU thread (`RAYON_NUM_THREADS=1` or a one-core machine) it runs on the
-/// thread of a one-thread pool, so that the CPU kernels' parallel loops run in place: called from outside
-/// the pool, each of them was handed to the pool's one thread while the caller slept, and on the 2-core
-/// AMD EPYC (Zen 3) development machine those hand-offs were a quarter of the 32×32 step (`liera bench
-/// --device cpu --step convnext_atto --kinds liera --batch 64 --size 32 --reps 5`, six alternated runs each:
-/// 112–132 ms handed off, 94–98 ms in place; at 224 the step measured level, 1,702–1,753 against
-/// 1,637–1,809 ms). With more threads the command stays on the calling thread: inside the pool the 224
-/// step measured slower.
+/// Runs the command on a thread of its own rayon pool (rayon's default thread count: `RAYON_NUM_THREADS`
+/// or the machine's cores), so that the CPU kernels' parallel loops start on the calling thread, which then
+/// takes part in them. Called from outside a pool, each parallel loop was handed to the pool's threads
+/// while the caller slept. On the 2-core AMD EPYC (Zen 3) development machine, `liera bench --device cpu
+/// --step convnext_atto --batch 64 --size 32 --reps 10` (six runs each, alternated) took 99.3 and 86.4 ms
+/// (full, LieRA; medians) handed off against 88.4 and 73.9 in the pool, the 224 LieRA step (`--batch 32
+/// --size 224 --reps 4`) 955 against 960 ms (level); at one thread the 32×32 LieRA step took 112–132 ms
+/// handed off against 94–98 ms. If the pool cannot be built the command runs on this thread.
 fn run_on_pool(cli: Cli) -> Result<()> {
-    if rayon::current_num_threads() == 1 {
-        if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(1).build() {
-            return pool.install(|| run(cli));
-        }
+    match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
     }
-    run(cli)
 }
 
 fn run(cli: Cli) -> Result<()> {
