@@ -63,10 +63,12 @@ fn main() {
 /// or the machine's cores), so that the CPU kernels' parallel loops start on the calling thread, which then
 /// takes part in them. Called from outside a pool, each parallel loop was handed to the pool's threads
 /// while the caller slept. On the 2-core AMD EPYC (Zen 3) development machine, `liera bench --device cpu
-/// --step convnext_atto --batch 64 --size 32 --reps 10` (six runs each, alternated) took 99.3 and 86.4 ms
-/// (full, LieRA; medians) handed off against 88.4 and 73.9 in the pool, the 224 LieRA step (`--batch 32
-/// --size 224 --reps 4`) 955 against 960 ms (level); at one thread the 32×32 LieRA step took 112–132 ms
-/// handed off against 94–98 ms. If the pool cannot be built the command runs on this thread.
+/// --step convnext_atto --kinds full,liera --batch 64 --size 32 --reps 10` (binaries alternated, six runs
+/// each) took 107.9 and 91.5 ms (full, LieRA; medians) handed off against 92.2 and 78.6 in the pool; the
+/// 224 LieRA step (`--batch 32 --size 224 --reps 4`, four runs each) 886 against 902 ms, level. At one
+/// thread the 32×32 LieRA step took 112–132 ms handed off against 94–98 ms. (The pool's threads allocate
+/// from the main arena, [`liera::backend::cpu::keep_freed_memory`]; with arenas of their own the 224 step
+/// was slower in the pool.) If the pool cannot be built the command runs on this thread.
 fn run_on_pool(cli: Cli) -> Result<()> {
     match rayon::ThreadPoolBuilder::new().build() {
         Ok(pool) => pool.install(|| run(cli)),
