@@ -29,6 +29,13 @@
 //! assert!((g[0] - 0.5f32.exp()).abs() < 1e-6);
 //! # Ok::<(), liera::Error>(())
 //! ```
+//!
+//! Training on the CPU from a program of your own: call [`backend::cpu::keep_freed_memory`] before any
+//! other thread allocates, and run the training inside a rayon pool
+//! (`rayon::ThreadPoolBuilder::new().build()?.install(|| ...)`), as the `liera` command does. Each
+//! kernel's parallel loop then starts on the calling thread instead of being handed to the pool while the
+//! caller sleeps; on a 2-core machine that made the 32×32 ConvNeXt-atto steps 14–15% faster
+//! (`docs/BENCHMARKS.md`).
 
 #![warn(missing_docs)]
 
