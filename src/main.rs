@@ -59,18 +59,26 @@ fn main() {
     }
 }
 
-/// Runs the command on a thread of its own rayon pool (rayon's default thread count: `RAYON_NUM_THREADS`
-/// or the machine's cores), so that the CPU kernels' parallel loops start on the calling thread, which then
-/// takes part in them. Called from outside a pool, each parallel loop was handed to the pool's threads
-/// while the caller slept. On the 2-core AMD EPYC (Zen 3) development machine, `liera bench --device cpu
-/// --step convnext_atto --kinds full,liera --batch 64 --size 32 --reps 10` (binaries alternated, six runs
-/// each) took 107.9 and 91.5 ms (full, LieRA; medians) handed off against 92.2 and 78.6 in the pool; the
-/// 224 LieRA step (`--batch 32 --size 224 --reps 4`, four runs each) 886 against 902 ms, level. At one
-/// thread the 32×32 LieRA step took 112–132 ms handed off against 94–98 ms. (The pool's threads allocate
-/// from the main arena, [`liera::backend::cpu::keep_freed_memory`]; with arenas of their own the 224 step
-/// was slower in the pool.) If the pool cannot be built the command runs on this thread.
+/// Runs the command on a thread of rayon's pool (`RAYON_NUM_THREADS` or the machine's cores), so that the
+/// CPU kernels' parallel loops start on the calling thread, which then takes part in them. Called from
+/// outside the pool, each parallel loop was handed to the pool's threads while the caller slept. On the
+/// 2-core AMD EPYC (Zen 3) development machine, `liera bench --device cpu --step convnext_atto --kinds
+/// full,liera --batch 64 --size 32 --reps 10` (binaries alternated, six runs each) took 107.9 and 91.5 ms
+/// (full, LieRA; medians) handed off against 92.2 and 78.6 in a pool; the 224 LieRA step (`--batch 32
+/// --size 224 --reps 4`, four runs each) 886 against 902 ms, level. At one thread the 32×32 LieRA step took
+/// 112–132 ms handed off against 94–98 ms. (The pool's threads allocate from the main arena,
+/// [`liera::backend::cpu::keep_freed_memory`]; with arenas of their own the 224 step was slower in the pool.)
+///
+/// With several threads the command runs on a thread of the global pool (`rayon::scope` from outside the
+/// pool runs its body there), which the training's batch producer, a thread of its own, also hands its
+/// decoding to: while the command waits for a batch, the other threads decode it. With one thread that
+/// would deadlock (the pool's only thread would wait for a batch only it can decode), so the command gets a
+/// one-thread pool of its own and the producer the global one.
 fn run_on_pool(cli: Cli) -> Result<()> {
-    match rayon::ThreadPoolBuilder::new().build() {
+    if rayon::current_num_threads() > 1 {
+        return rayon::scope(|_| run(cli));
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
         Ok(pool) => pool.install(|| run(cli)),
         Err(_) => run(cli),
     }
