@@ -31,11 +31,12 @@
 //! ```
 //!
 //! Training on the CPU from a program of your own: call [`backend::cpu::keep_freed_memory`] before any
-//! other thread allocates, and run the training inside a rayon pool
-//! (`rayon::ThreadPoolBuilder::new().build()?.install(|| ...)`), as the `liera` command does. Each
-//! kernel's parallel loop then starts on the calling thread instead of being handed to the pool while the
-//! caller sleeps; on a 2-core machine that made the 32×32 ConvNeXt-atto steps 14–15% faster
-//! (`docs/BENCHMARKS.md`).
+//! other thread allocates, and run the training on a thread of rayon's pool (`rayon::scope(|_| ...)`
+//! called from outside the pool runs its body there), as the `liera` command does with two threads or
+//! more. Each kernel's parallel loop then starts on the calling thread instead of being handed to the pool
+//! while the caller sleeps; on a 2-core machine that made the 32×32 ConvNeXt-atto steps 14–15% faster
+//! (`docs/BENCHMARKS.md`). With a one-thread pool, keep a thread that waits on another thread's rayon work
+//! off it (the `liera` command gives itself a second, one-thread pool then).
 
 #![warn(missing_docs)]
 
