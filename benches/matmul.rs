@@ -352,6 +352,11 @@ fn main() {
         let medians = {
             let mut runs: Vec<Run<'_>> = vec![
                 Box::new(|| {
+                    // The previous output is freed first, as a training step frees a buffer before the
+                    // next step asks for one of its size: kept alive, the peers' allocations between the
+                    // calls split its hole, and every new 64 MB output grew the heap with fresh pages
+                    // (page faults, not the product) for most of the rounds.
+                    c_liera = None;
                     c_liera = Some(std::hint::black_box(ta.matmul(&tb).unwrap()));
                 }),
                 // SAFETY: a (m×k), b (k×n) and c (m×n) are dense row-major buffers of those sizes.
