@@ -28,8 +28,8 @@
 //! the LoRA/LieRA factor products (rank 8, independent of the batch) are left out. liera runs the
 //! convolutions as W·X̃, the transpose of the row-major form above, with the batch folded into strided
 //! columns; here all three libraries compute the same plain row-major product of those dimensions. liera's
-//! figure includes allocating its output tensor (its API returns a new tensor), the peers write into a
-//! buffer allocated once.
+//! figure includes allocating its output tensor (its API returns a new tensor; the previous call's output is
+//! freed first, so the allocator hands back the same memory), the peers write into a buffer allocated once.
 //!
 //! **The ceiling.** First the bench times 12 independent vector multiply-adds on registers on every thread
 //! ([`fma_peak`]): the most any product can reach on this machine, against which each figure reads as a
